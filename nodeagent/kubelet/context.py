@@ -1,0 +1,23 @@
+"""The one typed context every pod worker shares, instead of long argument chains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodeagent.kubelet.images import ImageManager
+from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.runtime.base import Runtime
+
+
+@dataclass(frozen=True)
+class KubeletContext:
+    node_name: str
+    host_ip: str
+    state_dir: Path
+    pod_log_dir: str
+    runtime: Runtime
+    runtime_name: str  # prefix of containerIDs in status: "containerd", "docker"
+    cache: RuntimeCache
+    images: ImageManager
+    resync_s: float = 60.0  # a worker re-checks its pod this often even without events

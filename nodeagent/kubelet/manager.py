@@ -1,0 +1,154 @@
+"""The pod manager: desired pods in, one worker per pod incarnation out.
+
+It owns the map ``namespace/name -> PodWorker`` and nothing else. A changed spec (a new uid)
+replaces the pod: the old worker terminates first, and only then does the new one start, so
+two incarnations of a pod never run side by side. Runtime pods that no worker owns
+(orphans: manifests removed while the agent was down, leftovers of a crash) are torn down
+once the first relist has shown what the runtime holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from nodeagent.kubelet.context import KubeletContext
+from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, PodWorker, WorkerState
+from nodeagent.model.pod import Pod, PodSpec, PodUID
+
+log = structlog.get_logger("nodeagent.manager")
+
+
+class PodManager:
+    def __init__(self, ctx: KubeletContext) -> None:
+        self.ctx = ctx
+        self._desired: dict[str, Pod] = {}
+        self._workers: dict[str, PodWorker] = {}  # current incarnation per key
+        self._retiring: dict[PodUID, PodWorker] = {}  # replaced or removed, still stopping
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def update(self, desired: Mapping[str, Pod]) -> None:
+        """Take the full desired set (a snapshot, not a delta) and converge workers to it."""
+        self._desired = dict(desired)
+        for key in list(self._workers):
+            worker = self._workers[key]
+            pod = self._desired.get(key)
+            if pod is None or pod != worker.pod:
+                self._retire(key)
+        if self.ctx.cache.synced.is_set():
+            self.cleanup_orphans()
+        for key, pod in self._desired.items():
+            if key not in self._workers and not self._waiting_for_retirement(pod):
+                self._spawn(pod)
+
+    def on_runtime_change(self, uid: PodUID) -> None:
+        for worker in self._all_workers():
+            if worker.pod.uid == uid:
+                worker.wake()
+
+    def worker_for(self, uid: PodUID) -> PodWorker | None:
+        return next((w for w in self._all_workers() if w.pod.uid == uid), None)
+
+    # -- worker lifecycle -------------------------------------------------------------------
+
+    def _spawn(self, pod: Pod) -> None:
+        worker = PodWorker(pod, self.ctx)
+        self._workers[pod.key] = worker
+        worker.start()
+
+    def _retire(self, key: str) -> None:
+        worker = self._workers.pop(key)
+        self._retiring[worker.pod.uid] = worker
+        worker.terminate()
+        self._track(self._after_retirement(worker))
+
+    def _waiting_for_retirement(self, pod: Pod) -> bool:
+        return any(w.pod.key == pod.key for w in self._retiring.values())
+
+    async def _after_retirement(self, worker: PodWorker) -> None:
+        await worker.wait_terminated()
+        self._retiring.pop(worker.pod.uid, None)
+        pod = self._desired.get(worker.pod.key)
+        ready = pod is not None and pod.key not in self._workers
+        if ready and pod is not None and not self._waiting_for_retirement(pod):
+            self._spawn(pod)
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("manager_task_failed", error=repr(task.exception()))
+
+    def _all_workers(self) -> list[PodWorker]:
+        return [*self._workers.values(), *self._retiring.values()]
+
+    # -- orphans ----------------------------------------------------------------------------
+
+    def cleanup_orphans(self) -> None:
+        """Tear down runtime pods that are neither desired nor owned by a worker."""
+        owned = {w.pod.uid for w in self._all_workers()} | {p.uid for p in self._desired.values()}
+        for runtime_pod in self.ctx.cache.pods():
+            if runtime_pod.uid in owned:
+                continue
+            sandbox = runtime_pod.latest_sandbox()
+            first = sandbox or next(iter(runtime_pod.containers), None)
+            if first is None:
+                continue
+            name = sandbox.name if sandbox is not None else "unknown"
+            namespace = sandbox.namespace if sandbox is not None else "unknown"
+            orphan = _orphan_pod(runtime_pod.uid, name, namespace)
+            log.info("orphan_removing", pod=name, namespace=namespace, uid=runtime_pod.uid)
+            worker = PodWorker(orphan, self.ctx)
+            worker.terminate(MIN_KILL_GRACE_S)  # the spec is gone: the kubelet's minimum grace
+            self._retiring[orphan.uid] = worker
+            worker.start()
+            self._track(self._after_retirement(worker))
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Pods as the API shows them: metadata plus PodStatus, sorted by namespace/name."""
+        result = []
+        for key in sorted(self._workers):
+            worker = self._workers[key]
+            pod = worker.pod
+            metadata: dict[str, Any] = {
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "uid": pod.uid,
+            }
+            if pod.labels:
+                metadata["labels"] = dict(pod.labels)
+            annotations = {
+                **pod.annotations,
+                "kubernetes.io/config.source": "file" if pod.source else "api",
+            }
+            metadata["annotations"] = annotations
+            status = worker.status or {"phase": "Pending"}
+            result.append({"metadata": metadata, "status": status, "worker": worker.state.value})
+        return result
+
+    def counts(self) -> dict[str, int]:
+        states = [w.state for w in self._all_workers()]
+        return {s.value: states.count(s) for s in WorkerState}
+
+    async def detach_all(self) -> None:
+        """Agent shutdown: stop every worker and leave every pod running."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(w.detach() for w in self._all_workers()))
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _orphan_pod(uid: PodUID, name: str, namespace: str) -> Pod:
+    """A stand-in spec for a runtime pod we no longer know: enough to tear it down."""
+    return Pod(uid=uid, name=name, namespace=namespace, spec=PodSpec(containers=()))

@@ -1,0 +1,139 @@
+"""Node capacity, allocatable and conditions, from psutil and the runtime's health."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from nodeagent.kubelet.podstatus import rfc3339
+
+# Kept back from allocatable so that the agent and the system keep room to breathe.
+RESERVED_MEMORY_BYTES = 100 * 1024 * 1024
+MEMORY_PRESSURE_BYTES = 100 * 1024 * 1024
+DISK_PRESSURE_FRACTION = 0.10
+PID_PRESSURE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    name: str
+    max_pods: int
+    runtime_name: str
+    runtime_version: str
+    runtime_healthy: bool
+    runtime_error: str
+    state_dir: str
+    now: float
+
+
+def host_ip() -> str:
+    """The first global IPv4 address of this (network namespace's) node."""
+    for addresses in psutil.net_if_addrs().values():
+        for addr in addresses:
+            if addr.family == socket.AF_INET:
+                ip = ipaddress.ip_address(addr.address)
+                if not ip.is_loopback and not ip.is_link_local:
+                    return str(ip)
+    return ""
+
+
+def capacity(max_pods: int) -> dict[str, str]:
+    memory = psutil.virtual_memory().total
+    return {
+        "cpu": str(psutil.cpu_count() or 1),
+        "memory": f"{memory // 1024}Ki",
+        "pods": str(max_pods),
+    }
+
+
+def allocatable(max_pods: int) -> dict[str, str]:
+    memory = max(0, psutil.virtual_memory().total - RESERVED_MEMORY_BYTES)
+    return {
+        "cpu": str(psutil.cpu_count() or 1),
+        "memory": f"{memory // 1024}Ki",
+        "pods": str(max_pods),
+    }
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, now: float) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": rfc3339(now),
+    }
+
+
+def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
+    memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(facts.state_dir)
+    pids = len(psutil.pids())
+    pid_max = _pid_max()
+    ready_message = (
+        "nodeagent is posting ready status"
+        if facts.runtime_healthy
+        else f"container runtime is down: {facts.runtime_error}"
+    )
+    low_memory = memory.available < MEMORY_PRESSURE_BYTES
+    low_disk = disk.free < disk.total * DISK_PRESSURE_FRACTION
+    low_pids = pid_max - pids < pid_max * PID_PRESSURE_FRACTION
+    return [
+        _condition(
+            "Ready",
+            facts.runtime_healthy,
+            "KubeletReady" if facts.runtime_healthy else "KubeletNotReady",
+            ready_message,
+            facts.now,
+        ),
+        _condition(
+            "MemoryPressure",
+            low_memory,
+            "KubeletHasInsufficientMemory" if low_memory else "KubeletHasSufficientMemory",
+            f"{memory.available // 2**20} MiB available",
+            facts.now,
+        ),
+        _condition(
+            "DiskPressure",
+            low_disk,
+            "KubeletHasDiskPressure" if low_disk else "KubeletHasNoDiskPressure",
+            f"{disk.free // 2**20} MiB free on {facts.state_dir}",
+            facts.now,
+        ),
+        _condition(
+            "PIDPressure",
+            low_pids,
+            "KubeletHasInsufficientPID" if low_pids else "KubeletHasSufficientPID",
+            f"{pids} of {pid_max} pids in use",
+            facts.now,
+        ),
+    ]
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 32768
+
+
+def node_status(facts: NodeFacts) -> dict[str, Any]:
+    return {
+        "name": facts.name,
+        "runtime": {"name": facts.runtime_name, "version": facts.runtime_version},
+        "conditions": conditions(facts),
+        "capacity": capacity(facts.max_pods),
+        "allocatable": allocatable(facts.max_pods),
+        "usage": {
+            "cpuPercent": psutil.cpu_percent(interval=None),
+            "memoryPercent": psutil.virtual_memory().percent,
+            "pids": len(psutil.pids()),
+        },
+        "addresses": [{"type": "Hostname", "address": facts.name}]
+        + ([{"type": "InternalIP", "address": ip}] if (ip := host_ip()) else []),
+    }

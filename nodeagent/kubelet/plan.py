@@ -1,0 +1,213 @@
+"""What to do next for one pod: a pure function of the spec and the runtime's snapshot.
+
+This is the kubelet's ``computePodActions`` as a plain function. The pod worker calls it,
+carries out what it returns, refreshes the snapshot and calls it again until it returns
+nothing to do. Keeping it pure means every branch (init order, restart policy, backoff,
+liveness kills, pruning) is unit-tested without a runtime.
+
+Order of business:
+1. no ready sandbox -> create one (after killing what is left of the old one), unless the
+   pod has already finished under restartPolicy Never/OnFailure;
+2. init containers, one at a time, each to a clean exit;
+3. app containers: start missing ones, restart exited ones per restartPolicy (behind the
+   CrashLoopBackOff delay), kill those whose liveness or startup probe failed;
+4. remove dead instances older than the latest one of each container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from nodeagent.kubelet import backoff
+from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.pod import Container, Pod, RestartPolicy
+from nodeagent.runtime.base import ContainerInfo, ContainerState
+
+
+@dataclass(frozen=True)
+class StartContainer:
+    container: Container
+    attempt: int
+    init: bool = False
+
+
+@dataclass(frozen=True)
+class KillContainer:
+    info: ContainerInfo
+    reason: str  # why, for the log and events
+    grace_s: int | None = None  # None: the pod's terminationGracePeriodSeconds
+
+
+@dataclass(frozen=True)
+class PodActions:
+    create_sandbox: bool = False
+    sandbox_attempt: int = 0
+    kill_pod: bool = False  # tear down the old sandbox and its containers first
+    kill: tuple[KillContainer, ...] = ()
+    start: tuple[StartContainer, ...] = ()
+    # Containers that should restart but are backing off: name -> wall time to retry.
+    backoff: Mapping[str, float] = field(default_factory=dict)
+    prune: tuple[ContainerInfo, ...] = ()
+    finished: bool = False  # the pod has run to completion; stop its sandbox
+
+    @property
+    def idle(self) -> bool:
+        return not (self.create_sandbox or self.kill_pod or self.kill or self.start or self.prune)
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    pod: Pod
+    runtime: RuntimePod
+    now: float  # wall-clock seconds
+    backoffs: Mapping[str, backoff.Backoff] = field(default_factory=dict)
+    # Containers whose liveness or startup probe asks for a restart: name -> reason.
+    unhealthy: Mapping[str, str] = field(default_factory=dict)
+
+
+def should_restart(policy: RestartPolicy, exit_code: int) -> bool:
+    if policy is RestartPolicy.ALWAYS:
+        return True
+    return policy is RestartPolicy.ON_FAILURE and exit_code != 0
+
+
+def next_attempt(runtime: RuntimePod, name: str) -> int:
+    latest = runtime.latest(name)
+    return 0 if latest is None else latest.attempt + 1
+
+
+def pod_finished(pod: Pod, runtime: RuntimePod) -> bool:
+    """True once nothing will ever run again in this pod (never under restartPolicy Always)."""
+    policy = pod.spec.restart_policy
+    if policy is RestartPolicy.ALWAYS:
+        return False
+    for init in pod.spec.init_containers:
+        latest = runtime.latest(init.name)
+        if latest is not None and latest.state is ContainerState.EXITED and latest.exit_code:
+            return policy is RestartPolicy.NEVER
+    for container in pod.spec.containers:
+        latest = runtime.latest(container.name)
+        if latest is None or latest.state is not ContainerState.EXITED:
+            return False
+        if should_restart(policy, latest.exit_code):
+            return False
+    return True
+
+
+def plan_pod(inp: PlanInput) -> PodActions:
+    pod, runtime = inp.pod, inp.runtime
+    sandbox = runtime.ready_sandbox()
+    if sandbox is None:
+        if pod_finished(pod, runtime):
+            return PodActions(finished=True)
+        latest = runtime.latest_sandbox()
+        return PodActions(
+            create_sandbox=True,
+            sandbox_attempt=0 if latest is None else latest.attempt + 1,
+            kill_pod=not runtime.empty,
+        )
+    if pod_finished(pod, runtime):
+        return PodActions(finished=True, prune=_prune(pod, runtime))
+    prune = _prune(pod, runtime)
+    init_actions = _plan_init(inp, sandbox.id)
+    if init_actions is not None:
+        return PodActions(
+            start=init_actions.start,
+            backoff=init_actions.backoff,
+            kill=init_actions.kill,
+            prune=prune,
+            finished=init_actions.finished,
+        )
+    return _plan_app(inp, sandbox.id, prune)
+
+
+def _restart_or_backoff(
+    inp: PlanInput, container: Container, last: ContainerInfo, *, init: bool
+) -> tuple[StartContainer | None, float | None]:
+    """Restart ``container`` now, or say until when it must wait (CrashLoopBackOff)."""
+    finished_at = last.finished_at_ns / 1e9
+    ran_for = (last.finished_at_ns - last.started_at_ns) / 1e9 if last.started_at_ns else 0.0
+    entry = inp.backoffs.get(container.name)
+    if ran_for >= backoff.RESET_AFTER_RUNNING_S:
+        entry = None
+    until = backoff.wait_until(entry, failed_at=finished_at, now=inp.now)
+    if until is not None:
+        return None, until
+    start = StartContainer(container, next_attempt(inp.runtime, container.name), init=init)
+    return start, None
+
+
+def _plan_init(inp: PlanInput, sandbox_id: str) -> PodActions | None:
+    """Actions while init containers are unfinished; None once all exited cleanly."""
+    for init in inp.pod.spec.init_containers:
+        last = inp.runtime.latest(init.name, sandbox_id)
+        if last is None:
+            start = StartContainer(init, next_attempt(inp.runtime, init.name), init=True)
+            return PodActions(start=(start,))
+        if last.state is ContainerState.RUNNING:
+            return PodActions()
+        if last.state is ContainerState.EXITED and last.exit_code == 0:
+            continue
+        # Failed, or created but never started: retry per policy.
+        if inp.pod.spec.restart_policy is RestartPolicy.NEVER:
+            return PodActions(finished=True)
+        start_or_none, until = _restart_or_backoff(inp, init, last, init=True)
+        if start_or_none is None:
+            return PodActions(backoff={init.name: until or inp.now})
+        return PodActions(start=(start_or_none,))
+    return None
+
+
+def _plan_app(inp: PlanInput, sandbox_id: str, prune: tuple[ContainerInfo, ...]) -> PodActions:
+    starts: list[StartContainer] = []
+    kills: list[KillContainer] = []
+    waits: dict[str, float] = {}
+    policy = inp.pod.spec.restart_policy
+    for container in inp.pod.spec.containers:
+        last = inp.runtime.latest(container.name, sandbox_id)
+        if last is None:
+            starts.append(StartContainer(container, next_attempt(inp.runtime, container.name)))
+        elif last.state is ContainerState.RUNNING:
+            reason = inp.unhealthy.get(container.name)
+            if reason is not None:
+                kills.append(KillContainer(last, reason, _probe_grace(container)))
+        elif last.state is ContainerState.EXITED:
+            if not should_restart(policy, last.exit_code):
+                continue
+            start, until = _restart_or_backoff(inp, container, last, init=False)
+            if start is not None:
+                starts.append(start)
+            else:
+                waits[container.name] = until or inp.now
+        elif last.state is ContainerState.CREATED:
+            # Created but never started (a failed start): replace it, behind backoff.
+            start, until = _restart_or_backoff(inp, container, last, init=False)
+            if start is not None:
+                starts.append(start)
+                prune = (*prune, last)
+            else:
+                waits[container.name] = until or inp.now
+    return PodActions(kill=tuple(kills), start=tuple(starts), backoff=waits, prune=prune)
+
+
+def _probe_grace(container: Container) -> int | None:
+    """A liveness/startup probe's own terminationGracePeriodSeconds overrides the pod's."""
+    for probe in (container.liveness_probe, container.startup_probe):
+        if probe is not None and probe.termination_grace_period_seconds is not None:
+            return probe.termination_grace_period_seconds
+    return None
+
+
+def _prune(pod: Pod, runtime: RuntimePod) -> tuple[ContainerInfo, ...]:
+    """Dead instances beyond the newest one and the one before it (the kubelet keeps one)."""
+    doomed: list[ContainerInfo] = []
+    for container in pod.all_containers():
+        dead = [
+            c for c in runtime.instances(container.name)[1:] if c.state is ContainerState.EXITED
+        ]
+        # The newest dead instance stays: it is the container's lastState.
+        doomed.extend(dead[1:])
+    known = {c.name for c in pod.all_containers()}
+    doomed.extend(c for c in runtime.containers if c.name not in known)
+    return tuple(doomed)

@@ -1,0 +1,154 @@
+"""The runtime cache and its relister (the kubelet's PLEG), shared by all pod workers.
+
+One task lists every sandbox and container of ours each ``interval`` (two runtime calls,
+however many pods), fetches details only for containers whose state changed, and wakes
+the workers of exactly the pods that changed. Workers never poll the runtime on a timer;
+after acting they ``refresh`` their own pod, so their status is current at once rather than
+at the next relist.
+
+Invariant: a ContainerInfo in the cache is ``detailed`` (exit code, times) whenever its
+state is EXITED, because restart decisions depend on those fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+
+import structlog
+
+from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.pod import PodUID
+from nodeagent.runtime.base import (
+    ContainerID,
+    ContainerInfo,
+    NotFound,
+    Runtime,
+    RuntimeFailure,
+    SandboxID,
+    SandboxInfo,
+    SandboxState,
+)
+
+log = structlog.get_logger("nodeagent.pleg")
+
+
+class RuntimeCache:
+    def __init__(
+        self, runtime: Runtime, *, on_change: Callable[[PodUID], None], interval_s: float = 1.0
+    ) -> None:
+        self._runtime = runtime
+        self._on_change = on_change
+        self._interval = interval_s
+        self._pods: dict[PodUID, RuntimePod] = {}
+        self._details: dict[ContainerID, ContainerInfo] = {}
+        self._ips: dict[SandboxID, str] = {}
+        self.healthy = False
+        self.last_relist: float = 0.0
+        self.last_error = ""
+        self.synced = asyncio.Event()  # set after the first successful relist
+
+    def get(self, uid: PodUID) -> RuntimePod:
+        return self._pods.get(uid) or RuntimePod(uid)
+
+    def uids(self) -> set[PodUID]:
+        return set(self._pods)
+
+    def pods(self) -> list[RuntimePod]:
+        return list(self._pods.values())
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.relist()
+            except RuntimeFailure as exc:
+                if self.healthy or str(exc) != self.last_error:
+                    log.warning("relist_failed", error=str(exc))
+                self.healthy = False
+                self.last_error = str(exc)
+            await asyncio.sleep(self._interval)
+
+    async def relist(self) -> None:
+        sandboxes = await self._runtime.list_sandboxes()
+        containers = await self._runtime.list_containers()
+        fresh = await self._assemble(sandboxes, containers, uids=None)
+        changed = {uid for uid, pod in fresh.items() if self._pods.get(uid) != pod}
+        changed |= set(self._pods) - set(fresh)
+        self._pods = fresh
+        self._forget_missing(sandboxes, containers)
+        self.healthy = True
+        self.last_error = ""
+        self.last_relist = time.time()
+        self.synced.set()
+        for uid in changed:
+            self._on_change(uid)
+
+    async def refresh(self, uid: PodUID) -> RuntimePod:
+        """Re-read one pod from the runtime now (after a worker acted on it)."""
+        sandboxes = await self._runtime.list_sandboxes(uid)
+        containers = await self._runtime.list_containers(uid)
+        pod = (await self._assemble(sandboxes, containers, uids={uid})).get(uid, RuntimePod(uid))
+        if pod.empty:
+            self._pods.pop(uid, None)
+        else:
+            self._pods[uid] = pod
+        return pod
+
+    async def _assemble(
+        self,
+        sandboxes: Sequence[SandboxInfo],
+        containers: Sequence[ContainerInfo],
+        *,
+        uids: set[PodUID] | None,
+    ) -> dict[PodUID, RuntimePod]:
+        found_sandboxes: dict[PodUID, list[SandboxInfo]] = {}
+        found_containers: dict[PodUID, list[ContainerInfo]] = {}
+        for sandbox in sandboxes:
+            found_sandboxes.setdefault(sandbox.uid, []).append(await self._with_ip(sandbox))
+        details = await asyncio.gather(*(self._detailed(c) for c in containers))
+        for container in details:
+            if container is not None:
+                found_containers.setdefault(container.uid, []).append(container)
+        result = {}
+        for uid in set(found_sandboxes) | set(found_containers) | (uids or set()):
+            result[uid] = RuntimePod(
+                uid,
+                tuple(found_sandboxes.get(uid, ())),
+                tuple(found_containers.get(uid, ())),
+            )
+        return result
+
+    async def _with_ip(self, sandbox: SandboxInfo) -> SandboxInfo:
+        if sandbox.state is not SandboxState.READY:
+            return sandbox
+        ip = self._ips.get(sandbox.id)
+        if ip is None:
+            try:
+                ip = (await self._runtime.sandbox_status(sandbox.id)).ip
+            except NotFound:
+                return sandbox
+            self._ips[sandbox.id] = ip
+        return replace(sandbox, ip=ip)
+
+    async def _detailed(self, summary: ContainerInfo) -> ContainerInfo | None:
+        cached = self._details.get(summary.id)
+        if cached is not None and cached.state is summary.state:
+            return cached
+        try:
+            info = await self._runtime.container_status(summary.id)
+        except NotFound:
+            return None  # removed between list and status
+        self._details[summary.id] = info
+        return info
+
+    def _forget_missing(
+        self, sandboxes: Iterable[SandboxInfo], containers: Iterable[ContainerInfo]
+    ) -> None:
+        live_sandboxes = {s.id for s in sandboxes}
+        live_containers = {c.id for c in containers}
+        for sid in set(self._ips) - live_sandboxes:
+            del self._ips[sid]
+        for cid in set(self._details) - live_containers:
+            del self._details[cid]

@@ -1,0 +1,241 @@
+"""Pod status as Kubernetes reports it: a pure function of spec, runtime snapshot and probes.
+
+The output is a ``PodStatus`` in the API's own JSON shape (phase, conditions,
+containerStatuses ...) so that the local status endpoint, the CLI and, in cluster mode, the
+API server all see the same document. Phase follows the kubelet's ``getPhase``; condition
+transition times are carried over from the previous status while a condition's value holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.pod import Container, Pod, RestartPolicy
+from nodeagent.runtime.base import ContainerInfo, ContainerState
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a container is not running, as the pod worker last saw it."""
+
+    reason: str  # a kubelet reason: ErrImagePull, CrashLoopBackOff, RunContainerError ...
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class StatusInput:
+    pod: Pod
+    runtime: RuntimePod
+    now: float
+    host_ip: str = ""
+    runtime_name: str = "containerd"
+    waiting: Mapping[str, Waiting] = field(default_factory=dict)
+    ready: Mapping[str, bool] = field(default_factory=dict)  # readiness probe results
+    started: Mapping[str, bool] = field(default_factory=dict)  # startup probe results
+    previous: Mapping[str, Any] | None = None
+    start_time: float | None = None
+
+
+def rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ns_time(ns: int) -> str:
+    return rfc3339(ns / 1e9)
+
+
+def compute_status(inp: StatusInput) -> Json:
+    pod, runtime = inp.pod, inp.runtime
+    sandbox = runtime.ready_sandbox()
+    inits = [_container_status(inp, c, init=True) for c in pod.spec.init_containers]
+    initialized = all(_succeeded(s) for s in inits)
+    apps = [
+        _container_status(inp, c, init=False, initialized=initialized) for c in pod.spec.containers
+    ]
+    phase = pod_phase(pod.spec.restart_policy, inits, apps)
+    ip = sandbox.ip if sandbox is not None else ""
+    status: Json = {"phase": phase}
+    status["conditions"] = _conditions(inp, sandbox is not None, initialized, apps, phase)
+    if inp.host_ip:
+        status["hostIP"] = inp.host_ip
+        status["hostIPs"] = [{"ip": inp.host_ip}]
+    if ip:
+        status["podIP"] = ip
+        status["podIPs"] = [{"ip": ip}]
+    if inp.start_time is not None:
+        status["startTime"] = rfc3339(inp.start_time)
+    if inits:
+        status["initContainerStatuses"] = inits
+    status["containerStatuses"] = apps
+    status["qosClass"] = qos_class(pod)
+    return status
+
+
+def _succeeded(status: Json) -> bool:
+    terminated = status["state"].get("terminated")
+    return terminated is not None and terminated["exitCode"] == 0
+
+
+def pod_phase(policy: RestartPolicy, inits: list[Json], apps: list[Json]) -> str:
+    """The kubelet's getPhase over already computed container statuses."""
+    for init in inits:
+        if _succeeded(init):
+            continue
+        terminated = init["state"].get("terminated") or init.get("lastState", {}).get("terminated")
+        if terminated is not None and policy is RestartPolicy.NEVER:
+            return "Failed"
+        return "Pending"
+    running = waiting = stopped = succeeded = 0
+    for app in apps:
+        state = app["state"]
+        if "running" in state:
+            running += 1
+        elif "terminated" in state:
+            stopped += 1
+            succeeded += state["terminated"]["exitCode"] == 0
+        elif "terminated" in app.get("lastState", {}):
+            stopped += 1  # waiting after a crash: CrashLoopBackOff counts as stopped
+        else:
+            waiting += 1
+    if waiting:
+        return "Pending"
+    if running:
+        return "Running"
+    if policy is RestartPolicy.ALWAYS:
+        return "Running"
+    if succeeded == stopped:
+        return "Succeeded"
+    if policy is RestartPolicy.ON_FAILURE:
+        return "Running"
+    return "Failed"
+
+
+def _container_status(
+    inp: StatusInput,
+    container: Container,
+    *,
+    init: bool,
+    initialized: bool = True,
+) -> Json:
+    instances = inp.runtime.instances(container.name)
+    current = instances[0] if instances else None
+    previous = next((c for c in instances[1:] if c.state is ContainerState.EXITED), None)
+    status: Json = {
+        "name": container.name,
+        "image": container.image,
+        "imageID": "",
+        "restartCount": current.attempt if current is not None else 0,
+        "ready": False,
+        "started": False,
+        "lastState": {},
+    }
+    waiting = inp.waiting.get(container.name)
+    if current is not None:
+        status["containerID"] = f"{inp.runtime_name}://{current.id}"
+        status["imageID"] = current.image_ref
+    if waiting is not None:
+        # The worker's reason wins: the newest instance is the failed one (or none).
+        status["state"] = {"waiting": _drop_empty(reason=waiting.reason, message=waiting.message)}
+        if current is not None and current.state is ContainerState.EXITED:
+            status["lastState"] = {"terminated": _terminated(current, inp.runtime_name)}
+        return status
+    if current is None:
+        reason = "ContainerCreating" if init or initialized else "PodInitializing"
+        status["state"] = {"waiting": {"reason": reason}}
+        return status
+    if previous is not None:
+        status["lastState"] = {"terminated": _terminated(previous, inp.runtime_name)}
+    if current.state is ContainerState.RUNNING:
+        started = inp.started.get(container.name, container.startup_probe is None)
+        ready = started and inp.ready.get(container.name, container.readiness_probe is None)
+        status["state"] = {"running": {"startedAt": _ns_time(current.started_at_ns)}}
+        status["started"] = started
+        status["ready"] = ready and not init
+    elif current.state is ContainerState.EXITED:
+        status["state"] = {"terminated": _terminated(current, inp.runtime_name)}
+    else:
+        status["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    return status
+
+
+def _terminated(info: ContainerInfo, runtime_name: str) -> Json:
+    reason = info.reason or ("Completed" if info.exit_code == 0 else "Error")
+    result: Json = {
+        "exitCode": info.exit_code,
+        "reason": reason,
+        "containerID": f"{runtime_name}://{info.id}",
+    }
+    if info.message:
+        result["message"] = info.message
+    if info.started_at_ns:
+        result["startedAt"] = _ns_time(info.started_at_ns)
+    if info.finished_at_ns:
+        result["finishedAt"] = _ns_time(info.finished_at_ns)
+    return result
+
+
+def _drop_empty(**fields: str) -> Json:
+    return {k: v for k, v in fields.items() if v}
+
+
+def _conditions(
+    inp: StatusInput, sandbox_ready: bool, initialized: bool, apps: list[Json], phase: str
+) -> list[Json]:
+    containers_ready = bool(apps) and all(a["ready"] for a in apps)
+    if phase == "Succeeded":
+        containers_ready = False
+    values = [
+        ("PodReadyToStartContainers", sandbox_ready, ""),
+        ("Initialized", initialized, "" if initialized else "ContainersNotInitialized"),
+        ("Ready", containers_ready, "" if containers_ready else "ContainersNotReady"),
+        ("ContainersReady", containers_ready, "" if containers_ready else "ContainersNotReady"),
+        ("PodScheduled", True, ""),
+    ]
+    if phase == "Succeeded":
+        values[1] = ("Initialized", True, "PodCompleted")
+        values[2] = ("Ready", False, "PodCompleted")
+        values[3] = ("ContainersReady", False, "PodCompleted")
+    before = {
+        c.get("type"): c for c in (inp.previous or {}).get("conditions", []) if isinstance(c, dict)
+    }
+    result = []
+    for kind, ok, reason in values:
+        value = "True" if ok else "False"
+        old = before.get(kind)
+        since = old["lastTransitionTime"] if old and old.get("status") == value else None
+        condition: Json = {
+            "type": kind,
+            "status": value,
+            "lastProbeTime": None,
+            "lastTransitionTime": since or rfc3339(inp.now),
+        }
+        if reason:
+            condition["reason"] = reason
+        result.append(condition)
+    return result
+
+
+def qos_class(pod: Pod) -> str:
+    resources = [c.resources for c in pod.all_containers()]
+    if all(
+        r.cpu_limit_millis is None
+        and r.memory_limit_bytes is None
+        and r.cpu_request_millis is None
+        and r.memory_request_bytes is None
+        for r in resources
+    ):
+        return "BestEffort"
+    guaranteed = all(
+        r.cpu_limit_millis is not None
+        and r.memory_limit_bytes is not None
+        and (r.cpu_request_millis in (None, r.cpu_limit_millis))
+        and (r.memory_request_bytes in (None, r.memory_limit_bytes))
+        for r in resources
+    )
+    return "Guaranteed" if guaranteed else "Burstable"

@@ -1,0 +1,114 @@
+"""Pod volumes on the node: emptyDir (disk or tmpfs) and hostPath, laid out per pod uid.
+
+Layout: ``<state_dir>/pods/<uid>/volumes/<kind>/<name>``, the kubelet's shape, so that a
+restarted agent finds the same directories for the pods it adopts, and removing a pod is
+removing one directory (after unmounting any tmpfs in it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from nodeagent.model.pod import EmptyDirSource, HostPathSource, Pod
+
+
+class VolumeError(Exception):
+    """A volume cannot be set up; the message names the volume and why."""
+
+
+def pod_dir(state_dir: Path, pod: Pod | str) -> Path:
+    uid = pod if isinstance(pod, str) else pod.uid
+    return state_dir / "pods" / uid
+
+
+async def prepare(state_dir: Path, pod: Pod) -> dict[str, str]:
+    """Create every volume of the pod; return volume name -> host path."""
+    paths: dict[str, str] = {}
+    for volume in pod.spec.volumes:
+        if isinstance(volume.source, HostPathSource):
+            paths[volume.name] = await asyncio.to_thread(_host_path, volume.name, volume.source)
+        else:
+            target = pod_dir(state_dir, pod) / "volumes" / "empty-dir" / volume.name
+            await _empty_dir(volume.name, target, volume.source)
+            paths[volume.name] = str(target)
+    for container in pod.all_containers():
+        for mount in container.volume_mounts:
+            if mount.sub_path and mount.name in paths:
+                sub = Path(paths[mount.name]) / mount.sub_path
+                await asyncio.to_thread(sub.mkdir, parents=True, exist_ok=True)
+    return paths
+
+
+async def _empty_dir(name: str, target: Path, source: EmptyDirSource) -> None:
+    await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+    # World-writable like upstream: containers may run as any user.
+    await asyncio.to_thread(os.chmod, target, 0o777)
+    if source.medium != "Memory" or await asyncio.to_thread(os.path.ismount, target):
+        return
+    options = "mode=0777"
+    if source.size_limit_bytes:
+        options += f",size={source.size_limit_bytes}"
+    await _run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target), what=name)
+
+
+def _host_path(name: str, source: HostPathSource) -> str:
+    path = Path(source.path)
+    kind = source.type
+    if kind == "DirectoryOrCreate":
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    elif kind == "FileOrCreate":
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.touch(mode=0o644, exist_ok=True)
+    checks = {
+        "Directory": stat.S_ISDIR,
+        "DirectoryOrCreate": stat.S_ISDIR,
+        "File": stat.S_ISREG,
+        "FileOrCreate": stat.S_ISREG,
+        "Socket": stat.S_ISSOCK,
+        "CharDevice": stat.S_ISCHR,
+        "BlockDevice": stat.S_ISBLK,
+    }
+    check = checks.get(kind)
+    if check is not None:
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise VolumeError(f"volume {name!r}: hostPath {path} does not exist") from exc
+        if not check(mode):
+            raise VolumeError(f"volume {name!r}: hostPath {path} is not a {kind}")
+    return str(path)
+
+
+async def cleanup(state_dir: Path, uid: str) -> None:
+    """Unmount and remove everything the pod's volumes left on the node."""
+    root = pod_dir(state_dir, uid)
+    if not await asyncio.to_thread(root.exists):
+        return
+    mounts = await asyncio.to_thread(_mounts_under, root)
+    for mount in sorted(mounts, reverse=True):
+        await _run("umount", "-l", mount, what=mount)
+    await asyncio.to_thread(shutil.rmtree, root, True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root) + "/"
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        for line in info:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(prefix):
+                found.append(point)
+    return found
+
+
+async def _run(*argv: str, what: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise VolumeError(f"{what}: {argv[0]} failed: {err.decode(errors='replace').strip()}")

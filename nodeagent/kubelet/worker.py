@@ -1,0 +1,404 @@
+"""One pod worker per pod incarnation (uid): it makes the runtime match the spec.
+
+Lifecycle, stored as ``WorkerState`` and never inferred from timestamps::
+
+    SYNCING ----terminate()----> TERMINATING ----all stopped, removed----> TERMINATED
+       |                              ^
+       |                              +-- retried with backoff while the runtime fails
+       +----detach()----> task ends; the pod keeps running (agent shutdown)
+
+While SYNCING the worker loops: refresh its pod from the runtime, ``plan_pod`` (pure), carry
+out the actions, publish status, then sleep until woken (a runtime change seen by the
+relister, a probe result, a spec event) or until the next backoff deadline. Every failure
+of one pod stays in that pod: it becomes a waiting reason in its status and a log event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import time
+from typing import Any
+
+import structlog
+
+from nodeagent.kubelet import backoff, specs, volumes
+from nodeagent.kubelet.context import KubeletContext
+from nodeagent.kubelet.envvars import PodFacts
+from nodeagent.kubelet.handlers import Target, run_handler
+from nodeagent.kubelet.images import ImageError
+from nodeagent.kubelet.plan import KillContainer, PlanInput, PodActions, StartContainer, plan_pod
+from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
+from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.pod import Container, Pod
+from nodeagent.runtime.base import (
+    ContainerID,
+    ContainerInfo,
+    ContainerState,
+    NotFound,
+    RuntimeFailure,
+    SandboxInfo,
+    SandboxState,
+)
+
+MAX_ROUNDS = 8  # plan/act rounds per sync before yielding to other work
+MIN_KILL_GRACE_S = 2  # the kubelet's floor when a preStop hook used up the grace period
+
+
+class WorkerState(enum.Enum):
+    SYNCING = "syncing"  # bringing the runtime in line with the spec
+    TERMINATING = "terminating"  # stopping containers, then the sandbox
+    TERMINATED = "terminated"  # nothing of the pod is left in the runtime
+
+
+class PodWorker:
+    def __init__(self, pod: Pod, ctx: KubeletContext) -> None:
+        self.pod = pod
+        self.ctx = ctx
+        self.state = WorkerState.SYNCING
+        self.status: dict[str, Any] | None = None
+        self.log = structlog.get_logger("nodeagent.pod").bind(
+            pod=pod.name, namespace=pod.namespace, uid=pod.uid
+        )
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._grace_override: int | None = None
+        self._waiting: dict[str, Waiting] = {}
+        self._backoffs: dict[str, backoff.Backoff] = {}
+        self._hold: dict[str, float] = {}  # container -> wall time before which no retry
+        self._unhealthy: dict[str, str] = {}
+        self._ready: dict[str, bool] = {}
+        self._started: dict[str, bool] = {}
+        self._volume_paths: dict[str, str] | None = None
+        self._first_seen = time.time()
+
+    # -- control, all idempotent and non-blocking ------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"pod:{self.pod.key}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def terminate(self, grace_s: int | None = None) -> None:
+        if self.state is WorkerState.SYNCING:
+            self._grace_override = grace_s
+            self.state = WorkerState.TERMINATING
+            self.log.info("pod_terminating")
+        self._wake.set()
+
+    async def wait_terminated(self) -> None:
+        await self._done.wait()
+
+    async def detach(self) -> None:
+        """Stop working on the pod without touching it (agent shutdown)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def set_probe_state(
+        self, *, ready: dict[str, bool], started: dict[str, bool], unhealthy: dict[str, str]
+    ) -> None:
+        """The prober's latest view; a change wakes the worker."""
+        if (ready, started, unhealthy) != (self._ready, self._started, self._unhealthy):
+            self._ready, self._started, self._unhealthy = ready, started, unhealthy
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 1.0
+        while self.state is WorkerState.SYNCING:
+            try:
+                deadline = await self._sync()
+                delay = 1.0
+            except RuntimeFailure as exc:
+                self.log.warning("pod_sync_failed", error=str(exc))
+                deadline, delay = time.time() + delay, min(delay * 2, 30.0)
+            except Exception:
+                self.log.exception("pod_sync_crashed")
+                deadline, delay = time.time() + delay, min(delay * 2, 30.0)
+            await self._sleep_until(deadline)
+        while True:
+            try:
+                await self._terminate()
+                break
+            except Exception as exc:  # keep trying: leaking a pod is the worse outcome
+                self.log.warning("pod_termination_failed", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.state = WorkerState.TERMINATED
+        self._done.set()
+        self.log.info("pod_terminated")
+
+    async def _sleep_until(self, deadline: float) -> None:
+        timeout = max(0.0, deadline - time.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _sync(self) -> float:
+        runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
+        for _ in range(MAX_ROUNDS):
+            if self.state is not WorkerState.SYNCING:
+                break
+            actions = plan_pod(
+                PlanInput(
+                    pod=self.pod,
+                    runtime=runtime_pod,
+                    now=time.time(),
+                    backoffs=self._backoffs,
+                    unhealthy=self._unhealthy,
+                )
+            )
+            self._note_backoff(actions)
+            if not await self._execute(actions, runtime_pod):
+                break
+            runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
+        self._publish(runtime_pod)
+        return self._next_deadline()
+
+    def _next_deadline(self) -> float:
+        now = time.time()
+        pending = [t for t in self._hold.values() if t > now]
+        return min([now + self.ctx.resync_s, *pending])
+
+    def _note_backoff(self, actions: PodActions) -> None:
+        now = time.time()
+        for name, until in actions.backoff.items():
+            entry = self._backoffs.get(name)
+            delay = int(entry.delay_s) if entry else int(backoff.INITIAL_S)
+            message = (
+                f"back-off {delay}s restarting failed container={name} "
+                f"pod={self.pod.name}_{self.pod.namespace}({self.pod.uid})"
+            )
+            if self._waiting.get(name, Waiting("")).reason != "CrashLoopBackOff":
+                self.log.info("container_backoff", container=name, seconds=round(until - now, 1))
+            self._waiting[name] = Waiting("CrashLoopBackOff", message)
+            self._hold[name] = until
+
+    async def _execute(self, actions: PodActions, runtime_pod: RuntimePod) -> bool:
+        """Carry out the actions; False when nothing was (or could be) done."""
+        acted = False
+        if actions.kill_pod:
+            await self._kill_everything(runtime_pod, grace_s=MIN_KILL_GRACE_S, remove=False)
+            acted = True
+        if actions.create_sandbox:
+            acted = await self._create_sandbox(actions.sandbox_attempt) or acted
+        for kill in actions.kill:
+            await self._kill_container(kill)
+            acted = True
+        sandbox = runtime_pod.ready_sandbox()
+        starts = [s for s in actions.start if not self._held(s.container.name)]
+        if starts and sandbox is not None:
+            results = await asyncio.gather(*(self._start(s, sandbox) for s in starts))
+            acted = acted or any(results)
+        for info in actions.prune:
+            await self._remove_container(info)
+            acted = True
+        if actions.finished and sandbox is not None:
+            await self.ctx.runtime.stop_sandbox(sandbox.id)
+            self.log.info("pod_completed")
+            acted = True
+        return acted
+
+    def _held(self, name: str) -> bool:
+        return self._hold.get(name, 0.0) > time.time()
+
+    # -- actions ----------------------------------------------------------------------------
+
+    async def _create_sandbox(self, attempt: int) -> bool:
+        if self._held(""):
+            return False
+        try:
+            self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+            config = specs.sandbox_config(
+                self.pod, attempt=attempt, pod_log_dir=self.ctx.pod_log_dir
+            )
+            await asyncio.to_thread(os.makedirs, config.log_directory, 0o755, True)
+            sandbox_id = await self.ctx.runtime.run_sandbox(config)
+        except (volumes.VolumeError, RuntimeFailure, OSError) as exc:
+            self._fail_all("ContainerCreating", f"failed to create pod sandbox: {exc}")
+            self.log.warning("sandbox_create_failed", error=str(exc))
+            self._hold_with_backoff("")
+            return False
+        self.log.info("sandbox_created", sandbox=sandbox_id[:13], attempt=attempt)
+        for name, waiting in list(self._waiting.items()):
+            if waiting.reason == "ContainerCreating":
+                del self._waiting[name]
+        return True
+
+    def _fail_all(self, reason: str, message: str) -> None:
+        for container in self.pod.all_containers():
+            self._waiting[container.name] = Waiting(reason, message)
+
+    def _hold_with_backoff(self, name: str) -> None:
+        now = time.time()
+        entry = backoff.advance(self._backoffs.get(name), now=now)
+        self._backoffs[name] = entry
+        self._hold[name] = now + entry.delay_s
+
+    async def _start(self, start: StartContainer, sandbox: SandboxInfo) -> bool:
+        container, log = start.container, self.log.bind(container=start.container.name)
+        try:
+            await self.ctx.images.ensure(container.image, container.image_pull_policy)
+        except ImageError as exc:
+            self._waiting[container.name] = Waiting(exc.reason, exc.message)
+            self._hold[container.name] = self.ctx.images.retry_at(container.image) or time.time()
+            log.warning("image_failed", reason=exc.reason, error=exc.message)
+            return False
+        if start.attempt > 0:
+            now = time.time()
+            self._backoffs[container.name] = backoff.advance(
+                self._backoffs.get(container.name), now=now
+            )
+        reason = "CreateContainerConfigError"
+        try:
+            config = specs.container_config(
+                self.pod,
+                container,
+                attempt=start.attempt,
+                facts=PodFacts(self.ctx.node_name, sandbox.ip, self.ctx.host_ip),
+                volume_paths=self._volume_paths or {},
+            )
+            sandbox_config = specs.sandbox_config(
+                self.pod, attempt=sandbox.attempt, pod_log_dir=self.ctx.pod_log_dir
+            )
+            reason = "CreateContainerError"
+            container_id = await self.ctx.runtime.create_container(
+                sandbox.id, config, sandbox_config
+            )
+            reason = "RunContainerError"
+            await self.ctx.runtime.start_container(container_id)
+        except (RuntimeFailure, KeyError, ValueError) as exc:
+            self._waiting[container.name] = Waiting(reason, str(exc))
+            if reason != "RunContainerError":
+                self._hold_with_backoff(container.name)
+            log.warning("container_start_failed", reason=reason, error=str(exc))
+            return reason == "RunContainerError"
+        self._waiting.pop(container.name, None)
+        self._hold.pop(container.name, None)
+        log.info("container_started", attempt=start.attempt, id=container_id[:13])
+        await self._post_start(container, container_id, sandbox, log)
+        return True
+
+    async def _post_start(
+        self, container: Container, container_id: ContainerID, sandbox: SandboxInfo, log: Any
+    ) -> None:
+        hook = container.lifecycle.post_start
+        if hook is None:
+            return
+        target = Target(self.ctx.runtime, container_id, container, sandbox.ip)
+        outcome = await run_handler(
+            hook, target, timeout_s=self.pod.spec.termination_grace_period_seconds or 30
+        )
+        if not outcome.ok:
+            log.warning("post_start_hook_failed", error=outcome.message)
+            self._waiting[container.name] = Waiting("PostStartHookError", outcome.message)
+            await self._stop_container_id(
+                container, container_id, sandbox.ip, grace_s=MIN_KILL_GRACE_S
+            )
+
+    async def _kill_container(self, kill: KillContainer) -> None:
+        grace = kill.grace_s if kill.grace_s is not None else self._grace()
+        self.log.info("container_killing", container=kill.info.name, reason=kill.reason)
+        container = self._spec_container(kill.info.name)
+        sandbox = self.ctx.cache.get(self.pod.uid).ready_sandbox()
+        ip = sandbox.ip if sandbox is not None else ""
+        await self._stop_container_id(container, kill.info.id, ip, grace_s=grace)
+        self._unhealthy.pop(kill.info.name, None)
+
+    def _spec_container(self, name: str) -> Container | None:
+        return next((c for c in self.pod.all_containers() if c.name == name), None)
+
+    def _grace(self) -> int:
+        if self._grace_override is not None:
+            return self._grace_override
+        return self.pod.spec.termination_grace_period_seconds
+
+    async def _stop_container_id(
+        self, container: Container | None, container_id: ContainerID, pod_ip: str, *, grace_s: int
+    ) -> None:
+        """preStop hook, then TERM, then KILL when the grace period is over."""
+        started = time.monotonic()
+        hook = container.lifecycle.pre_stop if container is not None else None
+        if hook is not None and container is not None and grace_s > 0:
+            target = Target(self.ctx.runtime, container_id, container, pod_ip)
+            outcome = await run_handler(hook, target, timeout_s=grace_s)
+            if not outcome.ok:
+                self.log.warning(
+                    "pre_stop_hook_failed", container=container.name, error=outcome.message
+                )
+        left = grace_s - int(time.monotonic() - started)
+        if hook is not None and left < MIN_KILL_GRACE_S:
+            left = MIN_KILL_GRACE_S
+        with contextlib.suppress(NotFound):
+            await self.ctx.runtime.stop_container(container_id, max(left, 0))
+
+    async def _remove_container(self, info: ContainerInfo) -> None:
+        try:
+            if info.state is ContainerState.RUNNING:
+                await self.ctx.runtime.stop_container(info.id, 0)
+            await self.ctx.runtime.remove_container(info.id)
+        except NotFound:
+            pass
+
+    async def _kill_everything(
+        self, runtime_pod: RuntimePod, *, grace_s: int, remove: bool
+    ) -> None:
+        sandbox = runtime_pod.ready_sandbox()
+        ip = sandbox.ip if sandbox is not None else ""
+        await asyncio.gather(
+            *(
+                self._stop_container_id(self._spec_container(c.name), c.id, ip, grace_s=grace_s)
+                for c in runtime_pod.running()
+            )
+        )
+        for sb in runtime_pod.sandboxes:
+            if sb.state is SandboxState.READY:
+                await _ignore_missing(self.ctx.runtime.stop_sandbox(sb.id))
+        if not remove:
+            return
+        for c in runtime_pod.containers:
+            await _ignore_missing(self.ctx.runtime.remove_container(c.id))
+        for sb in runtime_pod.sandboxes:
+            await _ignore_missing(self.ctx.runtime.remove_sandbox(sb.id))
+
+    async def _terminate(self) -> None:
+        runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
+        await self._kill_everything(runtime_pod, grace_s=self._grace(), remove=True)
+        await volumes.cleanup(self.ctx.state_dir, self.pod.uid)
+        left = await self.ctx.cache.refresh(self.pod.uid)
+        if not left.empty:
+            raise RuntimeFailure(
+                f"{len(left.containers)} containers and {len(left.sandboxes)} sandboxes remain"
+            )
+
+    # -- status -----------------------------------------------------------------------------
+
+    def _publish(self, runtime_pod: RuntimePod) -> None:
+        sandboxes = [s.created_at_ns for s in runtime_pod.sandboxes]
+        start = min(sandboxes) / 1e9 if sandboxes else self._first_seen
+        self.status = compute_status(
+            StatusInput(
+                pod=self.pod,
+                runtime=runtime_pod,
+                now=time.time(),
+                host_ip=self.ctx.host_ip,
+                runtime_name=self.ctx.runtime_name,
+                waiting=dict(self._waiting),
+                ready=self._ready,
+                started=self._started,
+                previous=self.status,
+                start_time=start,
+            )
+        )
+
+
+async def _ignore_missing(call: Any) -> None:
+    with contextlib.suppress(NotFound):
+        await call

@@ -1,0 +1,190 @@
+"""Typed views of the Pod fields nodeagent honours.
+
+These are frozen dataclasses built once by ``model.validate`` from a Pod document; nothing
+downstream looks at the raw dict again. Only the fields we act on are here: a field we cannot
+honour is rejected during validation (with its path) rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NewType
+
+PodUID = NewType("PodUID", str)
+
+
+class RestartPolicy(enum.Enum):
+    ALWAYS = "Always"  # restart on any exit
+    ON_FAILURE = "OnFailure"  # restart on non-zero exit only
+    NEVER = "Never"  # never restart
+
+
+class PullPolicy(enum.Enum):
+    ALWAYS = "Always"  # pull on every container start
+    IF_NOT_PRESENT = "IfNotPresent"  # pull only when the image is missing
+    NEVER = "Never"  # never pull; a missing image is ErrImageNeverPull
+
+
+@dataclass(frozen=True)
+class ExecAction:
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HTTPGetAction:
+    port: int | str  # a number, or the name of a container port
+    path: str = "/"
+    host: str = ""  # empty means the pod IP
+    scheme: str = "HTTP"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class TCPSocketAction:
+    port: int | str
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class GRPCAction:
+    port: int
+    service: str = ""
+
+
+Handler = ExecAction | HTTPGetAction | TCPSocketAction | GRPCAction
+
+
+@dataclass(frozen=True)
+class Probe:
+    handler: Handler
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+    termination_grace_period_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    post_start: Handler | None = None
+    pre_stop: Handler | None = None
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    field_path: str  # e.g. "metadata.name", "status.podIP"
+
+
+@dataclass(frozen=True)
+class ResourceFieldRef:
+    resource: str  # e.g. "limits.memory"
+    container_name: str = ""
+    divisor: str = "1"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str = ""
+    value_from: FieldRef | ResourceFieldRef | None = None
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    container_port: int
+    name: str = ""
+    protocol: str = "TCP"
+    host_port: int = 0
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    name: str
+    mount_path: str
+    read_only: bool = False
+    sub_path: str = ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_limit_millis: int | None = None
+    memory_limit_bytes: int | None = None
+    cpu_request_millis: int | None = None
+    memory_request_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    working_dir: str = ""
+    env: tuple[EnvVar, ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+    volume_mounts: tuple[VolumeMount, ...] = ()
+    resources: Resources = Resources()
+    image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    liveness_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    startup_probe: Probe | None = None
+    lifecycle: Lifecycle = Lifecycle()
+    stdin: bool = False
+    tty: bool = False
+
+
+@dataclass(frozen=True)
+class EmptyDirSource:
+    medium: str = ""  # "" (node disk) or "Memory" (tmpfs)
+    size_limit_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class HostPathSource:
+    path: str
+    type: str = ""  # "", DirectoryOrCreate, Directory, FileOrCreate, File, Socket, ...
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    source: EmptyDirSource | HostPathSource
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    containers: tuple[Container, ...]
+    init_containers: tuple[Container, ...] = ()
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    termination_grace_period_seconds: int = 30
+    volumes: tuple[Volume, ...] = ()
+    hostname: str = ""
+    subdomain: str = ""
+    node_name: str = ""
+    host_network: bool = False
+    service_account_name: str = "default"
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A desired pod. ``uid`` identifies one incarnation: a changed spec gets a new uid."""
+
+    uid: PodUID
+    name: str
+    namespace: str
+    spec: PodSpec
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""  # file path (standalone) or "api"
+    creation_timestamp: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def all_containers(self) -> tuple[Container, ...]:
+        return self.spec.init_containers + self.spec.containers

@@ -1,0 +1,221 @@
+"""The runtime seam: the one protocol every container runtime backend implements.
+
+The pod workers speak only this protocol. It is deliberately small (sandboxes, containers,
+exec, images) and shaped after CRI, because CRI is the richer of our two backends and the
+Docker backend can emulate it (as dockershim did).
+
+Errors that cross the seam are the typed ones below. A backend translates its transport's
+errors (grpc.RpcError, docker.errors.*, OSError) at its edge, so callers never import a
+backend's error types. Every call is bounded by a timeout inside the backend: a hung runtime
+surfaces as ``RuntimeUnavailable``, never as a hung pod worker.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NewType, Protocol
+
+from nodeagent.model.pod import PodUID
+
+SandboxID = NewType("SandboxID", str)
+ContainerID = NewType("ContainerID", str)
+
+# Labels every sandbox and container carries, so crictl, operators and our own adoption after
+# a restart recognise which pod an object belongs to.
+LABEL_POD_NAME = "io.kubernetes.pod.name"
+LABEL_POD_NAMESPACE = "io.kubernetes.pod.namespace"
+LABEL_POD_UID = "io.kubernetes.pod.uid"
+LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
+# Our own marker, so that adoption never touches sandboxes some other agent created.
+LABEL_MANAGED_BY = "io.nodeagent.managed"
+
+
+class RuntimeFailure(Exception):
+    """Base of every error a runtime backend raises across the seam."""
+
+
+class RuntimeUnavailable(RuntimeFailure):
+    """The runtime cannot be reached, or a call timed out."""
+
+
+class NotFound(RuntimeFailure):
+    """The sandbox, container or image does not exist (any more)."""
+
+
+class InvalidInput(RuntimeFailure):
+    """The runtime rejected what we asked for (bad image name, bad config)."""
+
+
+class ImagePullFailed(RuntimeFailure):
+    """Pulling an image failed: unknown image, unreachable registry, bad reference."""
+
+
+class ContainerState(enum.Enum):
+    CREATED = "created"  # created, never started
+    RUNNING = "running"  # process alive
+    EXITED = "exited"  # process ended; exit_code is meaningful
+    UNKNOWN = "unknown"  # runtime could not tell
+
+
+class SandboxState(enum.Enum):
+    READY = "ready"  # network namespace and pause process alive
+    NOTREADY = "notready"  # stopped, or being torn down
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    container_port: int
+    host_port: int
+    protocol: str = "TCP"  # TCP, UDP or SCTP
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    servers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    name: str
+    namespace: str
+    uid: PodUID
+    attempt: int
+    hostname: str
+    log_directory: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    port_mappings: tuple[PortMapping, ...] = ()
+    dns: DNSConfig | None = None
+    host_network: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    host_path: str
+    container_path: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_period: int = 0  # microseconds; 0 means unset
+    cpu_quota: int = 0  # microseconds per period; 0 means unlimited
+    cpu_shares: int = 0
+    memory_limit_bytes: int = 0  # 0 means unlimited
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    name: str
+    attempt: int
+    image: str
+    log_path: str  # relative to the sandbox's log_directory
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    working_dir: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = Resources()
+    stdin: bool = False
+    tty: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    id: SandboxID
+    uid: PodUID
+    name: str
+    namespace: str
+    attempt: int
+    state: SandboxState
+    created_at_ns: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ip: str = ""  # filled by sandbox_status; list_sandboxes may leave it empty
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: ContainerID
+    sandbox_id: SandboxID
+    uid: PodUID
+    name: str
+    attempt: int
+    image: str
+    state: ContainerState
+    created_at_ns: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # The fields below are only filled by container_status.
+    image_ref: str = ""
+    started_at_ns: int = 0
+    finished_at_ns: int = 0
+    exit_code: int = 0
+    reason: str = ""  # runtime's reason, e.g. "OOMKilled", "Error", "Completed"
+    message: str = ""
+    detailed: bool = False  # True once container_status filled the fields above
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class RuntimeVersion:
+    name: str  # e.g. "containerd"
+    version: str  # e.g. "1.6.20"
+    api_version: str  # e.g. "v1"
+
+
+class Runtime(Protocol):
+    """What a pod worker needs from a container runtime. All methods are coroutines."""
+
+    async def version(self) -> RuntimeVersion: ...
+
+    async def run_sandbox(self, config: SandboxConfig) -> SandboxID: ...
+
+    async def stop_sandbox(self, sandbox_id: SandboxID) -> None: ...
+
+    async def remove_sandbox(self, sandbox_id: SandboxID) -> None: ...
+
+    async def sandbox_status(self, sandbox_id: SandboxID) -> SandboxInfo: ...
+
+    async def list_sandboxes(self, uid: PodUID | None = None) -> Sequence[SandboxInfo]:
+        """Our sandboxes (labelled managed), optionally of one pod only."""
+        ...
+
+    async def create_container(
+        self, sandbox_id: SandboxID, config: ContainerConfig, sandbox: SandboxConfig
+    ) -> ContainerID: ...
+
+    async def start_container(self, container_id: ContainerID) -> None: ...
+
+    async def stop_container(self, container_id: ContainerID, timeout_s: int) -> None:
+        """Signal the container (TERM or the image's STOPSIGNAL), KILL after timeout_s."""
+        ...
+
+    async def remove_container(self, container_id: ContainerID) -> None: ...
+
+    async def container_status(self, container_id: ContainerID) -> ContainerInfo: ...
+
+    async def list_containers(self, uid: PodUID | None = None) -> Sequence[ContainerInfo]:
+        """Our containers, optionally of one pod only; ``detailed`` is False on these."""
+        ...
+
+    async def exec_sync(
+        self, container_id: ContainerID, command: Sequence[str], timeout_s: float
+    ) -> ExecResult: ...
+
+    async def image_present(self, image: str) -> bool: ...
+
+    async def pull_image(self, image: str) -> None: ...
+
+    async def close(self) -> None: ...

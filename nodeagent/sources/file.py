@@ -1,0 +1,235 @@
+"""The manifest directory as a pod source (the kubelet's static pods).
+
+Every ``*.yaml``, ``*.yml`` and ``*.json`` file (dot-files ignored) may hold several
+documents. A scan reads the directory into one ``DesiredState``: pods and services keyed
+by ``namespace/name``, plus every error, each naming the file, the object and the field.
+
+Two rules keep bad input from hurting running pods:
+- a file that fails to parse (half-written, or broken by an edit) keeps contributing what
+  it last contributed successfully, until it parses again or is removed;
+- a duplicate ``namespace/name`` is an error for the later file (in name order); the first
+  definition stays.
+
+Watching is a cheap stat of the directory every ``interval``; files are only re-read when
+their (mtime, size, inode) changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from nodeagent.model.fields import ValidationError
+from nodeagent.model.pod import Pod
+from nodeagent.model.validate import ServiceDoc, object_name, parse_document
+
+log = structlog.get_logger("nodeagent.source.file")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DOCUMENTS = 256
+
+
+@dataclass(frozen=True)
+class SourceError:
+    source: str  # the file
+    object: str  # "Pod default/web", or "document 2" when it has no identity
+    field: str  # the field path, "" for the whole document
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "source": self.source,
+            "object": self.object,
+            "field": self.field,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class FileResult:
+    pods: tuple[Pod, ...] = ()
+    services: tuple[ServiceDoc, ...] = ()
+    errors: tuple[SourceError, ...] = ()
+    parsed: bool = True  # False: the file as a whole could not be read or parsed
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    pods: Mapping[str, Pod] = field(default_factory=dict)
+    services: Mapping[str, ServiceDoc] = field(default_factory=dict)
+    errors: tuple[SourceError, ...] = ()
+
+
+def read_file(path: Path, *, node_name: str) -> FileResult:
+    """Parse one manifest file; never raises."""
+    source = str(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return _broken(source, f"file larger than {MAX_FILE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return _broken(source, f"cannot read: {exc}")
+    try:
+        documents = _documents(text, json_file=path.suffix == ".json")
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        return _broken(source, f"malformed {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
+    pods: list[Pod] = []
+    services: list[ServiceDoc] = []
+    errors: list[SourceError] = []
+    for index, doc in enumerate(documents):
+        if doc is None:
+            continue  # an empty document between separators
+        try:
+            obj = parse_document(doc, source=source, node_name=node_name)
+        except ValidationError as exc:
+            name = exc.obj if isinstance(doc, Mapping) else f"document {index + 1}"
+            errors.extend(SourceError(source, name, e.path, e.message) for e in exc.errors)
+            continue
+        except RecursionError:
+            errors.append(SourceError(source, object_name(doc), "", "document nested too deeply"))
+            continue
+        (pods if isinstance(obj, Pod) else services).append(obj)  # type: ignore[arg-type]
+    return FileResult(tuple(pods), tuple(services), tuple(errors))
+
+
+def _broken(source: str, message: str) -> FileResult:
+    return FileResult(errors=(SourceError(source, "file", "", message),), parsed=False)
+
+
+def _documents(text: str, *, json_file: bool) -> list[Any]:
+    if json_file:
+        doc = json.loads(text)
+        # A JSON file may hold one object or a v1 List of them.
+        if (
+            isinstance(doc, dict)
+            and doc.get("kind") == "List"
+            and isinstance(doc.get("items"), list)
+        ):
+            return list(doc["items"])
+        return [doc]
+    docs = list(yaml.safe_load_all(text))
+    if len(docs) > MAX_DOCUMENTS:
+        raise ValueError(f"more than {MAX_DOCUMENTS} documents")
+    return docs
+
+
+def merge(results: Mapping[str, FileResult]) -> DesiredState:
+    """Combine per-file results in file-name order; later duplicates are errors."""
+    pods: dict[str, Pod] = {}
+    services: dict[str, ServiceDoc] = {}
+    errors: list[SourceError] = []
+    for source in sorted(results):
+        result = results[source]
+        errors.extend(result.errors)
+        for kind, items, target in (
+            ("Pod", result.pods, pods),
+            ("Service", result.services, services),
+        ):
+            for item in items:
+                existing = target.get(item.key)
+                if existing is not None:
+                    errors.append(
+                        SourceError(
+                            source,
+                            f"{kind} {item.key}",
+                            "metadata.name",
+                            f"duplicate {kind.lower()} name: already defined in {existing.source}",
+                        )
+                    )
+                    continue
+                target[item.key] = item  # type: ignore[assignment]
+    return DesiredState(pods, services, tuple(errors))
+
+
+Signature = tuple[int, int, int]
+
+
+class FileSource:
+    """Watches one directory and calls ``on_update`` with the full desired state on change."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        node_name: str,
+        on_update: Callable[[DesiredState], None],
+        interval_s: float = 1.0,
+    ) -> None:
+        self.directory = directory
+        self.node_name = node_name
+        self._on_update = on_update
+        self._interval = interval_s
+        self._seen: dict[str, Signature] = {}
+        self._results: dict[str, FileResult] = {}
+        self._good: dict[str, FileResult] = {}  # last result that parsed, per file
+        self.state = DesiredState()
+        self._loaded = False
+
+    async def run(self) -> None:
+        while True:
+            await self.scan()
+            await asyncio.sleep(self._interval)
+
+    async def scan(self) -> bool:
+        """Re-read what changed; True (and ``on_update``) when the desired state changed."""
+        listing = await asyncio.to_thread(self._list)
+        changed = set(listing.items()) ^ set(self._seen.items())
+        if not changed and self._loaded:
+            return False
+        for name in {n for n, _ in changed}:
+            if name not in listing:
+                self._results.pop(name, None)
+                self._good.pop(name, None)
+                log.info("manifest_removed", source=name)
+                continue
+            result = await asyncio.to_thread(read_file, Path(name), node_name=self.node_name)
+            self._results[name] = result
+            if result.parsed:
+                self._good[name] = result
+            for error in result.errors:
+                log.warning("manifest_invalid", **error.to_json())
+        self._seen = listing
+        state = merge(self._effective())
+        if state == self.state and self._loaded:
+            return False
+        self._loaded = True
+        self.state = state
+        self._on_update(state)
+        return True
+
+    def _effective(self) -> dict[str, FileResult]:
+        """Current results, with a broken file standing in for its last good content."""
+        effective = {}
+        for name, result in self._results.items():
+            good = self._good.get(name)
+            if not result.parsed and good is not None:
+                result = FileResult(good.pods, good.services, result.errors + good.errors)
+            effective[name] = result
+        return effective
+
+    def _list(self) -> dict[str, Signature]:
+        found: dict[str, Signature] = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as exc:
+            log.warning("manifest_dir_unreadable", path=str(self.directory), error=str(exc))
+            return dict(self._seen)  # keep what we had: a flaky mount must not kill pods
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            if entry.is_file():
+                found[entry.path] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        return found
