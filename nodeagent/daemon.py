@@ -57,7 +57,6 @@ class Node:
         self.runtime_version = ""
         self.runtime_name: str = "containerd" if config.runtime == "cri" else config.runtime
         self.desired = DesiredState()
-        self.node_json: dict[str, Any] = {"name": config.node_name}
         self.cache = RuntimeCache(
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
         )
@@ -104,17 +103,16 @@ class Node:
             if self.cache.healthy:
                 self.manager.cleanup_orphans()
 
-    async def report_node(self) -> None:
-        while True:
-            if not self.runtime_version:
-                try:
-                    version = await self.runtime.version()
-                    self.runtime_name = version.name
-                    self.runtime_version = version.version
-                except RuntimeFailure as exc:
-                    log.warning("runtime_version_failed", error=str(exc))
-            self.node_json = await asyncio.to_thread(self._node_status)
-            await asyncio.sleep(NODE_STATUS_INTERVAL_S)
+    async def learn_runtime_version(self) -> None:
+        while not self.runtime_version:
+            try:
+                version = await self.runtime.version()
+            except RuntimeFailure as exc:
+                log.warning("runtime_version_failed", error=str(exc))
+                await asyncio.sleep(NODE_STATUS_INTERVAL_S)
+                continue
+            self.runtime_name, self.runtime_version = version.name, version.version
+        await asyncio.Event().wait()
 
     def _node_status(self) -> dict[str, Any]:
         facts = nodestatus.NodeFacts(
@@ -131,7 +129,7 @@ class Node:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "node": self.node_json,
+            "node": self._node_status(),
             "pods": self.manager.snapshot(),
             "services": [
                 {
@@ -189,7 +187,7 @@ async def run(config: Config) -> int:
         "relist": node.cache.run,
         "source": node.run_source,
         "orphans": node.sweep_orphans,
-        "node-status": node.report_node,
+        "runtime-version": node.learn_runtime_version,
     }
     tasks = [asyncio.create_task(_supervised(n, f), name=n) for n, f in loops.items()]
     try:

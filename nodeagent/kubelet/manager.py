@@ -116,10 +116,13 @@ class PodManager:
     # -- outputs ----------------------------------------------------------------------------
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Pods as the API shows them: metadata plus PodStatus, sorted by namespace/name."""
+        """Pods as the API shows them: metadata plus PodStatus, sorted by namespace/name.
+
+        Pods still terminating are listed too (``worker: terminating``) until they are gone.
+        """
         result = []
-        for key in sorted(self._workers):
-            worker = self._workers[key]
+        workers = sorted(self._all_workers(), key=lambda w: (w.pod.key, w.state.value))
+        for worker in workers:
             pod = worker.pod
             metadata: dict[str, Any] = {
                 "name": pod.name,

@@ -74,6 +74,7 @@ class PodWorker:
         self._started: dict[str, bool] = {}
         self._volume_paths: dict[str, str] | None = None
         self._first_seen = time.time()
+        self._soon = 0.0  # an extra, earlier sync asked for by an action
 
     # -- control, all idempotent and non-blocking ------------------------------------------
 
@@ -156,6 +157,7 @@ class PodWorker:
                 )
             )
             self._note_backoff(actions)
+            self._publish(runtime_pod)  # observable now, not only after slow work (pulls)
             if not await self._execute(actions, runtime_pod):
                 break
             runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
@@ -164,7 +166,7 @@ class PodWorker:
 
     def _next_deadline(self) -> float:
         now = time.time()
-        pending = [t for t in self._hold.values() if t > now]
+        pending = [t for t in [*self._hold.values(), self._soon] if t > now]
         return min([now + self.ctx.resync_s, *pending])
 
     def _note_backoff(self, actions: PodActions) -> None:
@@ -193,7 +195,12 @@ class PodWorker:
             await self._kill_container(kill)
             acted = True
         sandbox = runtime_pod.ready_sandbox()
-        starts = [s for s in actions.start if not self._held(s.container.name)]
+        starts = []
+        for start in actions.start:
+            if self._held(start.container.name):
+                self._still_held(start.container)
+            else:
+                starts.append(start)
         if starts and sandbox is not None:
             results = await asyncio.gather(*(self._start(s, sandbox) for s in starts))
             acted = acted or any(results)
@@ -208,6 +215,12 @@ class PodWorker:
 
     def _held(self, name: str) -> bool:
         return self._hold.get(name, 0.0) > time.time()
+
+    def _still_held(self, container: Container) -> None:
+        """A failed pull, seen again while its backoff runs, is ImagePullBackOff."""
+        if self._waiting.get(container.name, Waiting("")).reason == "ErrImagePull":
+            message = f'Back-off pulling image "{container.image}"'
+            self._waiting[container.name] = Waiting("ImagePullBackOff", message)
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -249,6 +262,9 @@ class PodWorker:
         except ImageError as exc:
             self._waiting[container.name] = Waiting(exc.reason, exc.message)
             self._hold[container.name] = self.ctx.images.retry_at(container.image) or time.time()
+            if exc.reason == "ErrImagePull":
+                # Look again shortly, so that status moves on to ImagePullBackOff as upstream.
+                self._soon = time.time() + 1.0
             log.warning("image_failed", reason=exc.reason, error=exc.message)
             return False
         if start.attempt > 0:
@@ -276,10 +292,14 @@ class PodWorker:
             await self.ctx.runtime.start_container(container_id)
         except (RuntimeFailure, KeyError, ValueError) as exc:
             self._waiting[container.name] = Waiting(reason, str(exc))
-            if reason != "RunContainerError":
+            if reason == "RunContainerError":
+                # The failed container itself drives the restart backoff; show this reason
+                # for a moment before the next sync turns it into CrashLoopBackOff.
+                self._soon = time.time() + 1.0
+            else:
                 self._hold_with_backoff(container.name)
             log.warning("container_start_failed", reason=reason, error=str(exc))
-            return reason == "RunContainerError"
+            return False
         self._waiting.pop(container.name, None)
         self._hold.pop(container.name, None)
         log.info("container_started", attempt=start.attempt, id=container_id[:13])

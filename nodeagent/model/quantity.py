@@ -20,6 +20,8 @@ _DECIMAL = {
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)$")
 _MAX_LEN = 64
+# Exponents make short texts astronomically large; nothing we configure exceeds int64.
+_MAX_VALUE = Decimal(2**63 - 1)
 
 
 class QuantityError(ValueError):
@@ -42,7 +44,13 @@ def parse_quantity(value: object) -> Decimal:
     if base < 0:
         raise QuantityError(f"negative quantity: {text!r}")
     scale = Decimal(_BINARY[suffix]) if suffix in _BINARY else _DECIMAL[suffix]
-    return base * scale
+    try:
+        value = base * scale
+    except ArithmeticError as exc:  # decimal.Overflow past the context's exponent limit
+        raise QuantityError(f"quantity too large: {text!r}") from exc
+    if value > _MAX_VALUE:
+        raise QuantityError(f"quantity too large: {text!r}")
+    return value
 
 
 def cpu_millis(value: object) -> int:

@@ -207,10 +207,26 @@ def parse_pod(doc: Mapping[str, Any], *, source: str, node_name: str) -> Pod:
 
 def _content_uid(doc: Mapping[str, Any], node_name: str) -> str:
     """A static pod's uid: a hash of its content, so an edited manifest is a new pod."""
-    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(_json_keys(doc), sort_keys=True, default=str).encode())
     digest.update(node_name.encode())
     h = digest.hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def _json_keys(value: Any) -> Any:
+    """``value`` with every map key a string, so that sorting keys cannot fail.
+
+    YAML allows keys like ``1`` or ``true``; fields we ignore may carry them. String keys
+    are kept as they are, so the uid of an ordinary document does not change.
+    """
+    if isinstance(value, Mapping):
+        return {
+            k if isinstance(k, str) else f"{type(k).__name__}:{k}": _json_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_json_keys(v) for v in value]
+    return value
 
 
 def _identity(meta: Node) -> tuple[str, str]:

@@ -1,0 +1,142 @@
+"""Command line: ``nodeagent run | status | version``.
+
+Thin on purpose: parse arguments, call into the packages, turn their errors into exit codes.
+
+- ``run`` builds the Config (flags override environment override file override defaults;
+  see nodeagent.config), configures logging and hands over to the daemon. The daemon module is
+  imported only here, so ``status`` and ``version`` start fast and work on a machine where
+  the daemon's heavy dependencies (grpc, pyroute2, docker) are broken or missing.
+- ``status`` reads the running agent's snapshot over its unix socket.
+
+Exit codes: 0 success; 1 an operation failed (agent unreachable); 2 bad usage or bad
+configuration (argparse's convention, so scripts can tell "fix your flags" from "try later").
+Expected failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+
+from nodeagent.config import (
+    DEFAULT_STATUS_SOCKET,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    RUNTIMES,
+    ConfigError,
+    env_var,
+    load_config,
+)
+from nodeagent.log import configure_logging
+from nodeagent.server.client import StatusUnavailable, fetch_status
+from nodeagent.server.render import render_status
+
+PROG = "nodeagent"
+FALLBACK_VERSION = "0.1.0"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="A node agent: the kubelet's and kube-proxy's work in one daemon."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the agent in the foreground",
+        description="Run the agent. Every option can also be set in the --config file or as "
+        "NODEAGENT_<OPTION> in the environment (e.g. NODEAGENT_NODE_NAME); flags win.",
+    )
+    # Every default is None: "not given" must stay distinguishable from a value, so an absent
+    # flag never overrides the file or the environment. The real defaults live in Config.
+    run.add_argument("--config", metavar="FILE", help="YAML file with settings (keys as below)")
+    run.add_argument("--node-name", help="this node's name (default: the host name)")
+    run.add_argument("--runtime", choices=RUNTIMES, help="container runtime (default: cri)")
+    run.add_argument("--runtime-endpoint", metavar="URL", help="runtime socket, unix:///...")
+    run.add_argument("--manifests", metavar="DIR", help="directory of pod/service manifests")
+    run.add_argument("--state-dir", metavar="DIR", help="default: /var/lib/nodeagent")
+    run.add_argument(
+        "--status-socket",
+        metavar="PATH",
+        help=f"status endpoint (default: {DEFAULT_STATUS_SOCKET})",
+    )
+    run.add_argument("--pod-cidr", metavar="CIDR", help="pod address range (default: 10.88.0.0/16)")
+    run.add_argument("--cni-conf-dir", metavar="DIR", help="default: /etc/cni/net.d")
+    run.add_argument("--cni-bin-dir", metavar="DIR", help="default: /opt/cni/bin or /usr/lib/cni")
+    run.add_argument("--pod-log-dir", metavar="DIR", help="default: /var/log/pods")
+    run.add_argument("--pause-image", metavar="IMAGE", help="sandbox image (default: pause:3.6)")
+    run.add_argument("--log-format", choices=LOG_FORMATS, help="default: console")
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
+    run.set_defaults(handler=_cmd_run)
+
+    status = commands.add_parser("status", help="show the running agent's node and pods")
+    status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    status.add_argument(
+        "--status-socket",
+        metavar="PATH",
+        help=f"the agent's status socket (default: ${env_var('status_socket')} "
+        f"or {DEFAULT_STATUS_SOCKET})",
+    )
+    status.set_defaults(handler=_cmd_status)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=_cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except KeyboardInterrupt:
+        return 130  # the shell's convention for SIGINT
+    except BrokenPipeError:
+        # `nodeagent status | head`: the reader left; not our failure. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args)
+    except ConfigError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(config.log_format, config.log_level)
+    # Imported here, not at the top: see the module docstring.
+    from nodeagent import daemon
+
+    return asyncio.run(daemon.run(config))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    path = args.status_socket or os.environ.get(env_var("status_socket")) or DEFAULT_STATUS_SOCKET
+    try:
+        snapshot = fetch_status(str(path))
+    except StatusUnavailable as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(render_status(snapshot, datetime.now(UTC)), end="")
+    return EXIT_OK
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    try:
+        version = metadata.version(PROG)
+    except metadata.PackageNotFoundError:  # running from a source tree, not installed
+        version = FALLBACK_VERSION
+    print(f"{PROG} {version}")
+    return EXIT_OK

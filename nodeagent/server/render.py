@@ -1,0 +1,253 @@
+"""Render a status snapshot as the plain-text view of ``nodeagent status``.
+
+Pure: ``render_status(snapshot, now)`` is a function of its arguments, so the exact output is
+unit-tested against canned snapshots and the clock is an argument, not a call.
+
+The input comes over a socket from a possibly different version of the agent, so the reader
+is forgiving: a missing or mistyped field renders as a blank or ``<none>``, never a traceback.
+Column meanings follow ``kubectl get pods`` where they overlap (READY, RESTARTS, AGE with
+kubectl's rounding), so the output reads the way operators expect.
+
+Layout::
+
+    NODE: n1   RUNTIME: containerd 1.6.20   READY: True   PODS: 2/110
+
+    NAMESPACE   NAME    PHASE     READY   RESTARTS   AGE   IP          REASON
+    default     web     Running   1/1     0          5m    10.88.0.5
+    default     crash   Running   0/1     4          2h    10.88.0.6   CrashLoopBackOff
+
+    ERRORS:
+    SOURCE                OBJECT        FIELD                      MESSAGE
+    /etc/pods/bad.yaml    default/bad   spec.containers[0].image   must not be empty
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+NONE = "<none>"
+_GAP = "   "  # kubectl's column padding
+
+
+def render_status(snapshot: Mapping[str, Any], now: datetime) -> str:
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    sections = [_node_line(_map(snapshot.get("node")), len(_list(snapshot.get("pods"))))]
+    sections.append(_pods_section(_list(snapshot.get("pods")), now))
+    services = _list(snapshot.get("services"))
+    if services:
+        sections.append(f"SERVICES: {len(services)}")
+    errors = _errors(snapshot)
+    if errors:
+        sections.append("ERRORS:\n" + _table(("SOURCE", "OBJECT", "FIELD", "MESSAGE"), errors))
+    return "\n\n".join(sections) + "\n"
+
+
+# --- Node ------------------------------------------------------------------------------------
+
+
+def _node_line(node: Mapping[str, Any], pod_count: int) -> str:
+    runtime = _map(node.get("runtime"))
+    runtime_text = " ".join(
+        s for s in (_str(runtime.get("name")), _str(runtime.get("version"))) if s
+    )
+    conditions = [_map(c) for c in _list(node.get("conditions"))]
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    fields = [
+        f"NODE: {_str(node.get('name')) or NONE}",
+        f"RUNTIME: {runtime_text or NONE}",
+        f"READY: {_ready_text(ready)}",
+    ]
+    max_pods = _str(_map(node.get("allocatable")).get("pods")) or _str(
+        _map(node.get("capacity")).get("pods")
+    )
+    fields.append(f"PODS: {pod_count}/{max_pods}" if max_pods else f"PODS: {pod_count}")
+    # Every other node condition is a problem when True (MemoryPressure, NetworkUnavailable...).
+    problems = [
+        _str(c.get("type"))
+        for c in conditions
+        if c.get("type") != "Ready" and c.get("status") == "True"
+    ]
+    if problems:
+        fields.append(f"PROBLEMS: {','.join(problems)}")
+    return _GAP.join(fields)
+
+
+def _ready_text(condition: Mapping[str, Any] | None) -> str:
+    if condition is None:
+        return "Unknown"
+    status = _str(condition.get("status")) or "Unknown"
+    if status == "True":
+        return status
+    why = ": ".join(s for s in (_str(condition.get("reason")), _str(condition.get("message"))) if s)
+    return f"{status} ({why})" if why else status
+
+
+# --- Pods ------------------------------------------------------------------------------------
+
+_POD_HEADER = ("NAMESPACE", "NAME", "PHASE", "READY", "RESTARTS", "AGE", "IP", "REASON")
+
+
+def _pods_section(pods: Sequence[Any], now: datetime) -> str:
+    if not pods:
+        return "No pods."
+    rows = [_pod_row(_map(p), now) for p in pods]
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return _table(_POD_HEADER, rows)
+
+
+def _pod_row(pod: Mapping[str, Any], now: datetime) -> tuple[str, ...]:
+    meta = _map(pod.get("metadata"))
+    status = _map(pod.get("status"))
+    containers = [_map(c) for c in _list(status.get("containerStatuses"))]
+    inits = [_map(c) for c in _list(status.get("initContainerStatuses"))]
+    ready = sum(1 for c in containers if c.get("ready") is True)
+    restarts = sum(_int(c.get("restartCount")) for c in (*inits, *containers))
+    created = _timestamp(meta.get("creationTimestamp")) or _timestamp(status.get("startTime"))
+    return (
+        _str(meta.get("namespace")) or "default",
+        _str(meta.get("name")) or NONE,
+        _str(status.get("phase")) or "Unknown",
+        f"{ready}/{len(containers)}",
+        str(restarts),
+        human_duration(now - created) if created else "<unknown>",
+        _str(status.get("podIP")) or NONE,
+        _reason(status, inits, containers),
+    )
+
+
+def _reason(
+    status: Mapping[str, Any],
+    inits: Sequence[Mapping[str, Any]],
+    containers: Sequence[Mapping[str, Any]],
+) -> str:
+    """Why the pod is not fully ready: the first not-ready container's waiting/terminated reason.
+
+    Init containers come first: while one crash-loops, the app containers only say
+    "PodInitializing", which hides the cause. A pod-level reason (e.g. Evicted) is the fallback.
+    """
+    for c in inits:
+        state = _map(c.get("state"))
+        terminated = _map(state.get("terminated"))
+        if terminated and _int(terminated.get("exitCode")) == 0:
+            continue  # completed successfully: not a reason
+        reason = _state_reason(state)
+        if reason and c.get("ready") is not True:
+            return reason
+    for c in containers:
+        if c.get("ready") is True:
+            continue
+        reason = _state_reason(_map(c.get("state")))
+        if reason:
+            return reason
+    return _str(status.get("reason"))
+
+
+def _state_reason(state: Mapping[str, Any]) -> str:
+    for kind in ("waiting", "terminated"):
+        reason = _str(_map(state.get(kind)).get("reason"))
+        if reason:
+            return reason
+    return ""
+
+
+def human_duration(delta: timedelta) -> str:
+    """kubectl's HumanDuration: coarse, and shorter the older something is."""
+    seconds = int(delta.total_seconds())
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 0:
+        return "0s"
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        s = seconds % 60
+        return f"{minutes}m{s}s" if s else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        m = minutes % 60
+        return f"{hours}h{m}m" if m else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    days = hours // 24
+    if hours < 24 * 8:
+        h = hours % 24
+        return f"{days}d{h}h" if h else f"{days}d"
+    if hours < 24 * 365 * 2:
+        return f"{days}d"
+    years = days // 365
+    if hours < 24 * 365 * 8:
+        d = days % 365
+        return f"{years}y{d}d" if d else f"{years}y"
+    return f"{years}y"
+
+
+# --- Errors ----------------------------------------------------------------------------------
+
+
+def _errors(snapshot: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Manifest errors of the node, then per-pod errors (attributed to their pod)."""
+    rows = [_error_row(e, default_object="") for e in _list(snapshot.get("errors"))]
+    for p in _list(snapshot.get("pods")):
+        meta = _map(_map(p).get("metadata"))
+        obj = f"{_str(meta.get('namespace')) or 'default'}/{_str(meta.get('name'))}"
+        rows += [_error_row(e, default_object=obj) for e in _list(_map(p).get("errors"))]
+    return rows
+
+
+def _error_row(error: Any, *, default_object: str) -> tuple[str, ...]:
+    if not isinstance(error, Mapping):
+        return ("", default_object, "", _str(error))  # a plain string message
+    return (
+        _str(error.get("source")),
+        _str(error.get("object")) or default_object,
+        _str(error.get("field")),
+        _str(error.get("message")),
+    )
+
+
+# --- Helpers ---------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    all_rows = [list(header), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    lines = [
+        _GAP.join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in all_rows
+    ]
+    return "\n".join(lines)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)  # 3.11 accepts RFC 3339's trailing "Z"
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str:
+    # One line per cell: a multi-line message would break the columns.
+    if value is None or isinstance(value, Mapping | list):
+        return ""
+    return " ".join(str(value).split())
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

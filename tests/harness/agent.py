@@ -1,0 +1,162 @@
+"""The real agent as a subprocess inside a test node's network namespace.
+
+Tests drive it the way a user does: manifests in a directory, ``nodeagent run`` with flags,
+and the status socket for observation. Nothing here reaches into the agent's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nodeagent.server.client import StatusUnavailable, fetch_status
+from tests.harness.node import TestNode
+from tests.harness.wait import wait_for
+
+
+class Agent:
+    __test__ = False
+
+    def __init__(self, node: TestNode, *, name: str = "node-a", extra: Sequence[str] = ()) -> None:
+        self.node = node
+        self.name = name
+        self.manifests = node.root / "manifests"
+        self.manifests.mkdir(exist_ok=True)
+        self.socket = node.root / "status.sock"
+        self.log_path = node.root / "agent.log"
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        node = self.node
+        return [
+            *node.netns_argv,
+            sys.executable,
+            "-m",
+            "nodeagent",
+            "run",
+            "--node-name",
+            self.name,
+            "--runtime-endpoint",
+            node.endpoint,
+            "--manifests",
+            str(self.manifests),
+            "--state-dir",
+            str(node.state_dir),
+            "--status-socket",
+            str(self.socket),
+            "--pod-cidr",
+            node.pod_cidr,
+            "--cni-conf-dir",
+            str(node.cni_conf_dir),
+            "--pod-log-dir",
+            str(node.pod_log_dir),
+            "--log-format",
+            "json",
+            *self.extra,
+        ]
+
+    def start(self) -> Agent:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        wait_for(self._answers, 20, message=lambda: f"agent status socket\n{self.log_tail()}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}\n{self.log_tail()}")
+        try:
+            fetch_status(str(self.socket), timeout=2)
+        except StatusUnavailable:
+            return False
+        return True
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- observation ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return fetch_status(str(self.socket), timeout=5)
+
+    def pod(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        for pod in self.status()["pods"]:
+            meta = pod["metadata"]
+            if meta["name"] == name and meta["namespace"] == namespace:
+                return dict(pod)
+        return None
+
+    def wait_pod(
+        self, name: str, predicate: Any, timeout: float = 20, what: str = ""
+    ) -> dict[str, Any]:
+        """Wait until the pod exists and predicate(pod) holds; return the pod."""
+
+        def check() -> dict[str, Any] | None:
+            pod = self.pod(name)
+            return pod if pod is not None and predicate(pod) else None
+
+        return wait_for(
+            check,
+            timeout,
+            interval=0.1,
+            message=lambda: f"pod {name}: {what}\nlast: {self.pod(name)}\n{self.log_tail()}",
+        )
+
+    def write_manifest(self, filename: str, text: str) -> Path:
+        """Write atomically, as an editor or a config tool would."""
+        target = self.manifests / filename
+        tmp = self.manifests / f".{filename}.tmp"
+        tmp.write_text(text)
+        tmp.rename(target)
+        return target
+
+
+def container_status(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    for status in pod["status"].get("containerStatuses", []) + pod["status"].get(
+        "initContainerStatuses", []
+    ):
+        if status["name"] == name:
+            return dict(status)
+    raise KeyError(name)
+
+
+def condition(pod: dict[str, Any], kind: str) -> str:
+    for cond in pod["status"].get("conditions", []):
+        if cond["type"] == kind:
+            return str(cond["status"])
+    return "Unknown"
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return pod["status"].get("phase") == "Running" and condition(pod, "Ready") == "True"
+
+
+def waiting_reason(pod: dict[str, Any], name: str) -> str:
+    state = container_status(pod, name)["state"]
+    return str(state.get("waiting", {}).get("reason", ""))

@@ -1,0 +1,100 @@
+"""Fixtures for integration tests: local images, and private nodes (see tests/harness).
+
+- ``image_archives`` (session): the busybox and pause archives, built once into the
+  repository's build/images and reused by later runs.
+- ``module_node`` (module): one TestNode per test module; starting one costs about half a
+  second (netns, containerd, image import), so modules share it.
+- ``node`` (function): the module's node, reset after each test (every pod, container and
+  task removed), so tests see an empty node without paying for a new one.
+- ``make_node`` (function): a factory for extra nodes (multi-node tests), closed afterwards.
+
+Tests under this directory are marked ``integration`` and skipped, with the reason, when the
+machine cannot run them (not root, or containerd, runc, ip, nsenter or the CNI plugins
+missing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeagent import devenv, localimages
+from tests.harness import TestNode
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_DIR = REPO / "build" / "images"
+HERE = Path(__file__).resolve().parent
+REQUIRED_TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "ip", "nsenter")
+
+
+def unmet_requirement() -> str | None:
+    """Why integration tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "integration tests need root (network namespaces, containerd)"
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"integration tests need {', '.join(missing)} (see tools/setup-host.sh)"
+    if not localimages.DEFAULT_BUSYBOX.is_file():
+        return f"integration tests need {localimages.DEFAULT_BUSYBOX} (busybox-static)"
+    if not (devenv.default_cni_bin_dir() / "bridge").is_file():
+        return "integration tests need the CNI plugins (containernetworking-plugins)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = unmet_requirement()
+    for item in items:
+        if HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def image_archives() -> dict[str, Path]:
+    """Image name -> archive; built on first use, cached across runs."""
+    return localimages.build_all(localimages.BuildOptions(build_dir=BUILD_DIR))
+
+
+@pytest.fixture(scope="module")
+def module_node(
+    image_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestNode]:
+    node = TestNode.start(tmp_path_factory.mktemp("node"), images=image_archives)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture
+def node(module_node: TestNode) -> Iterator[TestNode]:
+    yield module_node
+    module_node.reset()
+
+
+@pytest.fixture
+def make_node(
+    image_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], TestNode]]:
+    """Start extra nodes on demand; every one is closed after the test."""
+    started: list[TestNode] = []
+
+    def make() -> TestNode:
+        node = TestNode.start(tmp_path_factory.mktemp("node"), images=image_archives)
+        started.append(node)
+        return node
+
+    yield make
+    errors = []
+    for node in started:
+        try:
+            node.close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]

@@ -1,0 +1,305 @@
+"""CRI message building and parsing (nodeagent.runtime.cri.convert), and the schema itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodeagent.model.pod import PodUID
+from nodeagent.runtime import base
+from nodeagent.runtime.cri import api_pb2 as pb
+from nodeagent.runtime.cri import convert
+
+SANDBOX = base.SandboxConfig(
+    name="web",
+    namespace="shop",
+    uid=PodUID("uid-1"),
+    attempt=2,
+    hostname="web",
+    log_directory="/var/log/pods/shop_web_uid-1",
+    labels={"app": "web", base.LABEL_POD_UID: "spoofed", base.LABEL_MANAGED_BY: "no"},
+    annotations={"note": "x"},
+    port_mappings=(base.PortMapping(container_port=80, host_port=8080, protocol="udp"),),
+    dns=base.DNSConfig(servers=("10.96.0.10",), searches=("svc",), options=("ndots:5",)),
+)
+CONTAINER = base.ContainerConfig(
+    name="app",
+    attempt=1,
+    image="busybox",
+    log_path="app/1.log",
+    command=("sh", "-c"),
+    args=("echo hi",),
+    working_dir="/w",
+    env=(("A", "1"), ("B", "2")),
+    mounts=(base.Mount(host_path="/h", container_path="/c", readonly=True),),
+    labels={"tier": "front"},
+    resources=base.Resources(
+        cpu_period=100_000, cpu_quota=50_000, cpu_shares=512, memory_limit_bytes=1 << 26
+    ),
+    tty=True,
+)
+SANDBOX_ID = base.SandboxID("sb-1")
+
+
+def test_sandbox_config_carries_our_labels_over_the_pods() -> None:
+    msg = convert.sandbox_config_to_pb(SANDBOX)
+    assert dict(msg.labels) == {
+        "app": "web",
+        base.LABEL_POD_NAME: "web",
+        base.LABEL_POD_NAMESPACE: "shop",
+        base.LABEL_POD_UID: "uid-1",
+        base.LABEL_MANAGED_BY: "true",
+    }
+    assert dict(msg.annotations) == {"note": "x"}
+
+
+def test_sandbox_config_fields() -> None:
+    msg = convert.sandbox_config_to_pb(SANDBOX)
+    assert (msg.metadata.name, msg.metadata.namespace, msg.metadata.uid) == ("web", "shop", "uid-1")
+    assert msg.metadata.attempt == 2
+    assert msg.hostname == "web"
+    assert msg.log_directory == "/var/log/pods/shop_web_uid-1"
+    assert list(msg.dns_config.servers) == ["10.96.0.10"]
+    assert list(msg.dns_config.options) == ["ndots:5"]
+    (port,) = msg.port_mappings
+    assert (port.protocol, port.container_port, port.host_port) == (pb.UDP, 80, 8080)
+    ns = msg.linux.security_context.namespace_options
+    assert (ns.network, ns.pid, ns.ipc) == (pb.POD, pb.CONTAINER, pb.POD)
+
+
+def test_sandbox_without_dns_leaves_it_unset() -> None:
+    config = base.SandboxConfig(
+        name="a", namespace="b", uid=PodUID("c"), attempt=0, hostname="a", log_directory="/l"
+    )
+    assert not convert.sandbox_config_to_pb(config).HasField("dns_config")
+
+
+def test_host_network_uses_the_node_namespace_and_no_hostname() -> None:
+    config = base.SandboxConfig(
+        name="a",
+        namespace="b",
+        uid=PodUID("c"),
+        attempt=0,
+        hostname="a",
+        log_directory="/l",
+        host_network=True,
+    )
+    sandbox = convert.sandbox_config_to_pb(config)
+    assert sandbox.linux.security_context.namespace_options.network == pb.NODE
+    assert sandbox.hostname == ""
+    container = convert.container_config_to_pb(SANDBOX_ID, CONTAINER, config)
+    assert container.linux.security_context.namespace_options.network == pb.NODE
+
+
+def test_unknown_port_protocol_is_invalid_input() -> None:
+    port = base.PortMapping(container_port=1, host_port=1, protocol="ICMP")
+    with pytest.raises(base.InvalidInput):
+        convert.port_mapping_to_pb(port)
+
+
+def test_container_config_fields() -> None:
+    msg = convert.container_config_to_pb(SANDBOX_ID, CONTAINER, SANDBOX)
+    assert (msg.metadata.name, msg.metadata.attempt) == ("app", 1)
+    assert msg.image.image == "busybox"
+    assert (list(msg.command), list(msg.args)) == (["sh", "-c"], ["echo hi"])
+    assert msg.working_dir == "/w"
+    assert [(e.key, e.value) for e in msg.envs] == [("A", "1"), ("B", "2")]
+    (mount,) = msg.mounts
+    assert (mount.host_path, mount.container_path, mount.readonly) == ("/h", "/c", True)
+    assert msg.log_path == "app/1.log"
+    assert msg.tty and not msg.stdin
+    res = msg.linux.resources
+    assert (res.cpu_period, res.cpu_quota, res.cpu_shares) == (100_000, 50_000, 512)
+    assert res.memory_limit_in_bytes == 1 << 26
+    assert res.oom_score_adj == 0  # unset: the runtime keeps its own
+
+
+def test_container_labels() -> None:
+    msg = convert.container_config_to_pb(SANDBOX_ID, CONTAINER, SANDBOX)
+    assert dict(msg.labels) == {
+        "tier": "front",
+        base.LABEL_POD_NAME: "web",
+        base.LABEL_POD_NAMESPACE: "shop",
+        base.LABEL_POD_UID: "uid-1",
+        base.LABEL_CONTAINER_NAME: "app",
+        base.LABEL_MANAGED_BY: "true",
+        convert.LABEL_SANDBOX_ID: "sb-1",
+    }
+
+
+def test_managed_selector() -> None:
+    assert convert.managed_selector(None) == {base.LABEL_MANAGED_BY: "true"}
+    assert convert.managed_selector(PodUID("u")) == {
+        base.LABEL_MANAGED_BY: "true",
+        base.LABEL_POD_UID: "u",
+    }
+
+
+def test_sandbox_status_from_pb() -> None:
+    msg = pb.PodSandboxStatus(
+        id="sb",
+        metadata=pb.PodSandboxMetadata(name="web", uid="u", namespace="shop", attempt=3),
+        state=pb.SANDBOX_NOTREADY,
+        created_at=123,
+        network=pb.PodSandboxNetworkStatus(ip="10.0.0.5"),
+        labels={"a": "b"},
+    )
+    info = convert.sandbox_status_from_pb(msg)
+    assert info == base.SandboxInfo(
+        id=base.SandboxID("sb"),
+        uid=PodUID("u"),
+        name="web",
+        namespace="shop",
+        attempt=3,
+        state=base.SandboxState.NOTREADY,
+        created_at_ns=123,
+        labels={"a": "b"},
+        ip="10.0.0.5",
+    )
+
+
+def test_container_from_pb_is_a_summary() -> None:
+    msg = pb.Container(
+        id="c",
+        pod_sandbox_id="sb",
+        metadata=pb.ContainerMetadata(name="app", attempt=1),
+        image=pb.ImageSpec(image="busybox"),
+        image_ref="sha256:x",
+        state=pb.CONTAINER_RUNNING,
+        created_at=5,
+        labels={base.LABEL_POD_UID: "u"},
+    )
+    info = convert.container_from_pb(msg)
+    assert (info.id, info.sandbox_id, info.uid, info.name, info.attempt) == (
+        "c",
+        "sb",
+        "u",
+        "app",
+        1,
+    )
+    assert info.state is base.ContainerState.RUNNING
+    assert not info.detailed
+
+
+def test_container_status_from_pb_is_detailed() -> None:
+    msg = pb.ContainerStatus(
+        id="c",
+        metadata=pb.ContainerMetadata(name="app"),
+        state=pb.CONTAINER_EXITED,
+        created_at=1,
+        started_at=2,
+        finished_at=3,
+        exit_code=137,
+        image=pb.ImageSpec(image="docker.io/library/busybox:latest"),
+        image_ref="sha256:x",
+        reason="OOMKilled",
+        message="m",
+        labels={base.LABEL_POD_UID: "u"},
+    )
+    info = convert.container_status_from_pb(msg, base.SandboxID("sb"))
+    assert info.detailed
+    assert info.state is base.ContainerState.EXITED
+    assert (info.started_at_ns, info.finished_at_ns, info.exit_code) == (2, 3, 137)
+    assert (info.reason, info.message, info.image_ref) == ("OOMKilled", "m", "sha256:x")
+    assert (info.sandbox_id, info.uid) == ("sb", "u")
+
+
+@pytest.mark.parametrize(
+    ("state", "want"),
+    [
+        (pb.CONTAINER_CREATED, base.ContainerState.CREATED),
+        (pb.CONTAINER_RUNNING, base.ContainerState.RUNNING),
+        (pb.CONTAINER_EXITED, base.ContainerState.EXITED),
+        (pb.CONTAINER_UNKNOWN, base.ContainerState.UNKNOWN),
+        (42, base.ContainerState.UNKNOWN),  # a state newer than our schema
+    ],
+)
+def test_container_state(state: int, want: base.ContainerState) -> None:
+    assert convert.container_state(state) is want
+
+
+# Field numbers checked against upstream k8s.io/cri-api runtime/v1 api.proto: the ones our code
+# sends or reads, and every one that breaks the 1, 2, 3 ... pattern. A wrong number here makes
+# the runtime silently read a different field.
+UPSTREAM_FIELD_NUMBERS = {
+    "PodSandboxConfig": {
+        "metadata": 1,
+        "hostname": 2,
+        "log_directory": 3,
+        "dns_config": 4,
+        "port_mappings": 5,
+        "labels": 6,
+        "annotations": 7,
+        "linux": 8,
+    },
+    "LinuxSandboxSecurityContext": {"namespace_options": 1, "run_as_user": 3, "run_as_group": 8},
+    "LinuxContainerSecurityContext": {
+        "namespace_options": 3,
+        "run_as_user": 5,
+        "no_new_privs": 11,
+        "run_as_group": 12,
+    },
+    "Mount": {"container_path": 1, "host_path": 2, "readonly": 3},
+    "Namespace": {"options": 2},
+    "ContainerConfig": {
+        "metadata": 1,
+        "image": 2,
+        "command": 3,
+        "args": 4,
+        "working_dir": 5,
+        "envs": 6,
+        "mounts": 7,
+        "labels": 9,
+        "annotations": 10,
+        "log_path": 11,
+        "stdin": 12,
+        "tty": 14,
+        "linux": 15,
+    },
+    "LinuxContainerResources": {
+        "cpu_period": 1,
+        "cpu_quota": 2,
+        "cpu_shares": 3,
+        "memory_limit_in_bytes": 4,
+        "oom_score_adj": 5,
+        "unified": 9,
+        "memory_swap_limit_in_bytes": 10,
+    },
+    "PodSandboxStatus": {"state": 3, "created_at": 4, "network": 5, "labels": 7},
+    "PodSandbox": {"labels": 5},
+    "PodSandboxFilter": {"label_selector": 3},
+    "ContainerFilter": {"pod_sandbox_id": 3, "label_selector": 4},
+    "Container": {"state": 6, "created_at": 7, "labels": 8, "image_id": 10},
+    "ContainerStatus": {
+        "state": 3,
+        "created_at": 4,
+        "started_at": 5,
+        "finished_at": 6,
+        "exit_code": 7,
+        "image": 8,
+        "image_ref": 9,
+        "reason": 10,
+        "message": 11,
+        "labels": 12,
+        "log_path": 15,
+        "image_id": 17,
+    },
+    "ExecSyncRequest": {"cmd": 2, "timeout": 3},
+    "ExecSyncResponse": {"stdout": 1, "stderr": 2, "exit_code": 3},
+    "StopContainerRequest": {"timeout": 2},
+    "Image": {"id": 1, "repo_tags": 2, "size": 4, "uid": 5, "pinned": 8},
+}
+
+
+@pytest.mark.parametrize("message", sorted(UPSTREAM_FIELD_NUMBERS))
+def test_field_numbers_match_upstream(message: str) -> None:
+    fields = pb.DESCRIPTOR.message_types_by_name[message].fields_by_name
+    got = {name: fields[name].number for name in UPSTREAM_FIELD_NUMBERS[message]}
+    assert got == UPSTREAM_FIELD_NUMBERS[message]
+
+
+def test_schema_package_and_services() -> None:
+    assert pb.DESCRIPTOR.package == "runtime.v1"
+    runtime = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name
+    images = pb.DESCRIPTOR.services_by_name["ImageService"].methods_by_name
+    assert {"RunPodSandbox", "CreateContainer", "ExecSync", "ContainerStatus"} <= set(runtime)
+    assert {"ImageStatus", "PullImage", "ListImages"} <= set(images)

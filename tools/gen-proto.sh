@@ -1,0 +1,21 @@
+#!/bin/sh
+# Regenerate the CRI Python stubs from nodeagent/runtime/cri/api.proto.
+# The generated files are committed, so a normal install needs no protoc.
+# Run from anywhere; needs grpcio-tools (the "dev" extra).
+set -eu
+
+cd "$(dirname "$0")/.."
+out=nodeagent/runtime/cri
+
+python -m grpc_tools.protoc -I "$out" \
+    --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+    "$out/api.proto"
+
+# protoc writes a top-level "import api_pb2", which only works with the package directory on
+# sys.path; make it a package import.
+sed -i 's/^import api_pb2 as api__pb2$/from nodeagent.runtime.cri import api_pb2 as api__pb2/' \
+    "$out/api_pb2_grpc.py"
+grep -q '^from nodeagent.runtime.cri import api_pb2 as api__pb2$' "$out/api_pb2_grpc.py" || {
+    echo "gen-proto: could not rewrite the api_pb2 import in api_pb2_grpc.py" >&2
+    exit 1
+}
