@@ -31,7 +31,7 @@ from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.model.pod import PodUID
 from nodeagent.network import cni
 from nodeagent.runtime.base import Runtime, RuntimeFailure
-from nodeagent.server.status import StatusServer
+from nodeagent.server.status import StatusServer, StatusServerError
 from nodeagent.sources.file import DesiredState, FileSource
 
 log = structlog.get_logger("nodeagent.daemon")
@@ -171,7 +171,12 @@ async def run(config: Config) -> int:
     runtime = build_runtime(config)
     node = Node(config, runtime)
     server = StatusServer(str(config.status_socket), node.snapshot)
-    await server.start()
+    try:
+        await server.start()
+    except StatusServerError as exc:
+        log.error("status_socket_unavailable", path=str(config.status_socket), error=str(exc))
+        await runtime.close()
+        return 1
     log.info(
         "agent_started",
         node=config.node_name,
