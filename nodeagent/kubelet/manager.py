@@ -131,11 +131,8 @@ class PodManager:
             }
             if pod.labels:
                 metadata["labels"] = dict(pod.labels)
-            annotations = {
-                **pod.annotations,
-                "kubernetes.io/config.source": "file" if pod.source else "api",
-            }
-            metadata["annotations"] = annotations
+            if pod.annotations:
+                metadata["annotations"] = dict(pod.annotations)
             status = worker.status or {"phase": "Pending"}
             result.append({"metadata": metadata, "status": status, "worker": worker.state.value})
         return result

@@ -126,7 +126,9 @@ def _restart_or_backoff(
     inp: PlanInput, container: Container, last: ContainerInfo, *, init: bool
 ) -> tuple[StartContainer | None, float | None]:
     """Restart ``container`` now, or say until when it must wait (CrashLoopBackOff)."""
-    finished_at = last.finished_at_ns / 1e9
+    # A container that never ran has no finish time: back off from its creation instead of
+    # from the epoch (which would mean no backoff at all, and a hot create/start loop).
+    finished_at = (last.finished_at_ns or last.created_at_ns) / 1e9
     ran_for = (last.finished_at_ns - last.started_at_ns) / 1e9 if last.started_at_ns else 0.0
     entry = inp.backoffs.get(container.name)
     if ran_for >= backoff.RESET_AFTER_RUNNING_S:

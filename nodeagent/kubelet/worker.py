@@ -274,6 +274,8 @@ class PodWorker:
             )
         reason = "CreateContainerConfigError"
         try:
+            if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
+                self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
             config = specs.container_config(
                 self.pod,
                 container,
@@ -290,7 +292,7 @@ class PodWorker:
             )
             reason = "RunContainerError"
             await self.ctx.runtime.start_container(container_id)
-        except (RuntimeFailure, KeyError, ValueError) as exc:
+        except (RuntimeFailure, KeyError, ValueError, volumes.VolumeError, OSError) as exc:
             self._waiting[container.name] = Waiting(reason, str(exc))
             if reason == "RunContainerError":
                 # The failed container itself drives the restart backoff; show this reason

@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,21 @@ def read_file(path: Path, *, node_name: str) -> FileResult:
         except RecursionError:
             errors.append(SourceError(source, object_name(doc), "", "document nested too deeply"))
             continue
-        (pods if isinstance(obj, Pod) else services).append(obj)  # type: ignore[arg-type]
+        if isinstance(obj, Pod):
+            pods.append(_static(obj))
+        else:
+            services.append(obj)
     return FileResult(tuple(pods), tuple(services), tuple(errors))
+
+
+def _static(pod: Pod) -> Pod:
+    """Mark a file pod as the kubelet marks static pods."""
+    annotations = {
+        **pod.annotations,
+        "kubernetes.io/config.source": "file",
+        "kubernetes.io/config.hash": pod.uid,
+    }
+    return replace(pod, annotations=annotations)
 
 
 def _broken(source: str, message: str) -> FileResult:

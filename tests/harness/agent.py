@@ -126,6 +126,7 @@ class Agent:
             timeout,
             interval=0.1,
             message=lambda: f"pod {name}: {what}\nlast: {self.pod(name)}\n{self.log_tail()}",
+            ignore=(KeyError,),  # a status not yet published has no containerStatuses
         )
 
     def write_manifest(self, filename: str, text: str) -> Path:

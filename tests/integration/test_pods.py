@@ -151,7 +151,9 @@ def test_sigterm_leaves_pods_running_and_restart_removes_orphans(
     (agent.manifests / "drop.yaml").unlink()  # removed while the agent is down
     agent.start()
     wait_for(lambda: [s.name for s in sandboxes(node)] == ["keep"], 20, message="orphan gone")
-    assert agent.pod("keep") is not None and agent.pod("drop") is None
+    wait_for(lambda: agent.pod("drop") is None, 10, message="orphan gone from status")
+    keep = agent.pod("keep")
+    assert keep is not None and is_ready(keep)
 
 
 def test_bad_manifests_are_reported_and_good_pods_keep_running(
