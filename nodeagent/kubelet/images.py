@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nodeagent.kubelet import backoff
 from nodeagent.model.pod import PullPolicy
-from nodeagent.runtime.base import ImagePullFailed, InvalidInput, Runtime, RuntimeFailure
+from nodeagent.runtime.base import InvalidInput, Runtime, RuntimeFailure
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,21 @@ class ImageManager:
     async def _pull(self, image: str) -> None:
         task = self._pulls.get(image)
         if task is None:
-            task = asyncio.create_task(self._runtime.pull_image(image))
+            task = asyncio.create_task(self._pull_once(image))
             self._pulls[image] = task
             task.add_done_callback(lambda _: self._pulls.pop(image, None))
         try:
             await asyncio.shield(task)
-        except (ImagePullFailed, InvalidInput, RuntimeFailure) as exc:
+        except RuntimeFailure as exc:
+            raise ImageError("ErrImagePull", f'Failed to pull image "{image}": {exc}') from exc
+
+    async def _pull_once(self, image: str) -> None:
+        """One pull shared by every waiter; it alone records the outcome in the backoff."""
+        try:
+            await self._runtime.pull_image(image)
+        except RuntimeFailure:
             now = time.time()
             previous = self._backoffs.get(image)
             self._backoffs[image] = (backoff.advance(previous and previous[0], now=now), now)
-            raise ImageError("ErrImagePull", f'Failed to pull image "{image}": {exc}') from exc
+            raise
         self._backoffs.pop(image, None)

@@ -10,8 +10,9 @@ Two rules keep bad input from hurting running pods:
 - a duplicate ``namespace/name`` is an error for the later file (in name order); the first
   definition stays.
 
-Watching is a cheap stat of the directory every ``interval``; files are only re-read when
-their (mtime, size, inode) changed.
+Watching: inotify wakes a rescan as soon as the directory changes, and a timer rescans every
+``interval`` anyway (inotify is best effort). A rescan is a cheap stat of the directory;
+files are only re-read when their (mtime, size, inode) changed.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ import yaml
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod
 from nodeagent.model.validate import ServiceDoc, object_name, parse_document
+from nodeagent.sources.inotify import DirectoryWatch
 
 log = structlog.get_logger("nodeagent.source.file")
 
 SUFFIXES = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DOCUMENTS = 256
+SETTLE_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -188,9 +191,15 @@ class FileSource:
         self._loaded = False
 
     async def run(self) -> None:
-        while True:
-            await self.scan()
-            await asyncio.sleep(self._interval)
+        watch = DirectoryWatch(self.directory)
+        try:
+            while True:
+                await self.scan()
+                # Let a burst of events (an editor's save, many files copied) settle.
+                await watch.wait(self._interval)
+                await asyncio.sleep(SETTLE_S if watch.active else 0)
+        finally:
+            watch.close()
 
     async def scan(self) -> bool:
         """Re-read what changed; True (and ``on_update``) when the desired state changed."""

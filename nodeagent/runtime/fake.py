@@ -1,0 +1,502 @@
+"""An in-memory ``Runtime`` for unit tests, in the spirit of httpx's ``MockTransport``.
+
+``FakeRuntime`` keeps sandboxes and containers in dicts and behaves like the CRI backend
+(``runtime.cri.client``) over containerd, as far as the pod workers can tell:
+
+- Labels. Sandboxes and containers get the pod's name, namespace and uid, containers also
+  their name, and our managed-by marker; ours are applied over the caller's, as
+  ``cri.convert`` does. ``list_*`` return only managed objects, of one pod when ``uid`` is
+  given. ``run_unmanaged_sandbox`` makes one that some other agent owns, to test that.
+- Detail. ``list_containers`` entries are summaries (``detailed`` False: no exit code, no
+  times); ``container_status`` fills them in. ``list_sandboxes`` leaves ``ip`` empty;
+  ``sandbox_status`` has it. IPs come from a counter; host-network sandboxes have none.
+- Names. Like containerd, a sandbox (pod, attempt) and a container (pod, name, attempt) name
+  is reserved while the object exists: creating it twice fails.
+- States. Containers go CREATED -> RUNNING -> EXITED; exited containers report the reason
+  containerd gives ("Completed" for 0, "Error" otherwise) unless the test chose one. Stopping
+  a sandbox kills its containers; removing one removes them.
+- Missing objects. Every call on an unknown id is ``NotFound``, removals included: stricter
+  than containerd (which ignores a second removal), so callers that must tolerate both are
+  tested against the harder one.
+- Images. Names are compared the way CRI normalizes them (``busybox`` is
+  ``docker.io/library/busybox:latest``). A pull succeeds and adds the image, unless
+  ``registry`` is set and lacks it. Creating a container of an absent image is ``NotFound``.
+
+Test controls: ``exit_container``, ``kill_sandbox``, ``fail_next(method, exc)`` (raised at
+the start of the next call of ``method``, before it has any effect), ``start_errors`` (start
+failures the containerd way: the container exits 128 with reason ``StartError``),
+``exec_handler``, and the ``calls`` log of every call as ``(method, *args)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nodeagent.model.pod import PodUID
+from nodeagent.runtime.base import (
+    LABEL_CONTAINER_NAME,
+    LABEL_MANAGED_BY,
+    LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE,
+    LABEL_POD_UID,
+    ContainerConfig,
+    ContainerID,
+    ContainerInfo,
+    ContainerState,
+    ExecResult,
+    ImagePullFailed,
+    InvalidInput,
+    NotFound,
+    Runtime,
+    RuntimeFailure,
+    RuntimeVersion,
+    SandboxConfig,
+    SandboxID,
+    SandboxInfo,
+    SandboxState,
+)
+from nodeagent.runtime.cri.image import InvalidImageReference, normalize_image
+
+MANAGED_VALUE = "true"
+# What a container killed by stop_container or stop_sandbox exits with (SIGKILL).
+KILLED_EXIT_CODE = 137
+# containerd's exit code and reason for a container whose start failed.
+START_ERROR_EXIT_CODE = 128
+START_ERROR_REASON = "StartError"
+
+METHODS = frozenset(
+    {
+        "version",
+        "run_sandbox",
+        "stop_sandbox",
+        "remove_sandbox",
+        "sandbox_status",
+        "list_sandboxes",
+        "create_container",
+        "start_container",
+        "stop_container",
+        "remove_container",
+        "container_status",
+        "list_containers",
+        "exec_sync",
+        "image_present",
+        "pull_image",
+        "close",
+    }
+)
+
+ExecHandler = Callable[[ContainerID, tuple[str, ...]], ExecResult]
+
+
+@dataclass
+class FakeSandbox:
+    id: SandboxID
+    config: SandboxConfig
+    labels: dict[str, str]
+    state: SandboxState
+    ip: str
+    created_at_ns: int
+
+    def info(self, *, with_ip: bool) -> SandboxInfo:
+        return SandboxInfo(
+            id=self.id,
+            uid=PodUID(self.labels.get(LABEL_POD_UID, self.config.uid)),
+            name=self.config.name,
+            namespace=self.config.namespace,
+            attempt=self.config.attempt,
+            state=self.state,
+            created_at_ns=self.created_at_ns,
+            labels=dict(self.labels),
+            ip=self.ip if with_ip else "",
+        )
+
+
+@dataclass
+class FakeContainer:
+    id: ContainerID
+    sandbox_id: SandboxID
+    config: ContainerConfig
+    sandbox_config: SandboxConfig
+    labels: dict[str, str]
+    image_ref: str
+    created_at_ns: int
+    state: ContainerState = ContainerState.CREATED
+    started_at_ns: int = 0
+    finished_at_ns: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def uid(self) -> PodUID:
+        return PodUID(self.labels.get(LABEL_POD_UID, ""))
+
+    def info(self, *, detailed: bool) -> ContainerInfo:
+        summary = ContainerInfo(
+            id=self.id,
+            sandbox_id=self.sandbox_id,
+            uid=self.uid,
+            name=self.config.name,
+            attempt=self.config.attempt,
+            image=self.config.image,
+            state=self.state,
+            created_at_ns=self.created_at_ns,
+            labels=dict(self.labels),
+        )
+        if not detailed:
+            return summary
+        reason = self.reason
+        if self.state is ContainerState.EXITED and not reason:
+            reason = "Completed" if self.exit_code == 0 else "Error"
+        return ContainerInfo(
+            id=summary.id,
+            sandbox_id=summary.sandbox_id,
+            uid=summary.uid,
+            name=summary.name,
+            attempt=summary.attempt,
+            image=_normalized(self.config.image) or self.config.image,
+            state=summary.state,
+            created_at_ns=summary.created_at_ns,
+            labels=summary.labels,
+            image_ref=self.image_ref,
+            started_at_ns=self.started_at_ns,
+            finished_at_ns=self.finished_at_ns,
+            exit_code=self.exit_code,
+            reason=reason,
+            message=self.message,
+            detailed=True,
+        )
+
+
+@dataclass
+class FakeRuntime:
+    """``base.Runtime`` in memory; see the module docstring for what it emulates."""
+
+    images: set[str] = field(default_factory=set)
+    registry: set[str] | None = None  # images a pull can fetch; None: any image
+    exec_handler: ExecHandler | None = None  # None: every command exits 0 with no output
+    start_errors: dict[str, str] = field(default_factory=dict)  # container name -> message
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+    sandboxes: dict[SandboxID, FakeSandbox] = field(default_factory=dict)
+    containers: dict[ContainerID, FakeContainer] = field(default_factory=dict)
+    name: str = "fake"
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._failures: dict[str, list[BaseException]] = {}
+        self._ids = itertools.count(1)
+        self._ips = itertools.count(2)
+        self._last_ns = 0
+
+    # -- test controls ----------------------------------------------------------------------
+
+    def fail_next(self, method: str, exc: BaseException, *, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` raise ``exc`` before doing anything."""
+        if method not in METHODS:
+            raise ValueError(f"not a Runtime method: {method!r}")
+        self._failures.setdefault(method, []).extend([exc] * times)
+
+    def exit_container(self, container_id: ContainerID, code: int, reason: str = "") -> None:
+        """The container's process ends with ``code`` (reason e.g. "OOMKilled")."""
+        container = self._container(container_id)
+        if container.state is not ContainerState.RUNNING:
+            raise ValueError(f"container {container_id} is {container.state.value}, not running")
+        self._exit(container, code, reason)
+
+    def kill_sandbox(self, sandbox_id: SandboxID) -> None:
+        """The sandbox dies (its pause process, say); its containers are left as they are."""
+        self._sandbox(sandbox_id).state = SandboxState.NOTREADY
+
+    def run_unmanaged_sandbox(self, config: SandboxConfig) -> SandboxID:
+        """A sandbox that some other agent made: without our managed-by label."""
+        sandbox_id = self._create_sandbox(config)
+        self.sandboxes[sandbox_id].labels.pop(LABEL_MANAGED_BY, None)
+        return sandbox_id
+
+    def count(self, method: str) -> int:
+        return sum(1 for call in self.calls if call[0] == method)
+
+    def container_ids(
+        self,
+        name: str | None = None,
+        *,
+        uid: PodUID | None = None,
+        state: ContainerState | None = None,
+    ) -> list[ContainerID]:
+        """Matching containers, oldest first."""
+        found = [
+            c
+            for c in self.containers.values()
+            if (name is None or c.config.name == name)
+            and (uid is None or c.uid == uid)
+            and (state is None or c.state is state)
+        ]
+        return [c.id for c in sorted(found, key=lambda c: c.created_at_ns)]
+
+    def sandbox_ids(
+        self, *, uid: PodUID | None = None, state: SandboxState | None = None
+    ) -> list[SandboxID]:
+        """Matching sandboxes, oldest first."""
+        found = [
+            s
+            for s in self.sandboxes.values()
+            if (uid is None or s.labels.get(LABEL_POD_UID) == uid)
+            and (state is None or s.state is state)
+        ]
+        return [s.id for s in sorted(found, key=lambda s: s.created_at_ns)]
+
+    # -- Runtime: general -------------------------------------------------------------------
+
+    async def version(self) -> RuntimeVersion:
+        self._enter("version")
+        return RuntimeVersion(name=self.name, version="0.1.0", api_version="v1")
+
+    async def close(self) -> None:
+        self._enter("close")
+        self.closed = True
+
+    # -- Runtime: sandboxes -----------------------------------------------------------------
+
+    async def run_sandbox(self, config: SandboxConfig) -> SandboxID:
+        self._enter("run_sandbox", config.name, config.namespace, config.uid, str(config.attempt))
+        return self._create_sandbox(config)
+
+    async def stop_sandbox(self, sandbox_id: SandboxID) -> None:
+        self._enter("stop_sandbox", sandbox_id)
+        sandbox = self._sandbox(sandbox_id)
+        for container in self._in_sandbox(sandbox_id):
+            if container.state is ContainerState.RUNNING:
+                self._exit(container, KILLED_EXIT_CODE, "")
+        sandbox.state = SandboxState.NOTREADY
+
+    async def remove_sandbox(self, sandbox_id: SandboxID) -> None:
+        self._enter("remove_sandbox", sandbox_id)
+        self._sandbox(sandbox_id)
+        for container in self._in_sandbox(sandbox_id):
+            del self.containers[container.id]
+        del self.sandboxes[sandbox_id]
+
+    async def sandbox_status(self, sandbox_id: SandboxID) -> SandboxInfo:
+        self._enter("sandbox_status", sandbox_id)
+        return self._sandbox(sandbox_id).info(with_ip=True)
+
+    async def list_sandboxes(self, uid: PodUID | None = None) -> Sequence[SandboxInfo]:
+        self._enter("list_sandboxes", *(() if uid is None else (uid,)))
+        return [s.info(with_ip=False) for s in self.sandboxes.values() if _selected(s.labels, uid)]
+
+    # -- Runtime: containers ----------------------------------------------------------------
+
+    async def create_container(
+        self, sandbox_id: SandboxID, config: ContainerConfig, sandbox: SandboxConfig
+    ) -> ContainerID:
+        self._enter("create_container", sandbox_id, config.name, str(config.attempt))
+        owner = self._sandbox(sandbox_id)
+        if owner.state is not SandboxState.READY:
+            raise RuntimeFailure(f"CreateContainer: sandbox {sandbox_id} is not ready")
+        image = self._present(config.image)
+        if image is None:
+            raise NotFound(f'CreateContainer: failed to resolve image "{config.image}": not found')
+        reserved = _container_name(sandbox, config)
+        for other in self.containers.values():
+            if _container_name(other.sandbox_config, other.config) == reserved:
+                raise RuntimeFailure(
+                    f'CreateContainer: name "{reserved}" is reserved for "{other.id}"'
+                )
+        container_id = ContainerID(self._new_id("c"))
+        labels = {
+            **config.labels,
+            LABEL_POD_NAME: sandbox.name,
+            LABEL_POD_NAMESPACE: sandbox.namespace,
+            LABEL_POD_UID: sandbox.uid,
+            LABEL_CONTAINER_NAME: config.name,
+            LABEL_MANAGED_BY: MANAGED_VALUE,
+        }
+        self.containers[container_id] = FakeContainer(
+            id=container_id,
+            sandbox_id=sandbox_id,
+            config=config,
+            sandbox_config=sandbox,
+            labels=labels,
+            image_ref=_image_id(image),
+            created_at_ns=self._now_ns(),
+        )
+        return container_id
+
+    async def start_container(self, container_id: ContainerID) -> None:
+        self._enter("start_container", container_id)
+        container = self._container(container_id)
+        if container.state is not ContainerState.CREATED:
+            raise RuntimeFailure(
+                f"StartContainer: container {container_id} is {container.state.value}"
+            )
+        sandbox = self.sandboxes.get(container.sandbox_id)
+        if sandbox is None or sandbox.state is not SandboxState.READY:
+            raise RuntimeFailure(f"StartContainer: sandbox {container.sandbox_id} is not running")
+        error = self.start_errors.get(container.config.name)
+        if error is not None:
+            container.started_at_ns = 0
+            self._exit(container, START_ERROR_EXIT_CODE, START_ERROR_REASON, message=error)
+            raise RuntimeFailure(f"StartContainer: {error}")
+        container.state = ContainerState.RUNNING
+        container.started_at_ns = self._now_ns()
+
+    async def stop_container(self, container_id: ContainerID, timeout_s: int) -> None:
+        self._enter("stop_container", container_id, str(timeout_s))
+        container = self._container(container_id)
+        if container.state is ContainerState.RUNNING:
+            self._exit(container, KILLED_EXIT_CODE, "")
+
+    async def remove_container(self, container_id: ContainerID) -> None:
+        self._enter("remove_container", container_id)
+        self._container(container_id)
+        del self.containers[container_id]
+
+    async def container_status(self, container_id: ContainerID) -> ContainerInfo:
+        self._enter("container_status", container_id)
+        return self._container(container_id).info(detailed=True)
+
+    async def list_containers(self, uid: PodUID | None = None) -> Sequence[ContainerInfo]:
+        self._enter("list_containers", *(() if uid is None else (uid,)))
+        return [
+            c.info(detailed=False) for c in self.containers.values() if _selected(c.labels, uid)
+        ]
+
+    async def exec_sync(
+        self, container_id: ContainerID, command: Sequence[str], timeout_s: float
+    ) -> ExecResult:
+        self._enter("exec_sync", container_id, *command)
+        container = self._container(container_id)
+        if container.state is not ContainerState.RUNNING:
+            raise RuntimeFailure(f"ExecSync: container {container_id} is not running")
+        if self.exec_handler is None:
+            return ExecResult(exit_code=0, stdout=b"", stderr=b"")
+        return self.exec_handler(container_id, tuple(command))
+
+    # -- Runtime: images --------------------------------------------------------------------
+
+    async def image_present(self, image: str) -> bool:
+        self._enter("image_present", image)
+        if _normalized(image) is None:
+            raise InvalidInput(f"ImageStatus: invalid image reference {image!r}")
+        return self._present(image) is not None
+
+    async def pull_image(self, image: str) -> None:
+        self._enter("pull_image", image)
+        wanted = _normalized(image)
+        if wanted is None:
+            raise ImagePullFailed(f"PullImage: invalid image reference {image!r}")
+        if self.registry is not None and wanted not in _normalized_set(self.registry):
+            raise ImagePullFailed(f'PullImage: "{image}": not found')
+        self.images.add(image)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _enter(self, method: str, *args: str) -> None:
+        self.calls.append((method, *args))
+        pending = self._failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def _now_ns(self) -> int:
+        # Strictly increasing, so that creation order is never a tie.
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        return self._last_ns
+
+    def _new_id(self, prefix: str) -> str:
+        seq = next(self._ids)
+        return f"{prefix}{seq:03d}" + hashlib.sha256(f"{prefix}{seq}".encode()).hexdigest()[:60]
+
+    def _create_sandbox(self, config: SandboxConfig) -> SandboxID:
+        for other in self.sandboxes.values():
+            if _sandbox_name(other.config) == _sandbox_name(config):
+                raise RuntimeFailure(
+                    f'RunPodSandbox: name "{_sandbox_name(config)}" is reserved for "{other.id}"'
+                )
+        sandbox_id = SandboxID(self._new_id("s"))
+        labels = {
+            **config.labels,
+            LABEL_POD_NAME: config.name,
+            LABEL_POD_NAMESPACE: config.namespace,
+            LABEL_POD_UID: config.uid,
+            LABEL_MANAGED_BY: MANAGED_VALUE,
+        }
+        ip = ""
+        if not config.host_network:
+            n = next(self._ips)
+            ip = f"10.88.{n // 256}.{n % 256}"
+        self.sandboxes[sandbox_id] = FakeSandbox(
+            id=sandbox_id,
+            config=config,
+            labels=labels,
+            state=SandboxState.READY,
+            ip=ip,
+            created_at_ns=self._now_ns(),
+        )
+        return sandbox_id
+
+    def _sandbox(self, sandbox_id: SandboxID) -> FakeSandbox:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"sandbox {sandbox_id} not found")
+        return sandbox
+
+    def _container(self, container_id: ContainerID) -> FakeContainer:
+        container = self.containers.get(container_id)
+        if container is None:
+            raise NotFound(f"container {container_id} not found")
+        return container
+
+    def _in_sandbox(self, sandbox_id: SandboxID) -> list[FakeContainer]:
+        return [c for c in self.containers.values() if c.sandbox_id == sandbox_id]
+
+    def _exit(self, container: FakeContainer, code: int, reason: str, message: str = "") -> None:
+        container.state = ContainerState.EXITED
+        container.finished_at_ns = self._now_ns()
+        container.exit_code = code
+        container.reason = reason
+        container.message = message
+
+    def _present(self, image: str) -> str | None:
+        """The normalized name of ``image`` if it is present."""
+        wanted = _normalized(image)
+        if wanted is not None and wanted in _normalized_set(self.images):
+            return wanted
+        return None
+
+
+def _selected(labels: Mapping[str, str], uid: PodUID | None) -> bool:
+    if labels.get(LABEL_MANAGED_BY) != MANAGED_VALUE:
+        return False
+    return uid is None or labels.get(LABEL_POD_UID) == uid
+
+
+def _sandbox_name(config: SandboxConfig) -> str:
+    return f"k8s_POD_{config.name}_{config.namespace}_{config.uid}_{config.attempt}"
+
+
+def _container_name(sandbox: SandboxConfig, config: ContainerConfig) -> str:
+    return f"k8s_{config.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{config.attempt}"
+
+
+def _normalized(image: str) -> str | None:
+    try:
+        return normalize_image(image)
+    except InvalidImageReference:
+        return None
+
+
+def _normalized_set(images: Iterable[str]) -> set[str]:
+    return {n for n in (_normalized(i) for i in images) if n is not None}
+
+
+def _image_id(normalized: str) -> str:
+    return "sha256:" + hashlib.sha256(normalized.encode()).hexdigest()
+
+
+def _conforms(fake: FakeRuntime) -> Runtime:
+    """Never called: makes mypy check that FakeRuntime implements the Runtime protocol."""
+    return fake

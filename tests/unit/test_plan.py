@@ -1,0 +1,420 @@
+"""What a pod worker does next (nodeagent.kubelet.plan), from hand-built runtime snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from nodeagent.kubelet import backoff
+from nodeagent.kubelet.plan import (
+    KillContainer,
+    PlanInput,
+    PodActions,
+    StartContainer,
+    plan_pod,
+    pod_finished,
+    should_restart,
+)
+from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.pod import (
+    Container,
+    ExecAction,
+    Pod,
+    PodSpec,
+    PodUID,
+    Probe,
+    RestartPolicy,
+)
+from nodeagent.runtime.base import (
+    ContainerID,
+    ContainerInfo,
+    ContainerState,
+    SandboxID,
+    SandboxInfo,
+    SandboxState,
+)
+
+UID = PodUID("uid-1")
+T0 = 1_700_000_000.0  # wall-clock seconds at which the pod's sandbox was made
+
+RUNNING, EXITED, CREATED = ContainerState.RUNNING, ContainerState.EXITED, ContainerState.CREATED
+ALWAYS, ON_FAILURE, NEVER = RestartPolicy.ALWAYS, RestartPolicy.ON_FAILURE, RestartPolicy.NEVER
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def make_pod(
+    *names: str,
+    inits: tuple[str, ...] = (),
+    policy: RestartPolicy = ALWAYS,
+    liveness_grace: int | None = None,
+) -> Pod:
+    probe = Probe(ExecAction(("true",)), termination_grace_period_seconds=liveness_grace)
+    containers = tuple(
+        Container(n, "busybox:1.36", liveness_probe=probe) for n in names or ("app",)
+    )
+    return Pod(
+        uid=UID,
+        name="p",
+        namespace="default",
+        spec=PodSpec(
+            containers=containers,
+            init_containers=tuple(Container(n, "busybox:1.36") for n in inits),
+            restart_policy=policy,
+        ),
+    )
+
+
+def sandbox(
+    attempt: int = 0, state: SandboxState = SandboxState.READY, *, sid: str = ""
+) -> SandboxInfo:
+    return SandboxInfo(
+        id=SandboxID(sid or f"sb{attempt}"),
+        uid=UID,
+        name="p",
+        namespace="default",
+        attempt=attempt,
+        state=state,
+        created_at_ns=ns(T0 + attempt),
+        ip="10.88.0.2",
+    )
+
+
+def container(
+    name: str,
+    attempt: int = 0,
+    state: ContainerState = RUNNING,
+    *,
+    sandbox_attempt: int = 0,
+    started: float = T0 + 1,
+    finished: float = 0.0,
+    exit_code: int = 0,
+    created: float | None = None,
+) -> ContainerInfo:
+    created = started - 0.5 if created is None else created
+    return ContainerInfo(
+        id=ContainerID(f"{name}-{attempt}"),
+        sandbox_id=SandboxID(f"sb{sandbox_attempt}"),
+        uid=UID,
+        name=name,
+        attempt=attempt,
+        image="docker.io/library/busybox:1.36",
+        state=state,
+        created_at_ns=ns(created),
+        started_at_ns=ns(started) if state is not CREATED else 0,
+        finished_at_ns=ns(finished) if state is EXITED else 0,
+        exit_code=exit_code,
+        detailed=True,
+    )
+
+
+def exited(name: str, attempt: int = 0, code: int = 0, **kwargs: float) -> ContainerInfo:
+    started = kwargs.get("started", T0 + 1)
+    finished = kwargs.get("finished", started + 1)
+    return container(name, attempt, EXITED, started=started, finished=finished, exit_code=code)
+
+
+def runtime(*items: SandboxInfo | ContainerInfo) -> RuntimePod:
+    return RuntimePod(
+        UID,
+        tuple(i for i in items if isinstance(i, SandboxInfo)),
+        tuple(i for i in items if isinstance(i, ContainerInfo)),
+    )
+
+
+def plan(
+    pod: Pod,
+    snapshot: RuntimePod,
+    *,
+    now: float = T0 + 100,
+    backoffs: Mapping[str, backoff.Backoff] | None = None,
+    unhealthy: Mapping[str, str] | None = None,
+) -> PodActions:
+    return plan_pod(
+        PlanInput(
+            pod=pod,
+            runtime=snapshot,
+            now=now,
+            backoffs=backoffs or {},
+            unhealthy=unhealthy or {},
+        )
+    )
+
+
+def started(actions: PodActions) -> list[tuple[str, int, bool]]:
+    return [(s.container.name, s.attempt, s.init) for s in actions.start]
+
+
+# --- the sandbox --------------------------------------------------------------------------------
+
+
+def test_no_sandbox_creates_one() -> None:
+    actions = plan(make_pod(), runtime())
+    assert actions.create_sandbox
+    assert (actions.sandbox_attempt, actions.kill_pod) == (0, False)
+    assert actions.start == ()
+
+
+def test_dead_sandbox_is_torn_down_and_replaced_with_the_next_attempt() -> None:
+    snapshot = runtime(sandbox(0, SandboxState.NOTREADY), container("app"))
+    actions = plan(make_pod(), snapshot)
+    assert actions.create_sandbox and actions.kill_pod
+    assert actions.sandbox_attempt == 1
+    assert actions.start == ()
+
+
+def test_the_newest_sandbox_counts() -> None:
+    snapshot = runtime(
+        sandbox(0, SandboxState.NOTREADY), sandbox(1), container("app", 1, sandbox_attempt=1)
+    )
+    actions = plan(make_pod(), snapshot)
+    assert not actions.create_sandbox
+    assert actions.idle
+
+
+def test_a_new_sandbox_starts_containers_with_the_next_attempts() -> None:
+    snapshot = runtime(
+        sandbox(0, SandboxState.NOTREADY),
+        sandbox(1),
+        container("app", 0, EXITED, finished=T0 + 5, exit_code=137),
+    )
+    assert started(plan(make_pod(), snapshot)) == [("app", 1, False)]
+
+
+# --- init containers ----------------------------------------------------------------------------
+
+
+def test_init_containers_run_one_at_a_time_in_order() -> None:
+    pod = make_pod("app", "side", inits=("first", "second"))
+    assert started(plan(pod, runtime(sandbox()))) == [("first", 0, True)]
+    running_first = runtime(sandbox(), container("first"))
+    assert plan(pod, running_first).idle
+    first_done = runtime(sandbox(), exited("first"))
+    assert started(plan(pod, first_done)) == [("second", 0, True)]
+    both_done = runtime(sandbox(), exited("first"), exited("second"))
+    assert started(plan(pod, both_done)) == [("app", 0, False), ("side", 0, False)]
+
+
+def test_failed_init_under_never_finishes_the_pod() -> None:
+    pod = make_pod(inits=("setup",), policy=NEVER)
+    actions = plan(pod, runtime(sandbox(), exited("setup", code=1)))
+    assert actions.finished
+    assert actions.start == ()
+
+
+@pytest.mark.parametrize("policy", [ALWAYS, ON_FAILURE])
+def test_failed_init_is_retried_under_always_and_on_failure(policy: RestartPolicy) -> None:
+    pod = make_pod(inits=("setup",), policy=policy)
+    actions = plan(pod, runtime(sandbox(), exited("setup", code=1)))
+    assert not actions.finished
+    assert started(actions) == [("setup", 1, True)]
+
+
+def test_failed_init_backs_off_on_its_second_failure() -> None:
+    pod = make_pod(inits=("setup",))
+    crashed = runtime(sandbox(), exited("setup", 1, code=1, started=T0 + 20, finished=T0 + 21))
+    entry = backoff.advance(None, now=T0 + 20)  # the worker's record of restarting it
+    actions = plan(pod, crashed, now=T0 + 22, backoffs={"setup": entry})
+    assert actions.start == ()
+    assert actions.backoff == {"setup": T0 + 31}
+    later = plan(pod, crashed, now=T0 + 31, backoffs={"setup": entry})
+    assert started(later) == [("setup", 2, True)]
+
+
+def test_init_containers_run_again_in_a_new_sandbox() -> None:
+    pod = make_pod(inits=("setup",))
+    snapshot = runtime(
+        sandbox(0, SandboxState.NOTREADY), sandbox(1), exited("setup"), exited("app", code=137)
+    )
+    assert started(plan(pod, snapshot)) == [("setup", 1, True)]
+
+
+# --- restart policies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "restart"),
+    [
+        (ALWAYS, 0, True),
+        (ALWAYS, 1, True),
+        (ON_FAILURE, 0, False),
+        (ON_FAILURE, 1, True),
+        (NEVER, 0, False),
+        (NEVER, 1, False),
+    ],
+)
+def test_restart_policy(policy: RestartPolicy, code: int, restart: bool) -> None:
+    assert should_restart(policy, code) is restart
+    pod = make_pod("app", "other", policy=policy)
+    snapshot = runtime(sandbox(), exited("app", code=code), container("other"))
+    actions = plan(pod, snapshot)
+    assert started(actions) == ([("app", 1, False)] if restart else [])
+    assert not actions.finished  # "other" still runs
+
+
+def test_pod_that_ran_to_completion_stops_its_sandbox() -> None:
+    pod = make_pod("app", policy=ON_FAILURE)
+    actions = plan(pod, runtime(sandbox(), exited("app")))
+    assert actions.finished
+    assert actions.start == ()
+    # Once the sandbox is stopped, nothing is created again.
+    stopped = plan(pod, runtime(sandbox(0, SandboxState.NOTREADY), exited("app")))
+    assert stopped.finished and not stopped.create_sandbox
+    assert stopped.idle
+
+
+# --- CrashLoopBackOff ---------------------------------------------------------------------------
+
+
+def test_crash_loop_backoff_10s_then_20s_from_each_finish() -> None:
+    pod = make_pod()
+    # First crash: restart at once (the kubelet's first restart is immediate).
+    first = runtime(sandbox(), exited("app", 0, code=1, started=T0 + 1, finished=T0 + 2))
+    assert started(plan(pod, first, now=T0 + 2)) == [("app", 1, False)]
+    entry = backoff.advance(None, now=T0 + 2)  # the worker records the restart
+
+    # Second crash: wait 10 s from its finish.
+    second = runtime(sandbox(), exited("app", 0, code=1), exited("app", 1, code=1, started=T0 + 3))
+    finish = T0 + 4
+    actions = plan(pod, second, now=finish + 1, backoffs={"app": entry})
+    assert actions.start == ()
+    assert actions.backoff == {"app": finish + 10}
+    assert started(plan(pod, second, now=finish + 10, backoffs={"app": entry})) == [
+        ("app", 2, False)
+    ]
+    entry = backoff.advance(entry, now=finish + 10)
+
+    # Third crash: 20 s.
+    third = runtime(sandbox(), exited("app", 1, code=1), exited("app", 2, code=1, started=T0 + 15))
+    finish = T0 + 16
+    assert plan(pod, third, now=finish + 1, backoffs={"app": entry}).backoff == {"app": finish + 20}
+
+
+def test_backoff_resets_after_ten_minutes_of_running() -> None:
+    pod = make_pod()
+    entry = backoff.Backoff(delay_s=300, updated_at=T0 + 1000)
+    long_run = runtime(sandbox(), exited("app", 5, code=1, started=T0 + 1000, finished=T0 + 1600))
+    assert started(plan(pod, long_run, now=T0 + 1601, backoffs={"app": entry})) == [
+        ("app", 6, False)
+    ]
+    short_run = runtime(sandbox(), exited("app", 5, code=1, started=T0 + 1000, finished=T0 + 1599))
+    actions = plan(pod, short_run, now=T0 + 1600, backoffs={"app": entry})
+    assert actions.backoff == {"app": T0 + 1599 + 300}
+
+
+def test_container_created_but_never_started_is_replaced() -> None:
+    pod = make_pod()
+    stuck = container("app", 0, CREATED, created=T0 + 1)
+    actions = plan(pod, runtime(sandbox(), stuck))
+    assert started(actions) == [("app", 1, False)]
+    assert stuck in actions.prune
+
+
+def test_container_created_but_never_started_backs_off_from_its_creation() -> None:
+    # No finish time to measure from: the creation time stands in for it.
+    pod = make_pod()
+    stuck = container("app", 1, CREATED, created=T0 + 50)
+    entry = backoff.advance(None, now=T0 + 50)
+    actions = plan(pod, runtime(sandbox(), stuck), now=T0 + 51, backoffs={"app": entry})
+    assert actions.start == ()
+    assert actions.backoff == {"app": T0 + 60}
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+
+def test_unhealthy_container_is_killed_with_the_probe_grace() -> None:
+    pod = make_pod(liveness_grace=5)
+    running = container("app")
+    actions = plan(pod, runtime(sandbox(), running), unhealthy={"app": "Liveness probe failed"})
+    assert actions.kill == (KillContainer(running, "Liveness probe failed", 5),)
+    assert actions.start == ()
+
+
+def test_unhealthy_container_without_probe_grace_uses_the_pods() -> None:
+    pod = make_pod()
+    actions = plan(pod, runtime(sandbox(), container("app")), unhealthy={"app": "failed"})
+    assert [k.grace_s for k in actions.kill] == [None]
+
+
+def test_healthy_running_pod_is_idle() -> None:
+    pod = make_pod("a", "b")
+    actions = plan(pod, runtime(sandbox(), container("a"), container("b")))
+    assert actions.idle
+    assert actions == PodActions()
+
+
+# --- pruning ------------------------------------------------------------------------------------
+
+
+def test_prune_keeps_the_newest_dead_instance() -> None:
+    pod = make_pod()
+    old = [exited("app", a, code=1, started=T0 + a * 10) for a in range(3)]
+    snapshot = runtime(sandbox(), *old, container("app", 3, started=T0 + 40))
+    actions = plan(pod, snapshot)
+    assert sorted(c.attempt for c in actions.prune) == [0, 1]
+    assert actions.start == ()
+
+
+def test_prune_keeps_the_current_and_previous_dead_instances() -> None:
+    pod = make_pod(policy=NEVER)
+    dead = [exited("app", a, code=1, started=T0 + a * 10) for a in range(3)]
+    actions = plan(pod, runtime(sandbox(), *dead))
+    assert [c.attempt for c in actions.prune] == [0]
+
+
+def test_prune_removes_containers_the_spec_does_not_know() -> None:
+    pod = make_pod()
+    stranger = container("gone")
+    actions = plan(pod, runtime(sandbox(), container("app"), stranger))
+    assert actions.prune == (stranger,)
+
+
+# --- pod_finished -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "inits", "items", "finished"),
+    [
+        (ALWAYS, (), [exited("app", code=0)], False),
+        (ALWAYS, (), [exited("app", code=1)], False),
+        (NEVER, (), [exited("app", code=0)], True),
+        (NEVER, (), [exited("app", code=1)], True),
+        (NEVER, (), [exited("app", code=0), container("x", 0)], False),
+        (NEVER, (), [], False),
+        (ON_FAILURE, (), [exited("app", code=0)], True),
+        (ON_FAILURE, (), [exited("app", code=1)], False),
+        (NEVER, ("init",), [exited("init", code=1)], True),
+        (ON_FAILURE, ("init",), [exited("init", code=1)], False),
+        (NEVER, ("init",), [container("init")], False),
+        # A failed try whose retry succeeded: the newest instance counts.
+        (ON_FAILURE, (), [exited("app", 0, code=1), exited("app", 1, code=0)], True),
+    ],
+)
+def test_pod_finished(
+    policy: RestartPolicy,
+    inits: tuple[str, ...],
+    items: list[ContainerInfo],
+    finished: bool,
+) -> None:
+    pod = make_pod("app", *(["x"] if any(i.name == "x" for i in items) else []), inits=inits)
+    pod = Pod(
+        uid=pod.uid,
+        name=pod.name,
+        namespace=pod.namespace,
+        spec=PodSpec(
+            containers=pod.spec.containers,
+            init_containers=pod.spec.init_containers,
+            restart_policy=policy,
+        ),
+    )
+    assert pod_finished(pod, runtime(sandbox(), *items)) is finished
+
+
+def test_start_container_carries_init_flag() -> None:
+    pod = make_pod(inits=("setup",))
+    (start,) = plan(pod, runtime(sandbox())).start
+    assert start == StartContainer(pod.spec.init_containers[0], 0, init=True)

@@ -1,0 +1,488 @@
+"""Pod workers end to end over the fake runtime: manager, relister, worker, images.
+
+Each test builds the kubelet's parts as the daemon does (``RuntimeCache`` relisting a
+``FakeRuntime``, a ``PodManager`` fed desired pods) and waits on conditions with a timeout,
+never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from nodeagent.kubelet import specs
+from nodeagent.kubelet.context import KubeletContext
+from nodeagent.kubelet.envvars import PodFacts
+from nodeagent.kubelet.images import ImageManager
+from nodeagent.kubelet.manager import PodManager
+from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.kubelet.worker import WorkerState
+from nodeagent.model.pod import Pod, PodUID
+from nodeagent.model.validate import parse_pod
+from nodeagent.runtime import base
+from nodeagent.runtime.base import ContainerState, SandboxState
+from nodeagent.runtime.fake import FakeRuntime
+
+T = TypeVar("T")
+NODE = "node-1"
+IMAGE = "busybox:1.36"
+
+
+async def eventually(
+    predicate: Callable[[], T], within: float = 5.0, *, what: str = "condition"
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
+        await asyncio.sleep(0.01)
+
+
+def is_dir(path: str | Path) -> bool:
+    return Path(path).is_dir()
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+def make_pod(
+    name: str = "web",
+    *,
+    image: str = IMAGE,
+    policy: str = "Always",
+    pull: str | None = None,
+    inits: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Pod:
+    app: dict[str, Any] = {
+        "name": "app",
+        "image": image,
+        "command": ["sh", "-c", "echo $(GREETING) from $(POD_NAME)"],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "GREETING", "value": "hello"},
+        ],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+        **(extra or {}),
+    }
+    if pull is not None:
+        app["imagePullPolicy"] = pull
+    spec: dict[str, Any] = {
+        "restartPolicy": policy,
+        "terminationGracePeriodSeconds": 3,
+        "volumes": [{"name": "data", "emptyDir": {}}],
+        "containers": [app],
+    }
+    if inits:
+        spec["initContainers"] = [
+            {"name": "setup", "image": IMAGE, "command": ["true"]},
+        ]
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+    return parse_pod(doc, source="test", node_name=NODE)
+
+
+class Rig:
+    """The kubelet's parts, wired as the daemon wires them, over a FakeRuntime."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.fake = FakeRuntime(images={IMAGE})
+        self.state_dir = tmp_path / "state"
+        self.log_dir = tmp_path / "logs"
+        self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
+        self.ctx = KubeletContext(
+            node_name=NODE,
+            host_ip="192.168.56.11",
+            state_dir=self.state_dir,
+            pod_log_dir=str(self.log_dir),
+            runtime=self.fake,
+            runtime_name="containerd",
+            cache=self.cache,
+            images=ImageManager(self.fake),
+        )
+        self.manager = PodManager(self.ctx)
+        self._relist: asyncio.Task[None] | None = None
+
+    def _changed(self, uid: PodUID) -> None:
+        self.manager.on_runtime_change(uid)
+
+    async def start(self) -> None:
+        self._relist = asyncio.create_task(self.cache.run())
+        await asyncio.wait_for(self.cache.synced.wait(), 5)
+
+    async def close(self) -> None:
+        await self.manager.detach_all()
+        if self._relist is not None:
+            self._relist.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relist
+
+    def run(self, *pods: Pod) -> None:
+        self.manager.update({p.key: p for p in pods})
+
+    def status(self, pod: Pod) -> dict[str, Any]:
+        worker = self.manager.worker_for(pod.uid)
+        return (worker.status if worker is not None else None) or {}
+
+    def container(self, pod: Pod, name: str = "app") -> dict[str, Any]:
+        status = self.status(pod)
+        for key in ("initContainerStatuses", "containerStatuses"):
+            for item in status.get(key, []):
+                if item["name"] == name:
+                    return dict(item)
+        return {}
+
+    def waiting_reason(self, pod: Pod, name: str = "app") -> str:
+        return str(self.container(pod, name).get("state", {}).get("waiting", {}).get("reason", ""))
+
+    def running(self, pod: Pod, name: str = "app") -> bool:
+        return "running" in self.container(pod, name).get("state", {})
+
+    async def finish_init(self, pod: Pod, name: str = "setup") -> None:
+        """Let the init container ``name`` run to a clean exit (fake processes never end)."""
+        await eventually(lambda: self.running(pod, name), what=f"{name} running")
+        (cid,) = self.fake.container_ids(name, uid=pod.uid, state=ContainerState.RUNNING)
+        self.fake.exit_container(cid, 0)
+
+    def managed_left(self) -> tuple[int, int]:
+        managed = [s for s in self.fake.sandboxes.values() if base.LABEL_MANAGED_BY in s.labels]
+        return len(managed), len(self.fake.containers)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path)
+    await rig.start()
+    try:
+        yield rig
+    finally:
+        await rig.close()
+
+
+# --- the fake behaves like the CRI backend ------------------------------------------------------
+
+
+async def test_fake_lists_only_managed_objects_without_detail(tmp_path: Path) -> None:
+    fake = FakeRuntime(images={IMAGE})
+    pod = make_pod()
+    config = specs.sandbox_config(pod, attempt=0, pod_log_dir=str(tmp_path))
+    sid = await fake.run_sandbox(config)
+    other = specs.sandbox_config(make_pod("other"), attempt=0, pod_log_dir=str(tmp_path))
+    fake.run_unmanaged_sandbox(other)
+    app = pod.spec.containers[0]
+    cconfig = specs.container_config(
+        pod, app, attempt=0, facts=PodFacts(NODE), volume_paths={"data": str(tmp_path)}
+    )
+    cid = await fake.create_container(sid, cconfig, config)
+    await fake.start_container(cid)
+
+    assert [s.id for s in await fake.list_sandboxes()] == [sid]
+    assert [s.id for s in await fake.list_sandboxes(PodUID("nobody"))] == []
+    listed = await fake.list_sandboxes(pod.uid)
+    assert listed[0].ip == ""  # only sandbox_status knows the IP
+    assert (await fake.sandbox_status(sid)).ip.startswith("10.88.")
+    (summary,) = await fake.list_containers(pod.uid)
+    assert (summary.detailed, summary.started_at_ns, summary.uid) == (False, 0, pod.uid)
+    assert summary.labels[base.LABEL_CONTAINER_NAME] == "app"
+    fake.exit_container(cid, 3)
+    detail = await fake.container_status(cid)
+    assert (detail.detailed, detail.state, detail.exit_code) == (True, ContainerState.EXITED, 3)
+    assert detail.reason == "Error"
+    assert detail.started_at_ns < detail.finished_at_ns
+
+    # A name is reserved while its container exists, as containerd does.
+    with pytest.raises(base.RuntimeFailure, match="reserved"):
+        await fake.create_container(sid, cconfig, config)
+    fake.fail_next("remove_container", base.RuntimeUnavailable("down"))
+    with pytest.raises(base.RuntimeUnavailable):
+        await fake.remove_container(cid)
+    await fake.remove_container(cid)
+    with pytest.raises(base.NotFound):
+        await fake.container_status(cid)
+    assert ("remove_container", cid) in fake.calls
+
+
+async def test_fake_images_compare_normalized() -> None:
+    fake = FakeRuntime(images={"busybox"}, registry={"docker.io/library/alpine:3"})
+    assert await fake.image_present("docker.io/library/busybox:latest")
+    assert not await fake.image_present("alpine:3")
+    await fake.pull_image("alpine:3")
+    assert await fake.image_present("docker.io/library/alpine:3")
+    with pytest.raises(base.ImagePullFailed):
+        await fake.pull_image("nginx")
+    with pytest.raises(base.InvalidInput):
+        await fake.image_present("Bad Name")
+
+
+# --- running pods -------------------------------------------------------------------------------
+
+
+async def test_pod_runs_with_cri_like_configs(rig: Rig) -> None:
+    pod = make_pod(inits=True)
+    rig.run(pod)
+    await rig.finish_init(pod)
+    await eventually(lambda: rig.status(pod).get("phase") == "Running", what="Running")
+    await eventually(lambda: rig.running(pod), what="app running")
+
+    fake = rig.fake
+    assert fake.count("run_sandbox") == 1
+    created = [c[2] for c in fake.calls if c[0] == "create_container"]
+    assert created == ["setup", "app"]  # the init container first, alone
+    (sandbox,) = fake.sandboxes.values()
+    assert sandbox.config.name == "web" and sandbox.config.attempt == 0
+    assert sandbox.labels[base.LABEL_POD_UID] == pod.uid
+    assert is_dir(sandbox.config.log_directory)
+    assert Path(sandbox.config.log_directory).is_relative_to(rig.log_dir)
+
+    (app,) = [c for c in fake.containers.values() if c.config.name == "app"]
+    env = dict(app.config.env)
+    assert env["POD_NAME"] == "web"
+    assert env["NODE"] == NODE
+    assert env["POD_IP"] == sandbox.ip != ""
+    assert app.config.command == ("sh", "-c", "echo hello from web")
+    (mount,) = app.config.mounts
+    volume = Path(mount.host_path)
+    assert mount.container_path == "/data"
+    assert is_dir(volume)
+    assert volume.is_relative_to(rig.state_dir / "pods" / pod.uid)
+    assert app.config.resources.memory_limit_bytes == 64 * 2**20
+    assert app.config.resources.cpu_quota == 50_000
+    assert app.config.log_path == "app/0.log"
+    assert app.labels[base.LABEL_CONTAINER_NAME] == "app"
+
+    status = rig.status(pod)
+    assert status["podIP"] == sandbox.ip
+    assert status["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    assert rig.container(pod)["containerID"] == f"containerd://{app.id}"
+    assert rig.container(pod)["ready"] is True
+
+
+async def test_exit_under_always_is_restarted_then_backs_off(rig: Rig) -> None:
+    pod = make_pod()
+    rig.run(pod)
+    await eventually(lambda: rig.running(pod), what="app running")
+    (first,) = rig.fake.container_ids("app")
+
+    rig.fake.exit_container(first, 1)
+    await eventually(
+        lambda: rig.running(pod) and rig.container(pod)["restartCount"] == 1, what="restart"
+    )
+    last = rig.container(pod)["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (1, "Error")
+    assert rig.fake.count("run_sandbox") == 1  # the sandbox stays
+
+    # A second crash soon after: CrashLoopBackOff, 10 s from the finish.
+    second = rig.fake.container_ids("app", state=ContainerState.RUNNING)[0]
+    rig.fake.exit_container(second, 2)
+    await eventually(lambda: rig.waiting_reason(pod) == "CrashLoopBackOff", what="backoff")
+    app = rig.container(pod)
+    assert app["lastState"]["terminated"]["exitCode"] == 2
+    assert "back-off 10s" in app["state"]["waiting"]["message"]
+    assert app["restartCount"] == 1
+    assert rig.fake.count("start_container") == 2
+    assert rig.status(pod)["phase"] == "Running"
+
+
+async def test_exit_under_never_finishes_the_pod(rig: Rig) -> None:
+    pod = make_pod(policy="Never")
+    rig.run(pod)
+    await eventually(lambda: rig.running(pod), what="app running")
+    (cid,) = rig.fake.container_ids("app")
+    rig.fake.exit_container(cid, 0)
+    await eventually(lambda: rig.status(pod).get("phase") == "Succeeded", what="Succeeded")
+    await eventually(
+        lambda: rig.fake.sandbox_ids(state=SandboxState.NOTREADY), what="sandbox stopped"
+    )
+    assert rig.fake.count("start_container") == 1
+
+
+async def test_dead_sandbox_is_replaced(rig: Rig) -> None:
+    pod = make_pod()
+    rig.run(pod)
+    await eventually(lambda: rig.running(pod), what="app running")
+    (old,) = rig.fake.sandbox_ids()
+    rig.fake.kill_sandbox(old)
+    await eventually(lambda: rig.fake.count("run_sandbox") == 2, what="new sandbox")
+    await eventually(
+        lambda: rig.running(pod) and rig.container(pod)["restartCount"] == 1, what="restart"
+    )
+    new = [s for s in rig.fake.sandbox_ids() if s != old]
+    assert [rig.fake.sandboxes[s].config.attempt for s in new] == [1]
+    assert rig.fake.sandboxes[old].state is SandboxState.NOTREADY
+    # The old container was stopped, not left running beside the new one.
+    assert len(rig.fake.container_ids("app", state=ContainerState.RUNNING)) == 1
+
+
+# --- images and start failures ------------------------------------------------------------------
+
+
+async def test_missing_image_with_pull_policy_never(rig: Rig) -> None:
+    pod = make_pod(image="busybox:1.99", pull="Never")
+    rig.run(pod)
+    await eventually(lambda: rig.waiting_reason(pod) == "ErrImageNeverPull", what="reason")
+    assert (
+        "not present with pull policy of Never" in rig.container(pod)["state"]["waiting"]["message"]
+    )
+    assert rig.fake.count("pull_image") == 0
+    assert rig.fake.count("create_container") == 0
+    assert rig.status(pod)["phase"] == "Pending"
+
+
+async def test_pull_failure_then_backoff(rig: Rig) -> None:
+    rig.fake.registry = set()  # nothing can be pulled
+    pod = make_pod(image="busybox:1.99")
+    rig.run(pod)
+    await eventually(lambda: rig.waiting_reason(pod) == "ErrImagePull", what="ErrImagePull")
+    assert "busybox:1.99" in rig.container(pod)["state"]["waiting"]["message"]
+    assert rig.fake.count("pull_image") == 1
+
+    # Seen again while the pull backs off (10 s), the reason moves on to ImagePullBackOff.
+    await eventually(lambda: rig.waiting_reason(pod) == "ImagePullBackOff", what="backoff")
+    assert (
+        'Back-off pulling image "busybox:1.99"' in rig.container(pod)["state"]["waiting"]["message"]
+    )
+    assert rig.fake.count("pull_image") == 1
+
+    # The backoff is the image's: another pod that needs it waits without pulling again.
+    other = make_pod("other", image="busybox:1.99")
+    rig.run(pod, other)
+    await eventually(
+        lambda: rig.waiting_reason(other) == "ImagePullBackOff", what="ImagePullBackOff"
+    )
+    assert rig.fake.count("pull_image") == 1
+    assert rig.fake.count("create_container") == 0
+
+
+async def test_pull_policy_always_pulls_before_each_start(rig: Rig) -> None:
+    pod = make_pod(image="busybox:latest")
+    rig.run(pod)
+    await eventually(lambda: rig.running(pod), what="app running")
+    assert rig.fake.calls.count(("pull_image", "busybox:latest")) == 1
+
+
+async def test_start_failure_is_run_container_error(rig: Rig) -> None:
+    rig.fake.start_errors["app"] = 'exec: "sh": executable file not found in $PATH'
+    pod = make_pod(policy="Never")
+    rig.run(pod)
+    await eventually(lambda: rig.waiting_reason(pod) == "RunContainerError", what="reason")
+    app = rig.container(pod)
+    assert "executable file not found" in app["state"]["waiting"]["message"]
+    await eventually(lambda: rig.status(pod).get("phase") == "Failed", what="Failed")
+    last = rig.container(pod)["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (128, "StartError")
+    assert rig.fake.count("start_container") == 1
+
+
+async def test_start_failure_under_always_backs_off(rig: Rig) -> None:
+    rig.fake.start_errors["app"] = "boom"
+    pod = make_pod()
+    rig.run(pod)
+    await eventually(lambda: rig.waiting_reason(pod) == "CrashLoopBackOff", what="backoff")
+    assert rig.fake.count("start_container") == 2  # the immediate retry, then back off
+    assert rig.container(pod)["lastState"]["terminated"]["reason"] == "StartError"
+
+
+# --- removal, orphans, adoption -----------------------------------------------------------------
+
+
+async def test_removed_pod_is_stopped_and_removed(rig: Rig) -> None:
+    pod = make_pod(inits=True)
+    rig.run(pod)
+    await rig.finish_init(pod)
+    await eventually(lambda: rig.running(pod), what="app running")
+    worker = rig.manager.worker_for(pod.uid)
+    assert worker is not None
+    volumes = rig.state_dir / "pods" / pod.uid
+    assert is_dir(volumes)
+    running = rig.fake.container_ids("app", state=ContainerState.RUNNING)
+
+    rig.run()
+    await eventually(lambda: worker.state is WorkerState.TERMINATED, what="terminated")
+    assert rig.managed_left() == (0, 0)
+    assert not exists(volumes)
+    assert ("stop_container", running[0], "3") in rig.fake.calls  # the pod's grace period
+    assert rig.manager.worker_for(pod.uid) is None
+
+
+async def test_changed_spec_replaces_the_pod(rig: Rig) -> None:
+    old = make_pod()
+    rig.run(old)
+    await eventually(lambda: rig.running(old), what="old running")
+    new = make_pod(extra={"args": ["v2"]})
+    assert new.uid != old.uid
+    rig.run(new)
+    await eventually(lambda: rig.running(new), what="new running")
+    assert rig.fake.sandbox_ids(uid=old.uid) == []
+    assert len(rig.fake.sandbox_ids(uid=new.uid)) == 1
+
+
+async def _populate(fake: FakeRuntime, pod: Pod, tmp_path: Path) -> None:
+    """Make ``pod`` run in the runtime as an earlier agent would have left it."""
+    config = specs.sandbox_config(pod, attempt=0, pod_log_dir=str(tmp_path / "logs"))
+    sid = await fake.run_sandbox(config)
+    for container in pod.spec.containers:
+        cconfig = specs.container_config(
+            pod,
+            container,
+            attempt=0,
+            facts=PodFacts(NODE),
+            volume_paths={v.name: str(tmp_path / v.name) for v in pod.spec.volumes},
+        )
+        await fake.start_container(await fake.create_container(sid, cconfig, config))
+
+
+async def test_orphans_are_removed_and_foreign_sandboxes_kept(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    orphan = make_pod("gone")
+    await _populate(rig.fake, orphan, tmp_path)
+    foreign = specs.sandbox_config(make_pod("theirs"), attempt=0, pod_log_dir=str(tmp_path))
+    foreign_id = rig.fake.run_unmanaged_sandbox(foreign)
+    try:
+        await rig.start()
+        rig.run()
+        await eventually(lambda: rig.managed_left() == (0, 0), what="orphan removed")
+        assert list(rig.fake.sandboxes) == [foreign_id]
+        assert rig.fake.sandboxes[foreign_id].state is SandboxState.READY
+    finally:
+        await rig.close()
+
+
+async def test_running_pod_is_adopted_without_any_create_or_start(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    pod = make_pod()
+    await _populate(rig.fake, pod, tmp_path)
+    rig.fake.calls.clear()
+    try:
+        await rig.start()
+        rig.run(pod)
+        await eventually(lambda: rig.status(pod).get("phase") == "Running", what="Running")
+        assert rig.running(pod)
+        for method in ("run_sandbox", "create_container", "start_container", "stop_container"):
+            assert rig.fake.count(method) == 0, method
+        assert rig.container(pod)["restartCount"] == 0
+
+        # The adopted pod's volumes are set up again when a container restarts.
+        (cid,) = rig.fake.container_ids("app")
+        rig.fake.exit_container(cid, 1)
+        await eventually(
+            lambda: rig.running(pod) and rig.container(pod)["restartCount"] == 1, what="restart"
+        )
+        (restarted,) = rig.fake.container_ids("app", state=ContainerState.RUNNING)
+        (mount,) = rig.fake.containers[restarted].config.mounts
+        assert Path(mount.host_path).is_relative_to(rig.state_dir / "pods" / pod.uid)
+        assert is_dir(mount.host_path)
+    finally:
+        await rig.close()
