@@ -99,9 +99,15 @@ def plan_pod(inp: PlanInput) -> PodActions:
     pod, runtime = inp.pod, inp.runtime
     sandbox = runtime.ready_sandbox()
     if sandbox is None:
-        if pod_finished(pod, runtime):
-            return PodActions(finished=True)
         latest = runtime.latest_sandbox()
+        # Under Never, a pod whose sandbox died after its containers ran is not run again.
+        ran_under_never = (
+            pod.spec.restart_policy is RestartPolicy.NEVER
+            and latest is not None
+            and bool(runtime.containers)
+        )
+        if ran_under_never or pod_finished(pod, runtime):
+            return PodActions(finished=True)
         return PodActions(
             create_sandbox=True,
             sandbox_attempt=0 if latest is None else latest.attempt + 1,
@@ -169,6 +175,10 @@ def _plan_app(inp: PlanInput, sandbox_id: str, prune: tuple[ContainerInfo, ...])
     for container in inp.pod.spec.containers:
         last = inp.runtime.latest(container.name, sandbox_id)
         if last is None:
+            earlier = inp.runtime.latest(container.name)  # in a previous sandbox
+            done = earlier is not None and earlier.state is ContainerState.EXITED
+            if done and earlier is not None and not should_restart(policy, earlier.exit_code):
+                continue  # finished for good (e.g. succeeded under OnFailure)
             starts.append(StartContainer(container, next_attempt(inp.runtime, container.name)))
         elif last.state is ContainerState.RUNNING:
             reason = inp.unhealthy.get(container.name)

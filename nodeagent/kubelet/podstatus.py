@@ -159,6 +159,8 @@ def _container_status(
         status["ready"] = ready and not init
     elif current.state is ContainerState.EXITED:
         status["state"] = {"terminated": _terminated(current, inp.runtime_name)}
+        # An init container that completed counts as ready, as upstream reports it.
+        status["ready"] = init and current.exit_code == 0
     else:
         status["state"] = {"waiting": {"reason": "ContainerCreating"}}
     return status

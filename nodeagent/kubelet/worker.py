@@ -207,6 +207,8 @@ class PodWorker:
         for info in actions.prune:
             await self._remove_container(info)
             acted = True
+        if actions.finished:
+            self._waiting.clear()  # a finished pod shows how its containers ended
         if actions.finished and sandbox is not None:
             await self.ctx.runtime.stop_sandbox(sandbox.id)
             self.log.info("pod_completed")

@@ -360,6 +360,8 @@ def _env(e: Node) -> EnvVar:
     if name and not _ENV_NAME.match(name):
         e.error(f"{name!r} is not a valid environment variable name", "name")
     value_from: FieldRef | ResourceFieldRef | None = None
+    if e.present("valueFrom") and e.present("value"):
+        e.error("may not be set together with value", "valueFrom")
     if e.present("valueFrom"):
         source = e.child("valueFrom")
         source.reject_unknown(("fieldRef", "resourceFieldRef"))
@@ -520,6 +522,9 @@ def _volume(v: Node) -> Volume:
     name = v.string("name", required=True)
     if name and not _DNS1123_LABEL.match(name):
         v.error(f"{name!r} is not a valid DNS-1123 label", "name")
+    sources = [k for k in ("emptyDir", "hostPath") if v.present(k)]
+    if len(sources) > 1:
+        v.error(f"exactly one volume source is allowed (found {', '.join(sources)})")
     if v.present("hostPath"):
         hp = v.child("hostPath")
         hp.reject_unknown(("path", "type"))
