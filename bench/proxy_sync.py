@@ -1,0 +1,205 @@
+"""Proxy rule syncs at scale: full syncs of 1000 and 5000 services, one endpoint change.
+
+For each size (services x endpoints, kube-proxy-shaped: every service has a cluster IP and
+a NodePort, every endpoint its own chain):
+
+- ``full_s``: one full sync through the proxy's real code path (trackers, rule building,
+  ``iptables-save`` of nat and filter, rendering, ``iptables-restore``), from empty tables;
+- ``raw_s``: ``iptables-restore --noflush`` of exactly the text that sync fed it, into
+  emptied tables again, timed in the same run; ``ratio`` = full_s / raw_s (target <= 1.2).
+  Full syncs and raw restores alternate ``--rounds`` times; the best of each is compared
+  (medians are printed too), so a busy machine slows both sides alike;
+- ``endpoint_change``: one endpoint of one service replaced by another, from tracker update
+  to rules in the kernel (a partial sync): the median and the worst of ``--changes`` such
+  changes (target < 0.1 s), and the median of the ``iptables-restore`` part alone. On the
+  nft backend that part is mostly the kernel re-validating every rule reachable from the
+  built-in chains, which any added rule triggers: it grows with the table, not the change.
+
+Everything runs in a throwaway network namespace, created here and deleted at the end: the
+machine's own rules are never touched. The proxy picks its backend as in production (nft
+unless a hint says otherwise); ``--backend legacy`` forces the other one.
+
+Prints one JSON line. Run as root: ``python bench/proxy_sync.py [--sizes 1000,5000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nodeagent.log import configure_logging  # noqa: E402
+from nodeagent.model.service import Protocol  # noqa: E402
+from nodeagent.proxy.iptables import WAIT_S, Backend, Iptables  # noqa: E402
+from nodeagent.proxy.rules import RulesConfig  # noqa: E402
+from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName  # noqa: E402
+from nodeagent.proxy.sync import Syncer  # noqa: E402
+
+CONFIG = RulesConfig(cluster_cidr="10.128.0.0/9")
+
+
+def state(
+    services: int, endpoints: int
+) -> tuple[dict[ServicePortName, ServicePortInfo], dict[ServicePortName, tuple[Endpoint, ...]]]:
+    infos: dict[ServicePortName, ServicePortInfo] = {}
+    eps: dict[ServicePortName, tuple[Endpoint, ...]] = {}
+    for i in range(services):
+        key = ServicePortName(f"ns{i % 50}", f"svc{i}", "http", "TCP")
+        ip = f"10.96.{i // 250}.{i % 250 + 1}"
+        infos[key] = ServicePortInfo(key, ip, 80, Protocol.TCP, node_port=30000 + i % 2768)
+        eps[key] = tuple(
+            Endpoint(
+                f"10.{128 + (i * endpoints + j) // 65000}.{(i * endpoints + j) // 250 % 260}"
+                f".{(i * endpoints + j) % 250 + 1}",
+                8080,
+            )
+            for j in range(endpoints)
+        )
+    return infos, eps
+
+
+def _iptables(backend: Backend, *args: str, stdin: str | None = None) -> None:
+    tool = f"iptables-{backend.value}" + ("-restore" if args[:1] == ("--noflush",) else "")
+    subprocess.run([tool, *args], input=stdin, text=True, check=True, capture_output=True)
+
+
+def empty_tables(backend: Backend) -> None:
+    for table in ("filter", "nat"):
+        _iptables(backend, "-w", str(WAIT_S), "-t", table, "-F")
+        _iptables(backend, "-w", str(WAIT_S), "-t", table, "-X")
+
+
+class TimedIptables(Iptables):
+    """The production runner, plus the time its last restore took (kernel + iptables)."""
+
+    last_restore_s = 0.0
+
+    async def restore(self, tables: Mapping[str, str], *, chains: Mapping[str, int]) -> None:
+        started = time.perf_counter()
+        await super().restore(tables, chains=chains)
+        self.last_restore_s = time.perf_counter() - started
+
+
+async def full_sync(writer: TimedIptables, services: int, endpoints: int) -> dict[str, Any]:
+    """One full sync from emptied tables, through a fresh Syncer (as at agent start)."""
+    empty_tables(writer.backend)
+    syncer = Syncer(writer, CONFIG, conntrack=None, local_addresses=lambda: ())
+    infos, eps = state(services, endpoints)
+    started = time.perf_counter()
+    syncer.services.replace(infos)
+    syncer.endpoints.replace(eps)
+    if not await syncer.sync():
+        raise SystemExit(f"full sync failed: {syncer.stats.last_error}")
+    return {"syncer": syncer, "eps": eps, "seconds": time.perf_counter() - started}
+
+
+def raw_restore(backend: Backend, text: str) -> float:
+    empty_tables(backend)
+    started = time.perf_counter()
+    _iptables(backend, "--noflush", "--wait", str(WAIT_S), stdin=text)
+    return time.perf_counter() - started
+
+
+async def measure(
+    writer: TimedIptables, services: int, endpoints: int, rounds: int
+) -> dict[str, Any]:
+    """Alternate full syncs and raw restores of the same text; compare the medians."""
+    fulls, raws = [], []
+    run: dict[str, Any] = {}
+    for _ in range(rounds):
+        run = await full_sync(writer, services, endpoints)
+        fulls.append(run["seconds"])
+        raws.append(raw_restore(writer.backend, writer.last_input))
+    # Leave the kernel as the last full sync left it, for the endpoint changes.
+    run = await full_sync(writer, services, endpoints)
+    full, raw = min(fulls), min(raws)
+    run["result"] = {
+        "services": services,
+        "endpoints_per_service": endpoints,
+        "restore_lines": writer.last_input.count("\n"),
+        "rules": run["syncer"].stats.rules,
+        "full_s": round(full, 3),
+        "raw_s": round(raw, 3),
+        "ratio": round(full / raw, 3),
+        "median_full_s": round(statistics.median(fulls), 3),
+        "median_raw_s": round(statistics.median(raws), 3),
+        "rounds": rounds,
+    }
+    return run
+
+
+async def endpoint_changes(
+    writer: TimedIptables, run: dict[str, Any], changes: int
+) -> dict[str, float]:
+    syncer: Syncer = run["syncer"]
+    eps: dict[ServicePortName, tuple[Endpoint, ...]] = dict(run["eps"])
+    keys = sorted(eps)
+    times, restores = [], []
+    for n in range(changes):
+        key = keys[(n * 997) % len(keys)]
+        replaced = (*eps[key][:-1], Endpoint(f"10.255.{n // 250}.{n % 250 + 1}", 8080))
+        eps[key] = replaced
+        started = time.perf_counter()
+        syncer.endpoints.replace(eps)
+        if not await syncer.sync():
+            raise SystemExit(f"partial sync failed: {syncer.stats.last_error}")
+        times.append(time.perf_counter() - started)
+        restores.append(writer.last_restore_s)
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "max_s": round(max(times), 4),
+        "restore_median_s": round(statistics.median(restores), 4),
+    }
+
+
+async def inside(args: argparse.Namespace) -> dict[str, Any]:
+    configure_logging("console", "warning")
+    backend = Backend(args.backend) if args.backend else (await Iptables.detect()).backend
+    writer = TimedIptables(backend)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out: dict[str, Any] = {"backend": writer.backend.value, "sizes": []}
+    for size in sizes:
+        run = await measure(writer, size, args.endpoints, args.rounds)
+        run["result"]["endpoint_change"] = await endpoint_changes(writer, run, args.changes)
+        out["sizes"].append(run["result"])
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", default="1000,5000", help="services per run, comma-separated")
+    parser.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
+    parser.add_argument("--changes", type=int, default=7, help="endpoint changes to time")
+    parser.add_argument("--rounds", type=int, default=5, help="full/raw pairs per size")
+    parser.add_argument("--backend", choices=[b.value for b in Backend], default=None)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        print(json.dumps(asyncio.run(inside(args))))
+        return 0
+    if os.geteuid() != 0:
+        print("proxy_sync: needs root (it creates a network namespace)", file=sys.stderr)
+        return 2
+    netns = f"na-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        argv = [sys.executable, __file__, "--inside", *sys.argv[1:]]
+        done = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", *argv], check=False)
+        return done.returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

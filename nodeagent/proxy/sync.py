@@ -1,0 +1,229 @@
+"""One sync of the proxy rules: plan (trackers) -> render (pure) -> apply (runner) -> observe.
+
+``Syncer`` owns the two change trackers, a per-service-port cache of built rules, and the
+memory of what the last successful sync wrote (``restore_input.Written``). A sync:
+
+1. applies both trackers; the union of their results is the set of changed service ports;
+2. rebuilds ``ServiceRules`` for those (all of them on a full sync), keeping the others;
+3. on a full sync, reads ``iptables-save`` of nat and filter (while step 2 runs) to find
+   stale chains of earlier runs and missing jumps from the built-in chains;
+4. renders the restore input and hands it to the runner in one ``iptables-restore``;
+5. on success adopts the new ``Written`` and drops the rule text it no longer needs; on
+   failure marks the next sync full: the trackers' changes are consumed, so the exact delta
+   is lost, and a full sync is correct whatever state the kernel was left in;
+6. deletes stale UDP conntrack flows of the changed UDP service ports (never fatal).
+
+Steps 2 and 4 run in a worker thread: at 5000 services they are a second of CPU, and the
+event loop (status endpoint, pod workers, probes) must not stall for it. The runner is a
+seam (``RuleWriter``): the iptables runner in production, a recorder in unit tests. One
+sync at a time, by construction: the proxy loop awaits each one, so nothing else touches
+the trackers or the rule cache meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from nodeagent.log import get_logger
+from nodeagent.proxy import restore as restore_input
+from nodeagent.proxy import rules
+from nodeagent.proxy.conntrack import Conntrack
+from nodeagent.proxy.iptables import IptablesError
+from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
+from nodeagent.proxy.tracker import ChangeTracker
+
+log = get_logger(__name__)
+
+
+class RuleWriter(Protocol):
+    @property
+    def backend_name(self) -> str: ...
+
+    async def restore(self, tables: Mapping[str, str], *, chains: Mapping[str, int]) -> None: ...
+
+    async def save(self, table: str) -> str: ...
+
+    async def canary_ok(self) -> bool: ...
+
+
+@dataclass
+class SyncStats:
+    last_sync: float | None = None  # wall clock of the last successful sync's end
+    duration_s: float = 0.0  # of the last sync attempt
+    rules: int = 0  # rules we own in the kernel after the last successful sync
+    full_syncs: int = 0
+    partial_syncs: int = 0
+    failures: int = 0
+    last_error: str | None = None  # of the last attempt; None when it succeeded
+    last_kind: str = ""  # "full" or "partial"
+
+    def to_json(self, backend: str) -> dict[str, object]:
+        return {
+            "lastSync": _rfc3339(self.last_sync) if self.last_sync is not None else None,
+            "duration": round(self.duration_s, 6),
+            "lastSyncKind": self.last_kind or None,
+            "rules": self.rules,
+            "backend": backend,
+            "fullSyncs": self.full_syncs,
+            "partialSyncs": self.partial_syncs,
+            "failedSyncs": self.failures,
+            "lastError": self.last_error,
+        }
+
+
+def _rfc3339(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class Syncer:
+    def __init__(
+        self,
+        writer: RuleWriter,
+        config: rules.RulesConfig,
+        *,
+        conntrack: Conntrack | None,
+        local_addresses: Callable[[], Iterable[str]],
+    ) -> None:
+        self.writer = writer
+        self.config = config
+        self.services: ChangeTracker[ServicePortInfo] = ChangeTracker()
+        self.endpoints: ChangeTracker[tuple[Endpoint, ...]] = ChangeTracker()
+        self.need_full = True  # nothing is known about the kernel before the first sync
+        self.stats = SyncStats()
+        self._conntrack = conntrack
+        self._local_addresses = local_addresses
+        self._rules: dict[ServicePortName, rules.ServiceRules] = {}
+        self._written = restore_input.Written()
+
+    def pending(self) -> bool:
+        return self.need_full or self.services.pending() or self.endpoints.pending()
+
+    async def sync(self, *, full: bool = False) -> bool:
+        """Bring the kernel in line with the trackers; True on success."""
+        started = time.monotonic()
+        full = full or self.need_full
+        before = dict(self.services.current)
+        changed = self.services.apply() | self.endpoints.apply()
+        infos, endpoints = self.services.current, self.endpoints.current
+        comments = sum(map(len, endpoints.values())) <= rules.LARGE_CLUSTER_ENDPOINTS
+        if comments != self.config.comments:
+            self.config = replace(self.config, comments=comments)
+            full = True  # every service port's rules change form
+        for key in [k for k in self._rules if k not in infos]:
+            del self._rules[key]
+        rebuild: set[ServicePortName] = set(infos) if full else set(changed) & set(infos)
+        try:
+            # iptables-save runs while the rules are built; building and rendering run in a
+            # thread, so a full sync of thousands of services does not stall the event loop.
+            saving = asyncio.create_task(self._save()) if full else None
+            shared_changed = await asyncio.to_thread(self._rebuild, rebuild)
+            shared_changed = shared_changed or len(self._rules) != len(self._written.chains)
+            saved = await saving if saving is not None else None
+            restore = await asyncio.to_thread(
+                self._render, rebuild, saved, full=full, reuse_shared=not shared_changed
+            )
+            if restore.text:  # a change may cancel out in the rules: nothing to write
+                await self.writer.restore(restore.text, chains=restore.chains_declared)
+        except IptablesError as exc:
+            self.need_full = True
+            self._finish(started, full=full, error=str(exc))
+            log.error("proxy_sync_failed", full=full, error=str(exc))
+            return False
+        self._written = restore.written
+        for key in rebuild:
+            self._rules[key] = self._rules[key].slim()
+        self.need_full = False
+        self.stats.rules = sum(r.rule_count for r in self._rules.values()) + sum(
+            len(lines) for lines in self._written.shared.values()
+        )
+        self._finish(started, full=full, error=None)
+        log.info(
+            "proxy_synced",
+            full=full,
+            changed=len(changed),
+            rules_written=restore.rules_written,
+            chains_deleted=restore.chains_deleted,
+            duration_s=round(self.stats.duration_s, 4),
+        )
+        await self._clean_conntrack(changed, before)
+        return True
+
+    async def _save(self) -> dict[str, str]:
+        nat, filter_ = await asyncio.gather(
+            self.writer.save(rules.NAT), self.writer.save(rules.FILTER)
+        )
+        return {rules.NAT: nat, rules.FILTER: filter_}
+
+    def _rebuild(self, keys: set[ServicePortName]) -> bool:
+        """Rebuild the rules of ``keys``; whether any line of the shared chains changed."""
+        infos, endpoints = self.services.current, self.endpoints.current
+        shared_changed = False
+        for key in keys:
+            old = self._rules.get(key)
+            new = rules.service_rules(infos[key], endpoints.get(key, ()), self.config)
+            shared_changed = shared_changed or old is None or not new.same_shared_lines(old)
+            self._rules[key] = new
+        return shared_changed
+
+    def _render(
+        self,
+        rebuild: set[ServicePortName],
+        saved: Mapping[str, str] | None,
+        *,
+        full: bool,
+        reuse_shared: bool,
+    ) -> restore_input.Restore:
+        existing: dict[str, set[str]] | None = None
+        missing: list[rules.Jump] = []
+        if saved is not None:
+            existing = {t: restore_input.saved_chains(text) for t, text in saved.items()}
+            missing = restore_input.missing_jumps(saved, self.config)
+        return restore_input.render(
+            self._rules,
+            write=rebuild,
+            previous=self._written,
+            full=full,
+            config=self.config,
+            existing=existing,
+            missing_jumps=missing,
+            # Nothing a shared chain holds changed: skip re-gathering 5000 services' lines.
+            shared=self._written.shared if reuse_shared and not full else None,
+        )
+
+    def _finish(self, started: float, *, full: bool, error: str | None) -> None:
+        self.stats.duration_s = time.monotonic() - started
+        self.stats.last_error = error
+        self.stats.last_kind = "full" if full else "partial"
+        if error is not None:
+            self.stats.failures += 1
+            return
+        self.stats.last_sync = time.time()
+        if full:
+            self.stats.full_syncs += 1
+        else:
+            self.stats.partial_syncs += 1
+
+    async def _clean_conntrack(
+        self, changed: frozenset[ServicePortName], before: Mapping[ServicePortName, ServicePortInfo]
+    ) -> None:
+        if self._conntrack is None:
+            return
+        infos, endpoints = self.services.current, self.endpoints.current
+        ports: list[tuple[ServicePortInfo, tuple[Endpoint, ...]]] = []
+        for key in changed:
+            if key.protocol != "UDP":
+                continue
+            if key in infos:
+                ports.append((infos[key], endpoints.get(key, ())))
+            elif key in before:  # the service port is gone: every flow to it is stale
+                ports.append((before[key], ()))
+        if not ports:
+            return
+        try:
+            await self._conntrack.clean(ports, self._local_addresses())
+        except OSError as exc:
+            log.warning("conntrack_clean_failed", error=str(exc))

@@ -1,0 +1,185 @@
+"""Service documents -> the typed model (nodeagent.model.service); every error names its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nodeagent.model.fields import ValidationError
+from nodeagent.model.service import (
+    Protocol,
+    ServiceType,
+    SessionAffinity,
+    TrafficPolicy,
+)
+from nodeagent.model.validate import parse_document, parse_service
+
+
+def doc(spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": spec,
+        **extra,
+    }
+
+
+def errors(spec: dict[str, Any], **extra: Any) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        parse_service(doc(spec, **extra), source="s.yaml")
+    return {e.path: e.message for e in info.value.errors}
+
+
+def test_defaults() -> None:
+    s = parse_service(doc({"ports": [{"port": 80}], "selector": {"app": "web"}}), source="s.yaml")
+    spec = s.spec
+    assert (s.key, s.source) == ("default/web", "s.yaml")
+    assert spec.type is ServiceType.CLUSTER_IP and spec.cluster_ip == ""
+    [port] = spec.ports
+    assert (port.name, port.protocol, port.port, port.target_port, port.node_port) == (
+        "",
+        Protocol.TCP,
+        80,
+        80,
+        0,
+    )
+    assert spec.session_affinity is SessionAffinity.NONE and spec.affinity_timeout_s == 10800
+    assert spec.external_traffic_policy is spec.internal_traffic_policy is TrafficPolicy.CLUSTER
+    assert spec.selector == {"app": "web"} and spec.proxied and not spec.wants_node_ports
+
+
+def test_full_featured_service() -> None:
+    spec = {
+        "type": "LoadBalancer",
+        "clusterIP": "10.96.0.10",
+        "clusterIPs": ["10.96.0.10"],
+        "ports": [
+            {"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080},
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+        ],
+        "externalIPs": ["192.0.2.1"],
+        "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+        "externalTrafficPolicy": "Local",
+        "internalTrafficPolicy": "Local",
+        "ipFamilies": ["IPv4"],
+        "ipFamilyPolicy": "SingleStack",
+        "loadBalancerClass": "ignored",
+    }
+    status = {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}, {"hostname": "lb.example"}]}}
+    s = parse_service(doc(spec, status=status), source="s.yaml")
+    assert s.spec.type is ServiceType.LOAD_BALANCER and s.spec.wants_node_ports
+    assert [p.key for p in s.spec.ports] == ["http/TCP", "dns/UDP"]
+    assert s.spec.ports[0].target_port == "web" and s.spec.ports[0].node_port == 30080
+    assert s.spec.affinity_timeout_s == 60
+    assert [i.ip for i in s.load_balancer_ingress] == ["198.51.100.1"]
+
+
+def test_headless_and_external_name() -> None:
+    headless = parse_service(doc({"clusterIP": "None", "selector": {"a": "b"}}), source="s")
+    assert headless.spec.headless and not headless.spec.proxied
+    alias = parse_service(
+        doc({"type": "ExternalName", "externalName": "db.example.com"}), source="s"
+    )
+    assert alias.spec.external_name == "db.example.com" and not alias.spec.proxied
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "words"),
+    [
+        ({}, "spec.ports", "at least one port"),
+        ({"ports": [{"port": 0}]}, "spec.ports[0].port", "1-65535"),
+        ({"ports": [{"port": 80}, {"port": 81}]}, "spec.ports[0].name", "more than one port"),
+        (
+            {"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]},
+            "spec.ports[1].name",
+            "duplicate port name",
+        ),
+        (
+            {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]},
+            "spec.ports[1].port",
+            "duplicate port 80/TCP",
+        ),
+        ({"ports": [{"port": 80, "protocol": "ICMP"}]}, "spec.ports[0].protocol", "one of"),
+        (
+            {"ports": [{"port": 80, "targetPort": "Not_A_Name"}]},
+            "spec.ports[0].targetPort",
+            "port name",
+        ),
+        ({"ports": [{"port": 80, "nodePort": 30000}]}, "spec.ports[0].nodePort", "ClusterIP"),
+        ({"type": "Magic", "ports": [{"port": 80}]}, "spec.type", "one of"),
+        ({"clusterIP": "300.1.1.1", "ports": [{"port": 80}]}, "spec.clusterIP", "not a valid IP"),
+        ({"clusterIP": "fd00::1", "ports": [{"port": 80}]}, "spec.clusterIP", "IPv6"),
+        (
+            {"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.2"], "ports": [{"port": 80}]},
+            "spec.clusterIPs",
+            "must begin with",
+        ),
+        (
+            {"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]},
+            "spec.clusterIP",
+            "None",
+        ),
+        (
+            {"externalIPs": ["127.0.0.1"], "ports": [{"port": 80}]},
+            "spec.externalIPs[0]",
+            "loopback",
+        ),
+        ({"sessionAffinity": "Sticky", "ports": [{"port": 80}]}, "spec.sessionAffinity", "one of"),
+        (
+            {"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 5}}, "ports": [{"port": 80}]},
+            "spec.sessionAffinityConfig",
+            "ClientIP",
+        ),
+        (
+            {
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}},
+                "ports": [{"port": 80}],
+            },
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "86400",
+        ),
+        (
+            {"externalTrafficPolicy": "Local", "ports": [{"port": 80}]},
+            "spec.externalTrafficPolicy",
+            "externally-accessible",
+        ),
+        (
+            {"internalTrafficPolicy": "Nearby", "ports": [{"port": 80}]},
+            "spec.internalTrafficPolicy",
+            "one of",
+        ),
+        ({"type": "ExternalName"}, "spec.externalName", "required"),
+        ({"externalName": "x.example", "ports": [{"port": 80}]}, "spec.externalName", "only"),
+        (
+            {"loadBalancerSourceRanges": ["10.0.0.0/8"], "ports": [{"port": 80}]},
+            "spec.loadBalancerSourceRanges",
+            "not supported",
+        ),
+        ({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}, "spec.ipFamilies[0]", "IPv4"),
+        (
+            {"ports": [{"port": 80, "nodePort": 70000}], "type": "NodePort"},
+            "spec.ports[0].nodePort",
+            "1-65535",
+        ),
+    ],
+)
+def test_invalid_specs_name_the_field(spec: dict[str, Any], path: str, words: str) -> None:
+    found = errors(spec)
+    assert path in found, found
+    assert words in found[path]
+
+
+def test_status_and_top_level_fields_are_checked() -> None:
+    found = errors({"ports": [{"port": 80}]}, status={"loadBalancer": {"ingress": [{"ip": "x"}]}})
+    assert "status.loadBalancer.ingress[0].ip" in found
+    found = errors({"ports": [{"port": 80}]}, extra={"x": 1})
+    assert found == {"extra": "field is not supported by nodeagent"}
+
+
+def test_dispatch_through_parse_document() -> None:
+    s = parse_document(doc({"ports": [{"port": 80}]}), source="s", node_name="n")
+    assert s.key == "default/web"  # type: ignore[union-attr]
