@@ -1,0 +1,476 @@
+"""Conversions between the runtime seam and Docker Engine API objects, as dockershim did them.
+
+Pure functions, no I/O, so ``runtime.docker`` stays a thin list of API calls. The policies:
+
+- Names. A pod sandbox is a pause container named ``k8s_POD_<pod>_<namespace>_<uid>_<attempt>``,
+  a container ``k8s_<container>_<pod>_<namespace>_<uid>_<attempt>``, as dockershim and
+  cri-dockerd name them (operators and tools recognise them). Kubernetes names hold no ``_``,
+  so the name splits back into its parts; the attempt is read from it. A seventh part (the
+  random suffix dockershim added on name conflicts) is tolerated.
+- Labels. The same labels the CRI backend sets (``cri.convert``): pod name, namespace and
+  uid, container name, our managed marker, and the sandbox id on containers; ours applied
+  last, so a pod label never overrides them. Docker-only bookkeeping rides along in labels
+  too, and is stripped from what crosses the seam so both backends report the same labels:
+  the object type (``io.kubernetes.docker.type``: ``podsandbox`` or ``container``, the
+  labels dockershim used), the CRI log path, and annotations (as ``annotation.<key>``).
+- Namespaces. The sandbox runs with network ``none`` (the CNI plugins give it its interface;
+  ``host`` for a host-network pod) and a *shareable* IPC namespace; containers join its
+  network (``container:<sandbox id>``, or ``host``) and IPC namespaces. PID stays per
+  container, as the CRI backend asks containerd for.
+- States. Docker's ``created`` with an exit code or an error is a container whose start
+  failed; containerd reports that as exited, exit code 128, reason ``StartError``, and so do
+  we (Docker's own code, 126 or 127, is dropped; its error is the message). Likewise an exec
+  whose command could not start is an error, not exit code 126.
+- IPv6. The sandbox namespace keeps IPv6 enabled, as a namespace containerd makes does.
+
+Image names are reported normalized, as containerd reports them. Timestamps become
+nanoseconds since the epoch. Inspect gives RFC 3339 with nanoseconds; list
+summaries give whole seconds; Docker's zero time ``0001-01-01T00:00:00Z`` is 0.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+
+from nodeagent.model.pod import PodUID
+from nodeagent.runtime import base
+from nodeagent.runtime.cri.image import InvalidImageReference, normalize_image
+
+# Same key and meaning as the CRI backend's label (cri.convert.LABEL_SANDBOX_ID).
+LABEL_SANDBOX_ID = "io.nodeagent.sandbox-id"
+MANAGED_VALUE = "true"
+LABEL_TYPE = "io.kubernetes.docker.type"
+TYPE_SANDBOX = "podsandbox"
+TYPE_CONTAINER = "container"
+LABEL_LOG_PATH = "io.kubernetes.container.logpath"
+ANNOTATION_PREFIX = "annotation."
+_INTERNAL_LABELS = frozenset({LABEL_TYPE, LABEL_LOG_PATH})
+
+NAME_PREFIX = "k8s"
+SANDBOX_CONTAINER_NAME = "POD"
+# What a failed start reports, the way containerd reports it.
+START_ERROR_EXIT_CODE = 128
+START_ERROR_REASON = "StartError"
+
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    container: str  # SANDBOX_CONTAINER_NAME for a sandbox
+    pod: str
+    namespace: str
+    uid: str
+    attempt: int
+
+
+def _join(*parts: str | int) -> str:
+    for part in parts:
+        if not _NAME_PART.match(str(part)):
+            raise base.InvalidInput(f"cannot use {str(part)!r} in a Docker container name")
+    return "_".join(str(p) for p in (NAME_PREFIX, *parts))
+
+
+def sandbox_name(config: base.SandboxConfig) -> str:
+    return _join(SANDBOX_CONTAINER_NAME, config.name, config.namespace, config.uid, config.attempt)
+
+
+def container_name(config: base.ContainerConfig, sandbox: base.SandboxConfig) -> str:
+    return _join(config.name, sandbox.name, sandbox.namespace, sandbox.uid, config.attempt)
+
+
+def parse_name(name: str) -> ParsedName | None:
+    """The parts of one of our names (Docker lists them with a leading "/"); None if foreign."""
+    parts = name.lstrip("/").split("_")
+    if len(parts) not in (6, 7) or parts[0] != NAME_PREFIX or not parts[5].isdigit():
+        return None
+    return ParsedName(parts[1], parts[2], parts[3], parts[4], int(parts[5]))
+
+
+# --- labels and filters -------------------------------------------------------------------------
+
+
+def _annotation_labels(annotations: Mapping[str, str]) -> dict[str, str]:
+    return {ANNOTATION_PREFIX + k: v for k, v in annotations.items()}
+
+
+def sandbox_labels(config: base.SandboxConfig) -> dict[str, str]:
+    return {
+        **config.labels,
+        **_annotation_labels(config.annotations),
+        base.LABEL_POD_NAME: config.name,
+        base.LABEL_POD_NAMESPACE: config.namespace,
+        base.LABEL_POD_UID: config.uid,
+        base.LABEL_MANAGED_BY: MANAGED_VALUE,
+        LABEL_TYPE: TYPE_SANDBOX,
+    }
+
+
+def container_labels(
+    sandbox_id: base.SandboxID,
+    config: base.ContainerConfig,
+    sandbox: base.SandboxConfig,
+    *,
+    log_path: str = "",
+) -> dict[str, str]:
+    labels = {
+        **config.labels,
+        **_annotation_labels(config.annotations),
+        base.LABEL_POD_NAME: sandbox.name,
+        base.LABEL_POD_NAMESPACE: sandbox.namespace,
+        base.LABEL_POD_UID: sandbox.uid,
+        base.LABEL_CONTAINER_NAME: config.name,
+        base.LABEL_MANAGED_BY: MANAGED_VALUE,
+        LABEL_SANDBOX_ID: sandbox_id,
+        LABEL_TYPE: TYPE_CONTAINER,
+    }
+    if log_path:
+        labels[LABEL_LOG_PATH] = log_path
+    return labels
+
+
+def visible_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """The labels that cross the seam: without our Docker-only bookkeeping."""
+    return {
+        k: v
+        for k, v in (labels or {}).items()
+        if k not in _INTERNAL_LABELS and not k.startswith(ANNOTATION_PREFIX)
+    }
+
+
+def list_filters(kind: str, uid: PodUID | None) -> dict[str, list[str]]:
+    """Docker list filters (all must match): ours, of one type, of one pod if uid is given."""
+    labels = [f"{base.LABEL_MANAGED_BY}={MANAGED_VALUE}", f"{LABEL_TYPE}={kind}"]
+    if uid is not None:
+        labels.append(f"{base.LABEL_POD_UID}={uid}")
+    return {"label": labels}
+
+
+# --- create requests -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """Arguments for docker-py's create_container, and for create_host_config separately."""
+
+    container: Mapping[str, Any]
+    host: Mapping[str, Any]
+
+
+def sandbox_spec(config: base.SandboxConfig, *, image: str, ipv6: bool = True) -> CreateSpec:
+    host: dict[str, Any] = {
+        "network_mode": "host" if config.host_network else "none",
+        "ipc_mode": "shareable",
+    }
+    if ipv6 and not config.host_network:
+        # Docker disables IPv6 in a namespace it makes (``::1`` and link-local addresses
+        # missing); a namespace containerd makes keeps the kernel default, enabled.
+        host["sysctls"] = {
+            "net.ipv6.conf.all.disable_ipv6": "0",
+            "net.ipv6.conf.default.disable_ipv6": "0",
+        }
+    if config.dns is not None:
+        host.update(
+            dns=list(config.dns.servers),
+            dns_search=list(config.dns.searches),
+            dns_opt=list(config.dns.options),
+        )
+    container: dict[str, Any] = {
+        "image": image,
+        "name": sandbox_name(config),
+        "labels": sandbox_labels(config),
+    }
+    # A host-network pod shares the node's UTS namespace: Docker refuses a hostname there.
+    if not config.host_network and config.hostname:
+        container["hostname"] = config.hostname
+    return CreateSpec(container=container, host=host)
+
+
+def container_spec(
+    sandbox_id: base.SandboxID,
+    config: base.ContainerConfig,
+    sandbox: base.SandboxConfig,
+    *,
+    log_path: str = "",
+) -> CreateSpec:
+    container: dict[str, Any] = {
+        "image": config.image,
+        "name": container_name(config, sandbox),
+        "labels": container_labels(sandbox_id, config, sandbox, log_path=log_path),
+        # Kubernetes semantics match Docker's: a given entrypoint drops the image's CMD too.
+        "entrypoint": list(config.command) or None,
+        "command": list(config.args) or None,
+        "environment": [f"{k}={v}" for k, v in config.env],
+        "working_dir": config.working_dir or None,
+        "tty": config.tty,
+        "stdin_open": config.stdin,
+    }
+    host: dict[str, Any] = {
+        "network_mode": "host" if sandbox.host_network else f"container:{sandbox_id}",
+        "ipc_mode": f"container:{sandbox_id}",
+        "mounts": [
+            {
+                "Type": "bind",
+                "Source": m.host_path,
+                "Target": m.container_path,
+                "ReadOnly": m.readonly,
+            }
+            for m in config.mounts
+        ],
+        **resource_args(config.resources),
+    }
+    return CreateSpec(container=container, host=host)
+
+
+def resource_args(resources: base.Resources) -> dict[str, int]:
+    """HostConfig limits; unset (0) values are left out, so Docker keeps its defaults."""
+    args: dict[str, int] = {}
+    if resources.cpu_period:
+        args["cpu_period"] = resources.cpu_period
+    if resources.cpu_quota:
+        args["cpu_quota"] = resources.cpu_quota
+    if resources.cpu_shares:
+        args["cpu_shares"] = resources.cpu_shares
+    if resources.memory_limit_bytes:
+        # No swap beyond the limit, as the kubelet asked dockershim for.
+        args["mem_limit"] = resources.memory_limit_bytes
+        args["memswap_limit"] = resources.memory_limit_bytes
+    return args
+
+
+def cni_port_mappings(config: base.SandboxConfig) -> list[dict[str, Any]]:
+    """The ``portMappings`` capability argument, in the portmap plugin's format."""
+    return [
+        {
+            "hostPort": p.host_port,
+            "containerPort": p.container_port,
+            "protocol": p.protocol.lower(),
+            "hostIP": p.host_ip,
+        }
+        for p in config.port_mappings
+        if p.host_port
+    ]
+
+
+def cni_args(config: base.SandboxConfig, sandbox_id: str) -> list[tuple[str, str]]:
+    """CNI_ARGS as containerd's CRI plugin passes them."""
+    return [
+        ("K8S_POD_NAMESPACE", config.namespace),
+        ("K8S_POD_NAME", config.name),
+        ("K8S_POD_INFRA_CONTAINER_ID", sandbox_id),
+        ("K8S_POD_UID", config.uid),
+    ]
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+def parse_time_ns(value: str | None) -> int:
+    """RFC 3339 (Docker's, with up to nine fraction digits) to epoch ns; zero time is 0."""
+    if not value:
+        return 0
+    match = _TIMESTAMP.match(value)
+    if match is None:
+        return 0
+    whole, fraction, zone = match.groups()
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    if seconds <= 0:
+        return 0  # Docker's "never" (year 1), and anything before the epoch
+    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+
+
+_SUMMARY_STATES: Mapping[str, base.ContainerState] = {
+    "created": base.ContainerState.CREATED,
+    "running": base.ContainerState.RUNNING,
+    "paused": base.ContainerState.RUNNING,
+    "restarting": base.ContainerState.RUNNING,
+    "removing": base.ContainerState.EXITED,
+    "exited": base.ContainerState.EXITED,
+    "dead": base.ContainerState.EXITED,
+}
+
+
+def summary_state(state: str) -> base.ContainerState:
+    return _SUMMARY_STATES.get(state, base.ContainerState.UNKNOWN)
+
+
+def summary_name(item: Mapping[str, Any]) -> str:
+    names = item.get("Names") or [""]
+    return str(names[0])
+
+
+def summary_is_host_network(item: Mapping[str, Any]) -> bool:
+    return (item.get("HostConfig") or {}).get("NetworkMode") == "host"
+
+
+def sandbox_from_summary(item: Mapping[str, Any], *, network_ready: bool) -> base.SandboxInfo:
+    """A list entry; READY only while the pause process runs and its network is attached."""
+    labels = item.get("Labels") or {}
+    parsed = parse_name(summary_name(item))
+    running = item.get("State") == "running"
+    return base.SandboxInfo(
+        id=base.SandboxID(str(item["Id"])),
+        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
+        name=labels.get(base.LABEL_POD_NAME, ""),
+        namespace=labels.get(base.LABEL_POD_NAMESPACE, ""),
+        attempt=parsed.attempt if parsed is not None else 0,
+        state=base.SandboxState.READY if running and network_ready else base.SandboxState.NOTREADY,
+        created_at_ns=int(item.get("Created") or 0) * 1_000_000_000,
+        labels=visible_labels(labels),
+    )
+
+
+def sandbox_from_inspect(
+    data: Mapping[str, Any], *, network_ready: bool, ip: str
+) -> base.SandboxInfo:
+    config = data.get("Config") or {}
+    labels = config.get("Labels") or {}
+    parsed = parse_name(str(data.get("Name", "")))
+    running = bool((data.get("State") or {}).get("Running"))
+    ready = running and network_ready
+    return base.SandboxInfo(
+        id=base.SandboxID(str(data["Id"])),
+        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
+        name=labels.get(base.LABEL_POD_NAME, ""),
+        namespace=labels.get(base.LABEL_POD_NAMESPACE, ""),
+        attempt=parsed.attempt if parsed is not None else 0,
+        state=base.SandboxState.READY if ready else base.SandboxState.NOTREADY,
+        created_at_ns=parse_time_ns(data.get("Created")),
+        labels=visible_labels(labels),
+        ip=ip if ready else "",
+    )
+
+
+def inspect_is_host_network(data: Mapping[str, Any]) -> bool:
+    return (data.get("HostConfig") or {}).get("NetworkMode") == "host"
+
+
+def container_from_summary(item: Mapping[str, Any]) -> base.ContainerInfo:
+    labels = item.get("Labels") or {}
+    parsed = parse_name(summary_name(item))
+    return base.ContainerInfo(
+        id=base.ContainerID(str(item["Id"])),
+        sandbox_id=base.SandboxID(labels.get(LABEL_SANDBOX_ID, "")),
+        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
+        name=labels.get(base.LABEL_CONTAINER_NAME) or (parsed.container if parsed else ""),
+        attempt=parsed.attempt if parsed is not None else 0,
+        image=reported_image(str(item.get("Image", ""))),
+        state=summary_state(str(item.get("State", ""))),
+        created_at_ns=int(item.get("Created") or 0) * 1_000_000_000,
+        labels=visible_labels(labels),
+    )
+
+
+def reported_image(image: str) -> str:
+    """The image as containerd reports it (``busybox`` is ``docker.io/library/busybox:latest``);
+    Docker reports it as the pod spelled it."""
+    try:
+        return normalize_image(image)
+    except InvalidImageReference:
+        return image
+
+
+def _sandbox_of(data: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    if labels.get(LABEL_SANDBOX_ID):
+        return labels[LABEL_SANDBOX_ID]
+    mode = str((data.get("HostConfig") or {}).get("IpcMode", ""))
+    return mode.removeprefix("container:") if mode.startswith("container:") else ""
+
+
+def container_from_inspect(data: Mapping[str, Any]) -> base.ContainerInfo:
+    config = data.get("Config") or {}
+    labels = config.get("Labels") or {}
+    state = data.get("State") or {}
+    parsed = parse_name(str(data.get("Name", "")))
+    status = str(state.get("Status", ""))
+    exit_code = int(state.get("ExitCode") or 0)
+    error = str(state.get("Error") or "")
+    reason = ""
+    created_ns = parse_time_ns(data.get("Created"))
+    finished_ns = parse_time_ns(state.get("FinishedAt"))
+    if status == "created" and (exit_code or error):
+        info_state = base.ContainerState.EXITED
+        reason, exit_code = START_ERROR_REASON, START_ERROR_EXIT_CODE
+        # Docker keeps no time for a failed start; it came right after the create.
+        finished_ns = finished_ns or created_ns
+    else:
+        info_state = summary_state(status)
+        if info_state is base.ContainerState.EXITED:
+            if state.get("OOMKilled"):
+                reason = "OOMKilled"
+            else:
+                reason = "Completed" if exit_code == 0 else "Error"
+    return base.ContainerInfo(
+        id=base.ContainerID(str(data["Id"])),
+        sandbox_id=base.SandboxID(_sandbox_of(data, labels)),
+        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
+        name=labels.get(base.LABEL_CONTAINER_NAME) or (parsed.container if parsed else ""),
+        attempt=parsed.attempt if parsed is not None else 0,
+        image=reported_image(str(config.get("Image", ""))),
+        state=info_state,
+        created_at_ns=created_ns,
+        labels=visible_labels(labels),
+        image_ref=str(data.get("Image", "")),
+        started_at_ns=parse_time_ns(state.get("StartedAt")),
+        finished_at_ns=finished_ns,
+        exit_code=exit_code if info_state is base.ContainerState.EXITED else 0,
+        reason=reason,
+        message=error,
+        detailed=True,
+    )
+
+
+def exec_start_failure(result: base.ExecResult) -> str:
+    """Docker's report of an exec that could not start ("" if it ran).
+
+    Docker answers a missing or non-executable command with exit code 126 or 127 and the
+    runtime's error as output; containerd answers ExecSync with an error instead.
+    """
+    if result.exit_code not in (126, 127):
+        return ""
+    text = (result.stdout + result.stderr).decode(errors="replace").strip()
+    return text if text.startswith("OCI runtime exec failed") else ""
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def translate_error(
+    exc: BaseException, what: str, *, failure: type[base.RuntimeFailure] | None = None
+) -> base.RuntimeFailure:
+    """The seam's error for a failed Docker call, carrying Docker's own message.
+
+    ``failure``, when given, replaces the mapping for every error except an unreachable
+    daemon: a pull that fails for any reason is an image pull failure, but a daemon that does
+    not answer is still unavailable. requests' connection errors and timeouts (raised through
+    docker-py) are OSErrors.
+    """
+    if isinstance(exc, base.RuntimeFailure):
+        return exc
+    if isinstance(exc, docker.errors.APIError):
+        message = f"{what}: {exc.explanation or exc}"
+        status = exc.status_code or 0
+        if failure is not None:
+            return failure(message)
+        if isinstance(exc, docker.errors.NotFound) or status == 404:
+            return base.NotFound(message)
+        if 400 <= status < 500:
+            return base.InvalidInput(message)
+        return base.RuntimeFailure(message)
+    if isinstance(exc, OSError | TimeoutError):
+        return base.RuntimeUnavailable(f"{what}: {exc or type(exc).__name__}")
+    return (failure or base.RuntimeFailure)(f"{what}: {exc or type(exc).__name__}")
