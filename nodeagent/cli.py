@@ -1,4 +1,4 @@
-"""Command line: ``nodeagent run | status | version``.
+"""Command line: ``nodeagent run | status | logs | version``.
 
 Thin on purpose: parse arguments, call into the packages, turn their errors into exit codes.
 
@@ -23,7 +23,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 
+from nodeagent import podlogs
 from nodeagent.config import (
     DEFAULT_STATUS_SOCKET,
     LOG_FORMATS,
@@ -61,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runtime", choices=RUNTIMES, help="container runtime (default: cri)")
     run.add_argument("--runtime-endpoint", metavar="URL", help="runtime socket, unix:///...")
     run.add_argument("--manifests", metavar="DIR", help="directory of pod/service manifests")
+    run.add_argument(
+        "--kubeconfig", metavar="FILE", help="join the control plane this kubeconfig names"
+    )
+    run.add_argument(
+        "--cluster-dns", metavar="IP[,IP]", help="DNS servers for ClusterFirst pods (default: none)"
+    )
+    run.add_argument(
+        "--cluster-domain", metavar="DOMAIN", help="the cluster's DNS domain (cluster.local)"
+    )
     run.add_argument("--state-dir", metavar="DIR", help="default: /var/lib/nodeagent")
     run.add_argument(
         "--status-socket",
@@ -68,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"status endpoint (default: {DEFAULT_STATUS_SOCKET})",
     )
     run.add_argument("--pod-cidr", metavar="CIDR", help="pod address range (default: 10.88.0.0/16)")
+    run.add_argument(
+        "--service-cidr", metavar="CIDR", help="service clusterIP range (default: 10.96.0.0/16)"
+    )
+    run.add_argument(
+        "--node-port-range", metavar="LOW-HIGH", help="NodePort range (default: 30000-32767)"
+    )
+    run.add_argument(
+        "--proxy-min-sync-period",
+        metavar="SECONDS",
+        help="least time between two proxy rule syncs (default: 1)",
+    )
     run.add_argument("--cni-conf-dir", metavar="DIR", help="default: /etc/cni/net.d")
     run.add_argument("--cni-bin-dir", metavar="DIR", help="default: /opt/cni/bin or /usr/lib/cni")
     run.add_argument("--pod-log-dir", metavar="DIR", help="default: /var/log/pods")
@@ -85,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"or {DEFAULT_STATUS_SOCKET})",
     )
     status.set_defaults(handler=_cmd_status)
+
+    logs = commands.add_parser("logs", help="print a container's log")
+    logs.add_argument("pod", metavar="POD")
+    logs.add_argument("-n", "--namespace", default="default")
+    logs.add_argument("-c", "--container", help="needed when the pod has several containers")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-p", "--previous", action="store_true", help="the previous instance")
+    logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("--pod-log-dir", metavar="DIR", help="default: the agent's, as it reports")
+    logs.add_argument("--status-socket", metavar="PATH", help="the agent's status socket")
+    logs.set_defaults(handler=_cmd_logs)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_cmd_version)
@@ -130,6 +163,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(snapshot, indent=2))
     else:
         print(render_status(snapshot, datetime.now(UTC)), end="")
+    return EXIT_OK
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    path = args.status_socket or os.environ.get(env_var("status_socket")) or DEFAULT_STATUS_SOCKET
+    try:
+        snapshot = fetch_status(str(path))
+        log_dir = args.pod_log_dir or snapshot.get("agent", {}).get("podLogDir", "/var/log/pods")
+        log = podlogs.find_log(
+            snapshot,
+            Path(log_dir),
+            pod=args.pod,
+            namespace=args.namespace,
+            container=args.container,
+            previous=args.previous,
+        )
+    except (StatusUnavailable, podlogs.LogsError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    for record in podlogs.tail(log, args.tail):
+        print(record.text)
+    if args.follow:
+        sys.stdout.flush()
+        podlogs.follow(log, sys.stdout)
     return EXIT_OK
 
 

@@ -54,6 +54,8 @@ DEFAULT_ENDPOINTS: Mapping[RuntimeName, str] = {
 }
 DEFAULT_STATUS_SOCKET = Path("/run/nodeagent/status.sock")
 DEFAULT_POD_CIDR = ipaddress.IPv4Network("10.88.0.0/16")
+DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
+DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 ENV_PREFIX = "NODEAGENT_"
 
 # Upstream's CNI default first, then Debian's containernetworking-plugins location.
@@ -109,6 +111,12 @@ class Config:
     relist_interval_s: float = 1.0  # how often runtime state is relisted
     runtime_timeout_s: float = 10.0  # upper bound on any one runtime call
     max_pods: int = 110
+    service_cidr: ipaddress.IPv4Network = DEFAULT_SERVICE_CIDR  # standalone clusterIPs
+    node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE  # inclusive
+    proxy_min_sync_period: float = 1.0  # seconds between two proxy rule syncs, at least
+    kubeconfig: Path | None = None  # join the control plane it names; None: standalone
+    cluster_dns: tuple[str, ...] = ()  # DNS servers of dnsPolicy ClusterFirst pods
+    cluster_domain: str = "cluster.local"
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -224,6 +232,38 @@ def _optional_path(raw: _Raw) -> Path | None:
     return _path(raw)
 
 
+def _optional_file(raw: _Raw) -> Path | None:
+    path = _optional_path(raw)
+    if path is not None and not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a readable file")
+    return path
+
+
+def _ip_list(raw: _Raw) -> tuple[str, ...]:
+    value = raw.value
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list) and raw.typed:
+        items = [v for v in value if isinstance(v, str)]
+        if len(items) != len(value):
+            raise ValueError("must be a list of IP addresses")
+    else:
+        raise ValueError(f"must be IP addresses, got {_type_name(value)}")
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    return tuple(items)
+
+
+def _domain(raw: _Raw) -> str:
+    value = _string(raw).lower().rstrip(".")
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DNS domain")
+    return value
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[_Raw], str]:
     def parse(raw: _Raw) -> str:
         value = _string(raw).lower()
@@ -275,6 +315,29 @@ def _cidr(raw: _Raw) -> PodCIDR:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         raise ValueError(f"{text!r} is not a valid CIDR: {e}") from None
+
+
+def _service_cidr(raw: _Raw) -> ipaddress.IPv4Network:
+    network = _cidr(raw)
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{raw.value!r}: only an IPv4 service CIDR is supported")
+    if network.num_addresses < 4:
+        raise ValueError(f"{raw.value!r} is too small for services (at least a /30)")
+    return network
+
+
+def _port_range(raw: _Raw) -> tuple[int, int]:
+    text = _string(raw) if isinstance(raw.value, str) else raw.value
+    if not isinstance(text, str):
+        raise ValueError(f"must be a range like 30000-32767, got {_type_name(raw.value)}")
+    low, sep, high = text.partition("-")
+    try:
+        first, last = int(low), int(high if sep else low)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port range like 30000-32767") from None
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"{text!r} is not a port range within 1-65535, low to high")
+    return first, last
 
 
 def _node_name(raw: _Raw) -> str:
@@ -331,6 +394,12 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "relist_interval_s": _positive_float,
     "runtime_timeout_s": _positive_float,
     "max_pods": _positive_int,
+    "service_cidr": _service_cidr,
+    "node_port_range": _port_range,
+    "proxy_min_sync_period": _positive_float,
+    "kubeconfig": _optional_file,
+    "cluster_dns": _ip_list,
+    "cluster_domain": _domain,
 }
 
 

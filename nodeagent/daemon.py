@@ -3,8 +3,10 @@
 Data flows one way::
 
     FileSource --DesiredState--> PodManager --> PodWorker (one per pod) --> Runtime
-                                      ^                                        |
-                                      +------ RuntimeCache (relist) <----------+
+        |                             ^                                        |
+        |                             +------ RuntimeCache (relist) <----------+
+        +--Services--> ServiceProxy <--pod statuses-- PodManager
+                            +--> iptables (nat, filter), conntrack
 
 Every long-lived task runs under ``_supervised``: an unexpected exit is logged and the task
 restarted after a short delay, so one broken loop never silently stops the node. Shutdown
@@ -18,21 +20,28 @@ import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from nodeagent.config import Config
 from nodeagent.kubelet import nodestatus
 from nodeagent.kubelet.context import KubeletContext
+from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.model.pod import PodUID
 from nodeagent.network import cni
+from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
 from nodeagent.runtime.base import Runtime, RuntimeFailure
 from nodeagent.server.status import StatusServer, StatusServerError
 from nodeagent.sources.file import DesiredState, FileSource
+
+if TYPE_CHECKING:
+    from nodeagent.apiserver.client import ApiClient
+    from nodeagent.apiserver.cluster import ClusterLink
 
 log = structlog.get_logger("nodeagent.daemon")
 
@@ -45,13 +54,29 @@ def build_runtime(config: Config) -> Runtime:
         from nodeagent.runtime.cri import CRIRuntime
 
         return CRIRuntime(config.runtime_endpoint, timeout_s=config.runtime_timeout_s)
+    if config.runtime == "docker":
+        from nodeagent.network.cniexec import CACHE_DIRNAME, CNIExec
+        from nodeagent.runtime.docker import DockerRuntime
+
+        # Docker runs no CNI: the agent attaches each sandbox to the same conflist itself.
+        network = CNIExec(
+            conf_dir=config.cni_conf_dir,
+            bin_dirs=(config.cni_bin_dir,),
+            cache_dir=config.state_dir / CACHE_DIRNAME,
+        )
+        return DockerRuntime(
+            config.runtime_endpoint,
+            network=network,
+            pause_image=config.pause_image,
+            timeout_s=config.runtime_timeout_s,
+        )
     raise SystemExit(f"runtime {config.runtime!r} is not available in this version of nodeagent")
 
 
 class Node:
     """The running agent's parts, and the status snapshot they add up to."""
 
-    def __init__(self, config: Config, runtime: Runtime) -> None:
+    def __init__(self, config: Config, runtime: Runtime, client: ApiClient | None = None) -> None:
         self.config = config
         self.runtime = runtime
         self.runtime_version = ""
@@ -69,30 +94,82 @@ class Node:
             runtime_name=self.runtime_name,
             cache=self.cache,
             images=ImageManager(runtime),
+            prober=ProbeManager(runtime),
+            dns=_dns_settings(config),
         )
         self.manager = PodManager(self.ctx)
+        self._desired_loaded = config.manifests is None and client is None
+        self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
+        self.proxy = ServiceProxy(
+            ProxySettings(
+                service_cidr=config.service_cidr,
+                node_port_range=config.node_port_range,
+                min_sync_period_s=config.proxy_min_sync_period,
+                cluster_cidr=str(config.pod_cidr),
+                state_dir=config.state_dir,
+            ),
+            inputs=self._proxy_inputs,
+            connect=connect_host,
+        )
         self.source = (
             FileSource(
                 config.manifests,
                 node_name=config.node_name,
-                on_update=self._desired_changed,
+                on_update=self._desired_changed
+                if self.cluster is None
+                else self.cluster.file_changed,
                 interval_s=config.file_check_interval_s,
             )
             if config.manifests is not None
             else None
         )
 
+    def _cluster_link(self, client: ApiClient) -> ClusterLink:
+        """Cluster mode: the API's pods join the manifests' (the link merges both)."""
+        from nodeagent.apiserver.cluster import ClusterLink
+
+        return ClusterLink(
+            client,
+            node_name=self.config.node_name,
+            manager=self.manager,
+            facts=self._node_facts,
+            on_desired=self._desired_changed,
+            on_pod_cidr=self._pod_cidr_changed,
+            with_files=self.config.manifests is not None,
+            runtime_synced=self.cache.synced,
+            state_dir=self.config.state_dir,
+        )
+
+    def _pod_cidr_changed(self, pod_cidr: str) -> None:
+        _write_cni(self.config, pod_cidr)
+
     def _runtime_changed(self, uid: PodUID) -> None:
         self.manager.on_runtime_change(uid)
+        self.proxy.wake()
 
     def _desired_changed(self, state: DesiredState) -> None:
         self.desired = state
+        self._desired_loaded = True
         self.manager.update(state.pods)
+        self.proxy.wake()
+
+    def _proxy_inputs(self) -> ProxyInputs | None:
+        if not (self._desired_loaded and self.cache.synced.is_set()):
+            return None  # not known yet: the proxy must not sync an empty world
+        if self.cluster is not None and not self.cluster.services_ready:
+            return None
+        return ProxyInputs(
+            services=self.desired.services,
+            pods=self.manager.snapshot(),
+            specs=self.desired.pods,
+            endpoints=self.cluster.endpoints if self.cluster is not None else {},
+        )
 
     async def run_source(self) -> None:
         await self.cache.synced.wait()  # adopt what runs before deciding anything
         if self.source is None:
-            self.manager.update({})
+            if self.cluster is None:
+                self.manager.update({})
             await asyncio.Event().wait()
         else:
             await self.source.run()
@@ -114,8 +191,8 @@ class Node:
             self.runtime_name, self.runtime_version = version.name, version.version
         await asyncio.Event().wait()
 
-    def _node_status(self) -> dict[str, Any]:
-        facts = nodestatus.NodeFacts(
+    def _node_facts(self) -> nodestatus.NodeFacts:
+        return nodestatus.NodeFacts(
             name=self.config.node_name,
             max_pods=self.config.max_pods,
             runtime_name=self.runtime_name,
@@ -125,20 +202,19 @@ class Node:
             state_dir=str(self.config.state_dir),
             now=time.time(),
         )
-        return nodestatus.node_status(facts)
+
+    def _node_status(self) -> dict[str, Any]:
+        return nodestatus.node_status(self._node_facts())
 
     def snapshot(self) -> dict[str, Any]:
+        cluster = {} if self.cluster is None else {"cluster": self.cluster.report()}
         return {
+            **cluster,
             "node": self._node_status(),
             "pods": self.manager.snapshot(),
-            "services": [
-                {
-                    "metadata": {"name": s.name, "namespace": s.namespace},
-                    "spec": dict(s.raw.get("spec") or {}),
-                }
-                for s in self.desired.services.values()
-            ],
-            "errors": [e.to_json() for e in self.desired.errors],
+            "services": self.proxy.services(),
+            "proxy": self.proxy.status(),
+            "errors": [e.to_json() for e in self.desired.errors] + self.proxy.errors(),
         }
 
 
@@ -157,19 +233,47 @@ async def _supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None
         delay = min(delay * 2, 30.0)
 
 
+def _dns_settings(config: Config, resolv_conf: str = "/etc/resolv.conf") -> DNSSettings:
+    """The node's DNS: the cluster's flags, and the node's own resolv.conf."""
+    try:
+        with open(resolv_conf, encoding="utf-8") as f:
+            servers, searches, options = parse_resolv_conf(f.read())
+    except OSError:
+        servers, searches, options = (), (), ()
+    return DNSSettings(
+        cluster_dns=config.cluster_dns,
+        cluster_domain=config.cluster_domain,
+        host_searches=searches,
+        host_servers=servers,
+        host_options=options,
+    )
+
+
 def _prepare_network(config: Config) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    conflist = cni.render_conflist(
-        pod_cidr=str(config.pod_cidr), ipam_data_dir=str(config.state_dir / "ipam")
-    )
+    _write_cni(config, str(config.pod_cidr))
+
+
+def _write_cni(config: Config, pod_cidr: str) -> None:
+    """The conflist for ``pod_cidr`` (``--pod-cidr``, or the Node's ``spec.podCIDR``)."""
+    conflist = cni.render_conflist(pod_cidr=pod_cidr, ipam_data_dir=str(config.state_dir / "ipam"))
     path = cni.write_conflist(config.cni_conf_dir, conflist)
-    log.info("cni_config_written", path=str(path), pod_cidr=str(config.pod_cidr))
+    log.info("cni_config_written", path=str(path), pod_cidr=pod_cidr)
 
 
 async def run(config: Config) -> int:
+    client = None
+    if config.kubeconfig is not None:  # imported only here: standalone agents never load it
+        from nodeagent.apiserver.client import ApiClient, KubeconfigError
+
+        try:
+            client = ApiClient.from_file(config.kubeconfig)
+        except KubeconfigError as exc:
+            log.error("kubeconfig_unusable", error=str(exc))
+            return 2
     await asyncio.to_thread(_prepare_network, config)
     runtime = build_runtime(config)
-    node = Node(config, runtime)
+    node = Node(config, runtime, client)
     server = StatusServer(str(config.status_socket), node.snapshot)
     try:
         await server.start()
@@ -193,6 +297,8 @@ async def run(config: Config) -> int:
         "source": node.run_source,
         "orphans": node.sweep_orphans,
         "runtime-version": node.learn_runtime_version,
+        "proxy": node.proxy.run,
+        **(node.cluster.loops() if node.cluster is not None else {}),
     }
     tasks = [asyncio.create_task(_supervised(n, f), name=n) for n, f in loops.items()]
     try:
@@ -203,6 +309,8 @@ async def run(config: Config) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await node.manager.detach_all()
+        if node.cluster is not None:
+            await node.cluster.close()
         await server.close()
         await runtime.close()
     return 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeagent.kubelet.dns import DNSSettings
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.runtime.base import Runtime
 
 
@@ -20,4 +22,7 @@ class KubeletContext:
     runtime_name: str  # prefix of containerIDs in status: "containerd", "docker"
     cache: RuntimeCache
     images: ImageManager
+    prober: ProbeManager
     resync_s: float = 60.0  # a worker re-checks its pod this often even without events
+    # --cluster-dns, --cluster-domain and the node's resolv.conf
+    dns: DNSSettings = field(default_factory=DNSSettings)

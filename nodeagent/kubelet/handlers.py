@@ -1,14 +1,19 @@
 """Running a Handler (exec, httpGet, tcpSocket, grpc) against a container.
 
 Shared by lifecycle hooks and probes, so both mean the same thing by "success": exit code 0,
-HTTP 200-399, a TCP connect, a SERVING health reply. Every check is bounded by its timeout.
+HTTP 200-399, a TCP connect, a SERVING health reply. Every check is bounded by its timeout:
+network checks by ``asyncio.timeout`` (no extra task per check, which matters at hundreds of
+probes a second), exec by the runtime's own ExecSync timeout (which also kills the command).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
+from typing import Any
 
+from nodeagent.kubelet import grpchealth
 from nodeagent.model.pod import (
     Container,
     ExecAction,
@@ -52,15 +57,21 @@ async def run_handler(handler: Handler, target: Target, *, timeout_s: float) -> 
     try:
         if isinstance(handler, ExecAction):
             return await _exec(handler, target, timeout_s)
+        host = target.pod_ip or "127.0.0.1"
         if isinstance(handler, GRPCAction):
-            return Outcome(False, "grpc handlers are not supported yet")
+            # grpc has its own deadline, and words its own timeouts the kubelet's way.
+            ok, message = await grpchealth.check(
+                host, handler.port, handler.service, timeout_s=timeout_s
+            )
+            return Outcome(ok, message)
         port = resolve_port(target.container, handler.port)
         if port is None:
             return Outcome(False, f"no container port named {handler.port!r}")
-        host = handler.host or target.pod_ip or "127.0.0.1"
-        if isinstance(handler, TCPSocketAction):
-            return await asyncio.wait_for(_tcp(host, port), timeout_s)
-        return await asyncio.wait_for(_http(handler, host, port), timeout_s)
+        host = handler.host or host
+        async with asyncio.timeout(timeout_s):
+            if isinstance(handler, TCPSocketAction):
+                return await _tcp(host, port)
+            return await _http(handler, host, port)
     except TimeoutError:
         return Outcome(False, f"timed out after {timeout_s:g}s")
     except OSError as exc:
@@ -78,32 +89,93 @@ async def _exec(handler: ExecAction, target: Target, timeout_s: float) -> Outcom
     return Outcome(False, f"command exited with {result.exit_code}: {output}")
 
 
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket, through the loop's bare socket API.
+
+    No transport, protocol or stream objects: a probe makes one connection for one request,
+    hundreds of times a second across a node, and those objects cost more CPU than the
+    connection itself (measured: about 40% of a plain HTTP probe).
+    """
+    loop = asyncio.get_running_loop()
+    family, address = _literal_address(host, port)
+    if family is None:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _literal_address(host: str, port: int) -> tuple[Any, Any]:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, (host, port)
+    return None, None
+
+
 async def _tcp(host: str, port: int) -> Outcome:
-    _, writer = await asyncio.open_connection(host, port)
-    writer.close()
+    (await _connect(host, port)).close()
     return Outcome(True)
+
+
+def _request(handler: HTTPGetAction, host: str, port: int) -> bytes:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # Header names compare case-insensitively: a user's "user-agent" replaces ours.
+    headers = {
+        name.lower(): (name, value)
+        for name, value in (("Host", authority), ("User-Agent", USER_AGENT), ("Accept", "*/*"))
+    }
+    headers.update({name.lower(): (name, value) for name, value in handler.headers})
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.values())
+    path = handler.path if handler.path.startswith("/") else "/" + handler.path
+    return f"GET {path} HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode()
 
 
 async def _http(handler: HTTPGetAction, host: str, port: int) -> Outcome:
     if handler.scheme == "HTTPS":
-        import ssl
-
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # the kubelet does not verify probe certificates
-        reader, writer = await asyncio.open_connection(host, port, ssl=context)
-    else:
-        reader, writer = await asyncio.open_connection(host, port)
+        return await _https(handler, host, port)
+    loop = asyncio.get_running_loop()
+    sock = await _connect(host, port)
     try:
-        headers = {"Host": f"{host}:{port}", "User-Agent": USER_AGENT, "Accept": "*/*"}
-        headers.update(dict(handler.headers))
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        path = handler.path if handler.path.startswith("/") else "/" + handler.path
-        writer.write(f"GET {path} HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode())
+        await loop.sock_sendall(sock, _request(handler, host, port))
+        head = b""
+        while b"\n" not in head and len(head) < _MAX_RESPONSE_HEAD:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                break
+            head += chunk
+    finally:
+        sock.close()
+    return _status(head.split(b"\n", 1)[0])
+
+
+async def _https(handler: HTTPGetAction, host: str, port: int) -> Outcome:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the kubelet does not verify probe certificates
+    reader, writer = await asyncio.open_connection(host, port, ssl=context)
+    try:
+        writer.write(_request(handler, host, port))
         await writer.drain()
         line = await reader.readline()
     finally:
         writer.close()
+    return _status(line)
+
+
+def _status(line: bytes) -> Outcome:
     parts = line.decode("latin-1", errors="replace").split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
         return Outcome(False, f"malformed HTTP response: {line[:80]!r}")

@@ -29,6 +29,12 @@ class PodManager:
         self._workers: dict[str, PodWorker] = {}  # current incarnation per key
         self._retiring: dict[PodUID, PodWorker] = {}  # replaced or removed, still stopping
         self._tasks: set[asyncio.Task[None]] = set()
+        # False until every pod source has listed once (upstream's "sources ready"): until
+        # then a pod nothing claims may yet be claimed, so no orphan is removed.
+        self.sources_ready = True
+        # Pods a source claims but does not hand over yet (waiting for their ConfigMaps,
+        # say): whatever of them runs is not an orphan.
+        self.held: set[PodUID] = set()
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -38,8 +44,10 @@ class PodManager:
         for key in list(self._workers):
             worker = self._workers[key]
             pod = self._desired.get(key)
-            if pod is None or pod != worker.pod:
+            if pod is None or pod.uid != worker.pod.uid or pod.spec != worker.pod.spec:
                 self._retire(key)
+            elif pod != worker.pod:
+                worker.pod = pod  # labels or annotations of an API pod: nothing to restart
         if self.ctx.cache.synced.is_set():
             self.cleanup_orphans()
         for key, pod in self._desired.items():
@@ -53,6 +61,26 @@ class PodManager:
 
     def worker_for(self, uid: PodUID) -> PodWorker | None:
         return next((w for w in self._all_workers() if w.pod.uid == uid), None)
+
+    def terminate(self, pod: Pod, grace_s: int) -> PodWorker:
+        """Stop ``pod`` (this uid) with ``grace_s``, whether or not a worker runs it yet (a
+        pod deleted in the API); returns the worker doing it. Idempotent. The pod leaves the
+        desired set; the caller keeps it out of later ``update`` calls."""
+        if (wanted := self._desired.get(pod.key)) is not None and wanted.uid == pod.uid:
+            del self._desired[pod.key]
+        worker = self.worker_for(pod.uid)
+        if worker is not None and self._workers.get(worker.pod.key) is worker:
+            del self._workers[worker.pod.key]
+        elif worker is not None:
+            worker.terminate(grace_s)  # retiring already
+            return worker
+        else:
+            worker = PodWorker(pod, self.ctx)
+        self._retiring[pod.uid] = worker
+        worker.terminate(grace_s)
+        worker.start()
+        self._track(self._after_retirement(worker))
+        return worker
 
     # -- worker lifecycle -------------------------------------------------------------------
 
@@ -95,7 +123,10 @@ class PodManager:
 
     def cleanup_orphans(self) -> None:
         """Tear down runtime pods that are neither desired nor owned by a worker."""
+        if not self.sources_ready:
+            return
         owned = {w.pod.uid for w in self._all_workers()} | {p.uid for p in self._desired.values()}
+        owned |= self.held
         for runtime_pod in self.ctx.cache.pods():
             if runtime_pod.uid in owned:
                 continue
@@ -118,6 +149,9 @@ class PodManager:
     def snapshot(self) -> list[dict[str, Any]]:
         """Pods as the API shows them: metadata plus PodStatus, sorted by namespace/name.
 
+        ``status`` is a pure PodStatus; ``probes`` lists each probe of the spec with its latest
+        result, consecutive counts and message (Kubernetes has no place for these in a Pod).
+
         Pods still terminating are listed too (``worker: terminating``) until they are gone.
         """
         result = []
@@ -134,7 +168,19 @@ class PodManager:
             if pod.annotations:
                 metadata["annotations"] = dict(pod.annotations)
             status = worker.status or {"phase": "Pending"}
-            result.append({"metadata": metadata, "status": status, "worker": worker.state.value})
+            probes = (
+                self.ctx.prober.report(pod, id_prefix=self.ctx.runtime_name)
+                if worker.state is WorkerState.SYNCING
+                else []  # a terminating pod is probed no more
+            )
+            result.append(
+                {
+                    "metadata": metadata,
+                    "status": status,
+                    "probes": probes,
+                    "worker": worker.state.value,
+                }
+            )
         return result
 
     def counts(self) -> dict[str, int]:
@@ -147,6 +193,7 @@ class PodManager:
             task.cancel()
         await asyncio.gather(*(w.detach() for w in self._all_workers()))
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ctx.prober.close()
 
 
 def _orphan_pod(uid: PodUID, name: str, namespace: str) -> Pod:

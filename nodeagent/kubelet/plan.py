@@ -11,18 +11,19 @@ Order of business:
 2. init containers, one at a time, each to a clean exit;
 3. app containers: start missing ones, restart exited ones per restartPolicy (behind the
    CrashLoopBackOff delay), kill those whose liveness or startup probe failed;
-4. remove dead instances older than the latest one of each container.
+4. remove dead instances older than the latest one of each container, and sandboxes that a
+   newer sandbox replaced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nodeagent.kubelet import backoff
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import Container, Pod, RestartPolicy
-from nodeagent.runtime.base import ContainerInfo, ContainerState
+from nodeagent.runtime.base import ContainerInfo, ContainerState, SandboxInfo
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,20 @@ class PodActions:
     # Containers that should restart but are backing off: name -> wall time to retry.
     backoff: Mapping[str, float] = field(default_factory=dict)
     prune: tuple[ContainerInfo, ...] = ()
+    # Dead sandboxes replaced by a newer one (removing one removes its containers too).
+    prune_sandboxes: tuple[SandboxInfo, ...] = ()
     finished: bool = False  # the pod has run to completion; stop its sandbox
 
     @property
     def idle(self) -> bool:
-        return not (self.create_sandbox or self.kill_pod or self.kill or self.start or self.prune)
+        return not (
+            self.create_sandbox
+            or self.kill_pod
+            or self.kill
+            or self.start
+            or self.prune
+            or self.prune_sandboxes
+        )
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ def plan_pod(inp: PlanInput) -> PodActions:
     if pod_finished(pod, runtime):
         return PodActions(finished=True, prune=_prune(pod, runtime))
     prune = _prune(pod, runtime)
+    dead = tuple(s for s in runtime.sandboxes if s.id != sandbox.id)
     init_actions = _plan_init(inp, sandbox.id)
     if init_actions is not None:
         return PodActions(
@@ -123,9 +134,10 @@ def plan_pod(inp: PlanInput) -> PodActions:
             backoff=init_actions.backoff,
             kill=init_actions.kill,
             prune=prune,
+            prune_sandboxes=dead,
             finished=init_actions.finished,
         )
-    return _plan_app(inp, sandbox.id, prune)
+    return replace(_plan_app(inp, sandbox.id, prune), prune_sandboxes=dead)
 
 
 def _restart_or_backoff(

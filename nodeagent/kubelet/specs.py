@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 
 from nodeagent.kubelet import envvars
+from nodeagent.kubelet.dns import DNSSettings, sandbox_dns
 from nodeagent.model.pod import Container, Pod
 from nodeagent.runtime.base import (
     ContainerConfig,
@@ -24,7 +25,9 @@ def log_directory(pod_log_dir: str, pod: Pod) -> str:
     return os.path.join(pod_log_dir, f"{pod.namespace}_{pod.name}_{pod.uid}")
 
 
-def sandbox_config(pod: Pod, *, attempt: int, pod_log_dir: str) -> SandboxConfig:
+def sandbox_config(
+    pod: Pod, *, attempt: int, pod_log_dir: str, dns: DNSSettings | None = None
+) -> SandboxConfig:
     ports = tuple(
         PortMapping(
             container_port=p.container_port,
@@ -47,6 +50,7 @@ def sandbox_config(pod: Pod, *, attempt: int, pod_log_dir: str) -> SandboxConfig
         annotations=dict(pod.annotations),
         port_mappings=ports,
         host_network=pod.spec.host_network,
+        dns=sandbox_dns(pod, dns) if dns is not None else None,
     )
 
 

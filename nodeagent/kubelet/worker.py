@@ -90,6 +90,7 @@ class PodWorker:
             self._grace_override = grace_s
             self.state = WorkerState.TERMINATING
             self.log.info("pod_terminating")
+            self.ctx.prober.remove_pod(self.pod.uid)
         self._wake.set()
 
     async def wait_terminated(self) -> None:
@@ -97,6 +98,7 @@ class PodWorker:
 
     async def detach(self) -> None:
         """Stop working on the pod without touching it (agent shutdown)."""
+        self.ctx.prober.remove_pod(self.pod.uid)
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -142,8 +144,16 @@ class PodWorker:
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
 
-    async def _sync(self) -> float:
+    async def _refresh(self) -> RuntimePod:
+        """Re-read the pod, and let the prober follow at once: its view (``unhealthy`` above
+        all) must never name a container instance that this snapshot no longer runs."""
         runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
+        if self.state is WorkerState.SYNCING:
+            self.ctx.prober.sync_pod(self, self.pod, runtime_pod)
+        return runtime_pod
+
+    async def _sync(self) -> float:
+        runtime_pod = await self._refresh()
         for _ in range(MAX_ROUNDS):
             if self.state is not WorkerState.SYNCING:
                 break
@@ -160,7 +170,7 @@ class PodWorker:
             self._publish(runtime_pod)  # observable now, not only after slow work (pulls)
             if not await self._execute(actions, runtime_pod):
                 break
-            runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
+            runtime_pod = await self._refresh()
         self._publish(runtime_pod)
         return self._next_deadline()
 
@@ -207,6 +217,10 @@ class PodWorker:
         for info in actions.prune:
             await self._remove_container(info)
             acted = True
+        for old in actions.prune_sandboxes:
+            await _ignore_missing(self.ctx.runtime.stop_sandbox(old.id))
+            await _ignore_missing(self.ctx.runtime.remove_sandbox(old.id))
+            acted = True
         if actions.finished:
             self._waiting.clear()  # a finished pod shows how its containers ended
         if actions.finished and sandbox is not None:
@@ -232,7 +246,7 @@ class PodWorker:
         try:
             self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
             config = specs.sandbox_config(
-                self.pod, attempt=attempt, pod_log_dir=self.ctx.pod_log_dir
+                self.pod, attempt=attempt, pod_log_dir=self.ctx.pod_log_dir, dns=self.ctx.dns
             )
             await asyncio.to_thread(os.makedirs, config.log_directory, 0o755, True)
             sandbox_id = await self.ctx.runtime.run_sandbox(config)
@@ -286,7 +300,10 @@ class PodWorker:
                 volume_paths=self._volume_paths or {},
             )
             sandbox_config = specs.sandbox_config(
-                self.pod, attempt=sandbox.attempt, pod_log_dir=self.ctx.pod_log_dir
+                self.pod,
+                attempt=sandbox.attempt,
+                pod_log_dir=self.ctx.pod_log_dir,
+                dns=self.ctx.dns,
             )
             reason = "CreateContainerError"
             container_id = await self.ctx.runtime.create_container(

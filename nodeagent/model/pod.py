@@ -155,6 +155,22 @@ class Volume:
     source: EmptyDirSource | HostPathSource
 
 
+class DNSPolicy(enum.Enum):
+    CLUSTER_FIRST = "ClusterFirst"  # the cluster's DNS, unless the pod uses the host network
+    CLUSTER_FIRST_WITH_HOST_NET = "ClusterFirstWithHostNet"  # the cluster's DNS, always
+    DEFAULT = "Default"  # the node's resolv.conf
+    NONE = "None"  # only the pod's dnsConfig
+
+
+@dataclass(frozen=True)
+class PodDNSConfig:
+    """``spec.dnsConfig``: merged over what the policy gives."""
+
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[tuple[str, str | None], ...] = ()  # (name, value or None)
+
+
 @dataclass(frozen=True)
 class PodSpec:
     containers: tuple[Container, ...]
@@ -167,6 +183,8 @@ class PodSpec:
     node_name: str = ""
     host_network: bool = False
     service_account_name: str = "default"
+    dns_policy: DNSPolicy = DNSPolicy.CLUSTER_FIRST
+    dns_config: PodDNSConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from nodeagent.model import quantity
@@ -20,6 +19,7 @@ from nodeagent.model.fields import FieldError, Node, ValidationError
 from nodeagent.model.pod import (
     Container,
     ContainerPort,
+    DNSPolicy,
     EmptyDirSource,
     EnvVar,
     ExecAction,
@@ -30,6 +30,7 @@ from nodeagent.model.pod import (
     HTTPGetAction,
     Lifecycle,
     Pod,
+    PodDNSConfig,
     PodSpec,
     PodUID,
     Probe,
@@ -41,6 +42,7 @@ from nodeagent.model.pod import (
     Volume,
     VolumeMount,
 )
+from nodeagent.model.service import Service, read_service
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -91,6 +93,8 @@ _SPEC_KNOWN = (
     "nodeName",
     "hostNetwork",
     "serviceAccountName",
+    "dnsPolicy",
+    "dnsConfig",
 )
 # Scheduling and admission hints that have no effect on a pod already bound to this node.
 _SPEC_IGNORED = (
@@ -104,7 +108,6 @@ _SPEC_IGNORED = (
     "enableServiceLinks",
     "serviceAccount",
     "automountServiceAccountToken",
-    "dnsPolicy",
     "securityContext",
     "topologySpreadConstraints",
 )
@@ -129,18 +132,8 @@ _CONTAINER_KNOWN = (
 _CONTAINER_IGNORED = ("terminationMessagePath", "terminationMessagePolicy", "securityContext")
 
 
-@dataclass(frozen=True)
-class ServiceDoc:
-    """A Service as given; the proxy reads it. Validated only for identity here."""
-
-    name: str
-    namespace: str
-    raw: Mapping[str, Any]
-    source: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+# The name the sources use for a validated Service (nodeagent.model.service has the model).
+ServiceDoc = Service
 
 
 def object_name(doc: object) -> str:
@@ -173,11 +166,14 @@ def parse_document(doc: object, *, source: str, node_name: str) -> Pod | Service
 def parse_service(doc: Mapping[str, Any], *, source: str) -> ServiceDoc:
     errors: list[FieldError] = []
     root = Node(doc, "", errors)
-    name, namespace = _identity(root.child("metadata"))
-    root.child("spec")
+    root.reject_unknown(("apiVersion", "kind", "metadata", "spec", "status"))
+    meta = root.child("metadata")
+    meta.reject_unknown(_METADATA_KNOWN, _METADATA_IGNORED)
+    name, namespace = _identity(meta)
+    service = read_service(root, name=name, namespace=namespace, raw=doc, source=source)
     if errors:
         raise ValidationError(object_name(doc), errors)
-    return ServiceDoc(name=name, namespace=namespace, raw=doc, source=source)
+    return service
 
 
 def parse_pod(doc: Mapping[str, Any], *, source: str, node_name: str) -> Pod:
@@ -265,7 +261,36 @@ def _pod_spec(spec: Node) -> PodSpec:
         node_name=spec.string("nodeName"),
         host_network=spec.boolean("hostNetwork"),
         service_account_name=spec.string("serviceAccountName", default="default"),
+        dns_policy=DNSPolicy(
+            spec.enum_value(
+                "dnsPolicy", [p.value for p in DNSPolicy], default=DNSPolicy.CLUSTER_FIRST.value
+            )
+        ),
+        dns_config=_dns_config(spec),
     )
+
+
+def _dns_config(spec: Node) -> PodDNSConfig | None:
+    none_policy = spec.string("dnsPolicy") == DNSPolicy.NONE.value
+    if not spec.present("dnsConfig"):
+        if none_policy:
+            spec.error("is required with dnsPolicy None", "dnsConfig")
+        return None
+    node = spec.child("dnsConfig")
+    node.reject_unknown(("nameservers", "searches", "options"))
+    options = []
+    for option in node.items("options"):
+        option.reject_unknown(("name", "value"))
+        value = option.string("value") if option.present("value") else None
+        options.append((option.string("name", required=True), value))
+    config = PodDNSConfig(
+        nameservers=node.strings("nameservers"),
+        searches=node.strings("searches"),
+        options=tuple(options),
+    )
+    if none_policy and not config.nameservers:
+        spec.error("at least one nameserver is required with dnsPolicy None", "dnsConfig")
+    return config
 
 
 def _check_unique(spec: Node, what: str, names: list[str]) -> None:
@@ -439,9 +464,12 @@ def _handler(h: Node, port_names: set[str], *, allow_grpc: bool) -> Handler | No
         return ExecAction(command)
     if kind == "grpc":
         node.reject_unknown(("port", "service"))
-        return GRPCAction(
-            port=node.integer("port", default=0, minimum=1), service=node.string("service")
-        )
+        if not node.present("port"):
+            node.error("is required", "port")
+        grpc_port = node.integer("port", default=0, minimum=1)
+        if grpc_port > 65535:
+            node.error("must be a port number 1-65535", "port")
+        return GRPCAction(port=grpc_port, service=node.string("service"))
     port = _handler_port(node, port_names)
     if kind == "tcpSocket":
         node.reject_unknown(("port", "host"))
@@ -487,7 +515,7 @@ def _probe(c: Node, key: str, port_names: set[str], *, single_success: bool) -> 
         )
     )
     handler = _handler(p, port_names, allow_grpc=True)
-    success = p.integer("successThreshold", default=1, minimum=1)
+    success = _probe_field(p, "successThreshold", 1)
     if single_success and success != 1:
         p.error("must be 1 for liveness and startup probes", "successThreshold")
     grace: int | None = None
@@ -500,12 +528,17 @@ def _probe(c: Node, key: str, port_names: set[str], *, single_success: bool) -> 
     return Probe(
         handler=handler,
         initial_delay_seconds=p.integer("initialDelaySeconds", default=0, minimum=0),
-        period_seconds=p.integer("periodSeconds", default=10, minimum=1),
-        timeout_seconds=p.integer("timeoutSeconds", default=1, minimum=1),
+        period_seconds=_probe_field(p, "periodSeconds", 10),
+        timeout_seconds=_probe_field(p, "timeoutSeconds", 1),
         success_threshold=success,
-        failure_threshold=p.integer("failureThreshold", default=3, minimum=1),
+        failure_threshold=_probe_field(p, "failureThreshold", 3),
         termination_grace_period_seconds=grace,
     )
+
+
+def _probe_field(p: Node, key: str, default: int) -> int:
+    """A probe's period, timeout or threshold: 0 means the default, as the API defaults it."""
+    return p.integer(key, default=default, minimum=0) or default
 
 
 def _lifecycle(node: Node, port_names: set[str]) -> Lifecycle:

@@ -15,10 +15,24 @@ Layout::
     NAMESPACE   NAME    PHASE     READY   RESTARTS   AGE   IP          REASON
     default     web     Running   1/1     0          5m    10.88.0.5
     default     crash   Running   0/1     4          2h    10.88.0.6   CrashLoopBackOff
+    default     api     Running   0/1     0          1m    10.88.0.7   Readiness probe failed: ...
+
+    PROBES:
+    NAMESPACE   NAME   CONTAINER   PROBE       RESULT    LAST      FAILURES   SUCCESSES   ...
+    default     api    api         readiness   Failure   Failure   4          0           ...
+
+    SERVICES:
+    NAMESPACE   NAME   TYPE       CLUSTER-IP   EXTERNAL-IP   PORT(S)        ENDPOINTS
+    default     web    NodePort   10.96.0.1    <none>        80:30080/TCP   2/3
+
+    PROXY: iptables (nft)   LAST SYNC: 3s ago (partial, 0.042 s)   RULES: 57   SYNCS: 1 full, ...
 
     ERRORS:
     SOURCE                OBJECT        FIELD                      MESSAGE
     /etc/pods/bad.yaml    default/bad   spec.containers[0].image   must not be empty
+
+ENDPOINTS is ready/total; ``-`` for services the proxy does not program (ExternalName,
+headless, or one whose clusterIP/nodePort could not be allocated).
 """
 
 from __future__ import annotations
@@ -36,9 +50,10 @@ def render_status(snapshot: Mapping[str, Any], now: datetime) -> str:
         now = now.replace(tzinfo=UTC)
     sections = [_node_line(_map(snapshot.get("node")), len(_list(snapshot.get("pods"))))]
     sections.append(_pods_section(_list(snapshot.get("pods")), now))
-    services = _list(snapshot.get("services"))
-    if services:
-        sections.append(f"SERVICES: {len(services)}")
+    probes = _probe_rows(_list(snapshot.get("pods")), now)
+    if probes:
+        sections.append("PROBES:\n" + _table(_PROBE_HEADER, probes))
+    sections += _service_sections(snapshot, now)
     errors = _errors(snapshot)
     if errors:
         sections.append("ERRORS:\n" + _table(("SOURCE", "OBJECT", "FIELD", "MESSAGE"), errors))
@@ -114,7 +129,7 @@ def _pod_row(pod: Mapping[str, Any], now: datetime) -> tuple[str, ...]:
         str(restarts),
         human_duration(now - created) if created else "<unknown>",
         _str(status.get("podIP")) or NONE,
-        _reason(status, inits, containers),
+        _reason(status, inits, containers, [_map(p) for p in _list(pod.get("probes"))]),
     )
 
 
@@ -122,11 +137,14 @@ def _reason(
     status: Mapping[str, Any],
     inits: Sequence[Mapping[str, Any]],
     containers: Sequence[Mapping[str, Any]],
+    probes: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Why the pod is not fully ready: the first not-ready container's waiting/terminated reason.
 
     Init containers come first: while one crash-loops, the app containers only say
-    "PodInitializing", which hides the cause. A pod-level reason (e.g. Evicted) is the fallback.
+    "PodInitializing", which hides the cause. A running container that is not ready has no
+    such reason; its latest probe failure is the why. A pod-level reason (e.g. Evicted) is the
+    fallback.
     """
     for c in inits:
         state = _map(c.get("state"))
@@ -139,10 +157,62 @@ def _reason(
     for c in containers:
         if c.get("ready") is True:
             continue
-        reason = _state_reason(_map(c.get("state")))
+        reason = _state_reason(_map(c.get("state"))) or _probe_reason(probes, c.get("name"))
         if reason:
             return reason
     return _str(status.get("reason"))
+
+
+def _probe_reason(probes: Sequence[Mapping[str, Any]], container: Any) -> str:
+    """The container's latest probe failure, worded as the kubelet's Unhealthy event."""
+    for probe in probes:
+        if probe.get("container") == container and probe.get("lastResult") == "Failure":
+            kind = _str(probe.get("probe"))
+            text = f"{kind.capitalize()} probe failed" if kind else "Probe failed"
+            message = _str(probe.get("message"))
+            return f"{text}: {message}" if message else text
+    return ""
+
+
+# --- Probes ----------------------------------------------------------------------------------
+
+_PROBE_HEADER = (
+    "NAMESPACE",
+    "NAME",
+    "CONTAINER",
+    "PROBE",
+    "RESULT",
+    "LAST",
+    "FAILURES",
+    "SUCCESSES",
+    "PROBED",
+    "MESSAGE",
+)
+
+
+def _probe_rows(pods: Sequence[Any], now: datetime) -> list[tuple[str, ...]]:
+    """One row per probe: the result acted on, the latest outcome, the streaks, and why."""
+    rows: list[tuple[str, ...]] = []
+    for pod in (_map(p) for p in pods):
+        meta = _map(pod.get("metadata"))
+        for probe in (_map(p) for p in _list(pod.get("probes"))):
+            probed = _timestamp(probe.get("lastProbeTime"))
+            rows.append(
+                (
+                    _str(meta.get("namespace")) or "default",
+                    _str(meta.get("name")) or NONE,
+                    _str(probe.get("container")) or NONE,
+                    _str(probe.get("probe")) or NONE,
+                    _str(probe.get("result")) or "Unknown",
+                    _str(probe.get("lastResult")) or NONE,
+                    str(_int(probe.get("consecutiveFailures"))),
+                    str(_int(probe.get("consecutiveSuccesses"))),
+                    f"{human_duration(now - probed)} ago" if probed else "never",
+                    _str(probe.get("message")),
+                )
+            )
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return rows
 
 
 def _state_reason(state: Mapping[str, Any]) -> str:
@@ -185,6 +255,76 @@ def human_duration(delta: timedelta) -> str:
         d = days % 365
         return f"{years}y{d}d" if d else f"{years}y"
     return f"{years}y"
+
+
+# --- Services and the proxy ----------------------------------------------------------------
+
+_SERVICE_HEADER = ("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS")
+
+
+def _service_sections(snapshot: Mapping[str, Any], now: datetime) -> list[str]:
+    """The services table (as ``kubectl get svc``, plus ready/total endpoints), proxy line."""
+    sections = []
+    rows = [_service_row(_map(s)) for s in _list(snapshot.get("services"))]
+    if rows:
+        rows.sort(key=lambda r: (r[0], r[1]))
+        sections.append("SERVICES:\n" + _table(_SERVICE_HEADER, rows))
+    proxy = snapshot.get("proxy")
+    if isinstance(proxy, Mapping):
+        sections.append(_proxy_line(proxy, now))
+    return sections
+
+
+def _service_row(service: Mapping[str, Any]) -> tuple[str, ...]:
+    meta, spec = _map(service.get("metadata")), _map(service.get("spec"))
+    kind = _str(spec.get("type")) or "ClusterIP"
+    balancer = _map(_map(service.get("status")).get("loadBalancer"))
+    ingress = [_str(_map(i).get("ip")) for i in _list(balancer.get("ingress"))]
+    external = [a for a in (*ingress, *(_str(a) for a in _list(spec.get("externalIPs")))) if a]
+    if kind == "ExternalName":
+        external = [_str(spec.get("externalName"))]
+    ports = []
+    for port in (_map(p) for p in _list(spec.get("ports"))):
+        number = _str(port.get("port"))
+        node_port = _str(port.get("nodePort"))
+        protocol = _str(port.get("protocol")) or "TCP"
+        ports.append(f"{number}:{node_port}/{protocol}" if node_port else f"{number}/{protocol}")
+    ready, not_ready = _list(service.get("endpoints")), _list(service.get("notReadyEndpoints"))
+    proxied = service.get("proxied") is not False and kind != "ExternalName"
+    return (
+        _str(meta.get("namespace")) or "default",
+        _str(meta.get("name")) or NONE,
+        kind,
+        _str(spec.get("clusterIP")) or NONE,
+        ",".join(external) or NONE,
+        ",".join(ports) or NONE,
+        f"{len(ready)}/{len(ready) + len(not_ready)}" if proxied else "-",
+    )
+
+
+def _proxy_line(proxy: Mapping[str, Any], now: datetime) -> str:
+    backend = _str(proxy.get("backend"))
+    fields = [f"PROXY: iptables ({backend})" if backend else "PROXY: starting"]
+    synced = _timestamp(proxy.get("lastSync"))
+    if synced is not None:
+        duration = proxy.get("duration")
+        took = f"{duration:.3f} s" if isinstance(duration, int | float) else "?"
+        what = ", ".join(s for s in (_str(proxy.get("lastSyncKind")), took) if s)
+        fields.append(f"LAST SYNC: {human_duration(now - synced)} ago ({what})")
+        fields.append(f"RULES: {_int(proxy.get('rules'))}")
+        fields.append(
+            f"SYNCS: {_int(proxy.get('fullSyncs'))} full, {_int(proxy.get('partialSyncs'))} partial"
+        )
+    elif backend:
+        fields.append("LAST SYNC: never")
+    if _int(proxy.get("failedSyncs")):
+        fields.append(f"FAILED: {_int(proxy.get('failedSyncs'))}")
+    error = _str(proxy.get("lastError"))
+    if error:
+        fields.append(f"ERROR: {error}")
+    for warning in _list(proxy.get("warnings")):
+        fields.append(f"WARNING: {_str(warning)}")
+    return _GAP.join(fields)
 
 
 # --- Errors ----------------------------------------------------------------------------------

@@ -2,28 +2,115 @@
 
 Tests drive it the way a user does: manifests in a directory, ``nodeagent run`` with flags,
 and the status socket for observation. Nothing here reaches into the agent's memory.
+
+``RuntimeTarget`` says which runtime the agent drives (the node's containerd over CRI, or a
+``DockerDaemon`` in the node) and gives tests the runtime-neutral ways to look at it and to
+hurt it (list sandboxes, SIGKILL a container), so one test body checks both runtimes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodeagent import devenv
+from nodeagent.runtime.base import Runtime, SandboxInfo
 from nodeagent.server.client import StatusUnavailable, fetch_status
+from tests.harness.dockerd import DockerDaemon
 from tests.harness.node import TestNode
 from tests.harness.wait import wait_for
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    """The runtime an agent under test drives, and a test's direct line to it."""
+
+    __test__ = False
+
+    kind: str  # "cri" or "docker", as --runtime takes it
+    node: TestNode
+    docker: DockerDaemon | None = None
+
+    @classmethod
+    def cri(cls, node: TestNode) -> RuntimeTarget:
+        return cls("cri", node)
+
+    @classmethod
+    def for_docker(cls, node: TestNode, daemon: DockerDaemon) -> RuntimeTarget:
+        return cls("docker", node, daemon)
+
+    @property
+    def endpoint(self) -> str:
+        return self.docker.endpoint if self.docker is not None else self.node.endpoint
+
+    @property
+    def id_scheme(self) -> str:
+        """The prefix of containerIDs in pod status: ``<scheme>://<id>``."""
+        return "docker" if self.docker is not None else "containerd"
+
+    def agent_args(self) -> list[str]:
+        return ["--runtime", self.kind, "--runtime-endpoint", self.endpoint]
+
+    def backend(self) -> Runtime:
+        """A runtime client of our own (the agent's code, not the agent's process)."""
+        if self.docker is None:
+            from nodeagent.runtime.cri import CRIRuntime
+
+            return CRIRuntime(self.endpoint)
+        from nodeagent.network.cniexec import CNIExec
+        from nodeagent.runtime.docker import DockerRuntime
+
+        # Reads the agent's CNI records (for sandbox readiness and IPs); never attaches.
+        network = CNIExec(
+            conf_dir=self.node.cni_conf_dir,
+            bin_dirs=(devenv.default_cni_bin_dir(),),
+            cache_dir=self.docker.cni_cache_dir,
+        )
+        return DockerRuntime(self.endpoint, network=network)
+
+    def sandboxes(self) -> list[SandboxInfo]:
+        async def go() -> list[SandboxInfo]:
+            runtime = self.backend()
+            try:
+                return list(await runtime.list_sandboxes())
+            finally:
+                await runtime.close()
+
+        return asyncio.run(go())
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL a container's main process behind the agent's back."""
+        if self.docker is None:
+            self.node.ctr("tasks", "kill", "-s", "KILL", container_id)
+        else:
+            self.docker.docker("kill", "--signal", "KILL", container_id)
+
+    def reset(self) -> None:
+        """Remove everything of the runtime's that a test left (the node resets containerd)."""
+        if self.docker is not None:
+            self.docker.reset()
 
 
 class Agent:
     __test__ = False
 
-    def __init__(self, node: TestNode, *, name: str = "node-a", extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        node: TestNode,
+        *,
+        name: str = "node-a",
+        extra: Sequence[str] = (),
+        runtime: RuntimeTarget | None = None,
+    ) -> None:
         self.node = node
+        self.runtime = runtime or RuntimeTarget.cri(node)
         self.name = name
         self.manifests = node.root / "manifests"
         self.manifests.mkdir(exist_ok=True)
@@ -42,8 +129,7 @@ class Agent:
             "run",
             "--node-name",
             self.name,
-            "--runtime-endpoint",
-            node.endpoint,
+            *self.runtime.agent_args(),
             "--manifests",
             str(self.manifests),
             "--state-dir",

@@ -7,6 +7,11 @@
 - ``node`` (function): the module's node, reset after each test (every pod, container and
   task removed), so tests see an empty node without paying for a new one.
 - ``make_node`` (function): a factory for extra nodes (multi-node tests), closed afterwards.
+- ``runtime`` (module, parametrized "cri" and "docker") and ``runtime_target`` (function): the
+  runtime an agent under test drives. A module whose tests take ``runtime_target`` runs them
+  once per runtime: on the node's containerd, then on a dockerd started in the node (one per
+  module, reset after each test). Docker runs are skipped, with the reason, where dockerd or
+  the docker CLI is missing.
 
 Tests under this directory are marked ``integration`` and skipped, with the reason, when the
 machine cannot run them (not root, or containerd, runc, ip, nsenter or the CNI plugins
@@ -24,11 +29,15 @@ import pytest
 
 from nodeagent import devenv, localimages
 from tests.harness import TestNode
+from tests.harness.agent import RuntimeTarget
+from tests.harness.dockerd import DockerDaemon
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = REPO / "build" / "images"
 HERE = Path(__file__).resolve().parent
 REQUIRED_TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "ip", "nsenter")
+DOCKER_TOOLS = ("dockerd", "docker")
+RUNTIMES = ("cri", "docker")
 
 
 def unmet_requirement() -> str | None:
@@ -98,3 +107,33 @@ def make_node(
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """Which runtime this module's agents drive (the module runs once per runtime)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def module_runtime(
+    runtime: str, module_node: TestNode, image_archives: dict[str, Path]
+) -> Iterator[RuntimeTarget]:
+    if runtime == "cri":
+        yield RuntimeTarget.cri(module_node)
+        return
+    missing = [tool for tool in DOCKER_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"docker runs need {', '.join(missing)} (Debian's docker.io)")
+    daemon = DockerDaemon.start(module_node, images=image_archives)
+    try:
+        yield RuntimeTarget.for_docker(module_node, daemon)
+    finally:
+        daemon.close()
+
+
+@pytest.fixture
+def runtime_target(module_runtime: RuntimeTarget, node: TestNode) -> Iterator[RuntimeTarget]:
+    """The module's runtime, emptied after each test (before the node resets containerd)."""
+    yield module_runtime
+    module_runtime.reset()

@@ -1,8 +1,11 @@
-"""The standalone agent on a real containerd: pods from a manifest directory, end to end."""
+"""The standalone agent on each runtime: pods from a manifest directory, end to end.
+
+Every test runs twice, on containerd (CRI) and on Docker Engine (``runtime_target``): a
+behaviour difference between the two is a bug.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 import time
@@ -12,9 +15,15 @@ from pathlib import Path
 import pytest
 
 from nodeagent.runtime.base import SandboxInfo
-from nodeagent.runtime.cri import CRIRuntime
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, condition, container_status, is_ready, waiting_reason
+from tests.harness.agent import (
+    Agent,
+    RuntimeTarget,
+    condition,
+    container_status,
+    is_ready,
+    waiting_reason,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,8 +52,8 @@ def sleeper(
 
 
 @pytest.fixture
-def agent(node: TestNode) -> Iterator[Agent]:
-    a = Agent(node)
+def agent(node: TestNode, runtime_target: RuntimeTarget) -> Iterator[Agent]:
+    a = Agent(node, runtime=runtime_target)
     for old in a.manifests.iterdir():
         old.unlink()
     a.start()
@@ -54,15 +63,9 @@ def agent(node: TestNode) -> Iterator[Agent]:
         a.stop()
 
 
-def sandboxes(node: TestNode) -> list[SandboxInfo]:
-    async def go() -> list[SandboxInfo]:
-        runtime = CRIRuntime(node.endpoint)
-        try:
-            return list(await runtime.list_sandboxes())
-        finally:
-            await runtime.close()
-
-    return asyncio.run(go())
+def sandboxes(agent: Agent) -> list[SandboxInfo]:
+    """The sandboxes the agent's runtime holds, read by our own client of that runtime."""
+    return agent.runtime.sandboxes()
 
 
 def http_get(node: TestNode, url: str) -> str:
@@ -84,7 +87,7 @@ def test_init_and_two_containers_run_ready_and_serve(node: TestNode, agent: Agen
     for name in ("web", "sidecar"):
         status = container_status(pod, name)
         assert "running" in status["state"] and status["ready"] and status["restartCount"] == 0
-        assert status["containerID"].startswith("containerd://")
+        assert status["containerID"].startswith(f"{agent.runtime.id_scheme}://")
     for kind in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"):
         assert condition(pod, kind) == "True", kind
     ip = pod["status"]["podIP"]
@@ -92,7 +95,7 @@ def test_init_and_two_containers_run_ready_and_serve(node: TestNode, agent: Agen
     # The init container wrote the page with values from the downward API into an emptyDir.
     page = wait_for(lambda: http_get(node, f"http://{ip}:8080/"), 10, message="page served")
     assert page.strip() == "hello from web on node-a"
-    [sandbox] = sandboxes(node)
+    [sandbox] = sandboxes(agent)
     assert sandbox.labels["io.kubernetes.pod.name"] == "web"
     assert sandbox.labels["io.kubernetes.pod.namespace"] == "default"
 
@@ -101,7 +104,7 @@ def test_killed_container_restarts_and_counts(node: TestNode, agent: Agent) -> N
     agent.write_manifest("s.yaml", sleeper("crashy"))
     pod = agent.wait_pod("crashy", is_ready, what="ready")
     first_id = container_status(pod, "main")["containerID"].split("://")[1]
-    node.ctr("tasks", "kill", "-s", "KILL", first_id)
+    agent.runtime.kill(first_id)
 
     def restarted(p: dict) -> bool:
         status = container_status(p, "main")
@@ -121,7 +124,7 @@ def test_removed_manifest_removes_sandbox_and_frees_ip(node: TestNode, agent: Ag
     assert (ipam / ip).exists()
     path.unlink()
     wait_for(lambda: agent.pod("gone") is None, 20, message="pod gone from status")
-    wait_for(lambda: not sandboxes(node), 20, message="sandbox removed")
+    wait_for(lambda: not sandboxes(agent), 20, message="sandbox removed")
     wait_for(lambda: not (ipam / ip).exists(), 10, message=f"IP {ip} released")
 
 
@@ -129,14 +132,14 @@ def test_kill9_then_restart_adopts_the_same_containers(node: TestNode, agent: Ag
     agent.write_manifest("s.yaml", sleeper("steady"))
     pod = agent.wait_pod("steady", is_ready, what="ready")
     before = container_status(pod, "main")["containerID"]
-    [sandbox_before] = sandboxes(node)
+    [sandbox_before] = sandboxes(agent)
     agent.kill9()
     agent.start()
     pod = agent.wait_pod("steady", is_ready, what="ready after restart")
     after = container_status(pod, "main")
     assert after["containerID"] == before
     assert after["restartCount"] == 0
-    assert [s.id for s in sandboxes(node)] == [sandbox_before.id]
+    assert [s.id for s in sandboxes(agent)] == [sandbox_before.id]
 
 
 def test_sigterm_leaves_pods_running_and_restart_removes_orphans(
@@ -147,10 +150,10 @@ def test_sigterm_leaves_pods_running_and_restart_removes_orphans(
     agent.wait_pod("keep", is_ready, what="ready")
     agent.wait_pod("drop", is_ready, what="ready")
     assert agent.stop() == 0
-    assert len(sandboxes(node)) == 2  # the agent's shutdown touched no pod
+    assert len(sandboxes(agent)) == 2  # the agent's shutdown touched no pod
     (agent.manifests / "drop.yaml").unlink()  # removed while the agent is down
     agent.start()
-    wait_for(lambda: [s.name for s in sandboxes(node)] == ["keep"], 20, message="orphan gone")
+    wait_for(lambda: [s.name for s in sandboxes(agent)] == ["keep"], 20, message="orphan gone")
     wait_for(lambda: agent.pod("drop") is None, 10, message="orphan gone from status")
     keep = agent.pod("keep")
     assert keep is not None and is_ready(keep)
@@ -243,7 +246,7 @@ def test_run_to_completion_phases(
     assert container_status(pod, "main")["restartCount"] == 0
     # A finished pod's sandbox is stopped, so it holds no IP.
     wait_for(
-        lambda: all(s.state.value == "notready" for s in sandboxes(node)),
+        lambda: all(s.state.value == "notready" for s in sandboxes(agent)),
         10,
         message="sandbox stopped",
     )
@@ -328,4 +331,4 @@ def test_changed_spec_replaces_the_pod(node: TestNode, agent: Agent) -> None:
     assert (
         container_status(new, "main")["containerID"] != container_status(old, "main")["containerID"]
     )
-    wait_for(lambda: len(sandboxes(node)) == 1, 20, message="old sandbox removed")
+    wait_for(lambda: len(sandboxes(agent)) == 1, 20, message="old sandbox removed")

@@ -123,7 +123,9 @@ apps        crash   Running   1/2     5          150m   10.88.0.6   CrashLoopBac
 apps        init    Pending   0/1     2          2d     <none>      Error
 default     web     Running   1/1     0          5m     10.88.0.5
 
-SERVICES: 1
+SERVICES:
+NAMESPACE   NAME   TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   ENDPOINTS
+default     web    ClusterIP   <none>       <none>        <none>    0/0
 
 ERRORS:
 SOURCE               OBJECT        FIELD                      MESSAGE

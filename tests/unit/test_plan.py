@@ -171,8 +171,9 @@ def test_the_newest_sandbox_counts() -> None:
         sandbox(0, SandboxState.NOTREADY), sandbox(1), container("app", 1, sandbox_attempt=1)
     )
     actions = plan(make_pod(), snapshot)
-    assert not actions.create_sandbox
-    assert actions.idle
+    assert not actions.create_sandbox and not actions.start
+    # The replaced sandbox is garbage now.
+    assert [s.attempt for s in actions.prune_sandboxes] == [0]
 
 
 def test_a_new_sandbox_starts_containers_with_the_next_attempts() -> None:

@@ -1,0 +1,25 @@
+"""Cluster mode: the agent's side of a real Kubernetes control plane.
+
+What a kubelet (and kube-proxy's watch) does against the API server, one role per module:
+
+    client.py       kubeconfig -> a lightkube AsyncClient (typed writes) plus the raw HTTP
+                    client of the same connection (list/watch with bookmarks, delete options);
+                    every failure becomes an ``ApiFailure``
+    reflector.py    list+watch one collection into a local copy: resume, bookmarks, 410, backoff
+    pods.py         (pure) the API's pods for this node -> run, delete, reject, hold; merge
+                    with the static pods
+    admission.py    (pure) the kubelet's admission: resources, pod count, nodeSelector/affinity
+    refs.py         (pure) ConfigMap, Secret, downward API and token references -> a pod the
+                    pod manager can run, and the files of its volumes
+    podrefs.py      fetching those references, writing the files, keeping them current
+    node.py         Node registration, node status, and the Lease heartbeat
+    statuswriter.py pod status patches: only what changed, coalesced, retried
+    mirror.py       mirror pods for static pods
+    events.py       Events from status changes, aggregated and rate-limited
+    services.py     (pure) Services and EndpointSlices -> the proxy's endpoints
+    cluster.py      the wiring: one ``ClusterLink`` the daemon builds and supervises
+
+Data still flows one way: the API's pods join the manifest directory's in one desired set
+for the pod manager, and its Services join theirs for the proxy; the pod workers' statuses
+flow back out through the status writer and the events.
+"""

@@ -1,0 +1,420 @@
+"""The cluster link: every cluster-mode part, built and connected in one place.
+
+The daemon builds one ``ClusterLink`` when it has a kubeconfig, runs its ``loops()`` under
+supervision, and routes the manifest directory's updates through ``file_changed``. The link
+then owns what the pod manager is told:
+
+    FileSource --file_changed--+
+                               +--> merge (pods.py) --on_desired--> daemon --> PodManager
+    pods Reflector --changed---+
+                                         PodManager --worker statuses--> PodStatusWriter
+
+Start-up and outages, as the kubelet's "sources ready" rule has it: the manager learns the
+static pods as soon as the directory is read, but does not remove pods that nothing claims
+(orphans) until the API's pods have been listed once. An agent restarted while the API is
+down therefore keeps every pod running; so does a running agent, because the reflector
+keeps its last state through an outage.
+
+Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
+desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; when the
+worker has stopped everything, the pod is deleted for good with ``gracePeriodSeconds: 0``
+and a uid precondition (never a namesake created meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from nodeagent.apiserver import admission
+from nodeagent.apiserver.client import ApiClient, ApiFailure
+from nodeagent.apiserver.events import (
+    EventRecorder,
+    PodRef,
+    killing_events,
+    pod_events,
+    probe_events,
+)
+from nodeagent.apiserver.mirror import MirrorPods
+from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
+from nodeagent.apiserver.podrefs import PodReferences
+from nodeagent.apiserver.pods import (
+    MIRROR_ANNOTATION,
+    ApiPods,
+    Deletion,
+    Hold,
+    Rejection,
+    is_mirror,
+    merge,
+    read_pods,
+    static_pod,
+)
+from nodeagent.apiserver.reflector import Backoff, Collection, Reflector
+from nodeagent.apiserver.services import Endpoints, read_services, slice_endpoints
+from nodeagent.apiserver.statuswriter import PodStatusWriter, Wanted
+from nodeagent.kubelet import nodestatus
+from nodeagent.kubelet.manager import PodManager
+from nodeagent.kubelet.nodestatus import NodeFacts
+from nodeagent.kubelet.worker import PodWorker, WorkerState
+from nodeagent.model.pod import Pod, PodUID
+from nodeagent.model.service import Service
+from nodeagent.sources.file import DesiredState, SourceError
+
+log = structlog.get_logger("nodeagent.apiserver.cluster")
+
+Obj = dict[str, Any]
+Loop = Callable[[], Awaitable[None]]
+
+NO_PODS = ApiPods(run={}, delete={}, reject={}, objects={})
+EVENT_POLL_S = 0.5
+
+
+class ClusterLink:
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        node_name: str,
+        manager: PodManager,
+        facts: Callable[[], NodeFacts],
+        on_desired: Callable[[DesiredState], None],
+        on_pod_cidr: Callable[[str], None],
+        with_files: bool,
+        runtime_synced: asyncio.Event,
+        state_dir: Path,
+    ) -> None:
+        self.client = client
+        self.node_name = node_name
+        self.manager = manager
+        self._facts = facts
+        self._rejected: dict[PodUID, Rejection] = {}  # final: a rejected pod stays rejected
+        self._on_desired = on_desired
+        self._files: DesiredState | None = None if with_files else DesiredState()
+        self.api = NO_PODS
+        self.pods = Reflector(
+            client,
+            Collection("/api/v1/pods", field_selector=f"spec.nodeName={node_name}"),
+            on_change=self._pods_changed,
+        )
+        self.service_objects = Reflector(
+            client, Collection("/api/v1/services"), on_change=self._services_changed
+        )
+        self.slice_objects = Reflector(
+            client,
+            Collection("/apis/discovery.k8s.io/v1/endpointslices"),
+            on_change=self._services_changed,
+        )
+        self.services: dict[str, Service] = {}
+        self.endpoints: dict[str, Endpoints] = {}
+        self._service_errors: list[SourceError] = []
+        self.registration = NodeRegistration(
+            client, name=node_name, facts=facts, on_pod_cidr=on_pod_cidr
+        )
+        self.lease = LeaseHeartbeat(client, self.registration)
+        self.status = PodStatusWriter(client, wanted=self._wanted)
+        self.events = EventRecorder(client, node_name=node_name)
+        self._seen_status: dict[str, Obj] = {}  # uid -> the status events were derived from
+        # uid -> the pod's status when this agent first saw it: what happened before it.
+        self._status_at_start: dict[str, Obj] = {}
+        self._seen_probes: dict[str, set[str]] = {}
+        self.refs = PodReferences(
+            client,
+            state_dir=state_dir,
+            on_change=self._pods_changed,
+            active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
+        )
+        self.mirrors = MirrorPods(
+            client,
+            node_name=node_name,
+            static_pods=self._static_pods,
+            mirrors=self._mirror_objects,
+            node_uid=lambda: self.registration.uid,
+            ready=lambda: self.registration.registered.is_set() and self.pods.synced.is_set(),
+        )
+        self._deleting: dict[PodUID, asyncio.Task[None]] = {}
+        self._runtime_synced = runtime_synced
+        manager.sources_ready = False  # no orphan removal before the first list
+
+    def loops(self) -> dict[str, Loop]:
+        return {
+            "api-pods": self._run_pods,
+            "api-services": self.service_objects.run,
+            "api-endpointslices": self.slice_objects.run,
+            "node-status": self.registration.run,
+            "node-lease": self.lease.run,
+            "pod-status": self.status.run,
+            "mirror-pods": self.mirrors.run,
+            "pod-references": self.refs.run,
+            "pod-events": self._derive_events,
+            "event-sender": self.events.run,
+        }
+
+    async def _run_pods(self) -> None:
+        await self._runtime_synced.wait()  # adopt what runs before deciding anything
+        await self.pods.run()
+
+    async def close(self) -> None:
+        for task in self._deleting.values():
+            task.cancel()
+        await asyncio.gather(*self._deleting.values(), return_exceptions=True)
+        await self.refs.close()
+        await self.client.close()
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def file_changed(self, state: DesiredState) -> None:
+        self._files = state
+        self._publish()
+        self.mirrors.wake()
+
+    def _pods_changed(self) -> None:
+        self.api = read_pods(
+            self.pods.objects.values(),
+            node_name=self.node_name,
+            running=lambda uid: self.manager.worker_for(uid) is not None,
+            admit=self._admit,
+            rejected=self._rejected,
+            preparer=self.refs,
+        )
+        self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
+        self.refs.keep(set(self.api.objects))
+        for uid, obj in self.api.objects.items():
+            self._status_at_start.setdefault(uid, obj.get("status") or {})
+        for gone in set(self._status_at_start) - set(self.api.objects):
+            del self._status_at_start[gone]
+        self.manager.held = set(self.api.hold)
+        for uid, deletion in self.api.delete.items():
+            if uid not in self._deleting:
+                self._start_deletion(deletion)
+        for uid in [u for u, t in self._deleting.items() if t.done()]:
+            if uid not in self.api.objects:
+                del self._deleting[uid]
+        self._publish()
+        self.status.wake()
+        self.mirrors.wake()
+
+    def _services_changed(self) -> None:
+        self.services, self._service_errors = read_services(self.service_objects.objects.values())
+        self.endpoints = slice_endpoints(
+            self.slice_objects.objects.values(), self.services, node_name=self.node_name
+        )
+        self._publish()
+
+    @property
+    def services_ready(self) -> bool:
+        """Services and EndpointSlices listed once: the proxy may write rules."""
+        return self.service_objects.synced.is_set() and self.slice_objects.synced.is_set()
+
+    def _publish(self) -> None:
+        if self._files is None:
+            return  # the manifest directory has not been read yet
+        synced = self.pods.synced.is_set()
+        desired = merge(
+            self._files,
+            self.api if synced else NO_PODS,
+            node_name=self.node_name,
+            services=self.services,
+            errors=self._service_errors,
+        )
+        self.manager.sources_ready = synced
+        self._on_desired(desired)
+
+    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | None:
+        facts = self._facts()
+        labels = self.registration.labels or node_labels(self.node_name, self.registration.host)
+        node = admission.NodeView.from_allocatable(
+            self.node_name, labels, nodestatus.allocatable(facts.max_pods)
+        )
+        statics = [p for p, _ in (self._static_pods() or {}).values()]
+        refusal = admission.check(pod, obj, node, [*statics, *admitted])
+        if refusal is not None:
+            log.warning("pod_rejected", pod=pod.key, reason=refusal.reason, message=refusal.message)
+        return refusal
+
+    # -- deletion ---------------------------------------------------------------------------
+
+    def _start_deletion(self, deletion: Deletion) -> None:
+        pod = deletion.pod
+        log.info("pod_deleting", pod=pod.key, uid=pod.uid, grace_s=deletion.grace_s)
+        ran = self.manager.worker_for(pod.uid) is not None
+        worker = self.manager.terminate(pod, deletion.grace_s)
+        if ran:
+            names = [c.name for c in pod.spec.containers]
+            self.events.record(killing_events(PodRef(pod.namespace, pod.name, pod.uid), names))
+        task = asyncio.create_task(
+            self._finish_deletion(deletion, worker), name=f"delete:{pod.key}"
+        )
+        self._deleting[pod.uid] = task
+
+    async def _finish_deletion(self, deletion: Deletion, worker: PodWorker) -> None:
+        pod = deletion.pod
+        await worker.wait_terminated()
+        path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": pod.uid},
+        }
+        backoff = Backoff()
+        while True:
+            try:
+                await self.client.request("DELETE", path, body=body)
+                log.info("pod_deleted", pod=pod.key, uid=pod.uid)
+                return
+            except ApiFailure as exc:
+                if exc.not_found or exc.conflict:
+                    return  # gone already, or the name belongs to another pod now
+                if not exc.retryable:
+                    log.error("pod_delete_refused", pod=pod.key, error=str(exc))
+                    return
+                delay = backoff.next_delay()
+                log.warning("pod_delete_failed", pod=pod.key, error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+
+    # -- static pods and their mirrors ------------------------------------------------------
+
+    def _static_pods(self) -> dict[str, tuple[Pod, str]] | None:
+        """The static pods that run (under their cluster names), with their manifest names."""
+        if self._files is None:
+            return None
+        taken = self.api.keys
+        pods = ((static_pod(p, self.node_name), p.name) for p in self._files.pods.values())
+        return {pod.key: (pod, name) for pod, name in pods if pod.key not in taken}
+
+    def _mirror_objects(self) -> dict[str, Obj]:
+        return {key: obj for key, obj in self.pods.objects.items() if is_mirror(obj)}
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def _derive_events(self) -> None:
+        while True:
+            await asyncio.sleep(EVENT_POLL_S)
+            self.record_events()
+
+    def record_events(self) -> None:
+        """Events for what changed in the pods' statuses since the last look."""
+        pods: dict[str, tuple[PodRef, PodWorker, Obj | None]] = {}
+        for uid, obj in self.api.objects.items():
+            worker = self.manager.worker_for(uid)
+            if worker is not None:
+                meta = obj.get("metadata") or {}
+                ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
+                pods[uid] = (ref, worker, self._status_at_start.get(uid))
+        for pod, _ in (self._static_pods() or {}).values():
+            worker = self.manager.worker_for(pod.uid)
+            if worker is not None:
+                pods[pod.uid] = (PodRef(pod.namespace, pod.name, pod.uid), worker, None)
+        for key, (ref, worker, observed) in pods.items():
+            status = worker.status
+            if status is None:
+                continue
+            # First look: what the API showed before this agent wrote (a restart adopts pods
+            # whose containers were Created and Started long ago).
+            before = self._seen_status.get(key, observed)
+            images = {c.name: c.image for c in worker.pod.all_containers()}
+            events = pod_events(ref, before, status, images=images)
+            if worker.state is WorkerState.SYNCING:
+                probes = self.manager.ctx.prober.report(worker.pod, id_prefix="")
+                events += probe_events(ref, probes, self._seen_probes.setdefault(key, set()))
+            self._seen_status[key] = status
+            self.events.record(events)
+        for gone in set(self._seen_status) - set(pods):
+            del self._seen_status[gone]
+            self._seen_probes.pop(gone, None)
+        self.events.forget(set(pods))
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _wanted(self) -> dict[str, Wanted]:
+        wanted: dict[str, Wanted] = {}
+        for uid, obj in self.api.objects.items():
+            meta = obj.get("metadata") or {}
+            rejection = self.api.reject.get(uid)
+            hold = self.api.hold.get(uid)
+            if rejection is not None:
+                status: Obj = {
+                    "phase": "Failed",
+                    "reason": rejection.reason,
+                    "message": rejection.message,
+                }
+            elif hold is not None:
+                if not hold.error or (obj.get("status") or {}).get("phase") != "Pending":
+                    continue  # nothing to say yet, or a pod that ran before an agent restart
+                status = _held_status(obj, hold)
+            else:
+                worker = self.manager.worker_for(uid)
+                if worker is None or worker.status is None:
+                    continue
+                status = worker.status
+            wanted[uid] = _wanted(obj, status)
+        static = self._static_pods() or {}
+        for key, obj in self._mirror_objects().items():
+            meta = obj.get("metadata") or {}
+            entry = static.get(key)
+            if (
+                entry is None
+                or (meta.get("annotations") or {}).get(MIRROR_ANNOTATION) != entry[0].uid
+            ):
+                continue
+            worker = self.manager.worker_for(entry[0].uid)
+            if worker is not None and worker.status is not None:
+                wanted[str(meta.get("uid"))] = _wanted(obj, worker.status)
+        return wanted
+
+    def report(self) -> dict[str, Any]:
+        """For the status endpoint: how the link to the control plane is doing."""
+        return {
+            "server": self.client.server,
+            "registered": self.registration.registered.is_set(),
+            "podCIDR": self.registration.pod_cidr,
+            "watching": self.pods.connected,
+            "podsListed": self.pods.synced.is_set(),
+            "podRelists": self.pods.relists,
+            "resourceVersion": self.pods.resource_version,
+            "leaseRenewals": self.lease.renewals,
+            "statusPatches": self.status.patches,
+            "mirrorPods": len(self._mirror_objects()),
+            "eventsSent": self.events.sent,
+            "eventsDropped": self.events.dropped,
+        }
+
+
+def _wanted(obj: Obj, status: Obj) -> Wanted:
+    meta = obj.get("metadata") or {}
+    return Wanted(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        status=status,
+        observed=obj,
+    )
+
+
+def _held_status(obj: Obj, hold: Hold) -> Obj:
+    """A pod waiting for its references: Pending, every container waiting with the reason."""
+    spec = obj.get("spec") or {}
+    waiting = {"reason": hold.reason, "message": hold.message}
+
+    def statuses(group: str) -> list[Obj]:
+        return [
+            {
+                "name": c.get("name"),
+                "image": c.get("image"),
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"waiting": waiting},
+            }
+            for c in spec.get(group) or []
+        ]
+
+    status: Obj = {"phase": "Pending", "containerStatuses": statuses("containers")}
+    if spec.get("initContainers"):
+        status["initContainerStatuses"] = statuses("initContainers")
+    return status

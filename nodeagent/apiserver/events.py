@@ -1,0 +1,266 @@
+"""Events: what happened to a pod, as ``kubectl describe pod`` lists it.
+
+Where they come from (``pod_events``, pure): the difference between two statuses of a pod,
+plus its probes' last failures. That keeps the pod workers free of any API concern, and an
+event says only what the status shows happened:
+
+    a container got a new containerID            Normal  Created, Started
+    waiting: ErrImagePull                        Warning Failed   (the pull error), Failed
+    waiting: ImagePullBackOff                    Normal  BackOff  Back-off pulling image "x"
+    waiting: CrashLoopBackOff                    Warning BackOff  Back-off restarting ...
+    waiting: Create/RunContainerError, ...       Warning Failed   Error: <message>
+    a liveness/readiness/startup probe failed    Warning Unhealthy <Kind> probe failed: ...
+    the pod is deleted (``killing``)             Normal  Killing  Stopping container x
+
+``EventRecorder`` sends them as client-go's recorder does (``tools/record``): the source is
+``kubelet`` on this host; an event identical to one sent before (object, type, reason,
+message) increments that Event's ``count`` instead of creating another; a per-pod token
+bucket (burst ``BURST``, one token back every ``REFILL_S``) drops the excess, so a crash-
+looping pod cannot flood the API; the queue is bounded, and a failed send is retried a few
+times, then dropped: events are best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from nodeagent.apiserver.client import ApiClient, ApiFailure
+from nodeagent.apiserver.reflector import Backoff
+from nodeagent.kubelet.podstatus import rfc3339
+
+log = structlog.get_logger("nodeagent.apiserver.events")
+
+Obj = dict[str, Any]
+
+BURST = 25
+REFILL_S = 300.0
+QUEUE_MAX = 1000
+SEEN_MAX = 4096
+ATTEMPTS = 5
+_FAILED_REASONS = (
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "PostStartHookError",
+)
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Event:
+    pod: PodRef
+    field_path: str  # spec.containers{name}, or "" for the pod
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.pod.uid, self.field_path, self.type, self.reason, self.message)
+
+
+def _container_path(name: str, init: bool) -> str:
+    return f"spec.{'initContainers' if init else 'containers'}{{{name}}}"
+
+
+def pod_events(
+    pod: PodRef,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    *,
+    images: Mapping[str, str],
+) -> list[Event]:
+    """Events for what changed from status ``old`` to ``new`` (``images``: container ->
+    image, for messages)."""
+    events: list[Event] = []
+    for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
+        before = {c.get("name"): c for c in (old or {}).get(key) or []}
+        for cur in new.get(key) or []:
+            name = str(cur.get("name"))
+            prev = before.get(name) or {}
+            path = _container_path(name, init)
+            image = images.get(name, str(cur.get("image", "")))
+            cid = cur.get("containerID")
+            if cid and cid != prev.get("containerID"):
+                events.append(Event(pod, path, "Normal", "Created", f"Created container {name}"))
+                events.append(Event(pod, path, "Normal", "Started", f"Started container {name}"))
+            waiting = (cur.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            before_reason = ((prev.get("state") or {}).get("waiting") or {}).get("reason")
+            if not reason or reason == before_reason:
+                continue
+            message = str(waiting.get("message") or "")
+            events.extend(_waiting_events(pod, path, name, image, str(reason), message))
+    return events
+
+
+def _waiting_events(
+    pod: PodRef, path: str, name: str, image: str, reason: str, message: str
+) -> list[Event]:
+    if reason == "ErrImagePull":
+        return [
+            Event(pod, path, "Warning", "Failed", f'Failed to pull image "{image}": {message}'),
+            Event(pod, path, "Warning", "Failed", "Error: ErrImagePull"),
+        ]
+    if reason == "ImagePullBackOff":
+        return [
+            Event(pod, path, "Normal", "BackOff", f'Back-off pulling image "{image}"'),
+            Event(pod, path, "Warning", "Failed", "Error: ImagePullBackOff"),
+        ]
+    if reason == "CrashLoopBackOff":
+        text = f"Back-off restarting failed container {name} in pod {pod.name}_{pod.namespace}"
+        return [Event(pod, path, "Warning", "BackOff", f"{text}({pod.uid})")]
+    if reason in _FAILED_REASONS:
+        return [Event(pod, path, "Warning", "Failed", f"Error: {message or reason}")]
+    return []
+
+
+def probe_events(pod: PodRef, probes: Iterable[Mapping[str, Any]], seen: set[str]) -> list[Event]:
+    """Unhealthy events for probe failures not reported yet (``seen``: their keys, updated)."""
+    events = []
+    for probe in probes:
+        failed = probe.get("lastResult") == "failure"
+        at = probe.get("lastProbeTime")
+        if not failed or not at:
+            continue
+        key = f"{probe.get('container')}/{probe.get('probe')}/{at}"
+        if key in seen:
+            continue
+        seen.add(key)
+        kind = str(probe.get("probe", "")).capitalize()
+        message = f"{kind} probe failed: {probe.get('message') or 'failure'}"
+        path = _container_path(str(probe.get("container")), False)
+        events.append(Event(pod, path, "Warning", "Unhealthy", message))
+    return events
+
+
+def killing_events(pod: PodRef, containers: Sequence[str]) -> list[Event]:
+    return [
+        Event(pod, _container_path(c, False), "Normal", "Killing", f"Stopping container {c}")
+        for c in containers
+    ]
+
+
+class EventRecorder:
+    def __init__(self, client: ApiClient, *, node_name: str) -> None:
+        self.client = client
+        self.node_name = node_name
+        self._queue: collections.deque[tuple[Event, float, int]] = collections.deque()
+        self._seen: collections.OrderedDict[tuple[str, ...], tuple[str, str, int]] = (
+            collections.OrderedDict()
+        )  # key -> (namespace, Event object name, count)
+        self._buckets: dict[str, tuple[float, float]] = {}  # pod uid -> (tokens, at)
+        self._wake = asyncio.Event()
+        self.sent = 0
+        self.dropped = 0
+
+    def record(self, events: Iterable[Event]) -> None:
+        now = time.time()
+        for event in events:
+            if not self._take(event.pod.uid, now) or len(self._queue) >= QUEUE_MAX:
+                self.dropped += 1
+                continue
+            self._queue.append((event, now, 0))
+            self._wake.set()
+
+    def _take(self, uid: str, now: float) -> bool:
+        tokens, at = self._buckets.get(uid, (float(BURST), now))
+        tokens = min(float(BURST), tokens + (now - at) / REFILL_S)
+        if tokens < 1.0:
+            self._buckets[uid] = (tokens, now)
+            return False
+        self._buckets[uid] = (tokens - 1.0, now)
+        return True
+
+    def forget(self, uids: set[str]) -> None:
+        """Drop the rate-limit state of pods that are gone."""
+        self._buckets = {u: b for u, b in self._buckets.items() if u in uids}
+
+    async def run(self) -> None:
+        backoff = Backoff(initial_s=1.0, cap_s=30.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                event, at, attempts = self._queue[0]
+                try:
+                    await self._send(event, at)
+                    backoff.reset()
+                except ApiFailure as exc:
+                    if exc.retryable and attempts + 1 < ATTEMPTS:
+                        self._queue[0] = (event, at, attempts + 1)
+                        await asyncio.sleep(backoff.next_delay())
+                        continue
+                    self.dropped += 1
+                    log.debug("event_dropped", reason=event.reason, error=str(exc))
+                self._queue.popleft()
+
+    async def _send(self, event: Event, at: float) -> None:
+        stamp = rfc3339(at)
+        known = self._seen.get(event.key)
+        if known is not None:
+            namespace, name, count = known
+            body = {"count": count + 1, "lastTimestamp": stamp}
+            try:
+                await self.client.request(
+                    "PATCH",
+                    f"/api/v1/namespaces/{namespace}/events/{name}",
+                    body=body,
+                    content_type="application/strategic-merge-patch+json",
+                )
+                self._remember(event, namespace, name, count + 1)
+                self.sent += 1
+                return
+            except ApiFailure as exc:
+                if not exc.not_found:
+                    raise
+        name = f"{event.pod.name}.{time.time_ns():x}"
+        namespace = event.pod.namespace
+        involved: Obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": namespace,
+            "name": event.pod.name,
+            "uid": event.pod.uid,
+        }
+        if event.field_path:
+            involved["fieldPath"] = event.field_path
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": involved,
+            "reason": event.reason,
+            "message": event.message,
+            "type": event.type,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+        }
+        await self.client.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+        self._remember(event, namespace, name, 1)
+        self.sent += 1
+
+    def _remember(self, event: Event, namespace: str, name: str, count: int) -> None:
+        self._seen[event.key] = (namespace, name, count)
+        self._seen.move_to_end(event.key)
+        while len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)

@@ -1,0 +1,330 @@
+"""Fetching what pods reference, and keeping their ConfigMap, Secret and token files current.
+
+``PodReferences`` is the effectful half of ``refs.py``. For a pod that needs it (see
+``refs.needs_rewrite``), ``prepare`` starts one task that reads the pod's ConfigMaps and
+Secrets (404: absent), asks the TokenRequest API for each projected token (bound to the pod),
+writes the volume files and keeps the rewritten spec; the pod is held back (``Hold``) until
+then, and the cluster link is told (``on_change``) when it is ready or has failed. A failed
+preparation is retried with backoff, as the kubelet retries a mount.
+
+Once prepared, a pod's spec never changes (its env is frozen), but its files follow their
+sources: every ``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and
+changed files replaced, and each token is renewed when 80% of its lifetime (at most 24 h)
+has passed, as the kubelet does.
+
+Files are written the kubelet's atomic way (``AtomicWriter``): a new timestamped directory,
+then one rename of the ``..data`` symlink, so a reader sees the old set or the new one, never
+a mix; top-level names are symlinks through ``..data``. Secret and projected volumes are
+tmpfs mounts, so secrets stay off the disk (the pod's directory cleanup unmounts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from nodeagent.apiserver.client import ApiClient, ApiFailure
+from nodeagent.apiserver.pods import Hold
+from nodeagent.apiserver.reflector import Backoff
+from nodeagent.apiserver.refs import (
+    MOUNT_ERROR,
+    Files,
+    Lookup,
+    RefError,
+    TokenSpec,
+    files_for,
+    needs_rewrite,
+    references,
+    rewrite,
+    supported,
+    volume_dir,
+)
+
+log = structlog.get_logger("nodeagent.apiserver.refs")
+
+Obj = dict[str, Any]
+
+REFRESH_S = 30.0
+TOKEN_MAX_AGE_S = 24 * 3600
+DATA_LINK = "..data"
+TMPFS_KINDS = ("secret", "projected")
+
+
+@dataclass
+class _Token:
+    value: str
+    issued: float
+    expires: float
+
+    def due(self, now: float) -> bool:
+        lifetime = self.expires - self.issued
+        return now >= self.issued + min(0.8 * lifetime, TOKEN_MAX_AGE_S)
+
+
+@dataclass
+class _Entry:
+    obj: Obj
+    spec: Obj | None = None  # the rewritten spec, once prepared
+    hold: Hold = field(default_factory=lambda: Hold(MOUNT_ERROR, "", error=False))
+    task: asyncio.Task[None] | None = None
+    tokens: dict[TokenSpec, _Token] = field(default_factory=dict)
+
+
+class PodReferences:
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        state_dir: Path,
+        on_change: Callable[[], None],
+        active: Callable[[str], bool],
+        refresh_s: float = REFRESH_S,
+    ) -> None:
+        self.client = client
+        self.state_dir = state_dir
+        self._on_change = on_change
+        self._active = active  # a worker runs this pod uid: keep its files current
+        self._refresh_s = refresh_s
+        self._entries: dict[str, _Entry] = {}
+
+    # -- for read_pods ----------------------------------------------------------------------
+
+    def prepared(self, obj: Obj) -> Obj | None:
+        """The document to run, if ready (no side effects)."""
+        if not needs_rewrite(obj):
+            return obj
+        entry = self._entries.get(_uid(obj))
+        if entry is None or entry.spec is None:
+            return None
+        entry.obj = obj
+        return {**obj, "spec": entry.spec}
+
+    def prepare(self, obj: Obj) -> Obj | Hold:
+        """The document to run, or why not yet (starting the work if need be)."""
+        ready = self.prepared(obj)
+        if ready is not None:
+            return ready
+        uid = _uid(obj)
+        entry = self._entries.setdefault(uid, _Entry(obj))
+        entry.obj = obj
+        if entry.task is None or entry.task.done():
+            entry.task = asyncio.create_task(self._prepare(entry), name=f"refs:{uid}")
+        return entry.hold
+
+    def keep(self, uids: set[str]) -> None:
+        """Forget every pod not in ``uids`` (gone from the API)."""
+        for uid in set(self._entries) - uids:
+            entry = self._entries.pop(uid)
+            if entry.task is not None:
+                entry.task.cancel()
+
+    async def close(self) -> None:
+        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- work -------------------------------------------------------------------------------
+
+    async def _prepare(self, entry: _Entry) -> None:
+        backoff = Backoff(initial_s=1.0, cap_s=60.0)
+        name = _name(entry.obj)
+        while True:
+            try:
+                lookup = await self._fetch(entry)
+                doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=lookup)
+                await self._write_volumes(entry.obj, lookup)
+            except RefError as exc:
+                entry.hold = Hold(exc.reason, exc.message)
+            except ApiFailure as exc:
+                entry.hold = Hold(MOUNT_ERROR, f"cannot read the pod's references: {exc}")
+            except OSError as exc:
+                entry.hold = Hold(MOUNT_ERROR, f"cannot write the pod's volumes: {exc}")
+            else:
+                entry.spec = doc["spec"]
+                log.info("pod_references_ready", pod=name)
+                self._on_change()
+                return
+            log.warning("pod_references_failed", pod=name, error=entry.hold.message)
+            self._on_change()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def run(self) -> None:
+        """Keep the running pods' files current."""
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            for uid, entry in list(self._entries.items()):
+                if entry.spec is None or not self._active(uid):
+                    continue
+                try:
+                    lookup = await self._fetch(entry)
+                    await self._write_volumes(entry.obj, lookup)
+                except (RefError, ApiFailure, OSError) as exc:
+                    # Keep the last good files, as the kubelet does when a source goes.
+                    log.warning(
+                        "pod_references_refresh_failed", pod=_name(entry.obj), error=str(exc)
+                    )
+
+    async def _fetch(self, entry: _Entry) -> Lookup:
+        obj = entry.obj
+        namespace = _namespace(obj)
+        refs = references(obj)
+        config_maps = {
+            n: o for n in refs.config_maps if (o := await self._get(namespace, "configmaps", n))
+        }
+        secrets = {n: o for n in refs.secrets if (o := await self._get(namespace, "secrets", n))}
+        now = time.time()
+        for spec in refs.tokens:
+            token = entry.tokens.get(spec)
+            if token is None or token.due(now):
+                entry.tokens[spec] = await self._request_token(obj, spec)
+        tokens = {spec: t.value for spec, t in entry.tokens.items()}
+        return Lookup(config_maps, secrets, tokens)
+
+    async def _get(self, namespace: str, plural: str, name: str) -> Obj | None:
+        try:
+            return await self.client.request(
+                "GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}"
+            )
+        except ApiFailure as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def _request_token(self, obj: Obj, spec: TokenSpec) -> _Token:
+        meta = obj.get("metadata") or {}
+        account = str((obj.get("spec") or {}).get("serviceAccountName") or "default")
+        body: Obj = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": spec.expiration_seconds,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta.get("name"),
+                    "uid": meta.get("uid"),
+                },
+            },
+        }
+        if spec.audience:
+            body["spec"]["audiences"] = [spec.audience]
+        path = f"/api/v1/namespaces/{_namespace(obj)}/serviceaccounts/{account}/token"
+        answer = await self.client.request("POST", path, body=body)
+        status = answer.get("status") or {}
+        token = str(status.get("token") or "")
+        if not token:
+            raise ApiFailure(0, "BadResponse", "the TokenRequest answer holds no token")
+        now = time.time()
+        expires = _parse_time(str(status.get("expirationTimestamp") or "")) or (
+            now + spec.expiration_seconds
+        )
+        return _Token(token, now, expires)
+
+    def _pod_dir(self, obj: Obj) -> str:
+        return str(self.state_dir / "pods" / _uid(obj))
+
+    async def _write_volumes(self, obj: Obj, lookup: Lookup) -> None:
+        pod_dir = self._pod_dir(obj)
+        for volume in (obj.get("spec") or {}).get("volumes") or []:
+            path = volume_dir(pod_dir, volume)
+            if path is None or not supported(volume):
+                continue
+            files = files_for(volume, obj, lookup)
+            tmpfs = any(kind in volume for kind in TMPFS_KINDS)
+            await _ensure_dir(Path(path), tmpfs=tmpfs)
+            if await asyncio.to_thread(write_atomic, Path(path), files):
+                log.debug("volume_written", pod=_name(obj), volume=volume.get("name"))
+
+
+async def _ensure_dir(path: Path, *, tmpfs: bool) -> None:
+    await asyncio.to_thread(path.mkdir, mode=0o755, parents=True, exist_ok=True)
+    if not tmpfs or await asyncio.to_thread(os.path.ismount, path):
+        return
+    proc = await asyncio.create_subprocess_exec(
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "mode=0755",
+        "tmpfs",
+        str(path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:  # not fatal: the files still work, from the disk
+        log.warning(
+            "volume_tmpfs_failed", path=str(path), error=err.decode(errors="replace").strip()
+        )
+
+
+def write_atomic(target: Path, files: Files) -> bool:
+    """Make ``target`` hold exactly ``files``; False if it already did. See the docstring."""
+    current = target / DATA_LINK
+    if current.is_symlink() and _same(current, files):
+        return False
+    stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
+    fresh = target / stamp
+    fresh.mkdir(mode=0o755)
+    for rel, (content, mode) in files.items():
+        path = fresh / rel
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(mode)
+    old = os.readlink(current) if current.is_symlink() else None
+    tmp_link = target / "..data_tmp"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(stamp)
+    os.replace(tmp_link, current)
+    tops = {rel.split("/", 1)[0] for rel in files}
+    for top in tops:
+        link = target / top
+        if not link.is_symlink():
+            link.symlink_to(f"{DATA_LINK}/{top}")
+    for entry in target.iterdir():
+        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in tops:
+            entry.unlink()
+    if old is not None and old != stamp:
+        shutil.rmtree(target / old, ignore_errors=True)
+    return True
+
+
+def _same(current: Path, files: Files) -> bool:
+    root = current.resolve()
+    present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    if present != set(files):
+        return False
+    for rel, (content, mode) in files.items():
+        path = root / rel
+        if path.read_bytes() != content or (path.stat().st_mode & 0o7777) != mode:
+            return False
+    return True
+
+
+def _parse_time(text: str) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _uid(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def _namespace(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "default")
+
+
+def _name(obj: Obj) -> str:
+    return f"{_namespace(obj)}/{(obj.get('metadata') or {}).get('name')}"

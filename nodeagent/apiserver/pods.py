@@ -1,0 +1,261 @@
+"""The API's pods for this node -> what the agent does with each (pure).
+
+``read_pods`` sorts every pod the reflector holds (``spec.nodeName`` is this node's) into:
+
+- ``run``: pods to run, by ``namespace/name`` like the manifest directory's;
+- ``delete``: pods with a ``deletionTimestamp``: terminate them with their
+  ``deletionGracePeriodSeconds``, then delete them for good (``cluster.py`` does both);
+- ``reject``: pods the kubelet would refuse, to be marked ``Failed`` with a reason (a field
+  nodeagent cannot honour, or an admission failure; see ``admission.py``);
+- nothing at all: mirror pods (the API's copies of our own static pods, see ``mirror.py``)
+  and pods already in a terminal phase that do not run here. Upstream never restarts a pod
+  the API shows Succeeded or Failed; one that still runs here (it just finished) stays, so
+  its containers and logs stay until the pod is deleted.
+
+``merge`` joins them with the manifest directory's pods into the pod manager's one desired
+set. In cluster mode a static pod is named ``<name>-<node>``, as the kubelet names it, so
+that two nodes' copies of one manifest get mirror pods of different names. An API pod wins a
+name clash; the static pod is reported as an error of its file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from nodeagent.model.fields import ValidationError
+from nodeagent.model.pod import Pod, PodSpec, PodUID
+from nodeagent.model.service import Service
+from nodeagent.model.validate import parse_pod
+from nodeagent.sources.file import DesiredState, SourceError
+
+Obj = dict[str, Any]
+
+SOURCE = "api"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+CONFIG_SOURCE_ANNOTATION = "kubernetes.io/config.source"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+UNSUPPORTED_REASON = "UnsupportedPodSpec"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a pod will not run here, as its status shows it (``reason``, ``message``)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a pod does not start yet (its ConfigMaps, Secrets or token are not ready):
+    ``reason`` and ``message`` for its containers' waiting state; ``error`` False while the
+    first attempt is still under way (nothing worth reporting yet)."""
+
+    reason: str
+    message: str
+    error: bool = True
+
+
+class Preparer(Protocol):
+    """Resolves what a pod references (``podrefs.PodReferences``)."""
+
+    def prepared(self, obj: Obj) -> Obj | None:
+        """The document to run if it is ready; no side effects."""
+
+    def prepare(self, obj: Obj) -> Obj | Hold:
+        """The document to run, or why not yet; starts the work if need be."""
+
+
+@dataclass(frozen=True)
+class Deletion:
+    pod: Pod
+    grace_s: int
+
+
+@dataclass(frozen=True)
+class ApiPods:
+    run: Mapping[str, Pod]
+    delete: Mapping[PodUID, Deletion]
+    reject: Mapping[PodUID, Rejection]
+    objects: Mapping[PodUID, Obj]  # every non-mirror pod of this node, as the API has it
+    errors: tuple[SourceError, ...] = ()
+    hold: Mapping[PodUID, Hold] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[str]:
+        return {_key(obj) for obj in self.objects.values()}
+
+
+# Asked about a pod not admitted yet: (pod, its API document, the pods admitted before it).
+Admit = Callable[[Pod, Obj, Sequence[Pod]], Rejection | None]
+
+
+def is_mirror(obj: Obj) -> bool:
+    return MIRROR_ANNOTATION in (_meta(obj).get("annotations") or {})
+
+
+def read_pods(
+    objects: Iterable[Obj],
+    *,
+    node_name: str,
+    running: Callable[[PodUID], bool],
+    admit: Admit | None = None,
+    rejected: Mapping[PodUID, Rejection] | None = None,
+    preparer: Preparer | None = None,
+) -> ApiPods:
+    """Sort the API's pods (see the module docstring). ``running(uid)``: a worker has it.
+
+    ``admit`` is asked, oldest pod first, about each pod that is not running yet, given the
+    pods that run and those admitted before it; pods already running were admitted before
+    and are never asked again, and ``rejected`` ones stay rejected, as upstream.
+    """
+    rejected = rejected or {}
+    pending: list[tuple[PodUID, Pod, Obj]] = []
+    hold: dict[PodUID, Hold] = {}
+    run: dict[str, Pod] = {}
+    delete: dict[PodUID, Deletion] = {}
+    reject: dict[PodUID, Rejection] = {}
+    by_uid: dict[PodUID, Obj] = {}
+    errors: list[SourceError] = []
+    for obj in sorted(objects, key=_age):
+        meta = _meta(obj)
+        uid = PodUID(str(meta.get("uid") or ""))
+        if not uid or is_mirror(obj):
+            continue
+        by_uid[uid] = obj
+        phase = (obj.get("status") or {}).get("phase")
+        if meta.get("deletionTimestamp"):
+            doc = preparer.prepared(obj) if preparer is not None else obj
+            parsed = _parse(doc, node_name) if doc is not None else []
+            pod = parsed if isinstance(parsed, Pod) else None
+            delete[uid] = Deletion(pod or _stand_in(uid, obj), _grace(obj, pod))
+            continue
+        if phase in TERMINAL_PHASES and not running(uid):
+            continue
+        ready = preparer.prepare(obj) if preparer is not None else obj
+        if isinstance(ready, Hold):
+            hold[uid] = ready
+            continue
+        parsed = _parse(ready, node_name)
+        pod = parsed if isinstance(parsed, Pod) else None
+        if pod is None:
+            problems = [] if isinstance(parsed, Pod) else parsed
+            errors.extend(problems)
+            if phase not in TERMINAL_PHASES:
+                reject[uid] = Rejection(UNSUPPORTED_REASON, _describe(problems))
+            continue
+        if uid in rejected:
+            reject[uid] = rejected[uid]
+        elif admit is None or running(uid) or phase in TERMINAL_PHASES:
+            run[pod.key] = pod
+        else:
+            pending.append((uid, pod, obj))
+    if admit is not None:
+        admitted = list(run.values())
+        for uid, pod, obj in pending:
+            refusal = admit(pod, obj, admitted)
+            if refusal is not None:
+                reject[uid] = refusal
+            else:
+                run[pod.key] = pod
+                admitted.append(pod)
+    return ApiPods(run, delete, reject, by_uid, tuple(errors), hold)
+
+
+def merge(
+    files: DesiredState,
+    api: ApiPods,
+    *,
+    node_name: str,
+    services: Mapping[str, Service] | None = None,
+    errors: Sequence[SourceError] = (),
+) -> DesiredState:
+    """The desired state: the API's pods and Services, the directory's renamed static pods
+    and its Services (an API Service wins a name clash too)."""
+    pods: dict[str, Pod] = dict(api.run)
+    taken = api.keys
+    errors = [*files.errors, *api.errors, *errors]
+    all_services = dict(files.services)
+    for key, service in (services or {}).items():
+        if key in all_services:
+            errors.append(
+                SourceError(
+                    all_services[key].source,
+                    f"Service {key}",
+                    "metadata.name",
+                    "an API Service of that name exists; it wins",
+                )
+            )
+        all_services[key] = service
+    for pod in files.pods.values():
+        static = static_pod(pod, node_name)
+        if static.key in taken:
+            errors.append(
+                SourceError(
+                    pod.source,
+                    f"Pod {pod.key}",
+                    "metadata.name",
+                    f"an API pod named {static.key} runs on this node; the static pod waits",
+                )
+            )
+            continue
+        pods[static.key] = static
+    return DesiredState(pods, all_services, tuple(errors))
+
+
+def static_pod(pod: Pod, node_name: str) -> Pod:
+    """A manifest's pod as the kubelet names it in cluster mode: ``<name>-<node>``."""
+    suffix = f"-{node_name}"
+    return pod if pod.name.endswith(suffix) else replace(pod, name=pod.name + suffix)
+
+
+def _parse(obj: Obj, node_name: str) -> Pod | list[SourceError]:
+    name = _key(obj)
+    try:
+        pod = parse_pod(obj, source=SOURCE, node_name=node_name)
+    except ValidationError as exc:
+        return [SourceError(SOURCE, f"Pod {name}", e.path, e.message) for e in exc.errors]
+    except RecursionError:
+        return [SourceError(SOURCE, f"Pod {name}", "", "document nested too deeply")]
+    annotations = {**pod.annotations, CONFIG_SOURCE_ANNOTATION: SOURCE}
+    return replace(pod, annotations=annotations)
+
+
+def _describe(problems: list[SourceError]) -> str:
+    parts = [f"{e.field}: {e.message}" if e.field else e.message for e in problems]
+    return "nodeagent cannot run this pod: " + "; ".join(parts)
+
+
+def _grace(obj: Obj, pod: Pod | None) -> int:
+    grace = _meta(obj).get("deletionGracePeriodSeconds")
+    if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0:
+        return grace
+    return pod.spec.termination_grace_period_seconds if pod is not None else 30
+
+
+def _stand_in(uid: PodUID, obj: Obj) -> Pod:
+    """A pod we could not parse but must stop: enough to find and remove what runs of it."""
+    meta = _meta(obj)
+    return Pod(
+        uid=uid,
+        name=str(meta.get("name") or ""),
+        namespace=str(meta.get("namespace") or "default"),
+        spec=PodSpec(containers=()),
+        source=SOURCE,
+    )
+
+
+def _meta(obj: Obj) -> Obj:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _key(obj: Obj) -> str:
+    meta = _meta(obj)
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
+
+
+def _age(obj: Obj) -> tuple[str, str]:
+    return (str(_meta(obj).get("creationTimestamp") or ""), _key(obj))

@@ -1,0 +1,109 @@
+"""Container logs as the runtime wrote them: CRI log files under the pod log directory.
+
+Layout (the kubelet's): ``<pod_log_dir>/<namespace>_<name>_<uid>/<container>/<attempt>.log``.
+Each line is ``<RFC3339Nano time> <stream> <tag> <message>``, where tag ``P`` marks a partial
+line that continues on the next record and ``F`` a full one. The pod's uid and the current
+attempt (restartCount) come from the agent's status, so ``--previous`` is ``attempt - 1``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class LogsError(Exception):
+    """The log can't be found; the message says which pod or container, and why."""
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: str
+    stream: str  # stdout or stderr
+    text: str  # a whole line, partial records joined
+
+
+def parse_lines(lines: Iterable[str]) -> Iterator[LogRecord]:
+    """CRI log records -> whole lines; a malformed record is passed through as text."""
+    pending: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\n")
+        parts = line.split(" ", 3)
+        if len(parts) < 3 or parts[2] not in ("P", "F"):
+            yield LogRecord("", "", line)
+            continue
+        stamp, stream, tag = parts[:3]
+        pending.append(parts[3] if len(parts) == 4 else "")
+        if tag == "F":
+            yield LogRecord(stamp, stream, "".join(pending))
+            pending = []
+
+
+def find_log(
+    snapshot: dict[str, Any],
+    pod_log_dir: Path,
+    *,
+    pod: str,
+    namespace: str,
+    container: str | None,
+    previous: bool,
+) -> Path:
+    """The log file of one container instance, from the agent's status snapshot."""
+    entry = next(
+        (
+            p
+            for p in snapshot.get("pods", [])
+            if p["metadata"]["name"] == pod and p["metadata"]["namespace"] == namespace
+        ),
+        None,
+    )
+    if entry is None:
+        raise LogsError(f"pod {namespace}/{pod} not found on this node")
+    statuses = entry["status"].get("containerStatuses", []) + entry["status"].get(
+        "initContainerStatuses", []
+    )
+    names = [s["name"] for s in entry["status"].get("containerStatuses", [])]
+    if container is None:
+        if len(names) != 1:
+            raise LogsError(
+                f"pod {namespace}/{pod} has containers {', '.join(names)}: choose one with -c"
+            )
+        container = names[0]
+    status = next((s for s in statuses if s["name"] == container), None)
+    if status is None:
+        raise LogsError(f"container {container!r} not found in pod {namespace}/{pod}")
+    attempt = int(status.get("restartCount", 0)) - (1 if previous else 0)
+    if attempt < 0:
+        raise LogsError(f"container {container!r} in pod {namespace}/{pod} has no previous run")
+    uid = entry["metadata"]["uid"]
+    path = pod_log_dir / f"{namespace}_{pod}_{uid}" / container / f"{attempt}.log"
+    if not path.exists():
+        raise LogsError(f"no log at {path} (is --pod-log-dir right?)")
+    return path
+
+
+def tail(path: Path, lines: int | None) -> list[LogRecord]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        records = parse_lines(f)
+        return list(deque(records, maxlen=lines) if lines is not None else records)
+
+
+def follow(path: Path, out: TextIO, *, poll_s: float = 0.2) -> None:
+    """Print new whole lines as they are written, until interrupted."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        f.seek(0, 2)
+        buffer = ""
+        while True:
+            chunk = f.read()
+            if not chunk:
+                time.sleep(poll_s)
+                continue
+            buffer += chunk
+            *complete, buffer = buffer.split("\n")
+            for record in parse_lines(complete):
+                out.write(record.text + "\n")
+            out.flush()

@@ -1,0 +1,345 @@
+"""The real agent joins the test API server: node registration and Lease, API pods that run
+on containerd and report back, graceful deletion, and API restarts in the middle of a watch.
+
+The API server runs as a process in the root network namespace, listening on one end of a
+veth pair whose other end is in the node's namespace: a private link-local /30 made for the
+module, so nothing here touches the machine's own addresses or routes. The agent reaches it
+with a node kubeconfig (a client certificate for ``system:node:node-a``); the test reads and
+writes through the admin kubeconfig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import Node, Pod, Service
+
+from tests.apiserver.process import ApiServerProcess
+from tests.harness import TestNode, async_wait_for, wait_for
+from tests.harness.agent import Agent
+
+NODE_NAME = "node-a"
+CLUSTER_DNS = "10.96.0.10"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair: ``host_ip`` in the root namespace, ``node_ip`` in the node's."""
+
+    host_dev: str
+    host_ip: str
+    node_ip: str
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def link(module_node: TestNode) -> Iterator[Link]:
+    n = os.getpid() % 60000
+    third, fourth = 16 + n // 64 % 200, (n % 64) * 4
+    host_ip, node_ip = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+    host_dev, node_dev = f"na{n}h", f"na{n}n"
+    _ip("link", "add", host_dev, "type", "veth", "peer", "name", node_dev)
+    try:
+        _ip("link", "set", node_dev, "netns", module_node.netns)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
+        _ip("link", "set", host_dev, "up")
+        _ip("-n", module_node.netns, "addr", "add", f"{node_ip}/30", "dev", node_dev)
+        _ip("-n", module_node.netns, "link", "set", node_dev, "up")
+        # A service IP must be routable for a packet to reach the nat OUTPUT chain at all.
+        _ip("-n", module_node.netns, "route", "add", "default", "via", host_ip)
+        yield Link(host_dev, host_ip, node_ip)
+    finally:
+        subprocess.run(["ip", "link", "del", host_dev], capture_output=True, check=False)
+
+
+@pytest.fixture
+async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
+    server = ApiServerProcess(tmp_path / "api", host=link.host_ip)
+    server.node_kubeconfig(NODE_NAME)
+    async with server:
+        yield server
+
+
+@pytest.fixture
+async def admin(api: ApiServerProcess) -> AsyncIterator[AsyncClient]:
+    client = admin_client(api)
+    yield client
+    await client.close()
+
+
+def admin_client(api: ApiServerProcess) -> AsyncClient:
+    """A new client: after a server restart, pooled connections are dead ones."""
+    return AsyncClient(KubeConfig.from_file(api.kubeconfig))
+
+
+@pytest.fixture
+def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
+    extra = ["--kubeconfig", kubeconfig, "--cluster-dns", CLUSTER_DNS]
+    a = Agent(node, name=NODE_NAME, extra=extra)
+    for old in a.manifests.iterdir():
+        old.unlink()
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def pod_manifest(
+    name: str, script: str, *, grace: int = 10, token: bool = False, **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": NODE_NAME,
+            "automountServiceAccountToken": token,
+            "terminationGracePeriodSeconds": grace,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", script],
+                }
+            ],
+            **spec,
+        },
+    }
+
+
+SLEEP = "trap 'exit 0' TERM; while true; do sleep 1; done"
+
+
+async def create(admin: AsyncClient, body: dict[str, Any]) -> str:
+    pod = await admin.create(Pod.from_dict(body))  # type: ignore[call-overload]
+    return str(pod.metadata.uid)
+
+
+async def get_pod(admin: AsyncClient, name: str) -> dict[str, Any] | None:
+    try:
+        pod = await admin.get(Pod, name, namespace="default")
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    return dict(pod.to_dict())
+
+
+def ready(pod: dict[str, Any] | None) -> bool:
+    status = (pod or {}).get("status") or {}
+    conditions = status.get("conditions") or []
+    return status.get("phase") == "Running" and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in conditions
+    )
+
+
+async def wait_ready(
+    admin: AsyncClient, agent: Agent, name: str, within: float = 30
+) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        pod = await get_pod(admin, name)
+        return pod if ready(pod) else None
+
+    return await async_wait_for(
+        check, within, interval=0.2, message=lambda: f"{name} Ready in the API\n{agent.log_tail()}"
+    )
+
+
+def container_id(pod: dict[str, Any]) -> str:
+    return str(pod["status"]["containerStatuses"][0]["containerID"])
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+async def test_node_registers_and_renews_its_lease(admin: AsyncClient, agent: Agent) -> None:
+    async def registered() -> Node | None:
+        try:
+            return await admin.get(Node, NODE_NAME)
+        except ApiError:
+            return None
+
+    node = await async_wait_for(registered, 20, message=lambda: f"the Node\n{agent.log_tail()}")
+    assert node.metadata is not None and node.metadata.labels is not None
+    assert node.metadata.labels["kubernetes.io/hostname"] == NODE_NAME
+    assert node.metadata.labels["kubernetes.io/os"] == "linux"
+
+    async def reported() -> Node | None:
+        node = await admin.get(Node, NODE_NAME)
+        info = node.status.nodeInfo if node.status else None
+        return node if info and info.containerRuntimeVersion.startswith("containerd://1.") else None
+
+    node = await async_wait_for(reported, 30, message="the runtime version in nodeInfo")
+    assert node.status is not None and node.status.conditions is not None
+    ready_condition = next(c for c in node.status.conditions if c.type == "Ready")
+    assert ready_condition.status == "True"
+
+    async def lease_time() -> Any:
+        lease = await admin.get(Lease, NODE_NAME, namespace="kube-node-lease")
+        return lease.spec.renewTime if lease.spec else None
+
+    first = await async_wait_for(lease_time, 20, message="the Lease")
+    lease = await admin.get(Lease, NODE_NAME, namespace="kube-node-lease")
+    assert lease.spec is not None and lease.spec.leaseDurationSeconds == 40
+    assert lease.spec.holderIdentity == NODE_NAME
+
+    async def renewed() -> bool:
+        return bool((await lease_time()) > first)
+
+    await async_wait_for(renewed, 25, message="the Lease renewed")
+    assert agent.status()["cluster"]["registered"] is True
+
+
+async def test_api_pod_runs_and_its_status_reaches_the_api(
+    node: TestNode, admin: AsyncClient, agent: Agent
+) -> None:
+    # The pod gets what ServiceAccount admission gives every pod: a projected volume with a
+    # bound token, the cluster CA and its namespace. It copies them out through a hostPath.
+    out = node.root / "sa-out"
+    out.mkdir(exist_ok=True)
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+    script = f"cp {sa}/namespace {sa}/token {sa}/ca.crt /etc/resolv.conf /out/; {SLEEP}"
+    body = pod_manifest(
+        "web", script, token=True, volumes=[{"name": "out", "hostPath": {"path": str(out)}}]
+    )
+    body["spec"]["containers"][0]["volumeMounts"] = [{"name": "out", "mountPath": "/out"}]
+    started = time.monotonic()
+    await create(admin, body)
+    pod = await wait_ready(admin, agent, "web")
+    print(f"API pod Ready in the API {time.monotonic() - started:.2f} s after it was created")
+    status = pod["status"]
+    assert status["podIP"].startswith(node.pod_cidr.rsplit(".", 2)[0])
+    (container,) = status["containerStatuses"]
+    assert container["containerID"].startswith("containerd://") and container["ready"]
+    assert {c["type"] for c in status["conditions"]} >= {"Ready", "ContainersReady", "Initialized"}
+    local = agent.pod("web")
+    assert local is not None and local["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert (out / "namespace").read_text() == "default"
+    assert (out / "token").read_text().count(".") == 2  # a JWT
+    assert "BEGIN CERTIFICATE" in (out / "ca.crt").read_text()
+    resolv = (out / "resolv.conf").read_text()  # dnsPolicy ClusterFirst, the API's default
+    assert f"nameserver {CLUSTER_DNS}" in resolv
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in resolv
+
+
+async def test_a_deleted_pod_terminates_gracefully_and_disappears(
+    node: TestNode, admin: AsyncClient, agent: Agent
+) -> None:
+    marker_dir = node.root / "marker"
+    marker_dir.mkdir(exist_ok=True)
+    (marker_dir / "bye").unlink(missing_ok=True)
+    script = "trap 'echo bye > /m/bye; exit 0' TERM; while true; do sleep 1; done"
+    body = pod_manifest(
+        "leaving", script, grace=20, volumes=[{"name": "m", "hostPath": {"path": str(marker_dir)}}]
+    )
+    body["spec"]["containers"][0]["volumeMounts"] = [{"name": "m", "mountPath": "/m"}]
+    await create(admin, body)
+    await wait_ready(admin, agent, "leaving")
+    deleted_at = time.monotonic()
+    await admin.delete(Pod, "leaving", namespace="default")  # the pod's own 20 s grace
+
+    async def gone() -> bool:
+        return await get_pod(admin, "leaving") is None
+
+    await async_wait_for(gone, 20, message=lambda: f"the pod gone\n{agent.log_tail()}")
+    took = time.monotonic() - deleted_at
+    assert (marker_dir / "bye").read_text().strip() == "bye"  # TERM reached the container
+    assert took < 15, f"the agent waited out the grace period ({took:.1f} s) instead of TERM"
+    assert not await asyncio.to_thread(agent.runtime.sandboxes)
+    assert agent.pod("leaving") is None
+
+
+async def test_an_api_restart_in_the_middle_of_a_watch_loses_nothing(
+    api: ApiServerProcess, admin: AsyncClient, agent: Agent
+) -> None:
+    await create(admin, pod_manifest("steady", SLEEP, grace=2))
+    before = container_id(await wait_ready(admin, agent, "steady"))
+
+    # The listener restarts, the history stays: the agent's watch resumes from its version.
+    await api.restart(down_seconds=1.0)
+    client = admin_client(api)
+    try:
+        await create(client, pod_manifest("after-restart", SLEEP, grace=2))
+        await wait_ready(client, agent, "after-restart")
+        # A write the agent does not see (another node's pod) makes its version older than
+        # the state the restarted process restores ...
+        other = pod_manifest("elsewhere", SLEEP)
+        other["spec"]["nodeName"] = "node-z"
+        await create(client, other)
+    finally:
+        await client.close()
+
+    # ... so when the whole process restarts, its history gone, the agent's resume gets
+    # 410 Gone and it relists.
+    await api.stop()
+    await api.start()
+    client = admin_client(api)
+    try:
+        await client.delete(Pod, "after-restart", namespace="default")
+        await create(client, pod_manifest("after-relist", SLEEP, grace=2))
+        await wait_ready(client, agent, "after-relist")
+
+        async def gone() -> bool:
+            return await get_pod(client, "after-restart") is None
+
+        await async_wait_for(gone, 20, message=lambda: f"after-restart gone\n{agent.log_tail()}")
+        steady = await get_pod(client, "steady")
+    finally:
+        await client.close()
+    assert steady is not None and container_id(steady) == before  # never restarted
+    names = {p["metadata"]["name"] for p in agent.status()["pods"]}
+    assert names == {"steady", "after-relist"}  # and not "elsewhere"
+    # One list at start, one after the 410 of the new process; the first restart resumed.
+    assert agent.status()["cluster"]["podRelists"] == 2
+
+
+def http_get(node: TestNode, url: str) -> str:
+    """GET from inside the node's network namespace ("" on any failure)."""
+    code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).read().decode())"
+    result = node.run([sys.executable, "-c", code], check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+async def test_a_service_and_its_endpoint_slice_program_rules_that_forward(
+    node: TestNode, admin: AsyncClient, agent: Agent
+) -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    created = await admin.create(Service.from_dict(service))  # type: ignore[call-overload]
+    cluster_ip = created.spec.clusterIP
+    script = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
+    body = pod_manifest("web-1", script, grace=1)
+    body["metadata"]["labels"] = {"app": "web"}
+    await create(admin, body)
+    await wait_ready(admin, agent, "web-1")
+    answer = await asyncio.to_thread(
+        lambda: wait_for(
+            lambda: http_get(node, f"http://{cluster_ip}:80/"),
+            30,
+            message=lambda: f"an answer from {cluster_ip}\n{agent.log_tail()}",
+        )
+    )
+    assert answer == "web-1"
+    shown = {s["metadata"]["name"] for s in agent.status()["services"]}
+    assert {"web", "kubernetes"} <= shown

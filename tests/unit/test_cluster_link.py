@@ -1,0 +1,505 @@
+"""Cluster mode end to end over the fake runtime and the in-process test API server: API pods
+run, their status reaches the API (only when it changes), deleted pods terminate and go,
+outages change nothing, static pods join under their cluster names."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from nodeagent.apiserver.client import ApiClient
+from nodeagent.apiserver.cluster import ClusterLink
+from nodeagent.apiserver.reflector import Backoff
+from nodeagent.kubelet.context import KubeletContext
+from nodeagent.kubelet.images import ImageManager
+from nodeagent.kubelet.manager import PodManager
+from nodeagent.kubelet.nodestatus import NodeFacts
+from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.kubelet.prober import ProbeManager
+from nodeagent.model.pod import PodUID
+from nodeagent.model.validate import parse_pod
+from nodeagent.runtime.base import ContainerState
+from nodeagent.runtime.fake import FakeRuntime
+from nodeagent.sources.file import DesiredState, read_file
+from tests.apiserver import ApiServer
+from tests.apiserver.resources import ENDPOINTSLICES, EVENTS, PODS, SERVICES
+
+T = TypeVar("T")
+NODE = "node-1"
+IMAGE = "busybox:1.36"
+
+
+async def eventually(predicate: Callable[[], T], within: float = 5.0, what: str = "") -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
+        await asyncio.sleep(0.02)
+
+
+def pod_body(name: str, *, grace: int = 5, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels or {"app": name}},
+        "spec": {
+            "nodeName": NODE,
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{"name": "app", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}],
+        },
+    }
+
+
+class Rig:
+    """The kubelet's parts and a ClusterLink, wired as the daemon wires them."""
+
+    def __init__(self, tmp_path: Path, api: ApiServer, *, with_files: bool = False) -> None:
+        self.api = api
+        self.fake = FakeRuntime(images={IMAGE})
+        self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
+        self.ctx = KubeletContext(
+            node_name=NODE,
+            host_ip="192.168.56.11",
+            state_dir=tmp_path / "state",
+            pod_log_dir=str(tmp_path / "logs"),
+            runtime=self.fake,
+            runtime_name="containerd",
+            cache=self.cache,
+            images=ImageManager(self.fake),
+            prober=ProbeManager(self.fake),
+        )
+        self.manager = PodManager(self.ctx)
+        self.client = ApiClient.from_file(api.node_kubeconfig(tmp_path / "node.kubeconfig", NODE))
+        self.desired: DesiredState | None = None
+        self.updates = 0
+        self.link = ClusterLink(
+            self.client,
+            node_name=NODE,
+            manager=self.manager,
+            facts=self.facts,
+            on_desired=self._desired,
+            on_pod_cidr=lambda _: None,
+            with_files=with_files,
+            runtime_synced=self.cache.synced,
+            state_dir=tmp_path / "state",
+        )
+        self.link.pods._backoff = Backoff(initial_s=0.05, cap_s=0.2)
+        self.link.status._backoff = Backoff(initial_s=0.05, cap_s=0.2)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def facts(self) -> NodeFacts:
+        return NodeFacts(NODE, 110, "containerd", "1.6.20", True, "", "/", time.time())
+
+    def _changed(self, uid: PodUID) -> None:
+        self.manager.on_runtime_change(uid)
+
+    def _desired(self, state: DesiredState) -> None:
+        self.desired = state
+        self.updates += 1
+        self.manager.update(state.pods)
+
+    async def start(self) -> None:
+        loops = [self.cache.run, *self.link.loops().values()]
+        self.tasks = [asyncio.create_task(loop()) for loop in loops]
+        await asyncio.wait_for(self.link.pods.synced.wait(), 5)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.manager.detach_all()
+        await self.link.close()
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.store.create(PODS, "default", body)
+
+    def api_pod(self, name: str) -> dict[str, Any] | None:
+        return self.api.store.find(PODS, "default", name)
+
+    def api_status(self, name: str) -> dict[str, Any]:
+        pod = self.api_pod(name)
+        return dict((pod or {}).get("status") or {})
+
+    def running_containers(self, uid: str) -> list[str]:
+        return self.fake.container_ids("app", uid=PodUID(uid), state=ContainerState.RUNNING)
+
+    def status_patches(self, name: str) -> int:
+        path = f"/api/v1/namespaces/default/pods/{name}/status"
+        return sum(1 for r in self.api.requests if r.method == "PATCH" and r.path == path)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[ApiServer]:
+    async with ApiServer(
+        state_dir=tmp_path / "api", bookmark_interval=0.2, service_account_admission=False
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, api: ApiServer) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path, api)
+    await rig.start()
+    try:
+        yield rig
+    finally:
+        await rig.close()
+
+
+def phase(rig: Rig, name: str) -> str:
+    return str(rig.api_status(name).get("phase", ""))
+
+
+def ready(rig: Rig, name: str) -> bool:
+    conditions = rig.api_status(name).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+async def test_an_api_pod_runs_and_its_status_reaches_the_api(rig: Rig) -> None:
+    uid = rig.create(pod_body("web"))["metadata"]["uid"]
+    await eventually(lambda: rig.running_containers(uid), what="the container")
+    await eventually(lambda: ready(rig, "web"), what="Ready in the API")
+    status = rig.api_status("web")
+    assert status["phase"] == "Running"
+    assert status["podIP"].startswith("10.88.") and status["hostIP"] == "192.168.56.11"
+    (container,) = status["containerStatuses"]
+    assert container["containerID"].startswith("containerd://") and "running" in container["state"]
+    scheduled = [c for c in status["conditions"] if c["type"] == "PodScheduled"]
+    assert len(scheduled) == 1  # merged by type, not appended
+    # Only changes are written: a quiet pod is not patched again.
+    patches = rig.status_patches("web")
+    await asyncio.sleep(1.0)
+    assert rig.status_patches("web") == patches
+    patch = next(r for r in rig.api.requests if r.method == "PATCH" and r.path.endswith("/status"))
+    assert patch.content_type == "application/strategic-merge-patch+json"
+
+
+async def test_status_follows_a_container_exit_and_survives_5xx(rig: Rig) -> None:
+    body = pod_body("job")
+    body["spec"]["restartPolicy"] = "Never"
+    uid = rig.create(body)["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "job"), what="Ready")
+    rig.api.faults.fail_status_writes(2, code=503)
+    (cid,) = rig.running_containers(uid)
+    rig.fake.exit_container(cid, 0)
+    await eventually(lambda: phase(rig, "job") == "Succeeded", what="Succeeded in the API")
+    assert sum(r.fired for r in rig.api.faults.rules) == 2
+    # A finished pod keeps its worker (and its containers) while the API still has it.
+    await asyncio.sleep(0.3)
+    assert rig.manager.worker_for(PodUID(uid)) is not None
+
+
+async def test_a_conflicting_status_write_re_reads_the_pod(rig: Rig) -> None:
+    rig.create(pod_body("web"))
+    rig.api.faults.fail_status_writes(1, code=409)
+    await eventually(lambda: ready(rig, "web"), what="Ready after a conflict")
+
+
+async def test_a_deleted_pod_terminates_with_its_grace_period_then_goes(rig: Rig) -> None:
+    uid = rig.create(pod_body("web", grace=30))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    rig.api.store.delete(PODS, "default", "web", grace_period=7)
+    await eventually(lambda: rig.api_pod("web") is None, what="the pod gone from the API")
+    assert not rig.running_containers(uid)
+    stops = [c for c in rig.fake.calls if c[0] == "stop_container"]
+    assert stops and stops[0][2] == "7"  # the deletion's grace period, not the spec's 30
+    (delete,) = [r for r in rig.api.requests if r.method == "DELETE"]
+    assert delete.path == "/api/v1/namespaces/default/pods/web"
+    final = [r for r in rig.api.requests if r.method == "DELETE" and r.code == 200]
+    assert final
+
+
+async def test_a_delete_after_a_namesake_replaced_the_pod_is_refused_by_uid(
+    rig: Rig, api: ApiServer
+) -> None:
+    rig.create(pod_body("web"))
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    api.faults.fail_requests(1, code=500, methods={"DELETE"}, resource="pods")
+    api.store.delete(PODS, "default", "web", grace_period=1)
+    await eventually(lambda: rig.api_pod("web") is None, within=10, what="the pod gone")
+
+
+async def test_pods_keep_running_while_the_api_is_down(rig: Rig, api: ApiServer) -> None:
+    uid = rig.create(pod_body("web"))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    updates = rig.updates
+    await api.stop()
+    await asyncio.sleep(0.5)
+    assert rig.running_containers(uid) and rig.updates == updates
+    api.store.create(PODS, "default", pod_body("late"))
+    await api.start()
+    await eventually(lambda: ready(rig, "late"), within=10, what="the pod made while down")
+    assert rig.running_containers(uid)
+    assert rig.link.pods.relists == 1
+
+
+async def test_a_label_change_does_not_restart_the_pod(rig: Rig) -> None:
+    uid = rig.create(pod_body("web"))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    (before,) = rig.running_containers(uid)
+    rig.api.store.patch(
+        PODS,
+        "default",
+        "web",
+        "application/merge-patch+json",
+        {"metadata": {"labels": {"app": "web", "tier": "front"}}},
+    )
+    await eventually(
+        lambda: rig.manager.worker_for(PodUID(uid)).pod.labels.get("tier") == "front",  # type: ignore[union-attr]
+        what="the new labels",
+    )
+    assert rig.running_containers(uid) == [before]
+
+
+async def test_a_pod_we_cannot_run_fails_with_the_reason(rig: Rig) -> None:
+    body = pod_body("odd")
+    body["spec"]["volumes"] = [{"name": "v", "nfs": {"server": "x", "path": "/"}}]
+    rig.create(body)
+    await eventually(lambda: phase(rig, "odd") == "Failed", what="Failed")
+    status = rig.api_status("odd")
+    assert status["reason"] == "UnsupportedPodSpec" and "nfs" in status["message"]
+
+
+async def test_terminal_pods_from_the_api_do_not_run(tmp_path: Path, api: ApiServer) -> None:
+    obj = api.store.create(PODS, "default", pod_body("done"))
+    api.store.patch(
+        PODS,
+        "default",
+        "done",
+        "application/merge-patch+json",
+        {"status": {"phase": "Succeeded"}},
+        subresource="status",
+    )
+    rig = Rig(tmp_path, api)
+    await rig.start()
+    try:
+        await eventually(lambda: rig.desired is not None, what="the desired set")
+        await asyncio.sleep(0.3)
+        assert rig.manager.worker_for(PodUID(obj["metadata"]["uid"])) is None
+        assert rig.status_patches("done") == 0
+    finally:
+        await rig.close()
+
+
+async def test_static_pods_get_cluster_names_and_lose_clashes(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    rig = Rig(tmp_path, api, with_files=True)
+    await rig.start()
+    try:
+        static = parse_pod(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "web"},
+                "spec": pod_body("x")["spec"],
+            },
+            source="/m/web.yaml",
+            node_name=NODE,
+        )
+        clash = parse_pod(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "db"},
+                "spec": pod_body("x")["spec"],
+            },
+            source="/m/db.yaml",
+            node_name=NODE,
+        )
+        rig.create(pod_body(f"db-{NODE}"))
+        await asyncio.sleep(0.2)
+        assert rig.desired is None  # nothing until the directory has been read
+        rig.link.file_changed(DesiredState(pods={static.key: static, clash.key: clash}))
+        state = await eventually(lambda: rig.desired)
+        assert set(state.pods) == {f"default/web-{NODE}", f"default/db-{NODE}"}
+        assert state.pods[f"default/db-{NODE}"].source == "api"
+        (error,) = state.errors
+        assert error.source == "/m/db.yaml" and "API pod" in error.message
+    finally:
+        await rig.close()
+
+
+async def test_no_orphan_is_removed_before_the_first_list(tmp_path: Path, api: ApiServer) -> None:
+    rig = Rig(tmp_path, api, with_files=True)
+    api.faults.fail_requests(1000, code=503, methods={"GET"}, resource="pods")
+    rig.tasks = [
+        asyncio.create_task(loop()) for loop in (rig.cache.run, *rig.link.loops().values())
+    ]
+    try:
+        await asyncio.wait_for(rig.cache.synced.wait(), 5)
+        rig.link.file_changed(DesiredState())
+        await eventually(lambda: rig.desired is not None, what="the static pods")
+        assert rig.manager.sources_ready is False
+        api.faults.clear()
+        await asyncio.wait_for(rig.link.pods.synced.wait(), 5)
+        await eventually(lambda: rig.manager.sources_ready, what="sources ready")
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("grace", [0])
+async def test_a_force_deleted_pod_stops(rig: Rig, grace: int) -> None:
+    uid = rig.create(pod_body("web"))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    rig.api.store.delete(PODS, "default", "web", grace_period=grace)
+    await eventually(lambda: not rig.running_containers(uid), what="the container stopped")
+    with contextlib.suppress(Exception):
+        assert rig.manager.worker_for(PodUID(uid)) is None
+
+
+STATIC = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: {image}
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "{command}"]
+"""
+
+
+def static_state(path: Path, command: str = "sleep 1000") -> DesiredState:
+    path.write_text(STATIC.format(image=IMAGE, command=command))
+    result = read_file(path, node_name=NODE)
+    return DesiredState(pods={p.key: p for p in result.pods})
+
+
+async def test_static_pods_get_mirror_pods_that_show_their_status(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    rig = Rig(tmp_path, api, with_files=True)
+    await rig.start()
+    manifest = tmp_path / "web.yaml"
+    try:
+        rig.link.file_changed(static_state(manifest))
+        name = f"web-{NODE}"
+        mirror = await eventually(lambda: rig.api_pod(name), what="the mirror pod")
+        meta = mirror["metadata"]
+        static_uid = rig.desired.pods[f"default/{name}"].uid  # type: ignore[union-attr]
+        assert meta["annotations"]["kubernetes.io/config.mirror"] == static_uid
+        assert meta["annotations"]["kubernetes.io/config.source"] == "file"
+        assert meta["labels"] == {"app": "web"}
+        (owner,) = meta["ownerReferences"]
+        assert (owner["kind"], owner["name"]) == ("Node", NODE)
+        assert mirror["spec"]["nodeName"] == NODE
+        await eventually(lambda: ready(rig, name), what="the static pod's status on the mirror")
+        assert len(rig.manager.snapshot()) == 1  # the mirror does not run a second time
+
+        # A mirror deleted by someone comes back.
+        first = meta["uid"]
+        api.store.delete(PODS, "default", name, grace_period=0)
+        rig.link.mirrors.wake()
+        again = await eventually(
+            lambda: (p := rig.api_pod(name)) and p["metadata"]["uid"] != first and p,
+            what="the mirror made again",
+        )
+        # An edited manifest replaces the mirror with one of the new hash.
+        rig.link.file_changed(static_state(manifest, "sleep 2000"))
+        new_uid = rig.desired.pods[f"default/{name}"].uid  # type: ignore[union-attr]
+        assert new_uid != static_uid
+        await eventually(
+            lambda: (
+                (p := rig.api_pod(name))
+                and p["metadata"]["annotations"]["kubernetes.io/config.mirror"] == new_uid
+            ),
+            what="the mirror of the edited manifest",
+        )
+        assert again
+        # A removed manifest removes its mirror.
+        rig.link.file_changed(DesiredState())
+        await eventually(lambda: rig.api_pod(name) is None, what="the mirror gone")
+    finally:
+        await rig.close()
+
+
+def events_of(api: ApiServer, name: str) -> list[dict[str, Any]]:
+    return [e for e in api.store.list(EVENTS, "default") if e["involvedObject"]["name"] == name]
+
+
+async def test_events_tell_what_happened_to_a_pod(rig: Rig, api: ApiServer) -> None:
+    body = pod_body("web")
+    uid = rig.create(body)["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+
+    def reasons() -> list[str]:
+        return sorted(e["reason"] for e in events_of(api, "web"))
+
+    await eventually(lambda: reasons() == ["Created", "Started"], what="Created and Started")
+    started = next(e for e in events_of(api, "web") if e["reason"] == "Started")
+    assert started["involvedObject"]["uid"] == uid
+    assert started["involvedObject"]["fieldPath"] == "spec.containers{app}"
+    assert started["source"] == {"component": "kubelet", "host": NODE}
+    assert started["type"] == "Normal" and started["message"] == "Started container app"
+    api.store.delete(PODS, "default", "web", grace_period=3)
+    await eventually(lambda: "Killing" in reasons(), what="Killing")
+
+
+async def test_a_crash_loop_backs_off_in_one_counted_event(rig: Rig, api: ApiServer) -> None:
+    uid = rig.create(pod_body("crashy"))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "crashy"), what="Ready")
+    for _ in range(2):  # the first restart is at once, the second waits: CrashLoopBackOff
+        (cid,) = await eventually(lambda: rig.running_containers(uid), what="running")
+        rig.fake.exit_container(cid, 1)
+        await eventually(lambda c=cid: c not in rig.running_containers(uid), what="exited")
+    await eventually(
+        lambda: any(e["reason"] == "BackOff" for e in events_of(api, "crashy")), what="BackOff"
+    )
+    (backoff,) = [e for e in events_of(api, "crashy") if e["reason"] == "BackOff"]
+    assert backoff["type"] == "Warning" and "crashy_default" in backoff["message"]
+
+
+async def test_services_and_endpoint_slices_feed_the_proxy(rig: Rig, api: ApiServer) -> None:
+    api.store.create(
+        SERVICES,
+        "default",
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    api.store.create(
+        ENDPOINTSLICES,
+        "default",
+        {
+            "metadata": {"name": "web-remote", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": ["10.244.9.9"],
+                    "conditions": {"ready": False, "serving": True, "terminating": True},
+                    "nodeName": "node-9",
+                }
+            ],
+        },
+    )
+    rig.create(pod_body("web"))
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    ip = rig.api_status("web")["podIP"]
+    await eventually(lambda: rig.link.services_ready, what="services listed")
+
+    def endpoints() -> dict[str, Any]:
+        eps = rig.link.endpoints.get("default/web", {})
+        return {e.ip: e for backends in eps.values() for e in backends}
+
+    found = await eventually(lambda: len(endpoints()) == 2 and endpoints(), what="both endpoints")
+    assert found[ip].local and found[ip].ready and found[ip].port == 8080
+    remote = found["10.244.9.9"]
+    assert not remote.local and not remote.ready and remote.serving and remote.terminating
+    assert rig.desired is not None
+    assert {"default/web", "default/kubernetes"} <= set(rig.desired.services)
+    assert rig.desired.services["default/web"].spec.cluster_ip.startswith("10.96.")
