@@ -47,6 +47,7 @@ from nodeagent.apiserver.pods import (
     ApiPods,
     Deletion,
     Hold,
+    ParseCache,
     Rejection,
     is_mirror,
     merge,
@@ -95,6 +96,7 @@ class ClusterLink:
         self._on_desired = on_desired
         self._files: DesiredState | None = None if with_files else DesiredState()
         self.api = NO_PODS
+        self._parsed = ParseCache()
         self.pods = Reflector(
             client,
             Collection("/api/v1/pods", field_selector=f"spec.nodeName={node_name}"),
@@ -179,6 +181,7 @@ class ClusterLink:
             admit=self._admit,
             rejected=self._rejected,
             preparer=self.refs,
+            cache=self._parsed,
         )
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
         self.refs.keep(set(self.api.objects))

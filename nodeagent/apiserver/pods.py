@@ -20,6 +20,7 @@ name clash; the static pod is reported as an error of its file.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -104,6 +105,7 @@ def read_pods(
     admit: Admit | None = None,
     rejected: Mapping[PodUID, Rejection] | None = None,
     preparer: Preparer | None = None,
+    cache: ParseCache | None = None,
 ) -> ApiPods:
     """Sort the API's pods (see the module docstring). ``running(uid)``: a worker has it.
 
@@ -128,7 +130,7 @@ def read_pods(
         phase = (obj.get("status") or {}).get("phase")
         if meta.get("deletionTimestamp"):
             doc = preparer.prepared(obj) if preparer is not None else obj
-            parsed = _parse(doc, node_name) if doc is not None else []
+            parsed = _parsed(cache, doc, node_name, doc is not obj) if doc is not None else []
             pod = parsed if isinstance(parsed, Pod) else None
             delete[uid] = Deletion(pod or _stand_in(uid, obj), _grace(obj, pod))
             continue
@@ -138,7 +140,7 @@ def read_pods(
         if isinstance(ready, Hold):
             hold[uid] = ready
             continue
-        parsed = _parse(ready, node_name)
+        parsed = _parsed(cache, ready, node_name, ready is not obj)
         pod = parsed if isinstance(parsed, Pod) else None
         if pod is None:
             problems = [] if isinstance(parsed, Pod) else parsed
@@ -209,6 +211,35 @@ def static_pod(pod: Pod, node_name: str) -> Pod:
     """A manifest's pod as the kubelet names it in cluster mode: ``<name>-<node>``."""
     suffix = f"-{node_name}"
     return pod if pod.name.endswith(suffix) else replace(pod, name=pod.name + suffix)
+
+
+class ParseCache:
+    """Parsed pods by (uid, resourceVersion, prepared): each version is parsed once, not on
+    every event of every other pod (parsing 110 pods costs some 20 ms)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str, bool], Pod | list[SourceError]] = OrderedDict()
+
+    def parse(self, doc: Obj, node_name: str, *, prepared: bool) -> Pod | list[SourceError]:
+        meta = _meta(doc)
+        key = (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""), prepared)
+        if not key[0] or not key[1]:
+            return _parse(doc, node_name)
+        found = self._items.get(key)
+        if found is None:
+            found = self._items[key] = _parse(doc, node_name)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return found
+
+
+def _parsed(
+    cache: ParseCache | None, doc: Obj, node_name: str, prepared: bool
+) -> Pod | list[SourceError]:
+    return cache.parse(doc, node_name, prepared=prepared) if cache else _parse(doc, node_name)
 
 
 def _parse(obj: Obj, node_name: str) -> Pod | list[SourceError]:

@@ -139,9 +139,11 @@ class PodWorker:
         self.log.info("pod_terminated")
 
     async def _sleep_until(self, deadline: float) -> None:
-        timeout = max(0.0, deadline - time.time())
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the wait ends, and detach() must always stop the worker.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(max(0.0, deadline - time.time())):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _refresh(self) -> RuntimePod:
@@ -382,7 +384,9 @@ class PodWorker:
 
     async def _remove_container(self, info: ContainerInfo) -> None:
         try:
-            if info.state is ContainerState.RUNNING:
+            if info.state is not ContainerState.EXITED:
+                # Also for CREATED: one whose start was cut short (an agent killed mid-call)
+                # may still be "starting" in the runtime, which refuses to remove it unstopped.
                 await self.ctx.runtime.stop_container(info.id, 0)
             await self.ctx.runtime.remove_container(info.id)
         except NotFound:

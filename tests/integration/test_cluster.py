@@ -187,9 +187,15 @@ async def test_node_registers_and_renews_its_lease(admin: AsyncClient, agent: Ag
         return node if info and info.containerRuntimeVersion.startswith("containerd://1.") else None
 
     node = await async_wait_for(reported, 30, message="the runtime version in nodeInfo")
-    assert node.status is not None and node.status.conditions is not None
-    ready_condition = next(c for c in node.status.conditions if c.type == "Ready")
-    assert ready_condition.status == "True"
+
+    async def ready() -> str | None:
+        # The first status may say NotReady (the runtime not yet listed), as a kubelet's does.
+        node = await admin.get(Node, NODE_NAME)
+        conditions = node.status.conditions if node.status else None
+        found = next((c for c in conditions or [] if c.type == "Ready"), None)
+        return "ready" if found is not None and found.status == "True" else None
+
+    await async_wait_for(ready, 30, message=lambda: f"the Node Ready\n{agent.log_tail()}")
 
     async def lease_time() -> Any:
         lease = await admin.get(Lease, NODE_NAME, namespace="kube-node-lease")
@@ -343,3 +349,37 @@ async def test_a_service_and_its_endpoint_slice_program_rules_that_forward(
     assert answer == "web-1"
     shown = {s["metadata"]["name"] for s in agent.status()["services"]}
     assert {"web", "kubernetes"} <= shown
+
+
+STATIC = """apiVersion: v1
+kind: Pod
+metadata: {name: static}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"""
+
+
+async def test_a_static_pod_runs_under_its_cluster_name_with_a_mirror_pod(
+    admin: AsyncClient, agent: Agent
+) -> None:
+    agent.write_manifest("static.yaml", STATIC)
+    name = f"static-{NODE_NAME}"
+    mirror = await wait_ready(admin, agent, name)
+    annotations = mirror["metadata"]["annotations"]
+    assert annotations["kubernetes.io/config.source"] == "file"
+    assert annotations["kubernetes.io/config.mirror"] == annotations["kubernetes.io/config.hash"]
+    local = agent.pod(name)
+    assert (
+        local is not None and local["metadata"]["uid"] == annotations["kubernetes.io/config.hash"]
+    )
+    (agent.manifests / "static.yaml").unlink()
+
+    async def gone() -> bool:
+        return await get_pod(admin, name) is None
+
+    await async_wait_for(gone, 20, message=lambda: f"the mirror gone\n{agent.log_tail()}")

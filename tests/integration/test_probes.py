@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from nodeagent.runtime.base import ContainerID, ExecResult
-from nodeagent.runtime.cri import CRIRuntime
 from nodeagent.server.render import render_status
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, condition, container_status, is_ready
+from tests.harness.agent import Agent, RuntimeTarget, condition, container_status, is_ready
 
 HTTPD = """
 apiVersion: v1
@@ -70,8 +69,8 @@ def shell(name: str, script: str, probes: str) -> str:
 
 
 @pytest.fixture
-def agent(node: TestNode) -> Iterator[Agent]:
-    a = Agent(node)
+def agent(node: TestNode, runtime_target: RuntimeTarget) -> Iterator[Agent]:
+    a = Agent(node, runtime=runtime_target)
     for old in a.manifests.iterdir():
         old.unlink()
     a.start()
@@ -81,9 +80,9 @@ def agent(node: TestNode) -> Iterator[Agent]:
         a.stop()
 
 
-def exec_in(node: TestNode, container_id: str, *command: str) -> ExecResult:
+def exec_in(agent: Agent, container_id: str, *command: str) -> ExecResult:
     async def go() -> ExecResult:
-        runtime = CRIRuntime(node.endpoint)
+        runtime = agent.runtime.backend()
         try:
             return await runtime.exec_sync(ContainerID(container_id), command, 5)
         finally:
@@ -145,11 +144,13 @@ livenessProbe:
     elapsed = time.monotonic() - started
     status = container_status(pod, "main")
     assert container_id(pod, "main") != first
-    assert status["lastState"]["terminated"]["containerID"] == f"containerd://{first}"
+    assert (
+        status["lastState"]["terminated"]["containerID"] == f"{agent.runtime.id_scheme}://{first}"
+    )
     assert elapsed > 4  # not before the probe could have failed twice
     # The reason is recorded: next to the fresh container's probe, and as a log event.
     entry = probe_entry(pod, "main", "liveness")
-    assert entry["lastFailure"]["containerID"] == f"containerd://{first}"
+    assert entry["lastFailure"]["containerID"] == f"{agent.runtime.id_scheme}://{first}"
     assert entry["lastFailure"]["message"].startswith("Liveness probe failed: command exited")
     [event] = [e for e in log_events(agent, "container_unhealthy") if e["pod"] == "live"][:1]
     assert (event["namespace"], event["container"], event["probe"]) == (
@@ -175,7 +176,7 @@ readinessProbe:
     assert probe_entry(pod, "web", "readiness")["message"] == "HTTP 200"
     cid = container_id(pod, "web")
 
-    assert exec_in(node, cid, "rm", "/www/index.html").exit_code == 0
+    assert exec_in(agent, cid, "rm", "/www/index.html").exit_code == 0
     removed = time.monotonic()
     pod = agent.wait_pod("web", lambda p: not ready(p), timeout=10, what="not Ready")
     print(f"Ready false {time.monotonic() - removed:.2f} s after the file was removed")
@@ -189,7 +190,7 @@ readinessProbe:
     assert "Readiness probe failed: HTTP probe failed with statuscode: 404" in table
     assert "PROBES:" in table
 
-    assert exec_in(node, cid, "sh", "-c", "echo back > /www/index.html").exit_code == 0
+    assert exec_in(agent, cid, "sh", "-c", "echo back > /www/index.html").exit_code == 0
     pod = agent.wait_pod("web", ready, timeout=10, what="Ready again")
     assert container_status(pod, "web")["restartCount"] == 0  # readiness restarts nothing
 

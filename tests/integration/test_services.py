@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 
 from nodeagent.runtime.base import ContainerID, ExecResult
-from nodeagent.runtime.cri import CRIRuntime
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, container_status, is_ready
+from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
 
 NODE_ADDR, CLIENT_ADDR = "192.168.77.1", "192.168.77.2"
 
@@ -230,8 +229,8 @@ def net(module_node: TestNode) -> Iterator[Net]:
 
 
 @pytest.fixture
-def agent(node: TestNode, net: Net) -> Iterator[Agent]:
-    a = Agent(node)
+def agent(node: TestNode, net: Net, runtime_target: RuntimeTarget) -> Iterator[Agent]:
+    a = Agent(node, runtime=runtime_target)
     for old in a.manifests.iterdir():
         old.unlink()
     a.start()
@@ -265,11 +264,11 @@ def start_pods(agent: Agent, *names: str, **kw: Any) -> None:
         agent.wait_pod(name, is_ready, timeout=30, what="ready")
 
 
-def exec_in(node: TestNode, pod: dict[str, Any], *command: str) -> ExecResult:
+def exec_in(agent: Agent, pod: dict[str, Any], *command: str) -> ExecResult:
     cid = str(container_status(pod, pod["status"]["containerStatuses"][0]["name"])["containerID"])
 
     async def go() -> ExecResult:
-        runtime = CRIRuntime(node.endpoint)
+        runtime = agent.runtime.backend()
         try:
             return await runtime.exec_sync(ContainerID(cid.split("://", 1)[1]), command, 10)
         finally:
@@ -326,7 +325,7 @@ def test_pod_reaches_its_own_service(node: TestNode, net: Net, agent: Agent) -> 
 
     def hairpin() -> str:
         # (busybox wget's own -T crashes in Debian's static build; timeout(1) does the job)
-        result = exec_in(node, pod, "timeout", "3", "wget", "-q", "-O", "-", f"http://{ip}/")
+        result = exec_in(agent, pod, "timeout", "3", "wget", "-q", "-O", "-", f"http://{ip}/")
         return result.stdout.decode().strip() if result.exit_code == 0 else ""
 
     assert wait_for(hairpin, 20, 0.3, message="the pod answering itself") == "solo"
@@ -339,11 +338,11 @@ def test_endpoint_failing_readiness_gets_no_traffic(node: TestNode, net: Net, ag
     spread(net.on_node, f"http://{ip}/", {"web-1", "web-2"})
     pod = agent.pod("web-2")
     assert pod is not None
-    assert exec_in(node, pod, "rm", "/tmp/ready").exit_code == 0
+    assert exec_in(agent, pod, "rm", "/tmp/ready").exit_code == 0
     s = wait_endpoints(agent, "web", 1)
     assert len(s["notReadyEndpoints"]) == 1
     spread(net.on_node, f"http://{ip}/", {"web-1"}, n=30)
-    assert exec_in(node, pod, "touch", "/tmp/ready").exit_code == 0
+    assert exec_in(agent, pod, "touch", "/tmp/ready").exit_code == 0
     wait_endpoints(agent, "web", 2)
     spread(net.on_node, f"http://{ip}/", {"web-1", "web-2"})
 

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from nodeagent.apiserver import admission
-from nodeagent.apiserver.pods import MIRROR_ANNOTATION, merge, read_pods, static_pod
+from nodeagent.apiserver.pods import MIRROR_ANNOTATION, ParseCache, merge, read_pods, static_pod
 from nodeagent.apiserver.statuswriter import omit_empty, status_patch
 from nodeagent.model.pod import PodUID
 from nodeagent.model.validate import parse_pod
@@ -232,3 +232,14 @@ def test_a_status_patch_holds_only_what_changed() -> None:
 def test_empty_and_missing_fields_compare_equal() -> None:
     assert omit_empty({"a": "", "b": None, "c": {"d": []}, "e": 0}) == {"e": 0}
     assert status_patch({"phase": "Running"}, {"phase": "Running", "message": ""}) == {}
+
+
+def test_each_version_of_a_pod_is_parsed_once() -> None:
+    cache = ParseCache()
+    first = read_pods([api_pod("web")], node_name=NODE, running=never, cache=cache)
+    again = read_pods([api_pod("web")], node_name=NODE, running=never, cache=cache)
+    assert again.run["default/web"] is first.run["default/web"]
+    relabelled = api_pod("web")
+    relabelled["metadata"].update(resourceVersion="8", labels={"tier": "front"})
+    newer = read_pods([relabelled], node_name=NODE, running=never, cache=cache)
+    assert newer.run["default/web"].labels == {"tier": "front"}
