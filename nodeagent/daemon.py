@@ -210,6 +210,8 @@ class Node:
         cluster = {} if self.cluster is None else {"cluster": self.cluster.report()}
         return {
             **cluster,
+            # Where this agent keeps things a client (nodeagent logs) reads directly.
+            "agent": {"podLogDir": str(self.config.pod_log_dir)},
             "node": self._node_status(),
             "pods": self.manager.snapshot(),
             "services": self.proxy.services(),

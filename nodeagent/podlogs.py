@@ -2,12 +2,14 @@
 
 Layout (the kubelet's): ``<pod_log_dir>/<namespace>_<name>_<uid>/<container>/<attempt>.log``.
 Each line is ``<RFC3339Nano time> <stream> <tag> <message>``, where tag ``P`` marks a partial
-line that continues on the next record and ``F`` a full one. The pod's uid and the current
+line that continues on the next record and ``F`` a full one. Under the Docker runtime the file
+at that path is Docker's own json-file log, which is read too. The pod's uid and the current
 attempt (restartCount) come from the agent's status, so ``--previous`` is ``attempt - 1``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -27,11 +29,31 @@ class LogRecord:
     text: str  # a whole line, partial records joined
 
 
+def _docker_record(line: str) -> LogRecord | None:
+    """Docker's json-file format ({"log", "stream", "time"}), used under --runtime docker."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("log"), str):
+        return None
+    return LogRecord(str(entry.get("time", "")), str(entry.get("stream", "")), entry["log"])
+
+
 def parse_lines(lines: Iterable[str]) -> Iterator[LogRecord]:
-    """CRI log records -> whole lines; a malformed record is passed through as text."""
+    """CRI (or Docker json-file) log records -> whole lines; others pass through as text."""
     pending: list[str] = []
+    partial_docker = ""
     for raw in lines:
         line = raw.rstrip("\n")
+        docker = _docker_record(line) if line.startswith("{") else None
+        if docker is not None:
+            # Docker splits long lines into records without a trailing newline.
+            partial_docker += docker.text
+            if partial_docker.endswith("\n"):
+                yield LogRecord(docker.time, docker.stream, partial_docker[:-1])
+                partial_docker = ""
+            continue
         parts = line.split(" ", 3)
         if len(parts) < 3 or parts[2] not in ("P", "F"):
             yield LogRecord("", "", line)

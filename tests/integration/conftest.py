@@ -29,7 +29,7 @@ import pytest
 
 from nodeagent import devenv, localimages
 from tests.harness import TestNode
-from tests.harness.agent import RuntimeTarget
+from tests.harness.agent import Agent, RuntimeTarget
 from tests.harness.dockerd import DockerDaemon
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,3 +137,16 @@ def runtime_target(module_runtime: RuntimeTarget, node: TestNode) -> Iterator[Ru
     """The module's runtime, emptied after each test (before the node resets containerd)."""
     yield module_runtime
     module_runtime.reset()
+
+
+@pytest.fixture
+def agent(node: TestNode, runtime_target: RuntimeTarget) -> Iterator[Agent]:
+    """A running agent on the module's node and runtime, with an empty manifest directory."""
+    a = Agent(node, runtime=runtime_target)
+    for old in a.manifests.iterdir():
+        old.unlink()
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()

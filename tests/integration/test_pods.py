@@ -7,9 +7,9 @@ behaviour difference between the two is a bug.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from nodeagent.runtime.base import SandboxInfo
 from tests.harness import TestNode, wait_for
 from tests.harness.agent import (
     Agent,
-    RuntimeTarget,
     condition,
     container_status,
     is_ready,
@@ -49,18 +48,6 @@ def sleeper(
     policy: str = "Always",
 ) -> str:
     return SLEEPER.format(name=name, script=script, policy=policy)
-
-
-@pytest.fixture
-def agent(node: TestNode, runtime_target: RuntimeTarget) -> Iterator[Agent]:
-    a = Agent(node, runtime=runtime_target)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
-        yield a
-    finally:
-        a.stop()
 
 
 def sandboxes(agent: Agent) -> list[SandboxInfo]:
@@ -332,3 +319,18 @@ def test_changed_spec_replaces_the_pod(node: TestNode, agent: Agent) -> None:
         container_status(new, "main")["containerID"] != container_status(old, "main")["containerID"]
     )
     wait_for(lambda: len(sandboxes(agent)) == 1, 20, message="old sandbox removed")
+
+
+def test_logs_command_prints_container_output(node: TestNode, agent: Agent) -> None:
+    script = "echo hello-from-logs; trap 'exit 0' TERM; while true; do sleep 1; done"
+    agent.write_manifest("talk.yaml", sleeper("talk", script=script))
+    agent.wait_pod("talk", is_ready, what="ready")
+    argv = [sys.executable, "-m", "nodeagent", "logs", "talk", "--status-socket", str(agent.socket)]
+
+    def printed() -> str:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return result.stdout if result.returncode == 0 else ""
+
+    assert wait_for(printed, 10, message="the container's output").splitlines() == [
+        "hello-from-logs"
+    ]

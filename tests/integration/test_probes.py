@@ -9,16 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-
-import pytest
 
 from nodeagent.runtime.base import ContainerID, ExecResult
 from nodeagent.server.render import render_status
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, RuntimeTarget, condition, container_status, is_ready
+from tests.harness.agent import Agent, condition, container_status, is_ready
 
 HTTPD = """
 apiVersion: v1
@@ -66,18 +63,6 @@ def httpd(name: str, probes: str) -> str:
 
 def shell(name: str, script: str, probes: str) -> str:
     return SHELL.format(name=name, script=script, probes=indent(probes))
-
-
-@pytest.fixture
-def agent(node: TestNode, runtime_target: RuntimeTarget) -> Iterator[Agent]:
-    a = Agent(node, runtime=runtime_target)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
-        yield a
-    finally:
-        a.stop()
 
 
 def exec_in(agent: Agent, container_id: str, *command: str) -> ExecResult:

@@ -230,9 +230,9 @@ async def test_a_delete_after_a_namesake_replaced_the_pod_is_refused_by_uid(
 async def test_pods_keep_running_while_the_api_is_down(rig: Rig, api: ApiServer) -> None:
     uid = rig.create(pod_body("web"))["metadata"]["uid"]
     await eventually(lambda: ready(rig, "web"), what="Ready")
-    updates = rig.updates
     await api.stop()
-    await asyncio.sleep(0.5)
+    updates = rig.updates  # after the stop: an event in flight before it may still land
+    await asyncio.sleep(0.5)  # an outage long enough for several reconnect attempts
     assert rig.running_containers(uid) and rig.updates == updates
     api.store.create(PODS, "default", pod_body("late"))
     await api.start()

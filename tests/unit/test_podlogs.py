@@ -83,3 +83,13 @@ def test_tail_keeps_the_last_lines(tmp_path: Path) -> None:
     log = tmp_path / "0.log"
     log.write_text("".join(f"2026-01-01T00:00:00Z stdout F {i}\n" for i in range(10)))
     assert [r.text for r in podlogs.tail(log, 3)] == ["7", "8", "9"]
+
+
+def test_docker_json_file_records_are_read() -> None:
+    lines = [
+        '{"log":"par","stream":"stdout","time":"2026-01-01T00:00:00Z"}\n',
+        '{"log":"tial\\n","stream":"stdout","time":"2026-01-01T00:00:01Z"}\n',
+        '{"log":"err\\n","stream":"stderr","time":"2026-01-01T00:00:02Z"}\n',
+    ]
+    records = list(podlogs.parse_lines(lines))
+    assert [(r.stream, r.text) for r in records] == [("stdout", "partial"), ("stderr", "err")]
