@@ -382,6 +382,17 @@ class PodWorker:
         with contextlib.suppress(NotFound):
             await self.ctx.runtime.stop_container(container_id, max(left, 0))
 
+    async def _remove_stubborn(self, container_id: ContainerID) -> None:
+        """Remove a container; if the runtime still holds a task for it (seen after an agent
+        was killed mid-call: CRI reports it exited, containerd refuses to delete the "running"
+        task), stop it first and try once more."""
+        try:
+            await _ignore_missing(self.ctx.runtime.remove_container(container_id))
+        except RuntimeFailure as exc:
+            self.log.info("container_remove_retry", id=container_id[:13], error=str(exc))
+            await _ignore_missing(self.ctx.runtime.stop_container(container_id, 0))
+            await _ignore_missing(self.ctx.runtime.remove_container(container_id))
+
     async def _remove_container(self, info: ContainerInfo) -> None:
         try:
             if info.state is not ContainerState.EXITED:
@@ -409,7 +420,7 @@ class PodWorker:
         if not remove:
             return
         for c in runtime_pod.containers:
-            await _ignore_missing(self.ctx.runtime.remove_container(c.id))
+            await self._remove_stubborn(c.id)
         for sb in runtime_pod.sandboxes:
             await _ignore_missing(self.ctx.runtime.remove_sandbox(sb.id))
 
