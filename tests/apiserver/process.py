@@ -78,8 +78,8 @@ class ApiServerProcess:
             str(self.kubeconfig),
             "--state-dir",
             str(self.state_dir),
-            "--token",
-            self.token,
+            # One argument: a random token may start with "-", which argparse takes for a flag.
+            f"--token={self.token}",
             *(["--plain-http"] if self.plain_http else []),
             *[arg for spec in self._node_configs for arg in ("--node-kubeconfig", spec)],
             *self.extra_args,
