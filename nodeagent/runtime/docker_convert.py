@@ -41,7 +41,7 @@ import docker.errors
 
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
-from nodeagent.runtime.cri.image import InvalidImageReference, normalize_image
+from nodeagent.runtime.image import InvalidImageReference, normalize_image
 
 # Same key and meaning as the CRI backend's label (cri.convert.LABEL_SANDBOX_ID).
 LABEL_SANDBOX_ID = "io.nodeagent.sandbox-id"

@@ -59,7 +59,7 @@ from nodeagent.runtime.base import (
     SandboxInfo,
     SandboxState,
 )
-from nodeagent.runtime.cri.image import InvalidImageReference, normalize_image
+from nodeagent.runtime.image import InvalidImageReference, normalize_image
 
 MANAGED_VALUE = "true"
 # What a container killed by stop_container or stop_sandbox exits with (SIGKILL).

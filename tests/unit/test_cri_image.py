@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.runtime.cri.image import InvalidImageReference, normalize_image
+from nodeagent.runtime.image import InvalidImageReference, normalize_image
 
 DIGEST = "sha256:" + "ab" * 32
 
