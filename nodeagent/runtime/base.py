@@ -30,6 +30,9 @@ LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
 # Our own marker, so that adoption never touches sandboxes some other agent created.
 LABEL_MANAGED_BY = "io.nodeagent.managed"
+# Not a Kubernetes label: CRI's ContainerStatus has no sandbox id, and asking for it costs a
+# second RPC, so both backends record it on each container they create.
+LABEL_SANDBOX_ID = "io.nodeagent.sandbox-id"
 
 
 class RuntimeFailure(Exception):

@@ -254,7 +254,7 @@ class DockerRuntime(base.Runtime):
         filters = {
             "label": [
                 f"{base.LABEL_MANAGED_BY}={convert.MANAGED_VALUE}",
-                f"{convert.LABEL_SANDBOX_ID}={sandbox_id}",
+                f"{base.LABEL_SANDBOX_ID}={sandbox_id}",
             ]
         }
         items = await self._call("ListContainers", self._api.containers, all=True, filters=filters)

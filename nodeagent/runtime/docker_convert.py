@@ -43,8 +43,6 @@ from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
 from nodeagent.runtime.image import InvalidImageReference, normalize_image
 
-# Same key and meaning as the CRI backend's label (cri.convert.LABEL_SANDBOX_ID).
-LABEL_SANDBOX_ID = "io.nodeagent.sandbox-id"
 MANAGED_VALUE = "true"
 LABEL_TYPE = "io.kubernetes.docker.type"
 TYPE_SANDBOX = "podsandbox"
@@ -132,7 +130,7 @@ def container_labels(
         base.LABEL_POD_UID: sandbox.uid,
         base.LABEL_CONTAINER_NAME: config.name,
         base.LABEL_MANAGED_BY: MANAGED_VALUE,
-        LABEL_SANDBOX_ID: sandbox_id,
+        base.LABEL_SANDBOX_ID: sandbox_id,
         LABEL_TYPE: TYPE_CONTAINER,
     }
     if log_path:
@@ -364,7 +362,7 @@ def container_from_summary(item: Mapping[str, Any]) -> base.ContainerInfo:
     parsed = parse_name(summary_name(item))
     return base.ContainerInfo(
         id=base.ContainerID(str(item["Id"])),
-        sandbox_id=base.SandboxID(labels.get(LABEL_SANDBOX_ID, "")),
+        sandbox_id=base.SandboxID(labels.get(base.LABEL_SANDBOX_ID, "")),
         uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
         name=labels.get(base.LABEL_CONTAINER_NAME) or (parsed.container if parsed else ""),
         attempt=parsed.attempt if parsed is not None else 0,
@@ -385,8 +383,8 @@ def reported_image(image: str) -> str:
 
 
 def _sandbox_of(data: Mapping[str, Any], labels: Mapping[str, str]) -> str:
-    if labels.get(LABEL_SANDBOX_ID):
-        return labels[LABEL_SANDBOX_ID]
+    if labels.get(base.LABEL_SANDBOX_ID):
+        return labels[base.LABEL_SANDBOX_ID]
     mode = str((data.get("HostConfig") or {}).get("IpcMode", ""))
     return mode.removeprefix("container:") if mode.startswith("container:") else ""
 

@@ -122,7 +122,7 @@ def test_container_labels() -> None:
         base.LABEL_POD_UID: "uid-1",
         base.LABEL_CONTAINER_NAME: "app",
         base.LABEL_MANAGED_BY: "true",
-        convert.LABEL_SANDBOX_ID: "sb-1",
+        base.LABEL_SANDBOX_ID: "sb-1",
     }
 
 

@@ -87,7 +87,7 @@ def test_our_labels_win_over_the_pods() -> None:
 
 
 def test_container_labels_carry_pod_container_and_sandbox() -> None:
-    config = container_config(labels={convert.LABEL_SANDBOX_ID: "forged"})
+    config = container_config(labels={base.LABEL_SANDBOX_ID: "forged"})
     labels = convert.container_labels(SANDBOX_ID, config, sandbox_config(), log_path="/l/0.log")
     assert labels == {
         base.LABEL_POD_NAME: "web",
@@ -95,7 +95,7 @@ def test_container_labels_carry_pod_container_and_sandbox() -> None:
         base.LABEL_POD_UID: "0f3c-uid",
         base.LABEL_CONTAINER_NAME: "main",
         base.LABEL_MANAGED_BY: "true",
-        convert.LABEL_SANDBOX_ID: SANDBOX_ID,
+        base.LABEL_SANDBOX_ID: SANDBOX_ID,
         convert.LABEL_TYPE: "container",
         convert.LABEL_LOG_PATH: "/l/0.log",
     }
@@ -116,7 +116,7 @@ def test_bookkeeping_labels_do_not_cross_the_seam() -> None:
         base.LABEL_POD_UID,
         base.LABEL_CONTAINER_NAME,
         base.LABEL_MANAGED_BY,
-        convert.LABEL_SANDBOX_ID,
+        base.LABEL_SANDBOX_ID,
     }
     assert convert.visible_labels(None) == {}
 
@@ -349,7 +349,7 @@ def test_created_container() -> None:
 
 def test_sandbox_id_falls_back_to_the_ipc_mode() -> None:
     data = inspect("running")
-    del data["Config"]["Labels"][convert.LABEL_SANDBOX_ID]
+    del data["Config"]["Labels"][base.LABEL_SANDBOX_ID]
     assert convert.container_from_inspect(data).sandbox_id == SANDBOX_ID
 
 

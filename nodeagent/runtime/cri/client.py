@@ -20,7 +20,7 @@ is a failed check, not a broken runtime.
 
 Not here, on purpose: stop signals (the runtime reads the image's STOPSIGNAL and sends KILL
 when StopContainer's timeout ends), retries (the pod workers back off), and image name
-normalization for comparisons (``image.normalize_image``; the runtime normalizes on its own).
+normalization for comparisons (``runtime/image.py``; the runtime normalizes on its own).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class CRIRuntime(base.Runtime):
             self._runtime.ContainerStatus, request, pb.ContainerStatusResponse
         )
         status = response.status
-        sandbox_id = status.labels.get(convert.LABEL_SANDBOX_ID)
+        sandbox_id = status.labels.get(base.LABEL_SANDBOX_ID)
         if sandbox_id is None:  # not created by us: ask the list, which does carry it
             sandbox_id = await self._sandbox_of(container_id)
         return convert.container_status_from_pb(status, base.SandboxID(sandbox_id))

@@ -22,9 +22,6 @@ from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
 from nodeagent.runtime.cri import api_pb2 as pb
 
-# Not a Kubernetes label: CRI's ContainerStatus has no sandbox id, and asking for it costs a
-# second RPC, so we record it on the container when we create it.
-LABEL_SANDBOX_ID = "io.nodeagent.sandbox-id"
 MANAGED_VALUE = "true"
 
 _PROTOCOLS: Mapping[str, pb.Protocol] = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}
@@ -65,7 +62,7 @@ def container_labels(
         base.LABEL_POD_UID: sandbox.uid,
         base.LABEL_CONTAINER_NAME: config.name,
         base.LABEL_MANAGED_BY: MANAGED_VALUE,
-        LABEL_SANDBOX_ID: sandbox_id,
+        base.LABEL_SANDBOX_ID: sandbox_id,
     }
 
 
