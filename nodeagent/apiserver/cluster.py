@@ -17,13 +17,15 @@ keeps its last state through an outage.
 
 Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
 desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; when the
-worker has stopped everything, the pod is deleted for good with ``gracePeriodSeconds: 0``
-and a uid precondition (never a namesake created meanwhile).
+worker has stopped everything, its final status (phase Succeeded or Failed, containers
+terminated with their exit codes) is written, then the pod is deleted for good with
+``gracePeriodSeconds: 0`` and a uid precondition (never a namesake created meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from nodeagent.apiserver.pods import (
     merge,
     read_pods,
     static_pod,
+    terminal_status,
 )
 from nodeagent.apiserver.reflector import Backoff, Collection, Reflector
 from nodeagent.apiserver.services import Endpoints, read_services, slice_endpoints
@@ -60,6 +63,7 @@ from nodeagent.apiserver.statuswriter import PodStatusWriter, Wanted
 from nodeagent.kubelet import nodestatus
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodestatus import NodeFacts
+from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.kubelet.worker import PodWorker, WorkerState
 from nodeagent.model.pod import Pod, PodUID
 from nodeagent.model.service import Service
@@ -72,6 +76,7 @@ Loop = Callable[[], Awaitable[None]]
 
 NO_PODS = ApiPods(run={}, delete={}, reject={}, objects={})
 EVENT_POLL_S = 0.5
+FINAL_STATUS_ATTEMPTS = 5
 
 
 class ClusterLink:
@@ -138,6 +143,7 @@ class ClusterLink:
             ready=lambda: self.registration.registered.is_set() and self.pods.synced.is_set(),
         )
         self._deleting: dict[PodUID, asyncio.Task[None]] = {}
+        self._final: dict[str, Obj] = {}  # uid -> terminal status of a deleted pod
         self._runtime_synced = runtime_synced
         manager.sources_ready = False  # no orphan removal before the first list
 
@@ -196,6 +202,7 @@ class ClusterLink:
         for uid in [u for u, t in self._deleting.items() if t.done()]:
             if uid not in self.api.objects:
                 del self._deleting[uid]
+        self._final = {u: s for u, s in self._final.items() if u in self.api.objects}
         self._publish()
         self.status.wake()
         self.mirrors.wake()
@@ -249,13 +256,15 @@ class ClusterLink:
             names = [c.name for c in pod.spec.containers]
             self.events.record(killing_events(PodRef(pod.namespace, pod.name, pod.uid), names))
         task = asyncio.create_task(
-            self._finish_deletion(deletion, worker), name=f"delete:{pod.key}"
+            self._finish_deletion(deletion, worker, ran=ran), name=f"delete:{pod.key}"
         )
         self._deleting[pod.uid] = task
 
-    async def _finish_deletion(self, deletion: Deletion, worker: PodWorker) -> None:
+    async def _finish_deletion(self, deletion: Deletion, worker: PodWorker, *, ran: bool) -> None:
         pod = deletion.pod
         await worker.wait_terminated()
+        if ran:
+            await self._write_terminal_status(pod, worker)
         path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
         body = {
             "apiVersion": "v1",
@@ -277,6 +286,26 @@ class ClusterLink:
                     return
                 delay = backoff.next_delay()
                 log.warning("pod_delete_failed", pod=pod.key, error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+
+    async def _write_terminal_status(self, pod: Pod, worker: PodWorker) -> None:
+        """The final phase (Succeeded or Failed, containers terminated) before the DELETE, as
+        the kubelet writes it, so controllers (Jobs, say) see how the pod ended. Best effort:
+        an API that keeps refusing it does not hold the deletion back for ever."""
+        obj = self.api.objects.get(pod.uid)
+        if obj is None or worker.status is None:
+            return  # never ran here: nothing to report
+        final = terminal_status(worker.status, now=rfc3339(time.time()))
+        self._final[pod.uid] = final  # the periodic pass must not write an older status
+        backoff = Backoff()
+        for _ in range(FINAL_STATUS_ATTEMPTS):
+            try:
+                await self.status.write_now(_wanted(obj, final))
+                log.info("pod_final_status", pod=pod.key, uid=pod.uid, phase=final["phase"])
+                return
+            except ApiFailure as exc:
+                delay = backoff.next_delay()
+                log.warning("pod_final_status_failed", pod=pod.key, error=str(exc))
                 await asyncio.sleep(delay)
 
     # -- static pods and their mirrors ------------------------------------------------------
@@ -349,6 +378,8 @@ class ClusterLink:
                 if not hold.error or (obj.get("status") or {}).get("phase") != "Pending":
                     continue  # nothing to say yet, or a pod that ran before an agent restart
                 status = _held_status(obj, hold)
+            elif uid in self._final:
+                status = self._final[uid]
             else:
                 worker = self.manager.worker_for(uid)
                 if worker is None or worker.status is None:

@@ -290,3 +290,43 @@ def _key(obj: Obj) -> str:
 
 def _age(obj: Obj) -> tuple[str, str]:
     return (str(_meta(obj).get("creationTimestamp") or ""), _key(obj))
+
+
+def terminal_status(status: Obj, *, now: str) -> Obj:
+    """The final status of a deleted pod whose containers have all stopped, as the kubelet
+    writes it before the final DELETE (getPhase with ``podIsTerminal``, Kubernetes 1.27+):
+    ``Succeeded`` when every container exited 0, ``Failed`` otherwise; nothing is ready
+    (conditions that turn False change at ``now``)."""
+    final = dict(status)
+    groups = [final.get("initContainerStatuses") or [], final.get("containerStatuses") or []]
+    apps = groups[1]
+    exits = [((c.get("state") or {}).get("terminated") or {}).get("exitCode") for c in apps]
+    final["phase"] = "Succeeded" if apps and all(e == 0 for e in exits) else "Failed"
+    for key, statuses in zip(("initContainerStatuses", "containerStatuses"), groups, strict=True):
+        if statuses:
+            final[key] = [_stopped(c) for c in statuses]
+    final["conditions"] = [
+        {**c, "status": "False", "lastTransitionTime": now}
+        if c.get("type") in _READY_CONDITIONS and c.get("status") != "False"
+        else c
+        for c in final.get("conditions") or []
+    ]
+    return final
+
+
+_READY_CONDITIONS = ("Ready", "ContainersReady", "PodReadyToStartContainers")
+
+
+def _stopped(container: Obj) -> Obj:
+    """A container of a terminated pod: never ready, and terminated even if its last state
+    was not seen (one removed before it was observed exited counts as an error, as upstream's
+    ContainerStatusUnknown)."""
+    state = container.get("state") or {}
+    if "terminated" in state:
+        return {**container, "ready": False, "started": False}
+    terminated = {
+        "exitCode": 137,
+        "reason": "ContainerStatusUnknown",
+        "message": "The container could not be located when the pod was terminated",
+    }
+    return {**container, "ready": False, "started": False, "state": {"terminated": terminated}}

@@ -161,6 +161,16 @@ class PodStatusWriter:
             if patch:
                 await self._write(item, patch)
 
+    async def write_now(self, item: Wanted) -> None:
+        """Patch ``item`` at once, outside the periodic pass (a deleted pod's final status,
+        which must be in the API before the pod is deleted). Raises ApiFailure for failures
+        worth retrying; a pod the API no longer has is quietly skipped."""
+        if item.uid in self._gone:
+            return
+        patch = status_patch((self._base(item) or {}).get("status"), item.status)
+        if patch:
+            await self._write(item, patch)
+
     def _base(self, item: Wanted) -> Obj | None:
         answer = self._answers.get(item.uid)
         if answer is None or (

@@ -426,7 +426,12 @@ class PodWorker:
 
     async def _terminate(self) -> None:
         runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
-        await self._kill_everything(runtime_pod, grace_s=self._grace(), remove=True)
+        await self._kill_everything(runtime_pod, grace_s=self._grace(), remove=False)
+        # The stopped containers' exit codes, before removal erases them: the final status
+        # a control plane is told before the pod is deleted.
+        stopped = await self.ctx.cache.refresh(self.pod.uid)
+        self._publish(stopped)
+        await self._kill_everything(stopped, grace_s=MIN_KILL_GRACE_S, remove=True)
         await volumes.cleanup(self.ctx.state_dir, self.pod.uid)
         left = await self.ctx.cache.refresh(self.pod.uid)
         if not left.empty:

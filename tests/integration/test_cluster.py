@@ -258,14 +258,32 @@ async def test_a_deleted_pod_terminates_gracefully_and_disappears(
     body["spec"]["containers"][0]["volumeMounts"] = [{"name": "m", "mountPath": "/m"}]
     await create(admin, body)
     await wait_ready(admin, agent, "leaving")
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        fields = {"metadata.name": "leaving"}
+        async for _, pod in admin.watch(Pod, namespace="default", fields=fields):
+            seen.append(pod.to_dict())
+
+    watcher = asyncio.create_task(watch())
     deleted_at = time.monotonic()
     await admin.delete(Pod, "leaving", namespace="default")  # the pod's own 20 s grace
 
     async def gone() -> bool:
         return await get_pod(admin, "leaving") is None
 
-    await async_wait_for(gone, 20, message=lambda: f"the pod gone\n{agent.log_tail()}")
+    try:
+        await async_wait_for(gone, 20, message=lambda: f"the pod gone\n{agent.log_tail()}")
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
     took = time.monotonic() - deleted_at
+    # Before the final DELETE the agent wrote how the pod ended: TERM, exit 0, Succeeded.
+    phases = [(p.get("status") or {}).get("phase") for p in seen]
+    assert "Succeeded" in phases, phases
+    final = next(p["status"] for p in seen if p["status"].get("phase") == "Succeeded")
+    assert final["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert not any(c["status"] == "True" for c in final["conditions"] if c["type"] == "Ready")
     assert (marker_dir / "bye").read_text().strip() == "bye"  # TERM reached the container
     assert took < 15, f"the agent waited out the grace period ({took:.1f} s) instead of TERM"
     assert not await asyncio.to_thread(agent.runtime.sandboxes)

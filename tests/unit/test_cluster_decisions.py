@@ -7,7 +7,14 @@ import dataclasses
 from typing import Any
 
 from nodeagent.apiserver import admission
-from nodeagent.apiserver.pods import MIRROR_ANNOTATION, ParseCache, merge, read_pods, static_pod
+from nodeagent.apiserver.pods import (
+    MIRROR_ANNOTATION,
+    ParseCache,
+    merge,
+    read_pods,
+    static_pod,
+    terminal_status,
+)
 from nodeagent.apiserver.statuswriter import omit_empty, status_patch
 from nodeagent.model.pod import PodUID
 from nodeagent.model.validate import parse_pod
@@ -243,3 +250,40 @@ def test_each_version_of_a_pod_is_parsed_once() -> None:
     relabelled["metadata"].update(resourceVersion="8", labels={"tier": "front"})
     newer = read_pods([relabelled], node_name=NODE, running=never, cache=cache)
     assert newer.run["default/web"].labels == {"tier": "front"}
+
+
+def _stopped(name: str, code: int | None) -> dict[str, Any]:
+    state: dict[str, Any] = (
+        {"waiting": {"reason": "ContainerCreating"}}
+        if code is None
+        else {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
+    )
+    return {"name": name, "ready": True, "started": True, "state": state}
+
+
+def test_a_deleted_pod_ends_succeeded_only_when_every_container_exited_zero() -> None:
+    conditions = [
+        {"type": "Ready", "status": "True", "lastTransitionTime": "t0"},
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"},
+    ]
+    ok = {"phase": "Running", "conditions": conditions, "containerStatuses": [_stopped("a", 0)]}
+    final = terminal_status(ok, now="t1")
+    assert final["phase"] == "Succeeded"
+    assert final["containerStatuses"][0]["ready"] is False
+    assert final["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert final["conditions"] == [
+        {"type": "Ready", "status": "False", "lastTransitionTime": "t1"},
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"},
+    ]
+    assert ok["phase"] == "Running"  # the input is left alone
+
+    killed = {"phase": "Running", "containerStatuses": [_stopped("a", 0), _stopped("b", 143)]}
+    assert terminal_status(killed, now="t1")["phase"] == "Failed"
+
+
+def test_a_container_never_seen_stopped_ends_as_status_unknown() -> None:
+    status = {"phase": "Pending", "containerStatuses": [_stopped("a", None)]}
+    final = terminal_status(status, now="t1")
+    assert final["phase"] == "Failed"
+    terminated = final["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "ContainerStatusUnknown")
