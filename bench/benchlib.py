@@ -1,0 +1,118 @@
+"""What the benches share: percentiles, the agent's CPU and memory, the test API server.
+
+Not a bench itself (``make bench`` runs the benches ``bench/report.py`` names). Every bench
+imports it after putting the repository on ``sys.path``, as the benches run as scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from tests.harness import TestNode
+from tests.harness.agent import Agent
+
+MIB = 1024 * 1024
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max by nearest rank (with 30 values, p99 is the max)."""
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(ordered[-1], 3)}
+
+
+def agent_process(agent: Agent) -> psutil.Process:
+    """The agent's own process (the harness starts it through nsenter, which execs it)."""
+    if agent.proc is None:
+        raise SystemExit("the agent is not running")
+    proc = psutil.Process(agent.proc.pid)
+    if "nodeagent" not in " ".join(proc.cmdline()):
+        raise SystemExit(f"pid {proc.pid} is not the agent: {proc.cmdline()}")
+    return proc
+
+
+def measure_agent(
+    agent: Agent, seconds: float, *, every: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """The agent's CPU (user + system, its children too, as % of one core) and RSS over
+    ``seconds``, sampled each second; ``every`` runs every 5 s (a status read, say)."""
+    proc = agent_process(agent)
+
+    def cpu() -> float:
+        t = proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    cpu0 = last_cpu = cpu()
+    wall0 = last_wall = time.monotonic()
+    rss: list[int] = []
+    per_second: list[float] = []
+    while time.monotonic() - wall0 < seconds:
+        time.sleep(1.0)
+        now_cpu, now_wall = cpu(), time.monotonic()
+        per_second.append((now_cpu - last_cpu) / (now_wall - last_wall) * 100)
+        last_cpu, last_wall = now_cpu, now_wall
+        rss.append(proc.memory_info().rss)
+        if every is not None and len(per_second) % 5 == 0:
+            every()
+    wall = last_wall - wall0
+    return {
+        "seconds": round(wall, 1),
+        "cpu_percent_of_one_core": round((last_cpu - cpu0) / wall * 100, 2),
+        "cpu_percent_p50_1s": round(statistics.median(per_second), 1),
+        "cpu_percent_max_1s": round(max(per_second), 1),
+        "rss_mib_avg": round(sum(rss) / len(rss) / MIB, 1),
+        "rss_mib_max": round(max(rss) / MIB, 1),
+    }
+
+
+def load_average() -> float:
+    """The 1-minute load average: a bench prints it, so a busy machine shows in the figures."""
+    return round(os.getloadavg()[0], 2)
+
+
+# -- the test API server, reachable from a node ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair: ``host_ip`` in the root namespace, ``node_ip`` in the node's."""
+
+    host_dev: str
+    host_ip: str
+    node_ip: str
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
+
+
+@contextlib.contextmanager
+def node_link(node: TestNode) -> Iterator[Link]:
+    """A private link-local /30 between the root namespace and the node's (as the cluster
+    tests make): the test API server listens on the root end. Nothing else is touched."""
+    n = (os.getpid() + 30011) % 60000
+    third, fourth = 16 + n // 64 % 200, (n % 64) * 4
+    host_ip, node_ip = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
+    host_dev, node_dev = f"nb{n}h", f"nb{n}n"
+    _ip("link", "add", host_dev, "type", "veth", "peer", "name", node_dev)
+    try:
+        _ip("link", "set", node_dev, "netns", node.netns)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
+        _ip("link", "set", host_dev, "up")
+        _ip("-n", node.netns, "addr", "add", f"{node_ip}/30", "dev", node_dev)
+        _ip("-n", node.netns, "link", "set", node_dev, "up")
+        yield Link(host_dev, host_ip, node_ip)
+    finally:
+        subprocess.run(["ip", "link", "del", host_dev], capture_output=True, check=False)
