@@ -12,18 +12,14 @@ sources: every ``REFRESH_S`` the running pods' ConfigMaps and Secrets are read a
 changed files replaced, and each token is renewed when 80% of its lifetime (at most 24 h)
 has passed, as the kubelet does.
 
-Files are written the kubelet's atomic way (``AtomicWriter``): a new timestamped directory,
-then one rename of the ``..data`` symlink, so a reader sees the old set or the new one, never
-a mix; top-level names are symlinks through ``..data``. Secret and projected volumes are
-tmpfs mounts, so secrets stay off the disk (the pod's directory cleanup unmounts them).
+Files are written by ``kubelet/projection.py`` (atomically, through a ``..data`` symlink;
+secrets on tmpfs), which the manifest directory's pods share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,17 +33,14 @@ from nodeagent.apiserver.pods import Hold
 from nodeagent.apiserver.reflector import Backoff
 from nodeagent.apiserver.refs import (
     MOUNT_ERROR,
-    Files,
     Lookup,
     RefError,
     TokenSpec,
-    files_for,
     needs_rewrite,
     references,
     rewrite,
-    supported,
-    volume_dir,
 )
+from nodeagent.kubelet.projection import write_volumes
 
 log = structlog.get_logger("nodeagent.apiserver.refs")
 
@@ -55,8 +48,6 @@ Obj = dict[str, Any]
 
 REFRESH_S = 30.0
 TOKEN_MAX_AGE_S = 24 * 3600
-DATA_LINK = "..data"
-TMPFS_KINDS = ("secret", "projected")
 
 
 @dataclass
@@ -234,81 +225,8 @@ class PodReferences:
         return str(self.state_dir / "pods" / _uid(obj))
 
     async def _write_volumes(self, obj: Obj, lookup: Lookup) -> None:
-        pod_dir = self._pod_dir(obj)
-        for volume in (obj.get("spec") or {}).get("volumes") or []:
-            path = volume_dir(pod_dir, volume)
-            if path is None or not supported(volume):
-                continue
-            files = files_for(volume, obj, lookup)
-            tmpfs = any(kind in volume for kind in TMPFS_KINDS)
-            await _ensure_dir(Path(path), tmpfs=tmpfs)
-            if await asyncio.to_thread(write_atomic, Path(path), files):
-                log.debug("volume_written", pod=_name(obj), volume=volume.get("name"))
-
-
-async def _ensure_dir(path: Path, *, tmpfs: bool) -> None:
-    await asyncio.to_thread(path.mkdir, mode=0o755, parents=True, exist_ok=True)
-    if not tmpfs or await asyncio.to_thread(os.path.ismount, path):
-        return
-    proc = await asyncio.create_subprocess_exec(
-        "mount",
-        "-t",
-        "tmpfs",
-        "-o",
-        "mode=0755",
-        "tmpfs",
-        str(path),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:  # not fatal: the files still work, from the disk
-        log.warning(
-            "volume_tmpfs_failed", path=str(path), error=err.decode(errors="replace").strip()
-        )
-
-
-def write_atomic(target: Path, files: Files) -> bool:
-    """Make ``target`` hold exactly ``files``; False if it already did. See the docstring."""
-    current = target / DATA_LINK
-    if current.is_symlink() and _same(current, files):
-        return False
-    stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
-    fresh = target / stamp
-    fresh.mkdir(mode=0o755)
-    for rel, (content, mode) in files.items():
-        path = fresh / rel
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        path.write_bytes(content)
-        path.chmod(mode)
-    old = os.readlink(current) if current.is_symlink() else None
-    tmp_link = target / "..data_tmp"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(stamp)
-    os.replace(tmp_link, current)
-    tops = {rel.split("/", 1)[0] for rel in files}
-    for top in tops:
-        link = target / top
-        if not link.is_symlink():
-            link.symlink_to(f"{DATA_LINK}/{top}")
-    for entry in target.iterdir():
-        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in tops:
-            entry.unlink()
-    if old is not None and old != stamp:
-        shutil.rmtree(target / old, ignore_errors=True)
-    return True
-
-
-def _same(current: Path, files: Files) -> bool:
-    root = current.resolve()
-    present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    if present != set(files):
-        return False
-    for rel, (content, mode) in files.items():
-        path = root / rel
-        if path.read_bytes() != content or (path.stat().st_mode & 0o7777) != mode:
-            return False
-    return True
+        for name in await write_volumes(self._pod_dir(obj), obj, lookup):
+            log.debug("volume_written", pod=_name(obj), volume=name)
 
 
 def _parse_time(text: str) -> float | None:

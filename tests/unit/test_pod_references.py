@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.apiserver.podrefs import write_atomic
+from nodeagent.kubelet.projection import write_atomic
 from nodeagent.kubelet import volumes
 from nodeagent.model.pod import HostPathSource, Pod, PodUID
 from tests.apiserver import ApiServer
