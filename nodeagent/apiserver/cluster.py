@@ -40,6 +40,7 @@ from nodeagent.apiserver.events import (
     killing_events,
     pod_events,
     probe_events,
+    pull_event,
 )
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
@@ -124,6 +125,7 @@ class ClusterLink:
         self.lease = LeaseHeartbeat(client, self.registration)
         self.status = PodStatusWriter(client, wanted=self._wanted)
         self.events = EventRecorder(client, node_name=node_name)
+        manager.ctx.images.listeners.append(lambda note: self.events.record([pull_event(note)]))
         self._seen_status: dict[str, Obj] = {}  # uid -> the status events were derived from
         # uid -> the pod's status when this agent first saw it: what happened before it.
         self._status_at_start: dict[str, Obj] = {}
@@ -415,7 +417,14 @@ class ClusterLink:
             "mirrorPods": len(self._mirror_objects()),
             "eventsSent": self.events.sent,
             "eventsDropped": self.events.dropped,
+            "lastHeartbeat": rfc3339(self.lease.last_renewed) if self.lease.last_renewed else None,
+            "watchRestarts": self.watch_restarts(),
         }
+
+    def watch_restarts(self) -> dict[str, int]:
+        """Per collection, the watches opened again after the first (metrics, status)."""
+        reflectors = (self.pods, self.service_objects, self.slice_objects)
+        return {r.collection.path: max(0, r.watches - 1) for r in reflectors}
 
 
 def _wanted(obj: Obj, status: Obj) -> Wanted:

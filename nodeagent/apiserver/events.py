@@ -5,12 +5,16 @@ plus its probes' last failures. That keeps the pod workers free of any API conce
 event says only what the status shows happened:
 
     a container got a new containerID            Normal  Created, Started
-    waiting: ErrImagePull                        Warning Failed   (the pull error), Failed
     waiting: ImagePullBackOff                    Normal  BackOff  Back-off pulling image "x"
     waiting: CrashLoopBackOff                    Warning BackOff  Back-off restarting ...
     waiting: Create/RunContainerError, ...       Warning Failed   Error: <message>
     a liveness/readiness/startup probe failed    Warning Unhealthy <Kind> probe failed: ...
     the pod is deleted (``killing``)             Normal  Killing  Stopping container x
+
+Image pulls are told as they happen instead (``pull_event``: the image manager's notes per
+waiting container): Pulling, Pulled, and for a failed pull Warning Failed with the error, then
+``Error: ErrImagePull``. A status seen twice a second would miss a pull that failed and was
+retried in between, and a pod that joins another pod's pull still gets its own events.
 
 ``EventRecorder`` sends them as client-go's recorder does (``tools/record``): the source is
 ``kubelet`` on this host; an event identical to one sent before (object, type, reason,
@@ -25,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,7 @@ import structlog
 
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.reflector import Backoff
+from nodeagent.kubelet.images import PullNote
 from nodeagent.kubelet.podstatus import rfc3339
 
 log = structlog.get_logger("nodeagent.apiserver.events")
@@ -109,14 +114,18 @@ def pod_events(
     return events
 
 
+def pull_event(note: PullNote) -> Event:
+    """The Event of one image-pull note of a container."""
+    who = note.puller
+    pod = PodRef(who.namespace, who.name, who.uid)
+    return Event(
+        pod, _container_path(who.container, who.init), note.type, note.reason, note.message
+    )
+
+
 def _waiting_events(
     pod: PodRef, path: str, name: str, image: str, reason: str, message: str
 ) -> list[Event]:
-    if reason == "ErrImagePull":
-        return [
-            Event(pod, path, "Warning", "Failed", f'Failed to pull image "{image}": {message}'),
-            Event(pod, path, "Warning", "Failed", "Error: ErrImagePull"),
-        ]
     if reason == "ImagePullBackOff":
         return [
             Event(pod, path, "Normal", "BackOff", f'Back-off pulling image "{image}"'),
@@ -134,7 +143,7 @@ def probe_events(pod: PodRef, probes: Iterable[Mapping[str, Any]], seen: set[str
     """Unhealthy events for probe failures not reported yet (``seen``: their keys, updated)."""
     events = []
     for probe in probes:
-        failed = probe.get("lastResult") == "failure"
+        failed = probe.get("lastResult") == "Failure"  # proberesults.Result.FAILURE's value
         at = probe.get("lastProbeTime")
         if not failed or not at:
             continue
@@ -168,10 +177,13 @@ class EventRecorder:
         self._wake = asyncio.Event()
         self.sent = 0
         self.dropped = 0
+        self.sink: Callable[[Event], None] | None = None  # another consumer (the local ring)
 
     def record(self, events: Iterable[Event]) -> None:
         now = time.time()
         for event in events:
+            if self.sink is not None:
+                self.sink(event)  # before the rate limit: the ring is bounded on its own
             if not self._take(event.pod.uid, now) or len(self._queue) >= QUEUE_MAX:
                 self.dropped += 1
                 continue

@@ -28,7 +28,7 @@ from nodeagent.kubelet import backoff, specs, volumes
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.kubelet.handlers import Target, run_handler
-from nodeagent.kubelet.images import ImageError
+from nodeagent.kubelet.images import ImageError, Puller
 from nodeagent.kubelet.plan import KillContainer, PlanInput, PodActions, StartContainer, plan_pod
 from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.runtimepod import RuntimePod
@@ -276,7 +276,9 @@ class PodWorker:
     async def _start(self, start: StartContainer, sandbox: SandboxInfo) -> bool:
         container, log = start.container, self.log.bind(container=start.container.name)
         try:
-            await self.ctx.images.ensure(container.image, container.image_pull_policy)
+            pod = self.pod
+            puller = Puller(pod.namespace, pod.name, pod.uid, container.name, init=start.init)
+            await self.ctx.images.ensure(container.image, container.image_pull_policy, puller)
         except ImageError as exc:
             self._waiting[container.name] = Waiting(exc.reason, exc.message)
             self._hold[container.name] = self.ctx.images.retry_at(container.image) or time.time()

@@ -438,7 +438,11 @@ async def test_events_tell_what_happened_to_a_pod(rig: Rig, api: ApiServer) -> N
     def reasons() -> list[str]:
         return sorted(e["reason"] for e in events_of(api, "web"))
 
-    await eventually(lambda: reasons() == ["Created", "Started"], what="Created and Started")
+    await eventually(
+        lambda: reasons() == ["Created", "Pulled", "Started"], what="Pulled, Created and Started"
+    )
+    pulled = next(e for e in events_of(api, "web") if e["reason"] == "Pulled")
+    assert pulled["message"] == f'Container image "{IMAGE}" already present on machine'
     started = next(e for e in events_of(api, "web") if e["reason"] == "Started")
     assert started["involvedObject"]["uid"] == uid
     assert started["involvedObject"]["fieldPath"] == "spec.containers{app}"
@@ -446,6 +450,31 @@ async def test_events_tell_what_happened_to_a_pod(rig: Rig, api: ApiServer) -> N
     assert started["type"] == "Normal" and started["message"] == "Started container app"
     api.store.delete(PODS, "default", "web", grace_period=3)
     await eventually(lambda: "Killing" in reasons(), what="Killing")
+
+
+async def test_each_pod_waiting_on_a_pull_gets_its_own_pull_events(
+    rig: Rig, api: ApiServer
+) -> None:
+    rig.fake.registry = {"web:2"}
+    for name, image in (("one", "web:2"), ("two", "web:2"), ("bad", "missing:1")):
+        body = pod_body(name)
+        body["spec"]["containers"][0].update(image=image, imagePullPolicy="Always")
+        rig.create(body)
+
+    def reasons(name: str) -> list[str]:
+        return [e["reason"] for e in events_of(api, name)]
+
+    for name in ("one", "two"):
+        await eventually(lambda n=name: "Started" in reasons(n), what=f"{name} started")
+        assert {"Pulling", "Pulled"} <= set(reasons(name))
+    await eventually(lambda: "Failed" in reasons("bad"), what="the failed pull")
+    messages = [e["message"] for e in events_of(api, "bad") if e["reason"] == "Failed"]
+    await eventually(
+        lambda: "Error: ErrImagePull" in [e["message"] for e in events_of(api, "bad")],
+        what="Error: ErrImagePull",
+    )
+    assert any(m.startswith('Failed to pull image "missing:1": ') for m in messages)
+    await eventually(lambda: "BackOff" in reasons("bad"), what="ImagePullBackOff")
 
 
 async def test_a_crash_loop_backs_off_in_one_counted_event(rig: Rig, api: ApiServer) -> None:
