@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from nodeagent import metrics
 from nodeagent.kubelet import backoff, specs, volumes
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
@@ -103,6 +104,11 @@ class PodWorker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    @property
+    def backoff_until(self) -> dict[str, float]:
+        """Container -> wall time before which it is not retried (crash or pull back-off)."""
+        return dict(self._hold)
+
     def set_probe_state(
         self, *, ready: dict[str, bool], started: dict[str, bool], unhealthy: dict[str, str]
     ) -> None:
@@ -117,7 +123,7 @@ class PodWorker:
         delay = 1.0
         while self.state is WorkerState.SYNCING:
             try:
-                deadline = await self._sync()
+                deadline = await metrics.timed_worker("sync", self._sync())
                 delay = 1.0
             except RuntimeFailure as exc:
                 self.log.warning("pod_sync_failed", error=str(exc))
@@ -128,7 +134,7 @@ class PodWorker:
             await self._sleep_until(deadline)
         while True:
             try:
-                await self._terminate()
+                await metrics.timed_worker("terminate", self._terminate())
                 break
             except Exception as exc:  # keep trying: leaking a pod is the worse outcome
                 self.log.warning("pod_termination_failed", error=str(exc))
@@ -384,17 +390,6 @@ class PodWorker:
         with contextlib.suppress(NotFound):
             await self.ctx.runtime.stop_container(container_id, max(left, 0))
 
-    async def _remove_stubborn(self, container_id: ContainerID) -> None:
-        """Remove a container; if the runtime still holds a task for it (seen after an agent
-        was killed mid-call: CRI reports it exited, containerd refuses to delete the "running"
-        task), stop it first and try once more."""
-        try:
-            await _ignore_missing(self.ctx.runtime.remove_container(container_id))
-        except RuntimeFailure as exc:
-            self.log.info("container_remove_retry", id=container_id[:13], error=str(exc))
-            await _ignore_missing(self.ctx.runtime.stop_container(container_id, 0))
-            await _ignore_missing(self.ctx.runtime.remove_container(container_id))
-
     async def _remove_container(self, info: ContainerInfo) -> None:
         try:
             if info.state is not ContainerState.EXITED:
@@ -422,7 +417,7 @@ class PodWorker:
         if not remove:
             return
         for c in runtime_pod.containers:
-            await self._remove_stubborn(c.id)
+            await _ignore_missing(self.ctx.runtime.remove_container(c.id))
         for sb in runtime_pod.sandboxes:
             await _ignore_missing(self.ctx.runtime.remove_sandbox(sb.id))
 
@@ -460,6 +455,7 @@ class PodWorker:
                 start_time=start,
             )
         )
+        metrics.pod_status(self.pod.uid, self._first_seen, self.status)
 
 
 async def _ignore_missing(call: Any) -> None:

@@ -19,7 +19,7 @@ from nodeagent.runtime import base
 from nodeagent.runtime.cri import CRIRuntime
 from nodeagent.runtime.cri import api_pb2 as pb
 from nodeagent.runtime.cri import api_pb2_grpc as pb_grpc
-from nodeagent.runtime.cri.client import EXEC_TIMEOUT_EXIT_CODE, translate_rpc_error
+from nodeagent.runtime.cri.client import EXEC_TIMEOUT_EXIT_CODE, Refused, translate_rpc_error
 
 
 class FakeRpcError(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type hints
@@ -76,6 +76,10 @@ class FakeRuntime(pb_grpc.RuntimeServiceServicer):
 
     def __init__(self) -> None:
         self.codes: dict[str, grpc.StatusCode | None] = {}
+        # RemoveContainer refuses this many times with FAILED_PRECONDITION, as containerd
+        # does while it still holds the container's task.
+        self.refuse_removal = 0
+        self.calls: list[str] = []
 
     async def _answer(self, rpc: str, context: Any, response: Any) -> Any:
         if rpc not in self.codes:
@@ -90,6 +94,17 @@ class FakeRuntime(pb_grpc.RuntimeServiceServicer):
 
     async def ContainerStatus(self, request: Any, context: Any) -> Any:
         return await self._answer("ContainerStatus", context, pb.ContainerStatusResponse())
+
+    async def StopContainer(self, request: Any, context: Any) -> Any:
+        self.calls.append("StopContainer")
+        return await self._answer("StopContainer", context, pb.StopContainerResponse())
+
+    async def RemoveContainer(self, request: Any, context: Any) -> Any:
+        self.calls.append("RemoveContainer")
+        if self.refuse_removal > 0:
+            self.refuse_removal -= 1
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "cannot delete running task")
+        return await self._answer("RemoveContainer", context, pb.RemoveContainerResponse())
 
     async def ExecSync(self, request: Any, context: Any) -> Any:
         return await self._answer("ExecSync", context, pb.ExecSyncResponse(stdout=b"ok"))
@@ -176,3 +191,48 @@ async def test_an_absent_socket_is_unavailable(tmp_path: Path) -> None:
             await client.version()
     finally:
         await client.close()
+
+
+async def test_a_hung_call_of_any_kind_is_bounded(fake: tuple[FakeRuntime, CRIRuntime]) -> None:
+    servicer, client = fake
+    servicer.codes["ContainerStatus"] = None
+    servicer.codes["RemoveContainer"] = None
+    with pytest.raises(base.RuntimeUnavailable):
+        await asyncio.wait_for(client.container_status(base.ContainerID("c")), timeout=5)
+    with pytest.raises(base.RuntimeUnavailable):
+        await asyncio.wait_for(client.remove_container(base.ContainerID("c")), timeout=5)
+
+
+async def test_remove_outwaits_a_task_the_runtime_still_holds(
+    fake: tuple[FakeRuntime, CRIRuntime],
+) -> None:
+    servicer, client = fake
+    servicer.refuse_removal = 2
+    await client.remove_container(base.ContainerID("c"))
+    assert servicer.calls == [
+        "RemoveContainer",
+        "StopContainer",
+        "RemoveContainer",
+        "StopContainer",
+        "RemoveContainer",
+    ]
+
+
+async def test_remove_gives_up_when_the_task_never_goes(
+    fake: tuple[FakeRuntime, CRIRuntime],
+) -> None:
+    servicer, client = fake
+    servicer.refuse_removal = 10**6
+    with pytest.raises(Refused, match="cannot delete running task"):
+        await asyncio.wait_for(client.remove_container(base.ContainerID("c")), timeout=10)
+    assert servicer.calls.count("StopContainer") >= 1
+
+
+async def test_remove_retries_when_stop_finds_nothing_to_stop(
+    fake: tuple[FakeRuntime, CRIRuntime],
+) -> None:
+    servicer, client = fake
+    servicer.refuse_removal = 1
+    servicer.codes["StopContainer"] = grpc.StatusCode.NOT_FOUND  # stop finds it gone: fine
+    await client.remove_container(base.ContainerID("c"))
+    assert servicer.calls == ["RemoveContainer", "StopContainer", "RemoveContainer"]

@@ -19,13 +19,18 @@ timeout is reported as exit code 124 (timeout(1)'s) with the reason on stderr: f
 is a failed check, not a broken runtime.
 
 Not here, on purpose: stop signals (the runtime reads the image's STOPSIGNAL and sends KILL
-when StopContainer's timeout ends), retries (the pod workers back off), and image name
-normalization for comparisons (``runtime/image.py``; the runtime normalizes on its own).
+when StopContainer's timeout ends), retries (the pod workers back off; the one exception is
+``remove_container``, which outwaits a task the runtime still holds, so that the workers and
+the test harness both get it), and image name normalization for comparisons
+(``runtime/image.py``; the runtime normalizes on its own).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,15 +51,24 @@ CRI_API_VERSION = "v1"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # What exec_sync reports for a command killed at its timeout (the exit code of timeout(1)).
 EXEC_TIMEOUT_EXIT_CODE = 124
+# remove_container's backoff while the runtime still holds a container's task.
+REMOVE_RETRY_FIRST_S = 0.05
+REMOVE_RETRY_MAX_S = 1.0
 
 _Response = TypeVar("_Response", bound=Message)
 _Rpc = Callable[..., Awaitable[Any]]  # a grpc.aio unary-unary stub method
+
+
+class Refused(base.RuntimeFailure):
+    """FAILED_PRECONDITION: the runtime refuses the call in the object's current state."""
+
 
 _ERRORS_BY_CODE: Mapping[grpc.StatusCode, type[base.RuntimeFailure]] = {
     grpc.StatusCode.NOT_FOUND: base.NotFound,
     grpc.StatusCode.UNAVAILABLE: base.RuntimeUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: base.RuntimeUnavailable,
     grpc.StatusCode.INVALID_ARGUMENT: base.InvalidInput,
+    grpc.StatusCode.FAILED_PRECONDITION: Refused,
 }
 
 
@@ -240,8 +254,28 @@ class CRIRuntime(base.Runtime):
         )
 
     async def remove_container(self, container_id: base.ContainerID) -> None:
+        """Remove a container, also one whose task the runtime still holds.
+
+        A SIGKILL landing inside StartContainer can leave containerd 1.6 holding a task it
+        calls running for a container CRI reports exited; RemoveContainer then fails with
+        FAILED_PRECONDITION ("cannot delete running task"). Stopping it (timeout 0: it is
+        meant to be dead) lets the task go; removal is retried with a bounded backoff until
+        the runtime lets go of it, or ``timeout_s`` has passed.
+        """
         request = pb.RemoveContainerRequest(container_id=container_id)
-        await self._call(self._runtime.RemoveContainer, request, pb.RemoveContainerResponse)
+        deadline = time.monotonic() + self._timeout_s
+        delay = REMOVE_RETRY_FIRST_S
+        while True:
+            try:
+                await self._call(self._runtime.RemoveContainer, request, pb.RemoveContainerResponse)
+                return
+            except Refused:
+                if time.monotonic() + delay > deadline:
+                    raise
+            with contextlib.suppress(base.NotFound):
+                await self.stop_container(container_id, 0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REMOVE_RETRY_MAX_S)
 
     async def container_status(self, container_id: base.ContainerID) -> base.ContainerInfo:
         request = pb.ContainerStatusRequest(container_id=container_id)
@@ -298,6 +332,15 @@ class CRIRuntime(base.Runtime):
         request = pb.ImageStatusRequest(image=pb.ImageSpec(image=image))
         response = await self._call(self._images.ImageStatus, request, pb.ImageStatusResponse)
         return response.HasField("image")
+
+    async def image_user(self, image: str) -> str:
+        request = pb.ImageStatusRequest(image=pb.ImageSpec(image=image))
+        response = await self._call(self._images.ImageStatus, request, pb.ImageStatusResponse)
+        if not response.HasField("image"):
+            raise base.NotFound(f"image {image!r} is not present")
+        # The runtime splits USER into a numeric uid or a name; either stands for the user.
+        found = response.image
+        return str(found.uid.value) if found.HasField("uid") else found.username
 
     async def pull_image(self, image: str) -> None:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
