@@ -97,6 +97,7 @@ class Reflector:
         self.synced = asyncio.Event()  # set by the first successful relist, never cleared
         self.connected = False  # a watch is open (for status and tests)
         self.relists = 0
+        self.watches = 0  # watches opened; all but the first are restarts (metrics)
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._watch_timeout_s = watch_timeout_s
@@ -142,6 +143,7 @@ class Reflector:
         params["allowWatchBookmarks"] = "true"
         timeout = self._watch_timeout_s * (1.0 + random.random())
         self.connected = True
+        self.watches += 1
         try:
             await self.client.watch(self.collection.path, params, self._on_event, timeout_s=timeout)
         finally:
