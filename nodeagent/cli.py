@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--pod-cidr", metavar="CIDR", help="pod address range (default: 10.88.0.0/16)")
     run.add_argument(
+        "--cluster-cidr",
+        metavar="CIDR",
+        help="the cluster's pod network: routes to other nodes' pods, masquerade beyond it",
+    )
+    run.add_argument(
         "--service-cidr", metavar="CIDR", help="service clusterIP range (default: 10.96.0.0/16)"
     )
     run.add_argument(

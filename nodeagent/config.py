@@ -117,6 +117,9 @@ class Config:
     kubeconfig: Path | None = None  # join the control plane it names; None: standalone
     cluster_dns: tuple[str, ...] = ()  # DNS servers of dnsPolicy ClusterFirst pods
     cluster_domain: str = "cluster.local"
+    # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
+    # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
+    cluster_cidr: ipaddress.IPv4Network | None = None
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -326,6 +329,15 @@ def _service_cidr(raw: _Raw) -> ipaddress.IPv4Network:
     return network
 
 
+def _optional_v4_cidr(raw: _Raw) -> ipaddress.IPv4Network | None:
+    if raw.value is None or raw.value == "":
+        return None
+    network = _cidr(raw)
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{raw.value!r}: only an IPv4 cluster CIDR is supported")
+    return network
+
+
 def _port_range(raw: _Raw) -> tuple[int, int]:
     text = _string(raw) if isinstance(raw.value, str) else raw.value
     if not isinstance(text, str):
@@ -400,6 +412,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "kubeconfig": _optional_file,
     "cluster_dns": _ip_list,
     "cluster_domain": _domain,
+    "cluster_cidr": _optional_v4_cidr,
 }
 
 

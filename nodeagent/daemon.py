@@ -33,15 +33,17 @@ from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.model.pod import PodUID
-from nodeagent.network import cni
+from nodeagent.network import cni, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
 from nodeagent.runtime.base import Runtime, RuntimeFailure
+from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server.status import StatusServer, StatusServerError
 from nodeagent.sources.file import DesiredState, FileSource
 
 if TYPE_CHECKING:
     from nodeagent.apiserver.client import ApiClient
     from nodeagent.apiserver.cluster import ClusterLink
+    from nodeagent.apiserver.nodes import NodeRoutes
 
 log = structlog.get_logger("nodeagent.daemon")
 
@@ -100,13 +102,20 @@ class Node:
         self.manager = PodManager(self.ctx)
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
+        self.routes: NodeRoutes | None = None
+        self.sysctl_problems: list[str] = []
+        if client is not None and config.cluster_cidr is not None:
+            from nodeagent.apiserver.nodes import NodeRoutes
+
+            self.routes = NodeRoutes(client, node_name=config.node_name)
         self.proxy = ServiceProxy(
             ProxySettings(
                 service_cidr=config.service_cidr,
                 node_port_range=config.node_port_range,
                 min_sync_period_s=config.proxy_min_sync_period,
-                cluster_cidr=str(config.pod_cidr),
+                cluster_cidr=str(config.cluster_cidr or config.pod_cidr),
                 state_dir=config.state_dir,
+                pod_egress_masquerade=config.cluster_cidr is not None,
             ),
             inputs=self._proxy_inputs,
             connect=connect_host,
@@ -217,7 +226,22 @@ class Node:
             "services": self.proxy.services(),
             "proxy": self.proxy.status(),
             "errors": [e.to_json() for e in self.desired.errors] + self.proxy.errors(),
+            **({"network": self._network()} if self.config.cluster_cidr is not None else {}),
         }
+
+    def _network(self) -> dict[str, Any]:
+        routes = self.routes.report() if self.routes is not None else {}
+        return {
+            "clusterCIDR": str(self.config.cluster_cidr),
+            "sysctlProblems": self.sysctl_problems,
+            **routes,
+        }
+
+    async def notify_ready(self, notifier: Notifier) -> None:
+        """READY=1 to systemd once the runtime is listed and running pods are adopted."""
+        await self.cache.synced.wait()
+        notifier.ready(status=f"{len(self.manager.snapshot())} pods adopted")
+        await asyncio.Event().wait()
 
 
 async def _supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -274,8 +298,11 @@ async def run(config: Config) -> int:
             log.error("kubeconfig_unusable", error=str(exc))
             return 2
     await asyncio.to_thread(_prepare_network, config)
+    notifier = Notifier()
     runtime = build_runtime(config)
     node = Node(config, runtime, client)
+    if config.cluster_cidr is not None:
+        node.sysctl_problems = sysctl.problems(await asyncio.to_thread(sysctl.prepare_node))
     server = StatusServer(str(config.status_socket), node.snapshot)
     try:
         await server.start()
@@ -301,12 +328,16 @@ async def run(config: Config) -> int:
         "runtime-version": node.learn_runtime_version,
         "proxy": node.proxy.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
+        **(node.routes.loops() if node.routes is not None else {}),
+        "sd-ready": lambda: node.notify_ready(notifier),
+        "sd-watchdog": Watchdog(notifier).run,
     }
     tasks = [asyncio.create_task(_supervised(n, f), name=n) for n, f in loops.items()]
     try:
         await stop.wait()
     finally:
         log.info("agent_stopping", pods_left_running=len(node.manager.snapshot()))
+        notifier.stopping()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

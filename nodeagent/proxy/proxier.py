@@ -60,6 +60,7 @@ class ProxySettings:
     min_sync_period_s: float
     cluster_cidr: str  # the pod CIDR: traffic from elsewhere to a service IP is masqueraded
     state_dir: Path
+    pod_egress_masquerade: bool = False  # multi-node: see RulesConfig.pod_egress_masquerade
 
     @property
     def allocations_path(self) -> Path:
@@ -138,6 +139,7 @@ class ServiceProxy:
         config = RulesConfig(
             cluster_cidr=self.settings.cluster_cidr,
             localhost_nodeports=connection.localhost_nodeports,
+            pod_egress_masquerade=self.settings.pod_egress_masquerade,
         )
         self._syncer = syncer = Syncer(
             writer,
