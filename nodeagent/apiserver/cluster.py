@@ -37,6 +37,7 @@ from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.events import (
     EventRecorder,
     PodRef,
+    hold_events,
     killing_events,
     pod_events,
     probe_events,
@@ -130,6 +131,7 @@ class ClusterLink:
         # uid -> the pod's status when this agent first saw it: what happened before it.
         self._status_at_start: dict[str, Obj] = {}
         self._seen_probes: dict[str, set[str]] = {}
+        self._seen_holds: dict[str, Hold] = {}  # uid -> the hold its events told
         self.refs = PodReferences(
             client,
             state_dir=state_dir,
@@ -360,7 +362,30 @@ class ClusterLink:
         for gone in set(self._seen_status) - set(pods):
             del self._seen_status[gone]
             self._seen_probes.pop(gone, None)
-        self.events.forget(set(pods))
+        held = self._record_hold_events()
+        self.events.forget(set(pods) | held)
+
+    def _record_hold_events(self) -> set[str]:
+        """Events for pods waiting on a missing ConfigMap, Secret or token, once per distinct
+        problem (the pod's preparation retries with backoff meanwhile); the uids held."""
+        holds = {uid: h for uid, h in self.api.hold.items() if h.error}
+        for uid, hold in holds.items():
+            obj = self.api.objects.get(uid)
+            if obj is None or self._seen_holds.get(uid) == hold:
+                continue
+            self._seen_holds[uid] = hold
+            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
+            containers = [
+                (str(c.get("name")), group == "initContainers")
+                for group in ("initContainers", "containers")
+                for c in spec.get(group) or []
+            ]
+            self.events.record(
+                hold_events(ref, containers, reason=hold.reason, message=hold.message)
+            )
+        self._seen_holds = {u: h for u, h in self._seen_holds.items() if u in holds}
+        return set(holds)
 
     # -- outputs ----------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ event says only what the status shows happened:
     waiting: Create/RunContainerError, ...       Warning Failed   Error: <message>
     a liveness/readiness/startup probe failed    Warning Unhealthy <Kind> probe failed: ...
     the pod is deleted (``killing``)             Normal  Killing  Stopping container x
+    held: a volume's source is missing           Warning FailedMount (the pod; the message)
+    held: an env source is missing               Warning Failed   Error: <message>
 
 Image pulls are told as they happen instead (``pull_event``: the image manager's notes per
 waiting container): Pulling, Pulled, and for a failed pull Warning Failed with the error, then
@@ -39,6 +41,7 @@ from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.reflector import Backoff
 from nodeagent.kubelet.images import PullNote
 from nodeagent.kubelet.podstatus import rfc3339
+from nodeagent.model.refs import CONFIG_ERROR
 
 log = structlog.get_logger("nodeagent.apiserver.events")
 
@@ -112,6 +115,20 @@ def pod_events(
             message = str(waiting.get("message") or "")
             events.extend(_waiting_events(pod, path, name, image, str(reason), message))
     return events
+
+
+def hold_events(
+    pod: PodRef, containers: Sequence[tuple[str, bool]], *, reason: str, message: str
+) -> list[Event]:
+    """Events for a pod held back by what it references (``containers``: name, init): a
+    volume that cannot be set up is the pod's ``FailedMount``, as upstream's volume manager
+    reports it; an env reference is each container's ``CreateContainerConfigError``."""
+    if reason == CONFIG_ERROR:
+        return [
+            Event(pod, _container_path(name, init), "Warning", "Failed", f"Error: {message}")
+            for name, init in containers
+        ]
+    return [Event(pod, "", "Warning", "FailedMount", message)]
 
 
 def pull_event(note: PullNote) -> Event:

@@ -28,7 +28,7 @@ from nodeagent.runtime.base import ContainerState
 from nodeagent.runtime.fake import FakeRuntime
 from nodeagent.sources.file import DesiredState, read_file
 from tests.apiserver import ApiServer
-from tests.apiserver.resources import ENDPOINTSLICES, EVENTS, PODS, SERVICES
+from tests.apiserver.resources import CONFIGMAPS, ENDPOINTSLICES, EVENTS, PODS, SERVICES
 
 T = TypeVar("T")
 NODE = "node-1"
@@ -475,6 +475,38 @@ async def test_each_pod_waiting_on_a_pull_gets_its_own_pull_events(
     )
     assert any(m.startswith('Failed to pull image "missing:1": ') for m in messages)
     await eventually(lambda: "BackOff" in reasons("bad"), what="ImagePullBackOff")
+
+
+async def test_a_pod_waiting_on_a_missing_config_map_is_told_why(rig: Rig, api: ApiServer) -> None:
+    env = pod_body("env")
+    env["spec"]["containers"][0]["env"] = [
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "x"}}}
+    ]
+    vol = pod_body("vol")
+    vol["spec"]["volumes"] = [{"name": "cfg", "configMap": {"name": "settings"}}]
+    vol["spec"]["containers"][0]["volumeMounts"] = [{"name": "cfg", "mountPath": "/cfg"}]
+    rig.create(env)
+    rig.create(vol)
+
+    def warnings(name: str) -> list[tuple[str, str, str]]:
+        return [
+            (e["reason"], e["message"], e["involvedObject"].get("fieldPath", ""))
+            for e in events_of(api, name)
+            if e["type"] == "Warning"
+        ]
+
+    (failed,) = await eventually(lambda: warnings("env"), what="the env pod's event")
+    assert failed[0] == "Failed" and failed[2] == "spec.containers{app}"
+    assert failed[1].startswith("Error: ") and '"settings" not found' in failed[1]
+    (mount,) = await eventually(lambda: warnings("vol"), what="the volume pod's event")
+    assert mount[0] == "FailedMount" and mount[2] == ""
+    assert '"settings" not found' in mount[1]
+    # Told once per problem, not at every retry; the pods start once the ConfigMap exists.
+    api.store.create(CONFIGMAPS, "default", {"metadata": {"name": "settings"}, "data": {"x": "1"}})
+    for name in ("env", "vol"):
+        await eventually(lambda n=name: ready(rig, n), within=10, what=f"{name} Ready")
+    assert len(warnings("env")) == 1 and len(warnings("vol")) == 1
+    assert all(e.get("count") == 1 for e in events_of(api, "env") + events_of(api, "vol"))
 
 
 async def test_a_crash_loop_backs_off_in_one_counted_event(rig: Rig, api: ApiServer) -> None:
