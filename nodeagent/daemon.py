@@ -17,6 +17,7 @@ next start adopts them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
+from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
 from nodeagent.model.pod import PodUID
 from nodeagent.network import cni, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
@@ -100,6 +102,7 @@ class Node:
             dns=_dns_settings(config),
         )
         self.manager = PodManager(self.ctx)
+        self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         self.routes: NodeRoutes | None = None
@@ -156,7 +159,16 @@ class Node:
         self.manager.on_runtime_change(uid)
         self.proxy.wake()
 
-    def _desired_changed(self, state: DesiredState) -> None:
+    def _desired_changed(self, state: DesiredState, *, resolved: bool = False) -> None:
+        if not resolved and (state.templates or self.static_refs.active):
+            # Pods naming the directory's ConfigMaps and Secrets join once resolved.
+            def then(result: Resolution) -> None:
+                self.manager.held = {h.pod.uid for h in result.held.values()}
+                pods = {**state.pods, **result.pods}
+                self._desired_changed(dataclasses.replace(state, pods=pods), resolved=True)
+
+            self.static_refs.submit(state.templates, state.config_maps, state.secrets, then)
+            return
         self.desired = state
         self._desired_loaded = True
         self.manager.update(state.pods)
@@ -222,7 +234,7 @@ class Node:
             # Where this agent keeps things a client (nodeagent logs) reads directly.
             "agent": {"podLogDir": str(self.config.pod_log_dir)},
             "node": self._node_status(),
-            "pods": self.manager.snapshot(),
+            "pods": self.manager.snapshot() + held_statuses(self.static_refs.held),
             "services": self.proxy.services(),
             "proxy": self.proxy.status(),
             "errors": [e.to_json() for e in self.desired.errors] + self.proxy.errors(),

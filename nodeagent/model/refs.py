@@ -437,7 +437,7 @@ def check(obj: Obj, *, standalone: bool) -> list[FieldError]:
     return errors
 
 
-def _check_items(source: Obj, where: str, errors: list[FieldError]) -> None:
+def _check_items(source: Mapping[str, Any], where: str, errors: list[FieldError]) -> None:
     for k, item in enumerate(source.get("items") or []):
         if not isinstance(item, Mapping):
             continue
@@ -449,7 +449,7 @@ def _check_items(source: Obj, where: str, errors: list[FieldError]) -> None:
         _check_mode(item, "mode", f"{where}.items[{k}]", errors)
 
 
-def _check_mode(obj: Obj, key: str, where: str, errors: list[FieldError]) -> None:
+def _check_mode(obj: Mapping[str, Any], key: str, where: str, errors: list[FieldError]) -> None:
     if key not in obj:
         return
     mode = obj[key]

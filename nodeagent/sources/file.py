@@ -4,6 +4,13 @@ Every ``*.yaml``, ``*.yml`` and ``*.json`` file (dot-files ignored) may hold sev
 documents. A scan reads the directory into one ``DesiredState``: pods and services keyed
 by ``namespace/name``, plus every error, each naming the file, the object and the field.
 
+Besides Pods and Services the directory may hold ConfigMaps and Secrets, which its pods
+reference as they would in a cluster (volumes, ``envFrom``, ``valueFrom``). Such a pod is a
+``PodTemplate``: validated here in its final shape, resolved against the directory's objects
+by ``kubelet/staticrefs.py`` (which writes its volume files). Any other kind (a Deployment, a
+ReplicaSet, ...) is reported as unsupported, with its file and kind, and ignored: pods are
+the unit of the node.
+
 Two rules keep bad input from hurting running pods:
 - a file that fails to parse (half-written, or broken by an edit) keeps contributing what
   it last contributed successfully, until it parses again or is removed;
@@ -18,6 +25,7 @@ files are only re-read when their (mtime, size, inode) changed.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -28,9 +36,17 @@ from typing import Any
 import structlog
 import yaml
 
+from nodeagent.model import refs
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod
-from nodeagent.model.validate import ServiceDoc, object_name, parse_document
+from nodeagent.model.refs import ConfigObject
+from nodeagent.model.validate import (
+    ServiceDoc,
+    _content_uid,
+    object_name,
+    parse_document,
+    parse_pod,
+)
 from nodeagent.sources.inotify import DirectoryWatch
 
 log = structlog.get_logger("nodeagent.source.file")
@@ -39,6 +55,9 @@ SUFFIXES = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DOCUMENTS = 256
 SETTLE_S = 0.01
+CONFIG_KINDS = ("ConfigMap", "Secret")
+CONFIG_SOURCE = "kubernetes.io/config.source"
+CONFIG_HASH = "kubernetes.io/config.hash"
 
 
 @dataclass(frozen=True)
@@ -58,11 +77,33 @@ class SourceError:
 
 
 @dataclass(frozen=True)
+class PodTemplate:
+    """A pod that references ConfigMaps, Secrets or the downward API through volumes or env.
+
+    ``doc`` is the manifest with ``metadata.uid`` (the static pod's content hash) and the
+    static-pod annotations filled in; ``shape`` is it validated with every reference still
+    unresolved (placeholder values): what its status shows while it waits."""
+
+    shape: Pod
+    doc: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.shape.key
+
+    @property
+    def source(self) -> str:
+        return self.shape.source
+
+
+@dataclass(frozen=True)
 class FileResult:
     pods: tuple[Pod, ...] = ()
     services: tuple[ServiceDoc, ...] = ()
     errors: tuple[SourceError, ...] = ()
     parsed: bool = True  # False: the file as a whole could not be read or parsed
+    templates: tuple[PodTemplate, ...] = ()
+    configs: tuple[ConfigObject, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +111,9 @@ class DesiredState:
     pods: Mapping[str, Pod] = field(default_factory=dict)
     services: Mapping[str, ServiceDoc] = field(default_factory=dict)
     errors: tuple[SourceError, ...] = ()
+    templates: Mapping[str, PodTemplate] = field(default_factory=dict)
+    config_maps: Mapping[str, ConfigObject] = field(default_factory=dict)
+    secrets: Mapping[str, ConfigObject] = field(default_factory=dict)
 
 
 def read_file(path: Path, *, node_name: str) -> FileResult:
@@ -87,11 +131,25 @@ def read_file(path: Path, *, node_name: str) -> FileResult:
         return _broken(source, f"malformed {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
     pods: list[Pod] = []
     services: list[ServiceDoc] = []
+    templates: list[PodTemplate] = []
+    configs: list[ConfigObject] = []
     errors: list[SourceError] = []
     for index, doc in enumerate(documents):
         if doc is None:
             continue  # an empty document between separators
+        kind = doc.get("kind") if isinstance(doc, Mapping) else None
         try:
+            if kind in CONFIG_KINDS:
+                configs.append(
+                    refs.parse_config_object(doc, source=source, obj_name=object_name(doc))
+                )
+                continue
+            if isinstance(kind, str) and kind not in ("Pod", "Service"):
+                errors.append(_unsupported(source, doc, kind))
+                continue
+            if kind == "Pod" and refs.needs_rewrite(doc):
+                templates.append(_template(doc, source=source, node_name=node_name))
+                continue
             obj = parse_document(doc, source=source, node_name=node_name)
         except ValidationError as exc:
             name = exc.obj if isinstance(doc, Mapping) else f"document {index + 1}"
@@ -104,17 +162,52 @@ def read_file(path: Path, *, node_name: str) -> FileResult:
             pods.append(_static(obj))
         else:
             services.append(obj)
-    return FileResult(tuple(pods), tuple(services), tuple(errors))
+    return FileResult(
+        tuple(pods),
+        tuple(services),
+        tuple(errors),
+        templates=tuple(templates),
+        configs=tuple(configs),
+    )
+
+
+def _unsupported(source: str, doc: Mapping[str, Any], kind: str) -> SourceError:
+    error = SourceError(
+        source,
+        object_name(doc),
+        "kind",
+        f"kind {kind} is not supported in standalone mode (pods are the unit of the node); ignored",
+    )
+    log.warning("manifest_unsupported_kind", source=source, kind=kind, object=error.object)
+    return error
 
 
 def _static(pod: Pod) -> Pod:
     """Mark a file pod as the kubelet marks static pods."""
-    annotations = {
-        **pod.annotations,
-        "kubernetes.io/config.source": "file",
-        "kubernetes.io/config.hash": pod.uid,
-    }
+    annotations = {**pod.annotations, CONFIG_SOURCE: "file", CONFIG_HASH: pod.uid}
     return replace(pod, annotations=annotations)
+
+
+def _template(doc: Mapping[str, Any], *, source: str, node_name: str) -> PodTemplate:
+    """Validate a pod that references ConfigMaps, Secrets or the downward API."""
+    full = copy.deepcopy(dict(doc))
+    meta = full.get("metadata")
+    if isinstance(meta, dict):
+        uid = str(meta.get("uid") or _content_uid(doc, node_name))
+        annotations = meta.get("annotations")
+        annotations = dict(annotations) if isinstance(annotations, Mapping) else {}
+        meta["uid"] = uid
+        meta["annotations"] = {**annotations, CONFIG_SOURCE: "file", CONFIG_HASH: uid}
+    errors = refs.check(full, standalone=True)
+    try:
+        shape = parse_pod(
+            refs.rewrite(full, pod_dir="", lookup=None), source=source, node_name=node_name
+        )
+    except ValidationError as exc:
+        raise ValidationError(exc.obj, [*exc.errors, *errors]) from exc
+    if errors:
+        raise ValidationError(object_name(doc), errors)
+    return PodTemplate(shape, full)
 
 
 def _broken(source: str, message: str) -> FileResult:
@@ -140,16 +233,19 @@ def _documents(text: str, *, json_file: bool) -> list[Any]:
 
 def merge(results: Mapping[str, FileResult]) -> DesiredState:
     """Combine per-file results in file-name order; later duplicates are errors."""
-    pods: dict[str, Pod] = {}
+    pods: dict[str, Pod | PodTemplate] = {}
     services: dict[str, ServiceDoc] = {}
+    configs: dict[str, dict[str, ConfigObject]] = {kind: {} for kind in CONFIG_KINDS}
     errors: list[SourceError] = []
     for source in sorted(results):
         result = results[source]
         errors.extend(result.errors)
-        for kind, items, target in (
-            ("Pod", result.pods, pods),
+        groups: list[tuple[str, Any, dict[str, Any]]] = [
+            ("Pod", (*result.pods, *result.templates), pods),
             ("Service", result.services, services),
-        ):
+            *((k, [c for c in result.configs if c.kind == k], configs[k]) for k in CONFIG_KINDS),
+        ]
+        for kind, items, target in groups:
             for item in items:
                 existing = target.get(item.key)
                 if existing is not None:
@@ -162,8 +258,15 @@ def merge(results: Mapping[str, FileResult]) -> DesiredState:
                         )
                     )
                     continue
-                target[item.key] = item  # type: ignore[assignment]
-    return DesiredState(pods, services, tuple(errors))
+                target[item.key] = item
+    return DesiredState(
+        {k: p for k, p in pods.items() if isinstance(p, Pod)},
+        services,
+        tuple(errors),
+        templates={k: t for k, t in pods.items() if isinstance(t, PodTemplate)},
+        config_maps=configs["ConfigMap"],
+        secrets=configs["Secret"],
+    )
 
 
 Signature = tuple[int, int, int]
@@ -234,7 +337,7 @@ class FileSource:
         for name, result in self._results.items():
             good = self._good.get(name)
             if not result.parsed and good is not None:
-                result = FileResult(good.pods, good.services, result.errors + good.errors)
+                result = replace(good, errors=result.errors + good.errors)
             effective[name] = result
         return effective
 

