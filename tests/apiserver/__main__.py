@@ -22,6 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.apiserver.controllers import DEFAULT_NODE_MONITOR_GRACE_S
 from tests.apiserver.server import ApiServer
 
 STATE_FILE = "objects.json"
@@ -49,6 +50,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--history", type=int, default=1000, help="watch history size")
     p.add_argument("--bookmark-interval", type=float, default=60.0, help="seconds")
     p.add_argument("--min-token-seconds", type=int, default=600, help="TokenRequest floor")
+    p.add_argument(
+        "--node-monitor-grace-period",
+        type=float,
+        default=DEFAULT_NODE_MONITOR_GRACE_S,
+        help="seconds without a Lease renewal before a Node turns NotReady (Unknown)",
+    )
     return p.parse_args(argv)
 
 
@@ -64,6 +71,7 @@ async def serve(args: argparse.Namespace) -> None:
         min_token_seconds=args.min_token_seconds,
         state_dir=args.state_dir,
         advertise_address=args.advertise_address,
+        node_monitor_grace_s=args.node_monitor_grace_period,
     )
     state = args.state_dir / STATE_FILE if args.state_dir else None
     if state is not None and state.exists():

@@ -28,9 +28,14 @@ garbage collector beyond slices of deleted Services.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
+import datetime
 import ipaddress
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.apiserver import errors
@@ -39,6 +44,7 @@ from tests.apiserver.resources import (
     ALL,
     CONFIGMAPS,
     ENDPOINTSLICES,
+    LEASES,
     NAMESPACES,
     NODES,
     PODS,
@@ -339,3 +345,138 @@ def ensure_kubernetes_service(store: Store, address: str, port: int) -> None:
         store.replace(
             ENDPOINTSLICES, {**current, **{k: v for k, v in body.items() if k != "metadata"}}
         )
+
+
+# --- Node lifecycle ------------------------------------------------------------------------
+
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+NODE_STATUS_UNKNOWN = "NodeStatusUnknown"
+NODE_STATUS_UNKNOWN_MESSAGE = "Kubelet stopped posting node status."
+NODE_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
+DEFAULT_NODE_MONITOR_GRACE_S = 40.0  # kube-controller-manager's --node-monitor-grace-period
+
+
+class NodeLifecycleController:
+    """Notices nodes whose agent went silent (upstream node lifecycle controller, in part).
+
+    The controller's own clock decides, never timestamps written by the node (clock skew):
+    a node is heard from when it is first seen, when its Lease in ``kube-node-lease`` is
+    renewed and when its status changes. Silent for longer than ``grace_s`` (the
+    controller-manager's ``--node-monitor-grace-period``), its Ready, MemoryPressure,
+    DiskPressure and PIDPressure conditions turn ``Unknown`` with reason
+    ``NodeStatusUnknown``, and it gets the ``node.kubernetes.io/unreachable`` taints
+    (NoSchedule, and NoExecute with timeAdded). Once its agent reports Ready again, the taints
+    go. Its pods are left as they are: no taint-based eviction, and the pods' own Ready
+    conditions are not touched (upstream marks them NotReady); the node agent is the subject
+    under test, not the control plane.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        grace_s: float = DEFAULT_NODE_MONITOR_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.grace_s = grace_s
+        self.clock = clock
+        self.heard: dict[str, float] = {}  # node name -> when it was last heard from
+        self.marked: set[str] = set()  # nodes this controller turned Unknown
+        self._writing: set[str] = set()  # nodes being written by us: not "heard from"
+
+    def on_change(self, change: Change) -> None:
+        meta = change.obj["metadata"]
+        if change.rt is LEASES and meta.get("namespace") == "kube-node-lease":
+            renew = (change.obj.get("spec") or {}).get("renewTime")
+            before = ((change.prev or {}).get("spec") or {}).get("renewTime")
+            if change.type != DELETED and renew != before:
+                self.heard[meta["name"]] = self.clock()
+        elif change.rt is NODES:
+            name = meta["name"]
+            if change.type == DELETED:
+                self.heard.pop(name, None)
+                self.marked.discard(name)
+                return
+            status, before = change.obj.get("status"), (change.prev or {}).get("status")
+            if change.prev is None or (status != before and name not in self._writing):
+                self.heard[name] = self.clock()
+            if _condition(change.obj, "Ready") == "True" and _has_unreachable_taint(change.obj):
+                self._untaint(change.obj)
+
+    def check(self) -> list[str]:
+        """Mark the nodes silent past the grace period; return their names."""
+        now = self.clock()
+        marked = []
+        for node in list(self.store.items(NODES)):
+            name = node["metadata"]["name"]
+            heard = self.heard.setdefault(name, now)
+            if now - heard <= self.grace_s or _condition(node, "Ready") == "Unknown":
+                continue
+            self._mark_unknown(node)
+            marked.append(name)
+        return marked
+
+    async def run(self, interval_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.check()
+
+    def _mark_unknown(self, node: Obj) -> None:
+        name = node["metadata"]["name"]
+        stamp = _now()
+        new = copy.deepcopy(node)
+        status = new.setdefault("status", {})
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        for kind in NODE_CONDITIONS:
+            cond = conditions.setdefault(kind, {"type": kind})
+            if cond.get("status") != "Unknown":
+                cond["lastTransitionTime"] = stamp
+            cond.update(
+                status="Unknown",
+                reason=NODE_STATUS_UNKNOWN,
+                message=NODE_STATUS_UNKNOWN_MESSAGE,
+            )
+            cond.setdefault("lastHeartbeatTime", stamp)
+        status["conditions"] = list(conditions.values())
+        spec = new.setdefault("spec", {})
+        taints = [t for t in spec.get("taints") or [] if t.get("key") != UNREACHABLE_TAINT]
+        taints.append({"key": UNREACHABLE_TAINT, "effect": "NoSchedule"})
+        taints.append({"key": UNREACHABLE_TAINT, "effect": "NoExecute", "timeAdded": stamp})
+        spec["taints"] = taints
+        self._write(new)
+        self.marked.add(name)
+
+    def _untaint(self, node: Obj) -> None:
+        new = copy.deepcopy(node)
+        spec = new.setdefault("spec", {})
+        spec["taints"] = [t for t in spec.get("taints") or [] if t.get("key") != UNREACHABLE_TAINT]
+        if not spec["taints"]:
+            del spec["taints"]
+        self._write(new)
+        self.marked.discard(node["metadata"]["name"])
+
+    def _write(self, node: Obj) -> None:
+        name = node["metadata"]["name"]
+        self._writing.add(name)
+        try:
+            self.store.replace(NODES, node)
+        finally:
+            self._writing.discard(name)
+
+
+def _condition(node: Obj, kind: str) -> str:
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return str(cond.get("status"))
+    return ""
+
+
+def _has_unreachable_taint(node: Obj) -> bool:
+    return any(
+        t.get("key") == UNREACHABLE_TAINT for t in (node.get("spec") or {}).get("taints") or []
+    )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

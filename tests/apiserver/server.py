@@ -37,8 +37,10 @@ from aiohttp import web
 
 from tests.apiserver import errors, resources
 from tests.apiserver.controllers import (
+    DEFAULT_NODE_MONITOR_GRACE_S,
     EndpointSliceController,
     NamespaceController,
+    NodeLifecycleController,
     ensure_kubernetes_service,
 )
 from tests.apiserver.faults import WRITES, Faults
@@ -100,6 +102,7 @@ class ApiServer:
         advertise_address: str | None = None,
         kubernetes_service: bool = True,
         service_account_admission: bool = True,
+        node_monitor_grace_s: float = DEFAULT_NODE_MONITOR_GRACE_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -127,6 +130,8 @@ class ApiServer:
         self.endpointslices = EndpointSliceController(self.store)
         self.store.add_hook(self.namespaces.on_change)
         self.store.add_hook(self.endpointslices.on_change)
+        self.node_lifecycle = NodeLifecycleController(self.store, grace_s=node_monitor_grace_s)
+        self.store.add_hook(self.node_lifecycle.on_change)
         self.namespaces.bootstrap()
         self._handlers = ResourceHandlers(
             self.store, self.tokens, bookmark_interval=lambda: self.bookmark_interval
@@ -165,6 +170,12 @@ class ApiServer:
             raise
         self._runner = runner
         self.starts += 1
+        if not any(t.get_name() == "node-lifecycle" for t in self._background):
+            task = asyncio.get_running_loop().create_task(
+                self.node_lifecycle.run(), name="node-lifecycle"
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if self.port == 0:
             self.port = int(runner.addresses[0][1])
         if self.kubernetes_service:
