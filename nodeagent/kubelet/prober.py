@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from nodeagent import metrics
 from nodeagent.kubelet.handlers import Target, run_handler
 from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.kubelet.proberesults import (
@@ -171,6 +172,7 @@ class ProbeWorker:
         except Exception as exc:  # a bug, not a verdict: the kubelet discards such results
             self.log.warning("probe_error", error=repr(exc))
             return
+        metrics.probe_result(self.key.kind.value, outcome.ok)
         before = self.state.result
         self.state = observe(
             self.state,

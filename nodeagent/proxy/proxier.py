@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodeagent import metrics
 from nodeagent.log import get_logger
 from nodeagent.model.pod import Pod
 from nodeagent.model.service import HEADLESS, Service
@@ -181,7 +182,9 @@ class ServiceProxy:
                 if now >= due:
                     last_start = now
                     full = syncer.need_full
-                    if await syncer.sync():
+                    ok = await syncer.sync()
+                    metrics.proxy_synced(full=full, ok=ok, stats=syncer.stats)
+                    if ok:
                         failures = 0
                         if full:
                             last_full = last_canary = loop.time()
