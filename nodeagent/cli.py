@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cluster-domain", metavar="DOMAIN", help="the cluster's DNS domain (cluster.local)"
     )
+    run.add_argument(
+        "--eviction-hard",
+        metavar="memory.available<X",
+        help="evict pods below this available memory, quantity or %% (default: 100Mi)",
+    )
     run.add_argument("--state-dir", metavar="DIR", help="default: /var/lib/nodeagent")
     run.add_argument(
         "--status-socket",

@@ -83,6 +83,25 @@ class ConfigError(ValueError):
         super().__init__(text)
 
 
+@dataclass(frozen=True)
+class EvictionThreshold:
+    """``--eviction-hard memory.available<X``: an absolute quantity or a share of memory.
+
+    Exactly one of ``quantity_bytes`` and ``percent`` is set. Upstream's default is 100Mi.
+    """
+
+    quantity_bytes: int | None = 100 * 1024 * 1024
+    percent: float | None = None
+
+    def __str__(self) -> str:
+        if self.percent is not None:
+            return f"{EVICTION_SIGNAL}<{self.percent:g}%"
+        return f"{EVICTION_SIGNAL}<{self.quantity_bytes}"
+
+
+EVICTION_SIGNAL = "memory.available"
+
+
 def default_node_name() -> str:
     return socket.gethostname().lower()
 
@@ -117,6 +136,9 @@ class Config:
     kubeconfig: Path | None = None  # join the control plane it names; None: standalone
     cluster_dns: tuple[str, ...] = ()  # DNS servers of dnsPolicy ClusterFirst pods
     cluster_domain: str = "cluster.local"
+    # Node-pressure eviction: below this much available memory, pods are evicted.
+    eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
+    eviction_interval_s: float = 10.0  # how often memory is checked (the kubelet's 10 s)
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
     cluster_cidr: ipaddress.IPv4Network | None = None
@@ -388,6 +410,38 @@ def _image(raw: _Raw) -> str:
     return value
 
 
+def _eviction_hard(raw: _Raw) -> EvictionThreshold:
+    text = _string(raw).replace(" ", "")
+    signal, sep, value = text.partition("<")
+    if not sep or not value:
+        raise ValueError(f"{text!r} is not a threshold like {EVICTION_SIGNAL}<100Mi")
+    if signal != EVICTION_SIGNAL:
+        raise ValueError(f"{signal!r}: only {EVICTION_SIGNAL} is supported")
+    if value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage") from None
+        if not (math.isfinite(percent) and 0 < percent < 100):
+            raise ValueError(f"{value!r} must be a percentage between 0 and 100")
+        return EvictionThreshold(quantity_bytes=None, percent=percent)
+    match = _MEMORY_QUANTITY.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a memory quantity like 100Mi or a percentage")
+    number, suffix = match.groups()
+    quantity = int(float(number) * _MEMORY_UNITS[suffix or ""])
+    return EvictionThreshold(quantity_bytes=quantity, percent=None)
+
+
+# The Kubernetes quantity suffixes a memory threshold uses (the model's parser is a layer up).
+_MEMORY_UNITS: Mapping[str, int] = {
+    "": 1,
+    **{s: 1000 ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+_MEMORY_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(" + "|".join(k for k in _MEMORY_UNITS if k) + ")?")
+
+
 _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "node_name": _node_name,
     "runtime": _choice(RUNTIMES),
@@ -412,6 +466,8 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "kubeconfig": _optional_file,
     "cluster_dns": _ip_list,
     "cluster_domain": _domain,
+    "eviction_hard": _eviction_hard,
+    "eviction_interval_s": _positive_float,
     "cluster_cidr": _optional_v4_cidr,
 }
 

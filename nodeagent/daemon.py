@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from nodeagent.config import Config
-from nodeagent.kubelet import nodestatus
+from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.kubelet.podstatus import qos_class
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
+from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, WorkerState
 from nodeagent.model.pod import PodUID
 from nodeagent.network import cni, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
@@ -102,6 +104,14 @@ class Node:
             dns=_dns_settings(config),
         )
         self.manager = PodManager(self.ctx)
+        self.evicted: dict[PodUID, dict[str, Any]] = {}  # uid -> the pod's final entry
+        self.eviction = eviction.EvictionMonitor(
+            config.eviction_hard,
+            read=nodestatus.memory_reading,
+            pods=self._eviction_candidates,
+            evict=self._evict,
+            interval_s=config.eviction_interval_s,
+        )
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
@@ -171,8 +181,36 @@ class Node:
             return
         self.desired = state
         self._desired_loaded = True
-        self.manager.update(state.pods)
+        # An evicted pod stays evicted until its source drops it or changes it (a new uid).
+        uids = {p.uid for p in state.pods.values()}
+        self.evicted = {u: e for u, e in self.evicted.items() if u in uids}
+        self.manager.update({k: p for k, p in state.pods.items() if p.uid not in self.evicted})
         self.proxy.wake()
+
+    def _eviction_candidates(self) -> list[eviction.Candidate]:
+        found = []
+        for pod in self.desired.pods.values():
+            worker = self.manager.worker_for(pod.uid)
+            if pod.uid in self.evicted or worker is None or worker.state is not WorkerState.SYNCING:
+                continue
+            found.append(eviction.candidate(pod, qos_class(pod)))
+        return found
+
+    def _evict(self, victim: eviction.Candidate, message: str) -> Awaitable[None]:
+        worker = self.manager.worker_for(victim.uid)
+        if worker is None:
+            return asyncio.sleep(0)
+        pod = worker.pod
+        entry = {
+            "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
+            "status": eviction.evicted_status(worker.status, message),
+            "probes": [],
+            "worker": WorkerState.TERMINATED.value,
+        }
+        self.evicted[pod.uid] = entry
+        stopping = self.manager.terminate(pod, MIN_KILL_GRACE_S)  # a hard threshold: no grace
+        self.proxy.wake()
+        return stopping.wait_terminated()
 
     def _proxy_inputs(self) -> ProxyInputs | None:
         if not (self._desired_loaded and self.cache.synced.is_set()):
@@ -222,10 +260,13 @@ class Node:
             runtime_error=self.cache.last_error,
             state_dir=str(self.config.state_dir),
             now=time.time(),
+            memory_pressure=self.eviction.under_pressure,
         )
 
     def _node_status(self) -> dict[str, Any]:
-        return nodestatus.node_status(self._node_facts())
+        status = nodestatus.node_status(self._node_facts())
+        status["eviction"] = self.eviction.report()
+        return status
 
     def snapshot(self) -> dict[str, Any]:
         cluster = {} if self.cluster is None else {"cluster": self.cluster.report()}
@@ -234,7 +275,7 @@ class Node:
             # Where this agent keeps things a client (nodeagent logs) reads directly.
             "agent": {"podLogDir": str(self.config.pod_log_dir)},
             "node": self._node_status(),
-            "pods": self.manager.snapshot() + held_statuses(self.static_refs.held),
+            "pods": self._pods(),
             "services": self.proxy.services(),
             "proxy": self.proxy.status(),
             "errors": [e.to_json() for e in self.desired.errors] + self.proxy.errors(),
@@ -254,6 +295,11 @@ class Node:
         await self.cache.synced.wait()
         notifier.ready(status=f"{len(self.manager.snapshot())} pods adopted")
         await asyncio.Event().wait()
+
+    def _pods(self) -> list[dict[str, Any]]:
+        running = [p for p in self.manager.snapshot() if p["metadata"]["uid"] not in self.evicted]
+        pods = running + list(self.evicted.values()) + held_statuses(self.static_refs.held)
+        return sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
 
 
 async def _supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -339,6 +385,7 @@ async def run(config: Config) -> int:
         "orphans": node.sweep_orphans,
         "runtime-version": node.learn_runtime_version,
         "proxy": node.proxy.run,
+        "eviction": node.eviction.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),
         "sd-ready": lambda: node.notify_ready(notifier),

@@ -1,4 +1,8 @@
-"""Node capacity, allocatable and conditions, from psutil and the runtime's health."""
+"""Node capacity, allocatable and conditions, from psutil and the runtime's health.
+
+MemoryPressure comes from the eviction monitor when one runs (``NodeFacts.memory_pressure``:
+the same threshold that evicts pods), and from the upstream default threshold otherwise.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from nodeagent.kubelet.eviction import MemoryReading
 from nodeagent.kubelet.podstatus import rfc3339
 
 # Kept back from allocatable so that the agent and the system keep room to breathe.
@@ -28,6 +33,13 @@ class NodeFacts:
     runtime_error: str
     state_dir: str
     now: float
+    memory_pressure: bool | None = None  # the eviction monitor's verdict; None: not known yet
+
+
+def memory_reading() -> MemoryReading:
+    """``memory.available`` as the eviction signal reads it (blocking: run in a thread)."""
+    memory = psutil.virtual_memory()
+    return MemoryReading(available_bytes=memory.available, total_bytes=memory.total)
 
 
 def host_ip() -> str:
@@ -79,7 +91,11 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
         if facts.runtime_healthy
         else f"container runtime is down: {facts.runtime_error}"
     )
-    low_memory = memory.available < MEMORY_PRESSURE_BYTES
+    low_memory = (
+        memory.available < MEMORY_PRESSURE_BYTES
+        if facts.memory_pressure is None
+        else facts.memory_pressure
+    )
     low_disk = disk.free < disk.total * DISK_PRESSURE_FRACTION
     low_pids = pid_max - pids < pid_max * PID_PRESSURE_FRACTION
     return [
