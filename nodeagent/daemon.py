@@ -133,6 +133,7 @@ class Node:
             inputs=self._proxy_inputs,
             connect=connect_host,
         )
+        self.manager.on_serving_change = self.proxy.wake  # readiness reaches the rules at once
         self.source = (
             FileSource(
                 config.manifests,

@@ -10,7 +10,7 @@ once the first relist has shown what the runtime holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -28,6 +28,10 @@ class PodManager:
         self._desired: dict[str, Pod] = {}
         self._workers: dict[str, PodWorker] = {}  # current incarnation per key
         self._retiring: dict[PodUID, PodWorker] = {}  # replaced or removed, still stopping
+        # uid -> key of the worker spawned for it, so that finding a pod's worker (on every
+        # runtime change, per pod in every status snapshot) is not a scan of all workers.
+        # An entry may be stale; worker_for checks the uid.
+        self._keys: dict[PodUID, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # False until every pod source has listed once (upstream's "sources ready"): until
         # then a pod nothing claims may yet be claimed, so no orphan is removed.
@@ -35,6 +39,8 @@ class PodManager:
         # Pods a source claims but does not hand over yet (waiting for their ConfigMaps,
         # say): whatever of them runs is not an orphan.
         self.held: set[PodUID] = set()
+        # Called when a pod's IP, readiness or phase changes (the daemon wakes the proxy).
+        self.on_serving_change: Callable[[], None] = _nothing
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -55,12 +61,15 @@ class PodManager:
                 self._spawn(pod)
 
     def on_runtime_change(self, uid: PodUID) -> None:
-        for worker in self._all_workers():
-            if worker.pod.uid == uid:
-                worker.wake()
+        worker = self.worker_for(uid)
+        if worker is not None:
+            worker.wake()
 
     def worker_for(self, uid: PodUID) -> PodWorker | None:
-        return next((w for w in self._all_workers() if w.pod.uid == uid), None)
+        worker = self._retiring.get(uid)
+        if worker is None and (key := self._keys.get(uid)) is not None:
+            worker = self._workers.get(key)
+        return worker if worker is not None and worker.pod.uid == uid else None
 
     def terminate(self, pod: Pod, grace_s: int) -> PodWorker:
         """Stop ``pod`` (this uid) with ``grace_s``, whether or not a worker runs it yet (a
@@ -82,11 +91,16 @@ class PodManager:
         self._track(self._after_retirement(worker))
         return worker
 
+    def _serving_changed(self) -> None:
+        self.on_serving_change()
+
     # -- worker lifecycle -------------------------------------------------------------------
 
     def _spawn(self, pod: Pod) -> None:
         worker = PodWorker(pod, self.ctx)
+        worker.on_serving_change = self._serving_changed
         self._workers[pod.key] = worker
+        self._keys[pod.uid] = pod.key
         worker.start()
 
     def _retire(self, key: str) -> None:
@@ -101,6 +115,7 @@ class PodManager:
     async def _after_retirement(self, worker: PodWorker) -> None:
         await worker.wait_terminated()
         self._retiring.pop(worker.pod.uid, None)
+        self._keys.pop(worker.pod.uid, None)
         pod = self._desired.get(worker.pod.key)
         ready = pod is not None and pod.key not in self._workers
         if ready and pod is not None and not self._waiting_for_retirement(pod):
@@ -173,14 +188,15 @@ class PodManager:
                 if worker.state is WorkerState.SYNCING
                 else []  # a terminating pod is probed no more
             )
-            result.append(
-                {
-                    "metadata": metadata,
-                    "status": status,
-                    "probes": probes,
-                    "worker": worker.state.value,
-                }
-            )
+            entry = {
+                "metadata": metadata,
+                "status": status,
+                "probes": probes,
+                "worker": worker.state.value,
+            }
+            if pod.spec.priority is not None:  # recorded only: one node does not preempt
+                entry["spec"] = {"priority": pod.spec.priority}
+            result.append(entry)
         return result
 
     def counts(self) -> dict[str, int]:
@@ -194,6 +210,10 @@ class PodManager:
         await asyncio.gather(*(w.detach() for w in self._all_workers()))
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.ctx.prober.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _orphan_pod(uid: PodUID, name: str, namespace: str) -> Pod:

@@ -20,6 +20,7 @@ import contextlib
 import enum
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -76,6 +77,9 @@ class PodWorker:
         self._volume_paths: dict[str, str] | None = None
         self._first_seen = time.time()
         self._soon = 0.0  # an extra, earlier sync asked for by an action
+        # Told when what makes the pod a Service endpoint changes (IP, Ready, phase): the
+        # proxy reacts at once instead of on its next poll.
+        self.on_serving_change: Callable[[], None] | None = None
 
     # -- control, all idempotent and non-blocking ------------------------------------------
 
@@ -441,6 +445,7 @@ class PodWorker:
     def _publish(self, runtime_pod: RuntimePod) -> None:
         sandboxes = [s.created_at_ns for s in runtime_pod.sandboxes]
         start = min(sandboxes) / 1e9 if sandboxes else self._first_seen
+        before = _serving(self.status)
         self.status = compute_status(
             StatusInput(
                 pod=self.pod,
@@ -456,6 +461,16 @@ class PodWorker:
             )
         )
         metrics.pod_status(self.pod.uid, self._first_seen, self.status)
+        if self.on_serving_change is not None and _serving(self.status) != before:
+            self.on_serving_change()
+
+
+def _serving(status: dict[str, Any] | None) -> tuple[str, str, str]:
+    """What of a status makes the pod an endpoint: its IP, Ready condition and phase."""
+    status = status or {}
+    conditions = status.get("conditions") or []
+    ready = next((str(c.get("status")) for c in conditions if c.get("type") == "Ready"), "")
+    return str(status.get("podIP") or ""), ready, str(status.get("phase") or "")
 
 
 async def _ignore_missing(call: Any) -> None:

@@ -10,8 +10,10 @@
 3. checks the canary every ``CANARY_INTERVAL_S`` and does a full sync every
    ``FULL_SYNC_PERIOD_S`` (and after any failure), partial syncs otherwise.
 
-It wakes on ``wake()`` (the daemon calls it when the desired state or a pod changes) and
-polls every ``POLL_S`` anyway, because readiness can change without any event reaching us.
+It wakes on ``wake()``: the daemon calls it when the desired state changes, when the
+runtime shows a pod changed, and when a pod worker publishes a status whose IP, Ready
+condition or phase changed (readiness changes with no runtime event at all: a probe). It
+also looks every ``POLL_S`` as a safety net; no input depends on that poll.
 
 Before the first sync it waits until its inputs are known (the manifest directory has been
 read and the runtime listed) and settled (every pod has a status) or ``INITIAL_GRACE_S``
@@ -46,7 +48,7 @@ from nodeagent.proxy.sync import RuleWriter, Syncer
 
 log = get_logger(__name__)
 
-POLL_S = 1.0
+POLL_S = 10.0
 CANARY_INTERVAL_S = 10.0
 FULL_SYNC_PERIOD_S = 3600.0
 INITIAL_GRACE_S = 5.0
@@ -177,6 +179,8 @@ class ServiceProxy:
             gap = self.settings.min_sync_period_s * (2 ** min(failures, 5))
             gap = min(gap, max(MAX_RETRY_S, self.settings.min_sync_period_s))
             wait = POLL_S
+            if not initialized and first_inputs is not None:
+                wait = min(wait, first_inputs + INITIAL_GRACE_S - now)  # the grace's end
             if initialized and syncer.pending():
                 due = last_start + gap
                 if now >= due:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from nodeagent.proxy.proxier import POLL_S
 from nodeagent.runtime.base import ContainerID, ExecResult
 from tests.harness import TestNode, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
@@ -343,7 +344,9 @@ def test_endpoint_failing_readiness_gets_no_traffic(node: TestNode, net: Net, ag
     assert len(s["notReadyEndpoints"]) == 1
     spread(net.on_node, f"http://{ip}/", {"web-1"}, n=30)
     assert exec_in(agent, pod, "touch", "/tmp/ready").exit_code == 0
-    wait_endpoints(agent, "web", 2)
+    # Nothing changes in the runtime, only the probe's verdict: the worker's status publish
+    # wakes the proxy, so the endpoint is back well before the proxy's safety-net poll.
+    wait_endpoints(agent, "web", 2, timeout=POLL_S)
     spread(net.on_node, f"http://{ip}/", {"web-1", "web-2"})
 
 

@@ -1,0 +1,84 @@
+"""The proxy hears of readiness at once: a pod worker that publishes a status whose IP, Ready
+condition or phase changed calls the manager's ``on_serving_change`` (the daemon wires it to
+``ServiceProxy.wake``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from nodeagent.kubelet.context import KubeletContext
+from nodeagent.kubelet.images import ImageManager
+from nodeagent.kubelet.manager import PodManager
+from nodeagent.kubelet.pleg import RuntimeCache
+from nodeagent.kubelet.prober import ProbeManager
+from nodeagent.model.validate import parse_pod
+from nodeagent.runtime.fake import FakeRuntime
+
+T = TypeVar("T")
+IMAGE = "busybox:1.36"
+
+
+async def eventually(predicate: Callable[[], T], within: float = 5.0, what: str = "") -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not (value := predicate()):
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return value
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[PodManager]:
+    fake = FakeRuntime(images={IMAGE})
+    holder: list[PodManager] = []
+    cache = RuntimeCache(fake, on_change=lambda uid: holder[0].on_runtime_change(uid))
+    ctx = KubeletContext(
+        node_name="node-1",
+        host_ip="192.168.56.11",
+        state_dir=tmp_path / "state",
+        pod_log_dir=str(tmp_path / "logs"),
+        runtime=fake,
+        runtime_name="containerd",
+        cache=cache,
+        images=ImageManager(fake),
+        prober=ProbeManager(fake),
+    )
+    holder.append(PodManager(ctx))
+    relister = asyncio.create_task(cache.run())
+    yield holder[0]
+    relister.cancel()
+    await asyncio.gather(relister, return_exceptions=True)
+    await holder[0].detach_all()
+
+
+def ready_condition(status: dict[str, Any] | None) -> str:
+    conditions = (status or {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == "Ready"), "")
+
+
+async def test_a_readiness_change_alone_wakes_the_proxy(manager: PodManager) -> None:
+    calls: list[str] = []
+    manager.on_serving_change = lambda: calls.append("wake")
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default", "uid": "u-1"},
+        "spec": {"containers": [{"name": "app", "image": IMAGE, "imagePullPolicy": "Never"}]},
+    }
+    pod = parse_pod(doc, source="test", node_name="node-1")
+    manager.update({pod.key: pod})
+    worker = await eventually(lambda: manager.worker_for(pod.uid), what="a worker")
+    await eventually(lambda: ready_condition(worker.status) == "True", what="Ready")
+    assert calls  # Pending, then an IP, then Ready: each was told
+    told = len(calls)
+
+    # A probe says not ready: nothing happens in the runtime, yet the proxy is told.
+    worker.set_probe_state(ready={"app": False}, started={"app": True}, unhealthy={})
+    await eventually(lambda: ready_condition(worker.status) == "False", what="not Ready")
+    await eventually(lambda: len(calls) > told, what="the proxy woken")
