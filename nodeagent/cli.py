@@ -1,4 +1,4 @@
-"""Command line: ``nodeagent run | status | logs | version``.
+"""Command line: ``nodeagent run | status | describe | logs | version``.
 
 Thin on purpose: parse arguments, call into the packages, turn their errors into exit codes.
 
@@ -6,7 +6,11 @@ Thin on purpose: parse arguments, call into the packages, turn their errors into
   see nodeagent.config), configures logging and hands over to the daemon. The daemon module is
   imported only here, so ``status`` and ``version`` start fast and work on a machine where
   the daemon's heavy dependencies (grpc, pyroute2, docker) are broken or missing.
-- ``status`` reads the running agent's snapshot over its unix socket.
+- ``status`` reads the running agent's snapshot over its unix socket and renders it (the
+  overview, or the ``pods``, ``services`` or ``node`` view; ``--watch`` redraws it in place);
+  ``describe pod`` renders one pod from the same snapshot; ``logs`` learns the log directory
+  from it. All three find the socket the same way (``--status-socket``, then
+  ``$NODEAGENT_STATUS_SOCKET``, then the default), and colors are used only on a terminal.
 
 Exit codes: 0 success; 1 an operation failed (agent unreachable); 2 bad usage or bad
 configuration (argparse's convention, so scripts can tell "fix your flags" from "try later").
@@ -20,6 +24,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
@@ -27,6 +32,7 @@ from pathlib import Path
 
 from nodeagent import podlogs
 from nodeagent.config import (
+    DEFAULT_METRICS_BIND,
     DEFAULT_STATUS_SOCKET,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -37,11 +43,21 @@ from nodeagent.config import (
 )
 from nodeagent.log import configure_logging
 from nodeagent.server.client import StatusUnavailable, fetch_status
+from nodeagent.server.colors import colorize
+from nodeagent.server.describe import PodNotFound, render_pod
+from nodeagent.server.nodeview import render_node
 from nodeagent.server.render import render_status
 
 PROG = "nodeagent"
 FALLBACK_VERSION = "0.1.0"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STATUS_VIEWS = ("pods", "services", "node")
+# The snapshot keys each subview shows with --json (the overview prints everything).
+_VIEW_KEYS = {
+    "pods": ("pods", "events"),
+    "services": ("services", "proxy"),
+    "node": ("agent", "node", "cluster", "proxy"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,19 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cni-bin-dir", metavar="DIR", help="default: /opt/cni/bin or /usr/lib/cni")
     run.add_argument("--pod-log-dir", metavar="DIR", help="default: /var/log/pods")
     run.add_argument("--pause-image", metavar="IMAGE", help="sandbox image (default: pause:3.6)")
+    run.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help=f"serve /metrics and /healthz here; empty: off (default: {DEFAULT_METRICS_BIND})",
+    )
     run.add_argument("--log-format", choices=LOG_FORMATS, help="default: console")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
     run.set_defaults(handler=_cmd_run)
 
     status = commands.add_parser("status", help="show the running agent's node and pods")
-    status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     status.add_argument(
-        "--status-socket",
-        metavar="PATH",
-        help=f"the agent's status socket (default: ${env_var('status_socket')} "
-        f"or {DEFAULT_STATUS_SOCKET})",
+        "view", nargs="?", choices=STATUS_VIEWS, help="only the pods, services or node view"
     )
+    status.add_argument("-n", "--namespace", help="only this namespace's pods and services")
+    status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    status.add_argument("-w", "--watch", action="store_true", help="redraw until Ctrl-C")
+    status.add_argument(
+        "--interval", type=_seconds, default=2.0, metavar="SECONDS", help="for --watch (2)"
+    )
+    _socket_flag(status)
     status.set_defaults(handler=_cmd_status)
+
+    describe = commands.add_parser("describe", help="show one pod in depth, with its events")
+    describe.add_argument("kind", choices=("pod", "pods", "po"), metavar="pod")
+    describe.add_argument("name", metavar="NAME")
+    describe.add_argument("-n", "--namespace", default="default")
+    describe.add_argument("--json", action="store_true", help="the pod's entry and its events")
+    _socket_flag(describe)
+    describe.set_defaults(handler=_cmd_describe)
 
     logs = commands.add_parser("logs", help="print a container's log")
     logs.add_argument("pod", metavar="POD")
@@ -126,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-p", "--previous", action="store_true", help="the previous instance")
     logs.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     logs.add_argument("--pod-log-dir", metavar="DIR", help="default: the agent's, as it reports")
-    logs.add_argument("--status-socket", metavar="PATH", help="the agent's status socket")
+    _socket_flag(logs)
     logs.set_defaults(handler=_cmd_logs)
 
     version = commands.add_parser("version", help="print the version")
@@ -162,24 +194,116 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(daemon.run(config))
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    path = args.status_socket or os.environ.get(env_var("status_socket")) or DEFAULT_STATUS_SOCKET
+def _socket_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--status-socket",
+        metavar="PATH",
+        help=f"the agent's status socket (default: ${env_var('status_socket')} "
+        f"or {DEFAULT_STATUS_SOCKET})",
+    )
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    """The status socket a client command talks to: flag, then environment, then default."""
+    flag = getattr(args, "status_socket", None)
+    return str(flag or os.environ.get(env_var("status_socket")) or DEFAULT_STATUS_SOCKET)
+
+
+def _seconds(text: str) -> float:
     try:
-        snapshot = fetch_status(str(path))
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose between 0.1 and 3600 seconds")
+    return value
+
+
+def _use_color() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _status_text(args: argparse.Namespace) -> str:
+    """One rendering of the status (raises StatusUnavailable)."""
+    snapshot = fetch_status(socket_path(args))
+    now = datetime.now(UTC)
+    if args.json:
+        if args.namespace is not None:
+            from nodeagent.server.render import in_namespace
+
+            snapshot = in_namespace(snapshot, args.namespace)
+        if args.view is not None:
+            snapshot = {k: snapshot[k] for k in _VIEW_KEYS[args.view] if k in snapshot}
+        return json.dumps(snapshot, indent=2) + "\n"
+    if args.view == "node":
+        text = render_node(snapshot, now)
+    else:
+        text = render_status(snapshot, now, view=args.view or "all", namespace=args.namespace)
+    return colorize(text) if _use_color() else text
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
+    try:
+        text = _status_text(args)
     except StatusUnavailable as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_FAILED
-    if args.json:
-        print(json.dumps(snapshot, indent=2))
-    else:
-        print(render_status(snapshot, datetime.now(UTC)), end="")
+    print(text, end="")
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Redraw every ``--interval`` until Ctrl-C, as watch(1) does; an unreachable agent is
+    shown in place (it may be restarting) rather than ending the watch."""
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                body = _status_text(args)
+            except StatusUnavailable as e:
+                body = f"{PROG}: {e}\n"
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            header = f"Every {args.interval:g}s: {PROG} status   {stamp}\n\n"
+            # Home and clear-to-end rather than a full clear: no flicker on a slow terminal.
+            prefix, suffix = ("\x1b[H", "\x1b[J") if tty else ("", "\n")
+            sys.stdout.write(prefix + header + body + suffix)
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        if tty:
+            sys.stdout.write("\n")
+        return EXIT_OK
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    try:
+        snapshot = fetch_status(socket_path(args))
+        if args.json:
+            from nodeagent.server.describe import find_pod
+
+            pod = dict(find_pod(snapshot, args.namespace, args.name))
+            pod["events"] = [
+                e
+                for e in snapshot.get("events") or []
+                if (e.get("involvedObject") or {}).get("name") == args.name
+                and (e.get("involvedObject") or {}).get("namespace") == args.namespace
+            ]
+            print(json.dumps(pod, indent=2))
+            return EXIT_OK
+        text = render_pod(snapshot, args.namespace, args.name, datetime.now(UTC))
+    except (StatusUnavailable, PodNotFound) as e:
+        message = e.args[0] if isinstance(e, PodNotFound) else str(e)
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(colorize(text) if _use_color() else text, end="")
     return EXIT_OK
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    path = args.status_socket or os.environ.get(env_var("status_socket")) or DEFAULT_STATUS_SOCKET
     try:
-        snapshot = fetch_status(str(path))
+        snapshot = fetch_status(socket_path(args))
         log_dir = args.pod_log_dir or snapshot.get("agent", {}).get("podLogDir", "/var/log/pods")
         log = podlogs.find_log(
             snapshot,

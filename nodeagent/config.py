@@ -53,6 +53,7 @@ DEFAULT_ENDPOINTS: Mapping[RuntimeName, str] = {
     "docker": "unix:///var/run/docker.sock",
 }
 DEFAULT_STATUS_SOCKET = Path("/run/nodeagent/status.sock")
+DEFAULT_METRICS_BIND = "127.0.0.1:10255"  # the kubelet's old read-only port
 DEFAULT_POD_CIDR = ipaddress.IPv4Network("10.88.0.0/16")
 DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
@@ -142,6 +143,7 @@ class Config:
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
     cluster_cidr: ipaddress.IPv4Network | None = None
+    metrics_bind: str = DEFAULT_METRICS_BIND  # host:port of /metrics and /healthz; "": off
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -403,6 +405,19 @@ def _socket_path(raw: _Raw) -> Path:
     return path
 
 
+def _bind(raw: _Raw) -> str:
+    """``host:port`` (``[v6]:port`` too), or empty to switch the listener off."""
+    if not isinstance(raw.value, str):
+        raise ValueError(f"must be host:port or empty, got {_type_name(raw.value)}")
+    value = raw.value.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:10255), nor empty")
+    return value
+
+
 def _image(raw: _Raw) -> str:
     value = _string(raw)
     if any(c.isspace() for c in value):
@@ -469,6 +484,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "eviction_hard": _eviction_hard,
     "eviction_interval_s": _positive_float,
     "cluster_cidr": _optional_v4_cidr,
+    "metrics_bind": _bind,
 }
 
 

@@ -25,14 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from nodeagent import metrics
 from nodeagent.config import Config
+from nodeagent.events import EventRing, PodEventFeed, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.podstatus import qos_class
+from nodeagent.kubelet.podstatus import qos_class, rfc3339
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
 from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, WorkerState
@@ -41,6 +43,7 @@ from nodeagent.network import cni, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
 from nodeagent.runtime.base import Runtime, RuntimeFailure
 from nodeagent.sdnotify import Notifier, Watchdog
+from nodeagent.server import podspec, usage
 from nodeagent.server.status import StatusServer, StatusServerError
 from nodeagent.sources.file import DesiredState, FileSource
 
@@ -115,6 +118,12 @@ class Node:
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
+        self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
+        self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
+        if self.cluster is not None:
+            self.cluster.events.sink = lambda event: record_api_event(self.events, event)
+        else:
+            self.ctx.images.listeners.append(self.event_feed.on_pull)
         self.routes: NodeRoutes | None = None
         self.sysctl_problems: list[str] = []
         if client is not None and config.cluster_cidr is not None:
@@ -133,7 +142,6 @@ class Node:
             inputs=self._proxy_inputs,
             connect=connect_host,
         )
-        self.manager.on_serving_change = self.proxy.wake  # readiness reaches the rules at once
         self.source = (
             FileSource(
                 config.manifests,
@@ -267,19 +275,39 @@ class Node:
     def _node_status(self) -> dict[str, Any]:
         status = nodestatus.node_status(self._node_facts())
         status["eviction"] = self.eviction.report()
+        status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
         return status
+
+    def _with_backoff(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add what describe shows: the containers in back-off (with the time their next try
+        is due) and a summary of the spec."""
+        now = time.time()
+        for pod in pods:
+            worker = self.manager.worker_for(PodUID(pod["metadata"]["uid"]))
+            until = worker.backoff_until if worker is not None else {}
+            due = {name: rfc3339(t) for name, t in sorted(until.items()) if t > now}
+            if due:
+                pod["backoffUntil"] = due
+            if worker is not None:
+                pod["spec"] = podspec.spec_summary(worker.pod)
+        return pods
 
     def snapshot(self) -> dict[str, Any]:
         cluster = {} if self.cluster is None else {"cluster": self.cluster.report()}
         return {
             **cluster,
             # Where this agent keeps things a client (nodeagent logs) reads directly.
-            "agent": {"podLogDir": str(self.config.pod_log_dir)},
+            "agent": {
+                "podLogDir": str(self.config.pod_log_dir),
+                "mode": "standalone" if self.cluster is None else "cluster",
+                "metricsBind": self.config.metrics_bind,
+            },
             "node": self._node_status(),
-            "pods": self._pods(),
+            "pods": self._with_backoff(self._pods()),
             "services": self.proxy.services(),
             "proxy": self.proxy.status(),
             "errors": [e.to_json() for e in self.desired.errors] + self.proxy.errors(),
+            "events": self.events.to_json(),
             **({"network": self._network()} if self.config.cluster_cidr is not None else {}),
         }
 
@@ -358,7 +386,9 @@ async def run(config: Config) -> int:
             return 2
     await asyncio.to_thread(_prepare_network, config)
     notifier = Notifier()
-    runtime = build_runtime(config)
+    observed = metrics.Metrics()  # this agent's own registry, never the global one
+    metrics.install(observed)
+    runtime: Runtime = metrics.InstrumentedRuntime(build_runtime(config), observed)
     node = Node(config, runtime, client)
     if config.cluster_cidr is not None:
         node.sysctl_problems = sysctl.problems(await asyncio.to_thread(sysctl.prepare_node))
@@ -369,6 +399,7 @@ async def run(config: Config) -> int:
         log.error("status_socket_unavailable", path=str(config.status_socket), error=str(exc))
         await runtime.close()
         return 1
+    exporter = await _start_metrics(config, node, observed)
     log.info(
         "agent_started",
         node=config.node_name,
@@ -386,6 +417,7 @@ async def run(config: Config) -> int:
         "orphans": node.sweep_orphans,
         "runtime-version": node.learn_runtime_version,
         "proxy": node.proxy.run,
+        **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),
@@ -405,5 +437,33 @@ async def run(config: Config) -> int:
         if node.cluster is not None:
             await node.cluster.close()
         await server.close()
+        if exporter is not None:
+            await exporter.close()
         await runtime.close()
     return 0
+
+
+async def _start_metrics(
+    config: Config, node: Node, observed: metrics.Metrics
+) -> metrics.MetricsServer | None:
+    """Serve /metrics and /healthz unless --metrics-bind is empty. A taken port costs the
+    metrics (logged), not the node: pods matter more than their numbers."""
+    if node.cluster is not None:
+        cluster = node.cluster
+        observed.watch_cluster(
+            metrics.ClusterProbe(
+                watch_restarts=cluster.watch_restarts,
+                last_heartbeat=lambda: cluster.lease.last_renewed,
+            )
+        )
+    if not config.metrics_bind:
+        return None
+    exporter = metrics.MetricsServer(
+        config.metrics_bind, observed, healthy=lambda: node.cache.healthy
+    )
+    try:
+        await exporter.start()
+    except metrics.MetricsError as exc:
+        log.error("metrics_unavailable", error=str(exc))
+        return None
+    return exporter

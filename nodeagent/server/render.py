@@ -37,27 +37,70 @@ headless, or one whose clusterIP/nodePort could not be allocated).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from nodeagent.server.fmt import GAP as _GAP
+from nodeagent.server.fmt import as_int as _int
+from nodeagent.server.fmt import as_list as _list
+from nodeagent.server.fmt import as_map as _map
+from nodeagent.server.fmt import as_str as _str
+from nodeagent.server.fmt import human_duration
+from nodeagent.server.fmt import table as _table
+from nodeagent.server.fmt import timestamp as _timestamp
+
 NONE = "<none>"
-_GAP = "   "  # kubectl's column padding
 
 
-def render_status(snapshot: Mapping[str, Any], now: datetime) -> str:
+VIEWS = ("all", "pods", "services")  # the node's own view is nodeview.render_node
+
+
+def render_status(
+    snapshot: Mapping[str, Any],
+    now: datetime,
+    *,
+    view: str = "all",
+    namespace: str | None = None,
+) -> str:
+    """The whole overview (``all``) or the pods or services subview; ``namespace`` keeps only
+    that namespace's objects."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    sections = [_node_line(_map(snapshot.get("node")), len(_list(snapshot.get("pods"))))]
-    sections.append(_pods_section(_list(snapshot.get("pods")), now))
-    probes = _probe_rows(_list(snapshot.get("pods")), now)
-    if probes:
-        sections.append("PROBES:\n" + _table(_PROBE_HEADER, probes))
-    sections += _service_sections(snapshot, now)
-    errors = _errors(snapshot)
-    if errors:
+    if namespace is not None:
+        snapshot = in_namespace(snapshot, namespace)
+    sections = []
+    if view == "all":
+        sections.append(_node_line(_map(snapshot.get("node")), len(_list(snapshot.get("pods")))))
+    if view in ("all", "pods"):
+        sections.append(_pods_section(_list(snapshot.get("pods")), now))
+        probes = _probe_rows(_list(snapshot.get("pods")), now)
+        if probes:
+            sections.append("PROBES:\n" + _table(_PROBE_HEADER, probes))
+    if view in ("all", "services"):
+        sections += _service_sections(snapshot, now, empty="No services." if view != "all" else "")
+    errors = _errors(snapshot, pods_only=view == "pods")
+    if errors and view != "services":
         sections.append("ERRORS:\n" + _table(("SOURCE", "OBJECT", "FIELD", "MESSAGE"), errors))
     return "\n\n".join(sections) + "\n"
+
+
+def in_namespace(snapshot: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """The snapshot with only ``namespace``'s pods, services and events (node-wide parts stay)."""
+
+    def ours(obj: Any, meta_key: str = "metadata") -> bool:
+        return (_str(_map(_map(obj).get(meta_key)).get("namespace")) or "default") == namespace
+
+    filtered = dict(snapshot)
+    filtered["pods"] = [p for p in _list(snapshot.get("pods")) if ours(p)]
+    filtered["services"] = [s for s in _list(snapshot.get("services")) if ours(s)]
+    filtered["events"] = [e for e in _list(snapshot.get("events")) if ours(e, "involvedObject")]
+    filtered["errors"] = [
+        e
+        for e in _list(snapshot.get("errors"))
+        if _str(_map(e).get("object")).partition("/")[0] in ("", namespace)
+    ]
+    return filtered
 
 
 # --- Node ------------------------------------------------------------------------------------
@@ -129,8 +172,20 @@ def _pod_row(pod: Mapping[str, Any], now: datetime) -> tuple[str, ...]:
         str(restarts),
         human_duration(now - created) if created else "<unknown>",
         _str(status.get("podIP")) or NONE,
-        _reason(status, inits, containers, [_map(p) for p in _list(pod.get("probes"))]),
+        _reason(status, inits, containers, [_map(p) for p in _list(pod.get("probes"))])
+        + _retry(pod, [*inits, *containers], now),
     )
+
+
+def _retry(pod: Mapping[str, Any], containers: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    """When the first container in back-off is tried again (crash loop or image pull)."""
+    due = _map(pod.get("backoffUntil"))
+    for c in containers:
+        until = _timestamp(due.get(_str(c.get("name"))))
+        if until is not None and c.get("ready") is not True:
+            left = until - now
+            return f" (retry in {human_duration(left)})" if left.total_seconds() > 0 else ""
+    return ""
 
 
 def _reason(
@@ -215,46 +270,20 @@ def _probe_rows(pods: Sequence[Any], now: datetime) -> list[tuple[str, ...]]:
     return rows
 
 
+_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
 def _state_reason(state: Mapping[str, Any]) -> str:
+    """The waiting or terminated reason; a pull failure says what failed (kubectl hides it)."""
     for kind in ("waiting", "terminated"):
-        reason = _str(_map(state.get(kind)).get("reason"))
+        detail = _map(state.get(kind))
+        reason = _str(detail.get("reason"))
+        message = _str(detail.get("message"))
+        if reason in _PULL_REASONS and message:
+            return f"{reason}: {message}"
         if reason:
             return reason
     return ""
-
-
-def human_duration(delta: timedelta) -> str:
-    """kubectl's HumanDuration: coarse, and shorter the older something is."""
-    seconds = int(delta.total_seconds())
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        s = seconds % 60
-        return f"{minutes}m{s}s" if s else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        m = minutes % 60
-        return f"{hours}h{m}m" if m else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    days = hours // 24
-    if hours < 24 * 8:
-        h = hours % 24
-        return f"{days}d{h}h" if h else f"{days}d"
-    if hours < 24 * 365 * 2:
-        return f"{days}d"
-    years = days // 365
-    if hours < 24 * 365 * 8:
-        d = days % 365
-        return f"{years}y{d}d" if d else f"{years}y"
-    return f"{years}y"
 
 
 # --- Services and the proxy ----------------------------------------------------------------
@@ -262,16 +291,18 @@ def human_duration(delta: timedelta) -> str:
 _SERVICE_HEADER = ("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS")
 
 
-def _service_sections(snapshot: Mapping[str, Any], now: datetime) -> list[str]:
+def _service_sections(snapshot: Mapping[str, Any], now: datetime, *, empty: str = "") -> list[str]:
     """The services table (as ``kubectl get svc``, plus ready/total endpoints), proxy line."""
     sections = []
     rows = [_service_row(_map(s)) for s in _list(snapshot.get("services"))]
     if rows:
         rows.sort(key=lambda r: (r[0], r[1]))
         sections.append("SERVICES:\n" + _table(_SERVICE_HEADER, rows))
+    elif empty:
+        sections.append(empty)
     proxy = snapshot.get("proxy")
     if isinstance(proxy, Mapping):
-        sections.append(_proxy_line(proxy, now))
+        sections.append(proxy_line(proxy, now))
     return sections
 
 
@@ -302,7 +333,7 @@ def _service_row(service: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _proxy_line(proxy: Mapping[str, Any], now: datetime) -> str:
+def proxy_line(proxy: Mapping[str, Any], now: datetime) -> str:
     backend = _str(proxy.get("backend"))
     fields = [f"PROXY: iptables ({backend})" if backend else "PROXY: starting"]
     synced = _timestamp(proxy.get("lastSync"))
@@ -330,9 +361,10 @@ def _proxy_line(proxy: Mapping[str, Any], now: datetime) -> str:
 # --- Errors ----------------------------------------------------------------------------------
 
 
-def _errors(snapshot: Mapping[str, Any]) -> list[tuple[str, ...]]:
+def _errors(snapshot: Mapping[str, Any], *, pods_only: bool = False) -> list[tuple[str, ...]]:
     """Manifest errors of the node, then per-pod errors (attributed to their pod)."""
-    rows = [_error_row(e, default_object="") for e in _list(snapshot.get("errors"))]
+    node_errors = [] if pods_only else _list(snapshot.get("errors"))
+    rows = [_error_row(e, default_object="") for e in node_errors]
     for p in _list(snapshot.get("pods")):
         meta = _map(_map(p).get("metadata"))
         obj = f"{_str(meta.get('namespace')) or 'default'}/{_str(meta.get('name'))}"
@@ -349,45 +381,3 @@ def _error_row(error: Any, *, default_object: str) -> tuple[str, ...]:
         _str(error.get("field")),
         _str(error.get("message")),
     )
-
-
-# --- Helpers ---------------------------------------------------------------------------------
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    all_rows = [list(header), *(list(r) for r in rows)]
-    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
-    lines = [
-        _GAP.join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-        for r in all_rows
-    ]
-    return "\n".join(lines)
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)  # 3.11 accepts RFC 3339's trailing "Z"
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> Sequence[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str:
-    # One line per cell: a multi-line message would break the columns.
-    if value is None or isinstance(value, Mapping | list):
-        return ""
-    return " ".join(str(value).split())
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

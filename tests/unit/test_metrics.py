@@ -11,6 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodeagent import metrics
+from nodeagent.cli import build_parser
+from nodeagent.config import ConfigError, load_config
 from nodeagent.metrics import ClusterProbe, InstrumentedRuntime, Metrics, MetricsServer
 from nodeagent.runtime.base import ContainerID, RuntimeUnavailable
 from nodeagent.runtime.fake import FakeRuntime
@@ -210,3 +212,23 @@ async def test_taken_address_is_a_clear_error(
     other = MetricsServer(f"{host}:{port}", m)
     with pytest.raises(metrics.MetricsError, match="--metrics-bind"):
         await other.start()
+
+
+# --- --metrics-bind ------------------------------------------------------------------------------
+
+
+def bind_of(*flags: str) -> str:
+    return load_config(build_parser().parse_args(["run", *flags])).metrics_bind
+
+
+def test_metrics_bind_default_off_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NODEAGENT_METRICS_BIND", raising=False)
+    assert bind_of() == "127.0.0.1:10255"
+    assert bind_of("--metrics-bind", "0.0.0.0:9100") == "0.0.0.0:9100"
+    assert bind_of("--metrics-bind", "[::1]:9100") == "[::1]:9100"
+    assert bind_of("--metrics-bind", "") == ""  # switched off
+    monkeypatch.setenv("NODEAGENT_METRICS_BIND", "")
+    assert bind_of() == ""
+    for bad in ("9100", "host:", "host:99999", ":80"):
+        with pytest.raises(ConfigError, match="is not host:port"):
+            bind_of("--metrics-bind", bad)
