@@ -51,13 +51,12 @@ from tests.harness.node import (
     TestNode,
     TestNodeError,
     _cgroup_hierarchies,
-    alive,
-    descendants,
-    mounts_under,
+    kill_shims,
     shim_socket,
-    shims_for,
+    stop_process,
+    unmount_below,
 )
-from tests.harness.wait import WaitTimeout, wait_for
+from tests.harness.wait import wait_for
 
 API_VERSION = "1.41"
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +71,8 @@ class DockerDaemon:
 
     node: TestNode
     root: Path
+    # Containers outlive a dockerd restart (tests of a daemon restarted under the agent).
+    live_restore: bool = False
     _proc: subprocess.Popen[bytes] | None = None
     _closed: bool = False
 
@@ -111,9 +112,14 @@ class DockerDaemon:
 
     @classmethod
     def start(
-        cls, node: TestNode, *, images: Mapping[str, Path], timeout: float = 30.0
+        cls,
+        node: TestNode,
+        *,
+        images: Mapping[str, Path],
+        timeout: float = 30.0,
+        live_restore: bool = False,
     ) -> DockerDaemon:
-        daemon = cls(node=node, root=node.root / "docker")
+        daemon = cls(node=node, root=node.root / "docker", live_restore=live_restore)
         try:
             daemon._setup(images, timeout)
         except BaseException:
@@ -124,6 +130,13 @@ class DockerDaemon:
     def _setup(self, images: Mapping[str, Path], timeout: float) -> None:
         for d in (self.root, self.data_root, self.exec_root):
             d.mkdir(parents=True, exist_ok=True)
+        self._launch(timeout)
+        try:
+            localimages.load_docker(dict(images), host=self.endpoint)
+        except localimages.ImageToolError as exc:
+            raise TestNodeError(str(exc)) from exc
+
+    def _launch(self, timeout: float) -> None:
         argv = [
             "dockerd",
             "--data-root",
@@ -145,16 +158,26 @@ class DockerDaemon:
             self.cgroup_parent,
             "--shutdown-timeout",
             "2",
+            *(["--live-restore"] if self.live_restore else []),
         ]
         with self.log_path.open("ab") as log:
             self._proc = self.node.popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         wait_for(self._answers, timeout, 0.05, message=lambda: f"dockerd\n{self.log_tail()}")
-        try:
-            localimages.load_docker(dict(images), host=self.endpoint)
-        except localimages.ImageToolError as exc:
-            raise TestNodeError(str(exc)) from exc
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def kill_dockerd(self) -> None:
+        """SIGKILL dockerd, as a crash would (its containers live on under live_restore)."""
+        stop_process(self._proc, sig=signal.SIGKILL, timeout=10)
+        (self.root / "docker.pid").unlink(missing_ok=True)
+
+    def restart_dockerd(self, timeout: float = 30.0) -> None:
+        """Start dockerd again on the same data (after kill_dockerd); images are kept."""
+        if self.alive():
+            raise TestNodeError("dockerd is still running")
+        self._launch(timeout)
 
     def _answers(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
@@ -226,50 +249,16 @@ class DockerDaemon:
         subprocess.run(["rm", "-rf", str(self.root)], check=False, capture_output=True)
 
     def _stop_dockerd(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(self._proc, timeout=20)
 
     def _kill_leftovers(self) -> None:
         """Kill the shims of Docker's containers and everything below them; remove sockets."""
         address = self.node.address
-        doomed: set[int] = set()
-        sockets: set[Path] = set()
-
-        def gone() -> bool:
-            for shim in shims_for(address):
-                if shim.namespace != DOCKER_NAMESPACE:
-                    continue
-                doomed.add(shim.pid)
-                doomed.update(descendants(shim.pid))
-                sockets.add(shim_socket(address, shim.namespace, shim.id))
-            for pid in doomed:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            return not [pid for pid in doomed if alive(pid)]
-
-        wait_for(gone, 10, 0.05, message=f"processes of {address} to exit")
-        for path in sockets:
-            path.unlink(missing_ok=True)
+        for shim in kill_shims(address, DOCKER_NAMESPACE):
+            shim_socket(address, shim.namespace, shim.id).unlink(missing_ok=True)
 
     def _unmount_all(self) -> list[str]:
-        def unmounted() -> bool:
-            for point in mounts_under(self.root):
-                subprocess.run(["umount", point], capture_output=True, check=False)
-            for point in mounts_under(self.root):
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-            return not mounts_under(self.root)
-
-        with contextlib.suppress(WaitTimeout):
-            wait_for(unmounted, 10, 0.1, message=f"mounts under {self.root} to go")
-        return mounts_under(self.root)
+        return unmount_below(self.root)
 
     def _remove_cgroups(self) -> None:
         rel = self.cgroup_parent.lstrip("/")

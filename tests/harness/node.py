@@ -29,6 +29,8 @@ keep containerd.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import itertools
@@ -148,6 +150,60 @@ def mounts_under(path: Path) -> list[str]:
         if point == prefix or point.startswith(prefix + "/"):
             points.append(point)
     return sorted(set(points), key=lambda p: (p.count("/"), p), reverse=True)
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None,
+    *,
+    sig: signal.Signals = signal.SIGTERM,
+    timeout: float,
+) -> None:
+    """Send sig to a daemon we started, KILL it if it outlives timeout; reap it."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kill_shims(address: str, namespace: str | None = None) -> list[Shim]:
+    """Kill the shims serving address (of one containerd namespace, or all) and every process
+    below them; wait until all are gone; return the shims."""
+    doomed: set[int] = set()
+    found: dict[int, Shim] = {}
+
+    def gone() -> bool:
+        for shim in shims_for(address):
+            if namespace is not None and shim.namespace != namespace:
+                continue
+            found[shim.pid] = shim
+            doomed.add(shim.pid)
+            doomed.update(descendants(shim.pid))
+        for pid in doomed:
+            _kill(pid)
+        return not [pid for pid in doomed if alive(pid)]
+
+    wait_for(gone, 10, 0.05, message=f"shims of {address} to exit")
+    return list(found.values())
+
+
+def unmount_below(root: Path) -> list[str]:
+    """Unmount everything below root (lazily if need be); return what would not go."""
+
+    def unmounted() -> bool:
+        for point in mounts_under(root):
+            subprocess.run(["umount", point], capture_output=True, check=False)
+        for point in mounts_under(root):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        return not mounts_under(root)
+
+    with contextlib.suppress(WaitTimeout):
+        wait_for(unmounted, 10, 0.1, message=f"mounts under {root} to go")
+    return mounts_under(root)
 
 
 def shim_socket(address: str, namespace: str, container_id: str) -> Path:
@@ -334,6 +390,23 @@ class TestNode:
     def containerd_alive(self) -> bool:
         return self._containerd is not None and self._containerd.poll() is None
 
+    # -- faults -------------------------------------------------------------------------------
+
+    def kill_containerd(self) -> None:
+        """SIGKILL containerd, as a crash would; its shims and their containers live on."""
+        stop_process(self._containerd, sig=signal.SIGKILL, timeout=10)
+
+    def restart_containerd(self, timeout: float = 30.0) -> None:
+        """Start containerd again on the same root, state and socket (after kill_containerd)."""
+        if self.containerd_alive():
+            raise TestNodeError("containerd is still running")
+        try:
+            self._containerd = devenv.start_containerd(
+                self.layout, log_path=self.log_path, netns_argv=self.netns_argv, timeout=timeout
+            )
+        except devenv.DevEnvError as exc:
+            raise TestNodeError(f"{exc}\n{self.log_tail()}") from exc
+
     # -- cleaning up --------------------------------------------------------------------------
 
     def reset(self) -> None:
@@ -357,21 +430,13 @@ class TestNode:
         return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
     def _remove_cri_pods(self) -> None:
-        """Stop and remove every CRI pod, so CRI releases its IPs, netns and mounts."""
-        try:
-            import grpc
+        """Stop and remove every CRI pod, so CRI releases its IPs, netns and mounts.
 
-            from nodeagent.runtime.cri import api_pb2, api_pb2_grpc
-        except ImportError:
-            return  # no CRI stubs in this tree: ctr removes the containers, close the rest
-        with grpc.insecure_channel(self.endpoint) as channel:
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
-            sandboxes = stub.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items
-            for sandbox in sandboxes:
-                stop = api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox.id)
-                stub.StopPodSandbox(stop, timeout=30)
-                remove = api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id)
-                stub.RemovePodSandbox(remove, timeout=30)
+        Through the agent's own CRI client: its remove_container outwaits a task containerd
+        still holds (a container whose agent was killed while starting it)."""
+        # A thread of its own: a test may call this from inside a running event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _remove_cri_pods(self.endpoint)).result()
 
     def close(self) -> None:
         """Tear the node down completely. Safe to call twice and after partial setup.
@@ -397,30 +462,11 @@ class TestNode:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _stop_containerd(self) -> None:
-        proc = self._containerd
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(self._containerd, timeout=10)
 
     def _kill_shims(self) -> None:
         """Kill leftover shims of this node and every process below them; wait until gone."""
-        doomed: set[int] = set()
-
-        def gone() -> bool:
-            for shim in shims_for(self.address):
-                doomed.add(shim.pid)
-                doomed.update(descendants(shim.pid))
-            for pid in doomed:
-                _kill(pid)
-            return not [pid for pid in doomed if alive(pid)]
-
-        wait_for(gone, 10, 0.05, message=f"shims of {self.address} to exit")
+        kill_shims(self.address)
 
     def _known_containers(self) -> list[tuple[str, str, str]]:
         """(namespace, id, cgroupsPath) of every task bundle below the state dir."""
@@ -437,17 +483,7 @@ class TestNode:
 
     def _unmount_all(self) -> list[str]:
         """Unmount everything below root; return what would not go."""
-
-        def unmounted() -> bool:
-            for point in mounts_under(self.root):
-                subprocess.run(["umount", point], capture_output=True, check=False)
-            for point in mounts_under(self.root):
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-            return not mounts_under(self.root)
-
-        with contextlib.suppress(WaitTimeout):
-            wait_for(unmounted, 10, 0.1, message=f"mounts under {self.root} to go")
-        return mounts_under(self.root)
+        return unmount_below(self.root)
 
     def _remove_container_leftovers(self, containers: list[tuple[str, str, str]]) -> None:
         """cgroups, runc state and shim sockets of containers whose clean-up was skipped."""
@@ -463,6 +499,29 @@ class TestNode:
                 if target.is_dir():
                     with contextlib.suppress(OSError):
                         target.rmdir()
+
+
+async def _remove_cri_pods(endpoint: str) -> None:
+    from nodeagent.runtime.base import NotFound
+    from nodeagent.runtime.cri import CRIRuntime
+    from nodeagent.runtime.cri import api_pb2 as pb
+
+    runtime = CRIRuntime(endpoint, timeout_s=30)
+    try:
+        # Everything, not only what carries the agent's labels (crictl and ctr made some).
+        stubs = runtime._open()  # the harness reaches past the seam: everything, unlabelled too
+        listed = await stubs.runtime.ListContainers(pb.ListContainersRequest(), timeout=10)
+        for container in listed.containers:
+            with contextlib.suppress(NotFound):
+                await runtime.stop_container(container.id, 0)
+                await runtime.remove_container(container.id)
+        sandboxes = await stubs.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10)
+        for sandbox in sandboxes.items:
+            with contextlib.suppress(NotFound):
+                await runtime.stop_sandbox(sandbox.id)
+                await runtime.remove_sandbox(sandbox.id)
+    finally:
+        await runtime.close()
 
 
 def _cgroup_hierarchies() -> Iterator[Path]:

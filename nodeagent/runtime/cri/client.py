@@ -51,6 +51,9 @@ CRI_API_VERSION = "v1"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # What exec_sync reports for a command killed at its timeout (the exit code of timeout(1)).
 EXEC_TIMEOUT_EXIT_CODE = 124
+# How soon the channel tries again after losing the runtime (doubling up to the max).
+RECONNECT_BACKOFF_MIN_MS = 250
+RECONNECT_BACKOFF_MAX_MS = 2000
 # remove_container's backoff while the runtime still holds a container's task.
 REMOVE_RETRY_FIRST_S = 0.05
 REMOVE_RETRY_MAX_S = 1.0
@@ -139,6 +142,12 @@ class CRIRuntime(base.Runtime):
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    # gRPC's reconnect backoff grows to 120 s by default: a containerd that
+                    # restarts would leave the node NotReady for up to two minutes after it
+                    # is back. The relister calls every second; reconnect within seconds.
+                    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MIN_MS),
+                    ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MIN_MS),
+                    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
                 ],
             )
             # The generated stubs are untyped (grpc_tools writes no annotations).
