@@ -18,26 +18,45 @@ before validation could see them.
 
 Every failure, of either client, leaves this module as an ``ApiFailure`` (see
 ``api_errors``): the rest of the package never sees httpx or lightkube exceptions.
+
+Credential rotation, as the kubelet's certificate manager leaves it on disk: a new client
+certificate and key written over the old files (or a symlink such as
+``kubelet-client-current.pem`` pointed at a new pair), or a kubeconfig rewritten with new
+data. At most once per ``ROTATION_CHECK_S``, before a call, the files the connection was
+built from (kubeconfig, certificate, key, CA) are stat()ed; when any changed, the kubeconfig
+is loaded again and both clients are rebuilt, and the old ones are closed, which ends their
+open watches: the reflectors reconnect with the new credentials, as the kubelet closes its
+connections after a rotation. A pair caught half-written (a key that does not match its
+certificate) keeps the old clients until a later look finds the pair whole. Obtaining the
+certificate (TLS bootstrap, CSRs) is not done here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import msgspec
+import structlog
 from lightkube import ApiError as LightkubeApiError
 from lightkube import AsyncClient, KubeConfig, SingleConfig
 from lightkube import ConfigError as LightkubeConfigError
 from lightkube.config.client_adapter import AsyncClient as raw_async_client
 from lightkube.config.client_adapter import ConnectionParams
 
-Obj = dict[str, Any]
+log = structlog.get_logger("nodeagent.apiserver.client")
 
+Obj = dict[str, Any]
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+ROTATION_CHECK_S = 1.0
 FIELD_MANAGER = "nodeagent"
 REQUEST_TIMEOUT_S = 10.0
 WATCH_READ_SLACK_S = 60.0  # a watch that stays silent this long past its timeout is dead
@@ -144,28 +163,96 @@ def load_kubeconfig(path: Path) -> SingleConfig:
     return config
 
 
+def credential_files(config: SingleConfig) -> tuple[Path, ...]:
+    """The files a connection is built from: a change in any means new credentials."""
+    names: list[Any] = [config.cluster.certificate_auth]
+    if config.user is not None:
+        names += [config.user.client_cert, config.user.client_key]
+    files = [Path(config.fname)] if config.fname is not None else []
+    files += [Path(config.abs_file(n)) for n in names if n]
+    return tuple(dict.fromkeys(files))
+
+
+def _stamp(files: tuple[Path, ...]) -> Stamp:
+    """What tells a rewritten file from the old one (stat follows symlinks: a re-pointed
+    link shows its new target)."""
+
+    def one(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    return tuple(one(f) for f in files)
+
+
+def _build(config: SingleConfig, timeout_s: float) -> tuple[AsyncClient, httpx2.AsyncClient]:
+    timeout = httpx2.Timeout(timeout_s)
+    try:
+        typed = AsyncClient(config, timeout=timeout, field_manager=FIELD_MANAGER)
+        http = raw_async_client(config, ConnectionParams(timeout=timeout))
+    except (OSError, LightkubeConfigError, ValueError) as exc:  # bad cert or key files
+        server = config.cluster.server
+        raise KubeconfigError(f"cannot set up the connection to {server}: {exc}") from exc
+    return typed, http
+
+
 class ApiClient:
-    """Both clients of one kubeconfig context; ``close`` them together."""
+    """Both clients of one kubeconfig context; ``close`` them together. Built from a file,
+    they follow its credentials when they rotate (see the module docstring)."""
 
     def __init__(self, config: SingleConfig, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        timeout = httpx2.Timeout(timeout_s)
         self.server = config.cluster.server
-        try:
-            self.typed = AsyncClient(config, timeout=timeout, field_manager=FIELD_MANAGER)
-            self._http = raw_async_client(config, ConnectionParams(timeout=timeout))
-        except (OSError, LightkubeConfigError, ValueError) as exc:  # bad cert or key files
-            raise KubeconfigError(f"cannot set up the connection to {self.server}: {exc}") from exc
+        self._typed, self._http = _build(config, timeout_s)
         self._timeout_s = timeout_s
+        self._path = Path(config.fname) if config.fname is not None else None
+        self._files = credential_files(config)
+        self._stamp = _stamp(self._files)
+        self._refused: Stamp | None = None  # files found unusable (logged once)
+        self._next_check = time.monotonic() + ROTATION_CHECK_S
+        self._closing: set[asyncio.Task[None]] = set()
+        self.rotations = 0
 
     @classmethod
     def from_file(cls, path: Path) -> ApiClient:
         return cls(load_kubeconfig(path))
 
+    @property
+    def typed(self) -> AsyncClient:
+        """lightkube's typed client, current credentials."""
+        self._follow_rotation()
+        return self._typed
+
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.typed.close()
-        with contextlib.suppress(Exception):
-            await self._http.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await _close(self._typed, self._http)
+
+    def _follow_rotation(self) -> None:
+        now = time.monotonic()
+        if self._path is None or now < self._next_check:
+            return
+        self._next_check = now + ROTATION_CHECK_S
+        stamp = _stamp(self._files)
+        if stamp == self._stamp:
+            return
+        try:
+            config = load_kubeconfig(self._path)
+            typed, http = _build(config, self._timeout_s)
+        except KubeconfigError as exc:  # half-written, say: keep what works, look again
+            if stamp != self._refused:
+                self._refused = stamp
+                log.warning("kubeconfig_reload_failed", error=str(exc))
+            return
+        old = (self._typed, self._http)
+        self._typed, self._http, self.server = typed, http, config.cluster.server
+        self._files = credential_files(config)
+        self._stamp = _stamp(self._files)
+        self.rotations += 1
+        log.info("client_credentials_reloaded", server=self.server, rotations=self.rotations)
+        task = asyncio.get_running_loop().create_task(_close(*old))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # -- raw JSON ---------------------------------------------------------------------------
 
@@ -179,6 +266,7 @@ class ApiClient:
         content_type: str = "application/json",
     ) -> Obj:
         """One call; the answer's JSON object (``{}`` for an empty body)."""
+        self._follow_rotation()
         content = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         with api_errors():
@@ -221,6 +309,7 @@ class ApiClient:
         connection raises ApiFailure with code 0. The read timeout covers a connection that
         died without a word: the server ends every watch after ``timeoutSeconds``.
         """
+        self._follow_rotation()
         query = {**params, "watch": "true", "timeoutSeconds": str(int(timeout_s))}
         timeout = httpx2.Timeout(self._timeout_s, read=timeout_s + WATCH_READ_SLACK_S)
         with api_errors():
@@ -237,3 +326,10 @@ class ApiClient:
                     if kind == "ERROR":
                         raise failure_from_status(obj, kind=WatchEventError)
                     on_event(kind, obj)
+
+
+async def _close(typed: AsyncClient, http: httpx2.AsyncClient) -> None:
+    with contextlib.suppress(Exception):
+        await typed.close()
+    with contextlib.suppress(Exception):
+        await http.aclose()

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from nodeagent.apiserver import client as client_module
 from nodeagent.apiserver.client import ApiClient, ApiFailure, KubeconfigError, load_kubeconfig
 from nodeagent.apiserver.events import BURST, Event, EventRecorder, PodRef
 from nodeagent.apiserver.node import (
@@ -382,3 +383,89 @@ def test_node_status_holds_still_between_real_changes() -> None:
     assert status_changed(later, broken)
     ready = next(c for c in broken["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["lastTransitionTime"] == "1970-01-01T00:17:00Z"
+
+
+# -- client certificate rotation ---------------------------------------------------------
+
+
+def rotated_kubeconfig(api: ApiServer, directory: Path, cn: str) -> Path:
+    """A kubelet-style kubeconfig: cert and key both in ``pki/kubelet-client-current.pem``,
+    a symlink to the current pair (what the kubelet's certificate manager leaves)."""
+    pki = directory / "pki"
+    pki.mkdir(parents=True)
+    install_pair(pki, "1", *api.pki.issue(cn, ("system:nodes",)))
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {"server": api.url, "certificate-authority": str(api.pki.ca_path)},
+            }
+        ],
+        "users": [
+            {
+                "name": "u",
+                "user": {
+                    "client-certificate": "pki/kubelet-client-current.pem",
+                    "client-key": "pki/kubelet-client-current.pem",
+                },
+            }
+        ],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path = directory / "kubelet.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def install_pair(pki: Path, serial: str, cert: bytes, key: bytes) -> None:
+    """Write a pair under a new name and re-point the current link at it, atomically."""
+    (pki / f"kubelet-client-{serial}.pem").write_bytes(cert + key)
+    tmp = pki / "current.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(f"kubelet-client-{serial}.pem")
+    tmp.replace(pki / "kubelet-client-current.pem")
+
+
+def users_of(api: ApiServer, path: str, *, watch: bool = False) -> list[str | None]:
+    return [r.user for r in api.requests if r.path == path and ("watch=true" in r.query) == watch]
+
+
+async def test_a_rotated_client_certificate_is_used_without_a_restart(
+    api: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "ROTATION_CHECK_S", 0.0)
+    old_user, new_user = f"system:node:{NODE}", f"system:node:{NODE}-renewed"
+    client = ApiClient.from_file(rotated_kubeconfig(api, tmp_path, old_user))
+    pods = Reflector(client, Collection("/api/v1/pods"), on_change=lambda: None)
+    watching = asyncio.create_task(pods.run())
+    try:
+        await client.list("/api/v1/namespaces", {})
+        await eventually(lambda: pods.connected and pods.watches == 1, what="a watch")
+        pki = tmp_path / "pki"
+        old_cert_key = (pki / "kubelet-client-1.pem").read_bytes()
+        new_cert, new_key = api.pki.issue(new_user, ("system:nodes",))
+
+        # Caught half-written (the new certificate with the old key): the old pair stays.
+        old_key = old_cert_key[old_cert_key.index(b"-----BEGIN", 1) :]
+        install_pair(pki, "2", new_cert, old_key)
+        await client.list("/api/v1/namespaces", {})
+        assert client.rotations == 0
+        assert users_of(api, "/api/v1/namespaces")[-1] == old_user
+
+        # The whole pair: the next call uses it, and the open watch is re-opened with it.
+        install_pair(pki, "3", new_cert, new_key)
+        await client.list("/api/v1/namespaces", {})
+        assert client.rotations == 1
+        assert users_of(api, "/api/v1/namespaces")[-1] == new_user
+        # (The server logs a watch when it ends: the old one was cut, the new one is open.)
+        await eventually(
+            lambda: users_of(api, "/api/v1/pods", watch=True) == [old_user], what="the old cut"
+        )
+        await eventually(lambda: pods.connected and pods.watches == 2, what="a new watch")
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await client.close()
