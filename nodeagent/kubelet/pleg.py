@@ -8,6 +8,11 @@ at the next relist.
 
 Invariant: a ContainerInfo in the cache is ``detailed`` (exit code, times) whenever its
 state is EXITED, because restart decisions depend on those fields.
+
+Cost: a relist of an unchanged node reuses the objects of the previous one (the detailed
+containers, the sandboxes with their IPs), so comparing each pod with its last state mostly
+compares identities, and no task is made for a container whose state did not change. With
+110 pods a relist is then a few milliseconds of Python besides the two list calls.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class RuntimeCache:
         self._pods: dict[PodUID, RuntimePod] = {}
         self._details: dict[ContainerID, ContainerInfo] = {}
         self._ips: dict[SandboxID, str] = {}
+        # The last summary of each READY sandbox and the same with its IP: an unchanged
+        # summary gets the very same object back.
+        self._views: dict[SandboxID, tuple[SandboxInfo, SandboxInfo]] = {}
         self.healthy = False
         self.last_relist: float = 0.0
         self.last_error = ""
@@ -107,8 +115,7 @@ class RuntimeCache:
         found_containers: dict[PodUID, list[ContainerInfo]] = {}
         for sandbox in sandboxes:
             found_sandboxes.setdefault(sandbox.uid, []).append(await self._with_ip(sandbox))
-        details = await asyncio.gather(*(self._detailed(c) for c in containers))
-        for container in details:
+        for container in await self._detailed_all(containers):
             if container is not None:
                 found_containers.setdefault(container.uid, []).append(container)
         result = {}
@@ -123,6 +130,9 @@ class RuntimeCache:
     async def _with_ip(self, sandbox: SandboxInfo) -> SandboxInfo:
         if sandbox.state is not SandboxState.READY:
             return sandbox
+        seen = self._views.get(sandbox.id)
+        if seen is not None and seen[0] == sandbox:
+            return seen[1]
         ip = self._ips.get(sandbox.id)
         if ip is None:
             try:
@@ -130,7 +140,26 @@ class RuntimeCache:
             except NotFound:
                 return sandbox
             self._ips[sandbox.id] = ip
-        return replace(sandbox, ip=ip)
+        view = replace(sandbox, ip=ip)
+        self._views[sandbox.id] = (sandbox, view)
+        return view
+
+    async def _detailed_all(self, summaries: Sequence[ContainerInfo]) -> list[ContainerInfo | None]:
+        """Each container detailed, in the listing's order (a pod's containers keep theirs,
+        so an unchanged pod compares equal); only changed ones cost a runtime call."""
+        result: list[ContainerInfo | None] = []
+        missing: list[int] = []
+        for summary in summaries:
+            cached = self._details.get(summary.id)
+            if cached is not None and cached.state is summary.state:
+                result.append(cached)
+            else:
+                missing.append(len(result))
+                result.append(None)
+        fetched = await asyncio.gather(*(self._detailed(summaries[i]) for i in missing))
+        for i, info in zip(missing, fetched, strict=True):
+            result[i] = info
+        return result
 
     async def _detailed(self, summary: ContainerInfo) -> ContainerInfo | None:
         cached = self._details.get(summary.id)
@@ -150,5 +179,7 @@ class RuntimeCache:
         live_containers = {c.id for c in containers}
         for sid in set(self._ips) - live_sandboxes:
             del self._ips[sid]
+        for sid in set(self._views) - live_sandboxes:
+            del self._views[sid]
         for cid in set(self._details) - live_containers:
             del self._details[cid]
