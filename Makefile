@@ -32,8 +32,9 @@ test: setup lint
 proto:
 	sh tools/gen-proto.sh
 
+# Every bench (bench/report.py), one at a time; writes bench/RESULTS.md and bench/results.jsonl.
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done
+	$(PYTHON) bench/report.py
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
