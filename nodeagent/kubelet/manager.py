@@ -188,14 +188,15 @@ class PodManager:
                 if worker.state is WorkerState.SYNCING
                 else []  # a terminating pod is probed no more
             )
-            result.append(
-                {
-                    "metadata": metadata,
-                    "status": status,
-                    "probes": probes,
-                    "worker": worker.state.value,
-                }
-            )
+            entry = {
+                "metadata": metadata,
+                "status": status,
+                "probes": probes,
+                "worker": worker.state.value,
+            }
+            if pod.spec.priority is not None:  # recorded only: one node does not preempt
+                entry["spec"] = {"priority": pod.spec.priority}
+            result.append(entry)
         return result
 
     def counts(self) -> dict[str, int]:

@@ -6,13 +6,21 @@ nothing to do. Keeping it pure means every branch (init order, restart policy, b
 liveness kills, pruning) is unit-tested without a runtime.
 
 Order of business:
+0. past ``activeDeadlineSeconds`` since the pod's start: kill everything, the pod is done;
 1. no ready sandbox -> create one (after killing what is left of the old one), unless the
    pod has already finished under restartPolicy Never/OnFailure;
-2. init containers, one at a time, each to a clean exit;
-3. app containers: start missing ones, restart exited ones per restartPolicy (behind the
-   CrashLoopBackOff delay), kill those whose liveness or startup probe failed;
+2. init containers, one at a time, each to a clean exit; a native sidecar (an init
+   container with restartPolicy Always) only to its start: the next one waits until it runs
+   and its startup probe, if any, has succeeded;
+3. app containers (and sidecars, which restart on any exit whatever the pod's policy): start
+   missing ones, restart exited ones per restartPolicy (behind the CrashLoopBackOff delay),
+   kill those whose liveness or startup probe failed;
 4. remove dead instances older than the latest one of each container, and sandboxes that a
    newer sandbox replaced.
+
+Sidecars never hold a pod back from completion: once its app containers are done for good
+(restartPolicy Never/OnFailure), the pod is finished and its sidecars are stopped, in
+reverse order, before the sandbox.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ class PodActions:
     # Dead sandboxes replaced by a newer one (removing one removes its containers too).
     prune_sandboxes: tuple[SandboxInfo, ...] = ()
     finished: bool = False  # the pod has run to completion; stop its sandbox
+    deadline_exceeded: bool = False  # activeDeadlineSeconds passed: the pod ends Failed
 
     @property
     def idle(self) -> bool:
@@ -74,6 +83,9 @@ class PlanInput:
     backoffs: Mapping[str, backoff.Backoff] = field(default_factory=dict)
     # Containers whose liveness or startup probe asks for a restart: name -> reason.
     unhealthy: Mapping[str, str] = field(default_factory=dict)
+    # Startup probe results (absent: no result yet); a sidecar without one starts at once.
+    started: Mapping[str, bool] = field(default_factory=dict)
+    start_time: float | None = None  # the pod's startTime (its first sandbox), if any
 
 
 def should_restart(policy: RestartPolicy, exit_code: int) -> bool:
@@ -87,12 +99,21 @@ def next_attempt(runtime: RuntimePod, name: str) -> int:
     return 0 if latest is None else latest.attempt + 1
 
 
+def deadline_exceeded(pod: Pod, start_time: float | None, now: float) -> bool:
+    """``activeDeadlineSeconds`` has passed since the pod's startTime."""
+    deadline = pod.spec.active_deadline_seconds
+    return deadline is not None and start_time is not None and now - start_time >= deadline
+
+
 def pod_finished(pod: Pod, runtime: RuntimePod) -> bool:
-    """True once nothing will ever run again in this pod (never under restartPolicy Always)."""
+    """True once nothing will ever run again in this pod (never under restartPolicy Always).
+    Sidecars do not count: they run for the app containers, and stop when those are done."""
     policy = pod.spec.restart_policy
     if policy is RestartPolicy.ALWAYS:
         return False
     for init in pod.spec.init_containers:
+        if init.sidecar:
+            continue
         latest = runtime.latest(init.name)
         if latest is not None and latest.state is ContainerState.EXITED and latest.exit_code:
             return policy is RestartPolicy.NEVER
@@ -108,6 +129,9 @@ def pod_finished(pod: Pod, runtime: RuntimePod) -> bool:
 def plan_pod(inp: PlanInput) -> PodActions:
     pod, runtime = inp.pod, inp.runtime
     sandbox = runtime.ready_sandbox()
+    if deadline_exceeded(pod, inp.start_time, inp.now):
+        kills = _stop_all(pod, runtime, "DeadlineExceeded")
+        return PodActions(kill=kills, finished=True, deadline_exceeded=True)
     if sandbox is None:
         latest = runtime.latest_sandbox()
         # Under Never, a pod whose sandbox died after its containers ran is not run again.
@@ -124,7 +148,8 @@ def plan_pod(inp: PlanInput) -> PodActions:
             kill_pod=not runtime.empty,
         )
     if pod_finished(pod, runtime):
-        return PodActions(finished=True, prune=_prune(pod, runtime))
+        kills = _stop_all(pod, runtime, "PodCompleted")  # what is left: the sidecars
+        return PodActions(finished=True, prune=_prune(pod, runtime), kill=kills)
     prune = _prune(pod, runtime)
     dead = tuple(s for s in runtime.sandboxes if s.id != sandbox.id)
     init_actions = _plan_init(inp, sandbox.id)
@@ -158,19 +183,50 @@ def _restart_or_backoff(
     return start, None
 
 
+def stop_order(pod: Pod, names: set[str]) -> list[str]:
+    """Containers in the order they are stopped: app containers, then sidecars in reverse
+    (a sidecar outlives what it serves)."""
+    order = [c.name for c in pod.spec.containers]
+    order += [c.name for c in reversed(pod.spec.init_containers)]
+    return [n for n in order if n in names] + sorted(names - set(order))
+
+
+def _stop_all(pod: Pod, runtime: RuntimePod, reason: str) -> tuple[KillContainer, ...]:
+    running = {c.name: c for c in runtime.running()}
+    return tuple(KillContainer(running[n], reason) for n in stop_order(pod, set(running)))
+
+
+def _sidecar_started(inp: PlanInput, container: Container) -> bool:
+    return inp.started.get(container.name, container.startup_probe is None)
+
+
+def _initialized(inp: PlanInput, sandbox_id: str) -> bool:
+    """App containers exist in this sandbox: initialization is over for it, whatever
+    happens to its init containers and sidecars since."""
+    return any(inp.runtime.latest(c.name, sandbox_id) for c in inp.pod.spec.containers)
+
+
 def _plan_init(inp: PlanInput, sandbox_id: str) -> PodActions | None:
-    """Actions while init containers are unfinished; None once all exited cleanly."""
+    """Actions while init containers are unfinished; None once all exited cleanly (each
+    sidecar running and started)."""
+    if _initialized(inp, sandbox_id):
+        return None
     for init in inp.pod.spec.init_containers:
         last = inp.runtime.latest(init.name, sandbox_id)
         if last is None:
             start = StartContainer(init, next_attempt(inp.runtime, init.name), init=True)
             return PodActions(start=(start,))
         if last.state is ContainerState.RUNNING:
+            if init.sidecar and _sidecar_started(inp, init):
+                continue
+            reason = inp.unhealthy.get(init.name)
+            if init.sidecar and reason is not None:  # its startup probe failed
+                return PodActions(kill=(KillContainer(last, reason, _probe_grace(init)),))
             return PodActions()
-        if last.state is ContainerState.EXITED and last.exit_code == 0:
+        if last.state is ContainerState.EXITED and last.exit_code == 0 and not init.sidecar:
             continue
-        # Failed, or created but never started: retry per policy.
-        if inp.pod.spec.restart_policy is RestartPolicy.NEVER:
+        # Failed, or created but never started, or a sidecar that exited: retry per policy.
+        if inp.pod.spec.restart_policy is RestartPolicy.NEVER and not init.sidecar:
             return PodActions(finished=True)
         start_or_none, until = _restart_or_backoff(inp, init, last, init=True)
         if start_or_none is None:
@@ -183,15 +239,17 @@ def _plan_app(inp: PlanInput, sandbox_id: str, prune: tuple[ContainerInfo, ...])
     starts: list[StartContainer] = []
     kills: list[KillContainer] = []
     waits: dict[str, float] = {}
-    policy = inp.pod.spec.restart_policy
-    for container in inp.pod.spec.containers:
+    pod_policy = inp.pod.spec.restart_policy
+    for container in (*inp.pod.sidecars(), *inp.pod.spec.containers):
+        policy = RestartPolicy.ALWAYS if container.sidecar else pod_policy
         last = inp.runtime.latest(container.name, sandbox_id)
         if last is None:
             earlier = inp.runtime.latest(container.name)  # in a previous sandbox
             done = earlier is not None and earlier.state is ContainerState.EXITED
             if done and earlier is not None and not should_restart(policy, earlier.exit_code):
                 continue  # finished for good (e.g. succeeded under OnFailure)
-            starts.append(StartContainer(container, next_attempt(inp.runtime, container.name)))
+            attempt = next_attempt(inp.runtime, container.name)
+            starts.append(StartContainer(container, attempt, init=container.sidecar))
         elif last.state is ContainerState.RUNNING:
             reason = inp.unhealthy.get(container.name)
             if reason is not None:
@@ -199,14 +257,14 @@ def _plan_app(inp: PlanInput, sandbox_id: str, prune: tuple[ContainerInfo, ...])
         elif last.state is ContainerState.EXITED:
             if not should_restart(policy, last.exit_code):
                 continue
-            start, until = _restart_or_backoff(inp, container, last, init=False)
+            start, until = _restart_or_backoff(inp, container, last, init=container.sidecar)
             if start is not None:
                 starts.append(start)
             else:
                 waits[container.name] = until or inp.now
         elif last.state is ContainerState.CREATED:
             # Created but never started (a failed start): replace it, behind backoff.
-            start, until = _restart_or_backoff(inp, container, last, init=False)
+            start, until = _restart_or_backoff(inp, container, last, init=container.sidecar)
             if start is not None:
                 starts.append(start)
                 prune = (*prune, last)

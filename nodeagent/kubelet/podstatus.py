@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nodeagent.kubelet.plan import deadline_exceeded
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import Container, Pod, RestartPolicy
 from nodeagent.runtime.base import ContainerInfo, ContainerState
@@ -54,14 +55,23 @@ def compute_status(inp: StatusInput) -> Json:
     pod, runtime = inp.pod, inp.runtime
     sandbox = runtime.ready_sandbox()
     inits = [_container_status(inp, c, init=True) for c in pod.spec.init_containers]
-    initialized = all(_succeeded(s) for s in inits)
+    initialized = _initialized(inp, inits)
     apps = [
         _container_status(inp, c, init=False, initialized=initialized) for c in pod.spec.containers
     ]
-    phase = pod_phase(pod.spec.restart_policy, inits, apps)
+    regular = [s for c, s in zip(pod.spec.init_containers, inits, strict=True) if not c.sidecar]
+    phase = pod_phase(pod.spec.restart_policy, regular, apps)
+    sidecars = [s for c, s in zip(pod.spec.init_containers, inits, strict=True) if c.sidecar]
+    deadline = deadline_exceeded(pod, inp.start_time, inp.now)
+    if deadline:
+        phase = "Failed"
     ip = sandbox.ip if sandbox is not None else ""
     status: Json = {"phase": phase}
-    status["conditions"] = _conditions(inp, sandbox is not None, initialized, apps, phase)
+    if deadline:
+        status.update(reason=DEADLINE_REASON, message=DEADLINE_MESSAGE)
+    status["conditions"] = _conditions(
+        inp, sandbox is not None, initialized, apps + sidecars, phase
+    )
     if inp.host_ip:
         status["hostIP"] = inp.host_ip
         status["hostIPs"] = [{"ip": inp.host_ip}]
@@ -75,6 +85,20 @@ def compute_status(inp: StatusInput) -> Json:
     status["containerStatuses"] = apps
     status["qosClass"] = qos_class(pod)
     return status
+
+
+DEADLINE_REASON = "DeadlineExceeded"
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+
+
+def _initialized(inp: StatusInput, inits: list[Json]) -> bool:
+    """Every init container completed, and every sidecar started (or the app containers
+    already ran in this pod: a sidecar restarting later does not uninitialize it)."""
+    apps_ran = any(inp.runtime.instances(c.name) for c in inp.pod.spec.containers)
+    return all(
+        _succeeded(s) or (c.sidecar and (s["started"] or apps_ran))
+        for c, s in zip(inp.pod.spec.init_containers, inits, strict=True)
+    )
 
 
 def _succeeded(status: Json) -> bool:
@@ -156,7 +180,7 @@ def _container_status(
         ready = started and inp.ready.get(container.name, container.readiness_probe is None)
         status["state"] = {"running": {"startedAt": _ns_time(current.started_at_ns)}}
         status["started"] = started
-        status["ready"] = ready and not init
+        status["ready"] = ready and (not init or container.sidecar)
     elif current.state is ContainerState.EXITED:
         status["state"] = {"terminated": _terminated(current, inp.runtime_name)}
         # An init container that completed counts as ready, as upstream reports it.

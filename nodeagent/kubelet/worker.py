@@ -31,7 +31,14 @@ from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.kubelet.handlers import Target, run_handler
 from nodeagent.kubelet.images import ImageError, Puller
-from nodeagent.kubelet.plan import KillContainer, PlanInput, PodActions, StartContainer, plan_pod
+from nodeagent.kubelet.plan import (
+    KillContainer,
+    PlanInput,
+    PodActions,
+    StartContainer,
+    plan_pod,
+    stop_order,
+)
 from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import Container, Pod
@@ -176,6 +183,8 @@ class PodWorker:
                     now=time.time(),
                     backoffs=self._backoffs,
                     unhealthy=self._unhealthy,
+                    started=self._started,
+                    start_time=self._start_time(runtime_pod),
                 )
             )
             self._note_backoff(actions)
@@ -186,9 +195,18 @@ class PodWorker:
         self._publish(runtime_pod)
         return self._next_deadline()
 
+    def _start_time(self, runtime_pod: RuntimePod) -> float:
+        """The pod's startTime: its first sandbox, else when this worker first saw it."""
+        sandboxes = [s.created_at_ns for s in runtime_pod.sandboxes]
+        return min(sandboxes) / 1e9 if sandboxes else self._first_seen
+
     def _next_deadline(self) -> float:
         now = time.time()
-        pending = [t for t in [*self._hold.values(), self._soon] if t > now]
+        wake = [*self._hold.values(), self._soon]
+        if self.pod.spec.active_deadline_seconds is not None:
+            runtime_pod = self.ctx.cache.get(self.pod.uid)
+            wake.append(self._start_time(runtime_pod) + self.pod.spec.active_deadline_seconds)
+        pending = [t for t in wake if t > now]
         return min([now + self.ctx.resync_s, *pending])
 
     def _note_backoff(self, actions: PodActions) -> None:
@@ -409,12 +427,27 @@ class PodWorker:
     ) -> None:
         sandbox = runtime_pod.ready_sandbox()
         ip = sandbox.ip if sandbox is not None else ""
+        # App containers first, together; then the sidecars one by one, last one first, in
+        # what is left of the grace period (the kubelet's floor of 2 s each).
+        sidecars = {c.name for c in self.pod.sidecars()}
+        running = runtime_pod.running()
+        began = time.monotonic()
         await asyncio.gather(
             *(
                 self._stop_container_id(self._spec_container(c.name), c.id, ip, grace_s=grace_s)
-                for c in runtime_pod.running()
+                for c in running
+                if c.name not in sidecars
             )
         )
+        for name in stop_order(self.pod, sidecars):
+            for c in (c for c in running if c.name == name):
+                left = grace_s - int(time.monotonic() - began)
+                await self._stop_container_id(
+                    self._spec_container(c.name),
+                    c.id,
+                    ip,
+                    grace_s=max(left, min(grace_s, MIN_KILL_GRACE_S)),
+                )
         for sb in runtime_pod.sandboxes:
             if sb.state is SandboxState.READY:
                 await _ignore_missing(self.ctx.runtime.stop_sandbox(sb.id))
@@ -443,8 +476,7 @@ class PodWorker:
     # -- status -----------------------------------------------------------------------------
 
     def _publish(self, runtime_pod: RuntimePod) -> None:
-        sandboxes = [s.created_at_ns for s in runtime_pod.sandboxes]
-        start = min(sandboxes) / 1e9 if sandboxes else self._first_seen
+        start = self._start_time(runtime_pod)
         before = _serving(self.status)
         self.status = compute_status(
             StatusInput(

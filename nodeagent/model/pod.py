@@ -135,6 +135,8 @@ class Container:
     lifecycle: Lifecycle = Lifecycle()
     stdin: bool = False
     tty: bool = False
+    # An init container with restartPolicy Always: a native sidecar, running beside the app.
+    sidecar: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,8 @@ class PodSpec:
     service_account_name: str = "default"
     dns_policy: DNSPolicy = DNSPolicy.CLUSTER_FIRST
     dns_config: PodDNSConfig | None = None
+    active_deadline_seconds: int | None = None  # since startTime; then killed, Failed
+    priority: int | None = None  # recorded only: a single node does not preempt
 
 
 @dataclass(frozen=True)
@@ -206,3 +210,7 @@ class Pod:
 
     def all_containers(self) -> tuple[Container, ...]:
         return self.spec.init_containers + self.spec.containers
+
+    def sidecars(self) -> tuple[Container, ...]:
+        """Init containers with restartPolicy Always, in spec order."""
+        return tuple(c for c in self.spec.init_containers if c.sidecar)

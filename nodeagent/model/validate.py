@@ -95,11 +95,12 @@ _SPEC_KNOWN = (
     "serviceAccountName",
     "dnsPolicy",
     "dnsConfig",
+    "activeDeadlineSeconds",
+    "priority",
 )
 # Scheduling and admission hints that have no effect on a pod already bound to this node.
 _SPEC_IGNORED = (
     "schedulerName",
-    "priority",
     "priorityClassName",
     "tolerations",
     "nodeSelector",
@@ -128,6 +129,7 @@ _CONTAINER_KNOWN = (
     "lifecycle",
     "stdin",
     "tty",
+    "restartPolicy",
 )
 _CONTAINER_IGNORED = ("terminationMessagePath", "terminationMessagePolicy", "securityContext")
 
@@ -267,7 +269,21 @@ def _pod_spec(spec: Node) -> PodSpec:
             )
         ),
         dns_config=_dns_config(spec),
+        active_deadline_seconds=_active_deadline(spec),
+        priority=_priority(spec),
     )
+
+
+def _active_deadline(spec: Node) -> int | None:
+    if not spec.present("activeDeadlineSeconds"):
+        return None
+    return spec.integer("activeDeadlineSeconds", default=1, minimum=1)
+
+
+def _priority(spec: Node) -> int | None:
+    if not spec.present("priority"):
+        return None
+    return spec.integer("priority", default=0)
 
 
 def _dns_config(spec: Node) -> PodDNSConfig | None:
@@ -309,10 +325,11 @@ def _container(c: Node, volume_names: set[str], *, init: bool = False) -> Contai
     image = c.string("image", required=True)
     if image and (image != image.strip() or " " in image):
         c.error(f"{image!r} is not a valid image reference", "image")
-    if init:
+    sidecar = _sidecar(c, init=init)
+    if init and not sidecar:
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             if c.present(probe):
-                c.error("init containers may not have probes", probe)
+                c.error("init containers may not have probes (unless restartPolicy Always)", probe)
     ports = tuple(_port(p) for p in c.items("ports"))
     port_names = {p.name for p in ports if p.name}
     mounts = tuple(_mount(m, volume_names) for m in c.items("volumeMounts"))
@@ -337,7 +354,19 @@ def _container(c: Node, volume_names: set[str], *, init: bool = False) -> Contai
         lifecycle=_lifecycle(c.child("lifecycle"), port_names),
         stdin=c.boolean("stdin"),
         tty=c.boolean("tty"),
+        sidecar=sidecar,
     )
+
+
+def _sidecar(c: Node, *, init: bool) -> bool:
+    """restartPolicy Always on an init container makes it a native sidecar (the only value
+    a container may set, and only an init container)."""
+    if not c.present("restartPolicy"):
+        return False
+    if not init:
+        c.error("may only be set on init containers", "restartPolicy")
+        return False
+    return c.enum_value("restartPolicy", ("Always",), default="Always") == "Always"
 
 
 def _pull_default(image: str) -> str:
