@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent.kubelet.projection import write_atomic
 from nodeagent.kubelet import volumes
+from nodeagent.kubelet.projection import write_atomic
 from nodeagent.model.pod import HostPathSource, Pod, PodUID
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import CONFIGMAPS, PODS, SECRETS
