@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -160,7 +161,7 @@ class Metrics:
         while len(self._started) > _STARTED_MEMORY:
             self._started.popitem(last=False)
         latest = max(_started_at(c) for c in containers)
-        if latest < first_seen:
+        if latest < math.floor(first_seen):  # startedAt has whole seconds
             return  # adopted after an agent restart: its start was not ours to time
         self.pod_start.observe(max(0.0, time.time() - first_seen))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -109,6 +110,12 @@ def test_pod_start_is_observed_once_when_all_containers_started(installed: Metri
     assert sample(installed, "nodeagent_pod_start_duration_seconds_count") == 1.0
     total = sample(installed, "nodeagent_pod_start_duration_seconds_sum")
     assert total is not None and total >= 3.0
+
+
+def test_a_start_within_the_first_second_is_timed(installed: Metrics) -> None:
+    first_seen = math.floor(time.time()) + 0.9  # startedAt below has whole seconds only
+    metrics.pod_status("quick", first_seen, {"containerStatuses": [running(first_seen)]})
+    assert sample(installed, "nodeagent_pod_start_duration_seconds_count") == 1.0
 
 
 def test_adopted_pods_are_not_timed(installed: Metrics) -> None:
