@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from nodeagent.apiserver.client import ApiClient
+from nodeagent.apiserver.events import BURST, EventRecorder, PodRef
 from nodeagent.apiserver.events import Event as ApiEvent
-from nodeagent.apiserver.events import PodRef
 from nodeagent.events import (
     AGGREGATE_MAX,
     AGGREGATE_WINDOW_S,
@@ -178,3 +179,15 @@ def test_feed_stays_quiet_about_adopted_containers() -> None:
     pods[:] = [pod({"containerStatuses": [container("c://2", "1970-01-01T00:20:00Z")]})]
     feed.observe()
     assert [e.reason for e in ring] == ["Created", "Started"]  # a restart after adoption is news
+
+
+def test_the_cluster_recorder_hands_every_event_to_the_ring_too() -> None:
+    ring = EventRing()
+    recorder = EventRecorder(cast(ApiClient, object()), node_name="n1")  # never sends here
+    recorder.sink = lambda event: record_api_event(ring, event)
+    ref = PodRef("default", "web", "u1")
+    burst = [ApiEvent(ref, "", "Warning", "BackOff", "again")] * (BURST + 5)
+    recorder.record(burst)
+    assert recorder.dropped == 5  # the API's rate limit...
+    (kept,) = ring
+    assert kept.count == BURST + 5  # ...does not thin the local record
