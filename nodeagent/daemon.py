@@ -173,6 +173,8 @@ class Node:
 
     def _pod_cidr_changed(self, pod_cidr: str) -> None:
         _write_cni(self.config, pod_cidr)
+        if self.config.cluster_cidr is None:  # the proxy's cluster is this node's pods
+            self.proxy.set_cluster_cidr(pod_cidr)
 
     def _runtime_changed(self, uid: PodUID) -> None:
         self.manager.on_runtime_change(uid)

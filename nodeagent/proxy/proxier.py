@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,19 @@ class ServiceProxy:
 
     def wake(self) -> None:
         """Something changed: look at the inputs now (a sync still respects the rate limit)."""
+        self._wake.set()
+
+    def set_cluster_cidr(self, cidr: str) -> None:
+        """A new cluster CIDR (with no ``--cluster-cidr``, the node's pod CIDR, which the
+        controller-manager may assign after start): every service's masquerade rule
+        changes, so the next sync is a full one."""
+        if cidr == self.settings.cluster_cidr:
+            return
+        log.info("proxy_cluster_cidr", cidr=cidr, previous=self.settings.cluster_cidr)
+        self.settings = replace(self.settings, cluster_cidr=cidr)
+        if self._syncer is not None:
+            self._syncer.config = replace(self._syncer.config, cluster_cidr=cidr)
+            self._syncer.need_full = True
         self._wake.set()
 
     async def run(self) -> None:
