@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="the cluster's pod network: routes to other nodes' pods, masquerade beyond it",
     )
+    run.add_argument("--node-ip", metavar="IP", help="this node's InternalIP (default: first)")
     run.add_argument(
         "--service-cidr", metavar="CIDR", help="service clusterIP range (default: 10.96.0.0/16)"
     )
@@ -124,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-bind",
         metavar="HOST:PORT",
         help=f"serve /metrics and /healthz here; empty: off (default: {DEFAULT_METRICS_BIND})",
+    )
+    run.add_argument(
+        "--allow-privileged",
+        nargs="?",
+        const="true",
+        metavar="BOOL",
+        help="allow privileged containers, hostNetwork/PID/IPC, hostPath (default: false)",
     )
     run.add_argument("--log-format", choices=LOG_FORMATS, help="default: console")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")

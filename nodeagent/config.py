@@ -140,6 +140,8 @@ class Config:
     # Node-pressure eviction: below this much available memory, pods are evicted.
     eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
     eviction_interval_s: float = 10.0  # how often memory is checked (the kubelet's 10 s)
+    # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
+    allow_privileged: bool = False
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
     cluster_cidr: ipaddress.IPv4Network | None = None
@@ -418,6 +420,14 @@ def _bind(raw: _Raw) -> str:
     return value
 
 
+def _boolean(raw: _Raw) -> bool:
+    if isinstance(raw.value, bool):
+        return raw.value
+    if isinstance(raw.value, str) and not raw.typed and raw.value.lower() in ("true", "false"):
+        return raw.value.lower() == "true"
+    raise ValueError(f"must be true or false, got {raw.value!r}")
+
+
 def _image(raw: _Raw) -> str:
     value = _string(raw)
     if any(c.isspace() for c in value):
@@ -483,6 +493,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "cluster_domain": _domain,
     "eviction_hard": _eviction_hard,
     "eviction_interval_s": _positive_float,
+    "allow_privileged": _boolean,
     "cluster_cidr": _optional_v4_cidr,
     "metrics_bind": _bind,
 }

@@ -39,6 +39,7 @@ from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
 from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, WorkerState
 from nodeagent.model.pod import PodUID
+from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import cni, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
 from nodeagent.runtime.base import Runtime, RuntimeFailure
@@ -105,6 +106,10 @@ class Node:
             images=ImageManager(runtime),
             prober=ProbeManager(runtime),
             dns=_dns_settings(config),
+            privilege=PrivilegePolicy(
+                allow_privileged=config.allow_privileged,
+                protected_paths=(str(config.state_dir), str(config.status_socket)),
+            ),
         )
         self.manager = PodManager(self.ctx)
         self.evicted: dict[PodUID, dict[str, Any]] = {}  # uid -> the pod's final entry

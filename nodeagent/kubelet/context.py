@@ -9,6 +9,7 @@ from nodeagent.kubelet.dns import DNSSettings
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
+from nodeagent.model.security import PrivilegePolicy
 from nodeagent.runtime.base import Runtime
 
 
@@ -26,3 +27,5 @@ class KubeletContext:
     resync_s: float = 60.0  # a worker re-checks its pod this often even without events
     # --cluster-dns, --cluster-domain and the node's resolv.conf
     dns: DNSSettings = field(default_factory=DNSSettings)
+    # --allow-privileged and the paths no hostPath may reach
+    privilege: PrivilegePolicy = field(default_factory=PrivilegePolicy)

@@ -16,7 +16,7 @@ from typing import Any
 from nodeagent.kubelet.plan import deadline_exceeded
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import Container, Pod, RestartPolicy
-from nodeagent.runtime.base import ContainerInfo, ContainerState
+from nodeagent.runtime.base import ContainerID, ContainerInfo, ContainerState
 
 Json = dict[str, Any]
 
@@ -41,6 +41,8 @@ class StatusInput:
     started: Mapping[str, bool] = field(default_factory=dict)  # startup probe results
     previous: Mapping[str, Any] | None = None
     start_time: float | None = None
+    messages: Mapping[ContainerID, str] = field(default_factory=dict)  # termination messages
+    forbidden: str = ""  # why the node's policy refuses the pod ("" if it does not)
 
 
 def rfc3339(seconds: float) -> str:
@@ -67,6 +69,9 @@ def compute_status(inp: StatusInput) -> Json:
         phase = "Failed"
     ip = sandbox.ip if sandbox is not None else ""
     status: Json = {"phase": phase}
+    if inp.forbidden:
+        # The kubelet's soft admission: the pod stays Pending, its status says why.
+        status.update(reason="Forbidden", message=inp.forbidden)
     if deadline:
         status.update(reason=DEADLINE_REASON, message=DEADLINE_MESSAGE)
     status["conditions"] = _conditions(
@@ -167,14 +172,14 @@ def _container_status(
         # The worker's reason wins: the newest instance is the failed one (or none).
         status["state"] = {"waiting": _drop_empty(reason=waiting.reason, message=waiting.message)}
         if current is not None and current.state is ContainerState.EXITED:
-            status["lastState"] = {"terminated": _terminated(current, inp.runtime_name)}
+            status["lastState"] = {"terminated": _terminated(current, inp)}
         return status
     if current is None:
         reason = "ContainerCreating" if init or initialized else "PodInitializing"
         status["state"] = {"waiting": {"reason": reason}}
         return status
     if previous is not None:
-        status["lastState"] = {"terminated": _terminated(previous, inp.runtime_name)}
+        status["lastState"] = {"terminated": _terminated(previous, inp)}
     if current.state is ContainerState.RUNNING:
         started = inp.started.get(container.name, container.startup_probe is None)
         ready = started and inp.ready.get(container.name, container.readiness_probe is None)
@@ -182,7 +187,7 @@ def _container_status(
         status["started"] = started
         status["ready"] = ready and (not init or container.sidecar)
     elif current.state is ContainerState.EXITED:
-        status["state"] = {"terminated": _terminated(current, inp.runtime_name)}
+        status["state"] = {"terminated": _terminated(current, inp)}
         # An init container that completed counts as ready, as upstream reports it.
         status["ready"] = init and current.exit_code == 0
     else:
@@ -190,20 +195,28 @@ def _container_status(
     return status
 
 
-def _terminated(info: ContainerInfo, runtime_name: str) -> Json:
+def _terminated(info: ContainerInfo, inp: StatusInput) -> Json:
     reason = info.reason or ("Completed" if info.exit_code == 0 else "Error")
     result: Json = {
         "exitCode": info.exit_code,
         "reason": reason,
-        "containerID": f"{runtime_name}://{info.id}",
+        "containerID": f"{inp.runtime_name}://{info.id}",
     }
-    if info.message:
-        result["message"] = info.message
+    message = termination_join(info.message, inp.messages.get(info.id, ""))
+    if message:
+        result["message"] = message
     if info.started_at_ns:
         result["startedAt"] = _ns_time(info.started_at_ns)
     if info.finished_at_ns:
         result["finishedAt"] = _ns_time(info.finished_at_ns)
     return result
+
+
+def termination_join(runtime_message: str, message: str) -> str:
+    """The runtime's message, then the termination message, joined as upstream joins them."""
+    if runtime_message and message:
+        return f"{runtime_message}: {message}"
+    return runtime_message or message
 
 
 def _drop_empty(**fields: str) -> Json:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from nodeagent.kubelet import envvars
+from nodeagent.kubelet import envvars, security
 from nodeagent.kubelet.dns import DNSSettings, sandbox_dns
+from nodeagent.kubelet.etchosts import pod_hostname
 from nodeagent.model.pod import Container, Pod
 from nodeagent.runtime.base import (
     ContainerConfig,
@@ -18,6 +20,20 @@ from nodeagent.runtime.base import (
 
 CPU_PERIOD_US = 100_000
 MIN_SHARES = 2
+HOSTS_PATH = "/etc/hosts"
+
+
+@dataclass(frozen=True)
+class PodFiles:
+    """Files the agent writes for a container instance and mounts into it ("" for none)."""
+
+    hosts: str = ""  # the pod's managed /etc/hosts
+    termination_log: str = ""  # this instance's terminationMessagePath
+
+
+def termination_log_path(pod_dir: str, container: str, attempt: int) -> str:
+    """One file per container instance, so lastState keeps the previous one's message."""
+    return os.path.join(pod_dir, "containers", container, f"{attempt}-termination-log")
 
 
 def log_directory(pod_log_dir: str, pod: Pod) -> str:
@@ -44,13 +60,18 @@ def sandbox_config(
         namespace=pod.namespace,
         uid=pod.uid,
         attempt=attempt,
-        hostname=(pod.spec.hostname or pod.name)[:63],
+        hostname=pod_hostname(pod),
         log_directory=log_directory(pod_log_dir, pod),
         labels=dict(pod.labels),
         annotations=dict(pod.annotations),
         port_mappings=ports,
         host_network=pod.spec.host_network,
         dns=sandbox_dns(pod, dns) if dns is not None else None,
+        host_pid=pod.spec.host_pid,
+        host_ipc=pod.spec.host_ipc,
+        share_pid=pod.spec.share_process_namespace,
+        sysctls=dict(pod.spec.security_context.sysctls),
+        security=security.sandbox_security(pod),
     )
 
 
@@ -66,13 +87,25 @@ def resources(container: Container) -> Resources:
     )
 
 
-def container_mounts(container: Container, volume_paths: Mapping[str, str]) -> tuple[Mount, ...]:
+def container_mounts(
+    container: Container, volume_paths: Mapping[str, str], files: PodFiles = PodFiles()
+) -> tuple[Mount, ...]:
     mounts = []
     for vm in container.volume_mounts:
         host = volume_paths[vm.name]
         if vm.sub_path:
             host = os.path.join(host, vm.sub_path)
         mounts.append(Mount(host_path=host, container_path=vm.mount_path, readonly=vm.read_only))
+    taken = {m.container_path for m in mounts}
+    # A volume the user mounts at /etc/hosts wins over the managed file, as in the kubelet.
+    if files.hosts and HOSTS_PATH not in taken:
+        mounts.append(Mount(host_path=files.hosts, container_path=HOSTS_PATH))
+    if files.termination_log and container.termination_message_path not in taken:
+        mounts.append(
+            Mount(
+                host_path=files.termination_log, container_path=container.termination_message_path
+            )
+        )
     return tuple(mounts)
 
 
@@ -83,6 +116,7 @@ def container_config(
     attempt: int,
     facts: envvars.PodFacts,
     volume_paths: Mapping[str, str],
+    files: PodFiles = PodFiles(),
 ) -> ContainerConfig:
     env = envvars.resolve_env(pod, container, facts)
     command, args = envvars.expand_command(container, env)
@@ -95,9 +129,10 @@ def container_config(
         args=args,
         working_dir=container.working_dir,
         env=env,
-        mounts=container_mounts(container, volume_paths),
+        mounts=container_mounts(container, volume_paths, files),
         annotations={"io.kubernetes.container.restartCount": str(attempt)},
         resources=resources(container),
         stdin=container.stdin,
         tty=container.tty,
+        security=security.container_security(pod, container),
     )

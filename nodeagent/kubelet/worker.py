@@ -21,12 +21,13 @@ import enum
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from nodeagent import metrics
-from nodeagent.kubelet import backoff, specs, volumes
+from nodeagent.kubelet import backoff, etchosts, security, specs, termination, volumes
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.kubelet.handlers import Target, run_handler
@@ -41,7 +42,9 @@ from nodeagent.kubelet.plan import (
 )
 from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.fields import FieldError
 from nodeagent.model.pod import Container, Pod
+from nodeagent.model.security import privilege_errors
 from nodeagent.runtime.base import (
     ContainerID,
     ContainerInfo,
@@ -52,6 +55,7 @@ from nodeagent.runtime.base import (
     SandboxState,
 )
 
+NODE_HOSTS = Path("/etc/hosts")  # what a host-network pod's /etc/hosts starts from
 MAX_ROUNDS = 8  # plan/act rounds per sync before yielding to other work
 MIN_KILL_GRACE_S = 2  # the kubelet's floor when a preStop hook used up the grace period
 
@@ -82,6 +86,10 @@ class PodWorker:
         self._ready: dict[str, bool] = {}
         self._started: dict[str, bool] = {}
         self._volume_paths: dict[str, str] | None = None
+        self._messages: dict[ContainerID, str] = {}  # exited instance -> termination message
+        # The node's privilege policy refuses the pod (soft admission, as the kubelet's).
+        own_dir = str(volumes.pod_dir(ctx.state_dir, pod))
+        self._forbidden = privilege_errors(pod, ctx.privilege, own_dir=own_dir)
         self._first_seen = time.time()
         self._soon = 0.0  # an extra, earlier sync asked for by an action
         # Told when what makes the pod a Service endpoint changes (IP, Ready, phase): the
@@ -169,10 +177,17 @@ class PodWorker:
         runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
         if self.state is WorkerState.SYNCING:
             self.ctx.prober.sync_pod(self, self.pod, runtime_pod)
+        await self._read_messages(runtime_pod)
         return runtime_pod
 
     async def _sync(self) -> float:
         runtime_pod = await self._refresh()
+        if self._forbidden:
+            # Nothing of a refused pod starts; its status says which fields and why.
+            for container in self.pod.all_containers():
+                self._waiting[container.name] = Waiting("Blocked", "")
+            self._publish(runtime_pod)
+            return time.time() + self.ctx.resync_s
         for _ in range(MAX_ROUNDS):
             if self.state is not WorkerState.SYNCING:
                 break
@@ -324,12 +339,14 @@ class PodWorker:
         try:
             if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
                 self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+            await self._check_non_root(container)
             config = specs.container_config(
                 self.pod,
                 container,
                 attempt=start.attempt,
                 facts=PodFacts(self.ctx.node_name, sandbox.ip, self.ctx.host_ip),
                 volume_paths=self._volume_paths or {},
+                files=await self._pod_files(container, start.attempt, sandbox.ip),
             )
             sandbox_config = specs.sandbox_config(
                 self.pod,
@@ -358,6 +375,47 @@ class PodWorker:
         log.info("container_started", attempt=start.attempt, id=container_id[:13])
         await self._post_start(container, container_id, sandbox, log)
         return True
+
+    async def _check_non_root(self, container: Container) -> None:
+        """runAsNonRoot against the image's user; a ValueError is CreateContainerConfigError."""
+        if not security.wants_non_root(self.pod, container):
+            return
+        user = await self.ctx.runtime.image_user(container.image)
+        problem = security.run_as_non_root_error(self.pod, container, user)
+        if problem:
+            raise ValueError(problem)
+
+    async def _pod_files(self, container: Container, attempt: int, pod_ip: str) -> specs.PodFiles:
+        """Write the pod's /etc/hosts and this instance's empty termination-log file."""
+        pod_dir = volumes.pod_dir(self.ctx.state_dir, self.pod)
+        hosts = await etchosts.write(
+            pod_dir,
+            self.pod,
+            pod_ip,
+            cluster_domain=self.ctx.dns.cluster_domain,
+            node_hosts=NODE_HOSTS,
+        )
+        log = specs.termination_log_path(str(pod_dir), container.name, attempt)
+        await asyncio.to_thread(termination.prepare_file, log)
+        return specs.PodFiles(hosts=hosts, termination_log=log)
+
+    async def _read_messages(self, runtime_pod: RuntimePod) -> None:
+        """Termination messages of exited instances, read once per instance."""
+        pod_dir = str(volumes.pod_dir(self.ctx.state_dir, self.pod))
+        log_dir = specs.log_directory(self.ctx.pod_log_dir, self.pod)
+        for info in runtime_pod.containers:
+            spec = self._spec_container(info.name)
+            if spec is None or info.id in self._messages:
+                continue
+            if info.state is not ContainerState.EXITED or not info.detailed:
+                continue
+            self._messages[info.id] = await asyncio.to_thread(
+                termination.read,
+                specs.termination_log_path(pod_dir, info.name, info.attempt),
+                os.path.join(log_dir, info.name, f"{info.attempt}.log"),
+                exit_code=info.exit_code,
+                policy=spec.termination_message_policy,
+            )
 
     async def _post_start(
         self, container: Container, container_id: ContainerID, sandbox: SandboxInfo, log: Any
@@ -490,6 +548,8 @@ class PodWorker:
                 started=self._started,
                 previous=self.status,
                 start_time=start,
+                messages=self._messages,
+                forbidden=_forbidden_message(self._forbidden),
             )
         )
         metrics.pod_status(self.pod.uid, self._first_seen, self.status)
@@ -508,3 +568,7 @@ def _serving(status: dict[str, Any] | None) -> tuple[str, str, str]:
 async def _ignore_missing(call: Any) -> None:
     with contextlib.suppress(NotFound):
         await call
+
+
+def _forbidden_message(errors: list[FieldError]) -> str:
+    return "; ".join(str(e) for e in errors)

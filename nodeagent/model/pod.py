@@ -117,6 +117,53 @@ class Resources:
     memory_request_bytes: int | None = None
 
 
+class SeccompProfile(enum.Enum):
+    UNSET = ""  # the runtime's choice (the kubelet's default is Unconfined)
+    RUNTIME_DEFAULT = "RuntimeDefault"  # the runtime's default profile
+    UNCONFINED = "Unconfined"  # no seccomp filter
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    add: tuple[str, ...] = ()  # without the CAP_ prefix, as the API spells them
+    drop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecurityContext:
+    """A container's ``securityContext``; None means unset (the pod's value or the image's)."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool | None = None
+    privileged: bool = False
+    allow_privilege_escalation: bool | None = None
+    read_only_root_filesystem: bool = False
+    capabilities: Capabilities = Capabilities()
+    seccomp: SeccompProfile = SeccompProfile.UNSET
+
+
+@dataclass(frozen=True)
+class PodSecurityContext:
+    """``spec.securityContext``: defaults for every container, plus pod-wide settings."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool | None = None
+    fs_group: int | None = None  # a supplemental group of every container; volumes use it too
+    supplemental_groups: tuple[int, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    seccomp: SeccompProfile = SeccompProfile.UNSET
+
+
+class TerminationMessagePolicy(enum.Enum):
+    FILE = "File"  # the file at terminationMessagePath only
+    FALLBACK_TO_LOGS_ON_ERROR = "FallbackToLogsOnError"  # the log tail if the file is empty
+
+
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
 @dataclass(frozen=True)
 class Container:
     name: str
@@ -137,6 +184,9 @@ class Container:
     tty: bool = False
     # An init container with restartPolicy Always: a native sidecar, running beside the app.
     sidecar: bool = False
+    security_context: SecurityContext = SecurityContext()
+    termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
+    termination_message_policy: TerminationMessagePolicy = TerminationMessagePolicy.FILE
 
 
 @dataclass(frozen=True)
@@ -174,6 +224,14 @@ class PodDNSConfig:
 
 
 @dataclass(frozen=True)
+class HostAlias:
+    """One ``spec.hostAliases`` entry: a line of the pod's /etc/hosts."""
+
+    ip: str
+    hostnames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PodSpec:
     containers: tuple[Container, ...]
     init_containers: tuple[Container, ...] = ()
@@ -189,6 +247,11 @@ class PodSpec:
     dns_config: PodDNSConfig | None = None
     active_deadline_seconds: int | None = None  # since startTime; then killed, Failed
     priority: int | None = None  # recorded only: a single node does not preempt
+    host_pid: bool = False
+    host_ipc: bool = False
+    share_process_namespace: bool = False
+    host_aliases: tuple[HostAlias, ...] = ()
+    security_context: PodSecurityContext = PodSecurityContext()
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nodeagent.model import quantity
+from nodeagent.model import quantity, security
 from nodeagent.model.fields import FieldError, Node, ValidationError
 from nodeagent.model.pod import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
     Container,
     ContainerPort,
     DNSPolicy,
@@ -39,6 +40,7 @@ from nodeagent.model.pod import (
     Resources,
     RestartPolicy,
     TCPSocketAction,
+    TerminationMessagePolicy,
     Volume,
     VolumeMount,
 )
@@ -97,6 +99,11 @@ _SPEC_KNOWN = (
     "dnsConfig",
     "activeDeadlineSeconds",
     "priority",
+    "hostPID",
+    "hostIPC",
+    "shareProcessNamespace",
+    "hostAliases",
+    "securityContext",
 )
 # Scheduling and admission hints that have no effect on a pod already bound to this node.
 _SPEC_IGNORED = (
@@ -109,7 +116,6 @@ _SPEC_IGNORED = (
     "enableServiceLinks",
     "serviceAccount",
     "automountServiceAccountToken",
-    "securityContext",
     "topologySpreadConstraints",
 )
 _CONTAINER_KNOWN = (
@@ -130,8 +136,11 @@ _CONTAINER_KNOWN = (
     "stdin",
     "tty",
     "restartPolicy",
+    "securityContext",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
 )
-_CONTAINER_IGNORED = ("terminationMessagePath", "terminationMessagePolicy", "securityContext")
+_CONTAINER_IGNORED: tuple[str, ...] = ()
 
 
 # The name the sources use for a validated Service (nodeagent.model.service has the model).
@@ -271,7 +280,19 @@ def _pod_spec(spec: Node) -> PodSpec:
         dns_config=_dns_config(spec),
         active_deadline_seconds=_active_deadline(spec),
         priority=_priority(spec),
+        host_pid=spec.boolean("hostPID"),
+        host_ipc=spec.boolean("hostIPC"),
+        share_process_namespace=_share_process_namespace(spec),
+        host_aliases=security.host_aliases(spec),
+        security_context=security.pod_security_context(spec),
     )
+
+
+def _share_process_namespace(spec: Node) -> bool:
+    share = spec.boolean("shareProcessNamespace")
+    if share and spec.boolean("hostPID"):
+        spec.error("may not be set together with hostPID", "shareProcessNamespace")
+    return share
 
 
 def _active_deadline(spec: Node) -> int | None:
@@ -355,7 +376,24 @@ def _container(c: Node, volume_names: set[str], *, init: bool = False) -> Contai
         stdin=c.boolean("stdin"),
         tty=c.boolean("tty"),
         sidecar=sidecar,
+        security_context=security.container_security_context(c),
+        termination_message_path=_termination_message_path(c),
+        termination_message_policy=TerminationMessagePolicy(
+            c.enum_value(
+                "terminationMessagePolicy",
+                [p.value for p in TerminationMessagePolicy],
+                default=TerminationMessagePolicy.FILE.value,
+            )
+        ),
     )
+
+
+def _termination_message_path(c: Node) -> str:
+    path = c.string("terminationMessagePath", default=DEFAULT_TERMINATION_MESSAGE_PATH)
+    if not path.startswith("/") or ".." in path.split("/"):
+        c.error("must be an absolute path without '..'", "terminationMessagePath")
+        return DEFAULT_TERMINATION_MESSAGE_PATH
+    return path
 
 
 def _sidecar(c: Node, *, init: bool) -> bool:

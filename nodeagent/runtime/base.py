@@ -83,6 +83,32 @@ class DNSConfig:
 
 
 @dataclass(frozen=True)
+class SandboxSecurity:
+    """The sandbox (pause) process's identity; ``privileged`` if any container is."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    supplemental_groups: tuple[int, ...] = ()
+    privileged: bool = False
+    seccomp: str = ""  # "RuntimeDefault", "Unconfined", or "" for the runtime's choice
+
+
+@dataclass(frozen=True)
+class ContainerSecurity:
+    """One container's effective security settings (pod defaults already applied)."""
+
+    run_as_user: int | None = None  # None: the image's user
+    run_as_group: int | None = None
+    supplemental_groups: tuple[int, ...] = ()
+    privileged: bool = False
+    readonly_rootfs: bool = False
+    no_new_privs: bool = False
+    capabilities_add: tuple[str, ...] = ()  # without the CAP_ prefix; "ALL" allowed
+    capabilities_drop: tuple[str, ...] = ()
+    seccomp: str = ""  # "RuntimeDefault", "Unconfined", or "" for the runtime's choice
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     name: str
     namespace: str
@@ -95,6 +121,11 @@ class SandboxConfig:
     port_mappings: tuple[PortMapping, ...] = ()
     dns: DNSConfig | None = None
     host_network: bool = False
+    host_pid: bool = False
+    host_ipc: bool = False
+    share_pid: bool = False  # shareProcessNamespace: one PID namespace for the pod
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    security: SandboxSecurity = SandboxSecurity()
 
 
 @dataclass(frozen=True)
@@ -128,6 +159,7 @@ class ContainerConfig:
     resources: Resources = Resources()
     stdin: bool = False
     tty: bool = False
+    security: ContainerSecurity = ContainerSecurity()
 
 
 @dataclass(frozen=True)
@@ -218,6 +250,10 @@ class Runtime(Protocol):
     ) -> ExecResult: ...
 
     async def image_present(self, image: str) -> bool: ...
+
+    async def image_user(self, image: str) -> str:
+        """The user a present image runs as: its USER ("", "1000", "app", "1000:50")."""
+        ...
 
     async def pull_image(self, image: str) -> None: ...
 

@@ -271,7 +271,12 @@ class DockerRuntime(base.Runtime):
         log_path = ""
         if sandbox.log_directory and config.log_path:
             log_path = os.path.join(sandbox.log_directory, config.log_path)
-        spec = convert.container_spec(sandbox_id, config, sandbox, log_path=log_path)
+        image_user = ""
+        if config.security.run_as_group is not None and config.security.run_as_user is None:
+            image_user = await self.image_user(config.image)
+        spec = convert.container_spec(
+            sandbox_id, config, sandbox, log_path=log_path, image_user=image_user
+        )
         return base.ContainerID(await self._call("CreateContainer", self._engine.create, spec))
 
     async def start_container(self, container_id: base.ContainerID) -> None:
@@ -355,6 +360,11 @@ class DockerRuntime(base.Runtime):
         except base.NotFound:
             return False
         return True
+
+    async def image_user(self, image: str) -> str:
+        found = await self._call("InspectImage", self._api.inspect_image, image)
+        user = (found.get("Config") or {}).get("User") or ""
+        return str(user)
 
     async def pull_image(self, image: str) -> None:
         await self._call(

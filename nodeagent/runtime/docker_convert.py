@@ -16,7 +16,8 @@ Pure functions, no I/O, so ``runtime.docker`` stays a thin list of API calls. Th
 - Namespaces. The sandbox runs with network ``none`` (the CNI plugins give it its interface;
   ``host`` for a host-network pod) and a *shareable* IPC namespace; containers join its
   network (``container:<sandbox id>``, or ``host``) and IPC namespaces. PID stays per
-  container, as the CRI backend asks containerd for.
+  container, as the CRI backend asks containerd for, unless the pod shares one (the
+  sandbox's, ``container:<sandbox id>``) or the host's; hostIPC makes IPC ``host``.
 - States. Docker's ``created`` with an exit code or an error is a container whose start
   failed; containerd reports that as exited, exit code 128, reason ``StartError``, and so do
   we (Docker's own code, 126 or 127, is dropped; its error is the message). Likewise an exec
@@ -169,15 +170,22 @@ class CreateSpec:
 def sandbox_spec(config: base.SandboxConfig, *, image: str, ipv6: bool = True) -> CreateSpec:
     host: dict[str, Any] = {
         "network_mode": "host" if config.host_network else "none",
-        "ipc_mode": "shareable",
+        "ipc_mode": "host" if config.host_ipc else "shareable",
     }
+    if config.host_pid:
+        host["pid_mode"] = "host"
+    sysctls = dict(config.sysctls)
     if ipv6 and not config.host_network:
         # Docker disables IPv6 in a namespace it makes (``::1`` and link-local addresses
         # missing); a namespace containerd makes keeps the kernel default, enabled.
-        host["sysctls"] = {
-            "net.ipv6.conf.all.disable_ipv6": "0",
-            "net.ipv6.conf.default.disable_ipv6": "0",
-        }
+        sysctls.update(
+            {
+                "net.ipv6.conf.all.disable_ipv6": "0",
+                "net.ipv6.conf.default.disable_ipv6": "0",
+            }
+        )
+    if sysctls:
+        host["sysctls"] = sysctls
     if config.dns is not None:
         host.update(
             dns=list(config.dns.servers),
@@ -201,7 +209,9 @@ def container_spec(
     sandbox: base.SandboxConfig,
     *,
     log_path: str = "",
+    image_user: str = "",
 ) -> CreateSpec:
+    """``image_user`` (the image's USER) is needed only when runAsGroup comes without a user."""
     container: dict[str, Any] = {
         "image": config.image,
         "name": container_name(config, sandbox),
@@ -214,9 +224,14 @@ def container_spec(
         "tty": config.tty,
         "stdin_open": config.stdin,
     }
+    user = docker_user(config.security, image_user)
+    if user:
+        container["user"] = user
     host: dict[str, Any] = {
         "network_mode": "host" if sandbox.host_network else f"container:{sandbox_id}",
-        "ipc_mode": f"container:{sandbox_id}",
+        "ipc_mode": "host" if sandbox.host_ipc else f"container:{sandbox_id}",
+        **pid_mode(sandbox_id, sandbox),
+        **security_args(config.security),
         "mounts": [
             {
                 "Type": "bind",
@@ -229,6 +244,51 @@ def container_spec(
         **resource_args(config.resources),
     }
     return CreateSpec(container=container, host=host)
+
+
+def pid_mode(sandbox_id: base.SandboxID, sandbox: base.SandboxConfig) -> dict[str, str]:
+    if sandbox.host_pid:
+        return {"pid_mode": "host"}
+    if sandbox.share_pid:
+        return {"pid_mode": f"container:{sandbox_id}"}
+    return {}
+
+
+def docker_user(security: base.ContainerSecurity, image_user: str = "") -> str:
+    """Docker's ``user``: "uid", "uid:gid"; a group alone keeps the image's user."""
+    if security.run_as_user is not None:
+        user = str(security.run_as_user)
+    elif security.run_as_group is not None:
+        user = image_user.split(":", 1)[0] or "0"
+    else:
+        return ""
+    if security.run_as_group is not None:
+        user += f":{security.run_as_group}"
+    return user
+
+
+def security_args(security: base.ContainerSecurity) -> dict[str, Any]:
+    """HostConfig security fields, as dockershim set them from the CRI security context."""
+    args: dict[str, Any] = {}
+    if security.privileged:
+        args["privileged"] = True
+    if security.readonly_rootfs:
+        args["read_only"] = True
+    if security.supplemental_groups:
+        args["group_add"] = [str(g) for g in security.supplemental_groups]
+    if security.capabilities_add:
+        args["cap_add"] = list(security.capabilities_add)
+    if security.capabilities_drop:
+        args["cap_drop"] = list(security.capabilities_drop)
+    opts = []
+    if security.no_new_privs:
+        opts.append("no-new-privileges")
+    # Docker applies its default profile unless told otherwise; Kubernetes' default is none.
+    if security.seccomp == "Unconfined" and not security.privileged:
+        opts.append("seccomp=unconfined")
+    if opts:
+        args["security_opt"] = opts
+    return args
 
 
 def resource_args(resources: base.Resources) -> dict[str, int]:

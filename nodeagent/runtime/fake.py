@@ -84,6 +84,7 @@ METHODS = frozenset(
         "list_containers",
         "exec_sync",
         "image_present",
+        "image_user",
         "pull_image",
         "close",
     }
@@ -180,6 +181,7 @@ class FakeRuntime:
     registry: set[str] | None = None  # images a pull can fetch; None: any image
     exec_handler: ExecHandler | None = None  # None: every command exits 0 with no output
     start_errors: dict[str, str] = field(default_factory=dict)  # container name -> message
+    image_users: dict[str, str] = field(default_factory=dict)  # image -> USER; absent: ""
     calls: list[tuple[str, ...]] = field(default_factory=list)
     sandboxes: dict[SandboxID, FakeSandbox] = field(default_factory=dict)
     containers: dict[ContainerID, FakeContainer] = field(default_factory=dict)
@@ -383,6 +385,12 @@ class FakeRuntime:
         if _normalized(image) is None:
             raise InvalidInput(f"ImageStatus: invalid image reference {image!r}")
         return self._present(image) is not None
+
+    async def image_user(self, image: str) -> str:
+        self._enter("image_user", image)
+        if self._present(image) is None:
+            raise NotFound(f"ImageStatus: image {image!r} is not present")
+        return self.image_users.get(image, "")
 
     async def pull_image(self, image: str) -> None:
         self._enter("pull_image", image)

@@ -108,8 +108,12 @@ class Agent:
         name: str = "node-a",
         extra: Sequence[str] = (),
         runtime: RuntimeTarget | None = None,
+        allow_privileged: bool = True,
     ) -> None:
         self.node = node
+        # The suites watch pods through hostPath volumes and use hostNetwork, so the test
+        # agent allows them unless a test checks the refusal.
+        self.allow_privileged = allow_privileged
         self.runtime = runtime or RuntimeTarget.cri(node)
         self.name = name
         self.manifests = node.root / "manifests"
@@ -144,6 +148,8 @@ class Agent:
             str(node.pod_log_dir),
             "--log-format",
             "json",
+            "--allow-privileged",
+            "true" if self.allow_privileged else "false",
             *self.extra,
         ]
 

@@ -303,3 +303,113 @@ def test_schema_package_and_services() -> None:
     images = pb.DESCRIPTOR.services_by_name["ImageService"].methods_by_name
     assert {"RunPodSandbox", "CreateContainer", "ExecSync", "ContainerStatus"} <= set(runtime)
     assert {"ImageStatus", "PullImage", "ListImages"} <= set(images)
+
+
+# --- security contexts and namespaces -------------------------------------------------------
+
+SECURE = base.ContainerSecurity(
+    run_as_user=1000,
+    run_as_group=3000,
+    supplemental_groups=(2000, 4000),
+    readonly_rootfs=True,
+    no_new_privs=True,
+    capabilities_add=("NET_ADMIN",),
+    capabilities_drop=("NET_RAW",),
+    seccomp="RuntimeDefault",
+)
+
+
+def test_container_security_context_carries_every_setting() -> None:
+    config = base.ContainerConfig(
+        name="app", attempt=0, image="busybox", log_path="a", security=SECURE
+    )
+    sc = convert.container_config_to_pb(SANDBOX_ID, config, SANDBOX).linux.security_context
+    assert sc.HasField("run_as_user") and sc.run_as_user.value == 1000
+    assert sc.HasField("run_as_group") and sc.run_as_group.value == 3000
+    assert list(sc.supplemental_groups) == [2000, 4000]
+    assert sc.readonly_rootfs and sc.no_new_privs and not sc.privileged
+    assert list(sc.capabilities.add_capabilities) == ["NET_ADMIN"]
+    assert list(sc.capabilities.drop_capabilities) == ["NET_RAW"]
+    assert sc.HasField("seccomp")
+    assert sc.seccomp.profile_type == pb.SecurityProfile.RuntimeDefault
+
+
+def test_unset_ids_stay_unset_so_the_image_user_applies() -> None:
+    sc = convert.container_config_to_pb(SANDBOX_ID, CONTAINER, SANDBOX).linux.security_context
+    assert not sc.HasField("run_as_user") and not sc.HasField("run_as_group")
+    assert not sc.HasField("seccomp")
+
+
+def test_root_is_sent_as_an_explicit_zero() -> None:
+    config = base.ContainerConfig(
+        name="app",
+        attempt=0,
+        image="busybox",
+        log_path="a",
+        security=base.ContainerSecurity(run_as_user=0, seccomp="Unconfined"),
+    )
+    sc = convert.container_config_to_pb(SANDBOX_ID, config, SANDBOX).linux.security_context
+    assert sc.HasField("run_as_user") and sc.run_as_user.value == 0
+    assert sc.seccomp.profile_type == pb.SecurityProfile.Unconfined
+
+
+@pytest.mark.parametrize(
+    ("flags", "pid", "ipc"),
+    [
+        ({}, pb.CONTAINER, pb.POD),
+        ({"share_pid": True}, pb.POD, pb.POD),
+        ({"host_pid": True}, pb.NODE, pb.POD),
+        ({"host_ipc": True}, pb.CONTAINER, pb.NODE),
+    ],
+)
+def test_namespace_modes(flags: dict[str, bool], pid: int, ipc: int) -> None:
+    sandbox = base.SandboxConfig(
+        name="p",
+        namespace="d",
+        uid=PodUID("u"),
+        attempt=0,
+        hostname="p",
+        log_directory="/l",
+        **flags,
+    )
+    for ns in (
+        convert.sandbox_config_to_pb(sandbox).linux.security_context.namespace_options,
+        convert.container_config_to_pb(
+            SANDBOX_ID, CONTAINER, sandbox
+        ).linux.security_context.namespace_options,
+    ):
+        assert (ns.network, ns.pid, ns.ipc) == (pb.POD, pid, ipc)
+
+
+def test_sandbox_security_and_sysctls() -> None:
+    sandbox = base.SandboxConfig(
+        name="p",
+        namespace="d",
+        uid=PodUID("u"),
+        attempt=0,
+        hostname="p",
+        log_directory="/l",
+        sysctls={"net.ipv4.ip_unprivileged_port_start": "0"},
+        security=base.SandboxSecurity(
+            run_as_user=1000, supplemental_groups=(2000,), privileged=True, seccomp="Unconfined"
+        ),
+    )
+    linux = convert.sandbox_config_to_pb(sandbox).linux
+    assert dict(linux.sysctls) == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    sc = linux.security_context
+    assert sc.run_as_user.value == 1000 and not sc.HasField("run_as_group")
+    assert list(sc.supplemental_groups) == [2000] and sc.privileged
+    assert sc.seccomp.profile_type == pb.SecurityProfile.Unconfined
+
+
+def test_security_field_numbers_are_upstreams() -> None:
+    # The runtime decodes with its own schema: a wrong number would set another field.
+    numbers = {
+        pb.LinuxContainerSecurityContext: {"seccomp": 15, "no_new_privs": 11, "privileged": 2},
+        pb.LinuxSandboxSecurityContext: {"seccomp": 9, "privileged": 6},
+        pb.SecurityProfile: {"profile_type": 1, "localhost_ref": 2},
+    }
+    for message, fields in numbers.items():
+        for name, number in fields.items():
+            assert message.DESCRIPTOR.fields_by_name[name].number == number
+    assert pb.SecurityProfile.ProfileType.Value("Unconfined") == 1

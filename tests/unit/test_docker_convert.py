@@ -501,3 +501,77 @@ def test_seam_errors_pass_through() -> None:
 )
 def test_reported_image(image: str, want: str) -> None:
     assert convert.reported_image(image) == want
+
+
+# --- security and namespaces -----------------------------------------------------------------
+
+
+def test_container_security_becomes_host_config() -> None:
+    security = base.ContainerSecurity(
+        run_as_user=1000,
+        run_as_group=3000,
+        supplemental_groups=(2000,),
+        readonly_rootfs=True,
+        no_new_privs=True,
+        capabilities_add=("NET_ADMIN",),
+        capabilities_drop=("NET_RAW",),
+        seccomp="RuntimeDefault",
+    )
+    spec = convert.container_spec(SANDBOX_ID, container_config(security=security), sandbox_config())
+    assert spec.container["user"] == "1000:3000"
+    assert spec.host["read_only"] is True
+    assert spec.host["group_add"] == ["2000"]
+    assert spec.host["cap_add"] == ["NET_ADMIN"] and spec.host["cap_drop"] == ["NET_RAW"]
+    # RuntimeDefault is Docker's own default profile: nothing to say.
+    assert spec.host["security_opt"] == ["no-new-privileges"]
+    assert "privileged" not in spec.host
+
+
+def test_unconfined_seccomp_is_said_unless_privileged() -> None:
+    unconfined = base.ContainerSecurity(seccomp="Unconfined")
+    spec = convert.container_spec(
+        SANDBOX_ID, container_config(security=unconfined), sandbox_config()
+    )
+    assert spec.host["security_opt"] == ["seccomp=unconfined"]
+    assert "user" not in spec.container
+    privileged = base.ContainerSecurity(seccomp="Unconfined", privileged=True)
+    host = convert.security_args(privileged)
+    assert host == {"privileged": True}
+
+
+@pytest.mark.parametrize(
+    ("security", "image_user", "want"),
+    [
+        (base.ContainerSecurity(), "app", ""),
+        (base.ContainerSecurity(run_as_user=0), "", "0"),
+        (base.ContainerSecurity(run_as_group=50), "1000:10", "1000:50"),
+        (base.ContainerSecurity(run_as_group=50), "", "0:50"),
+    ],
+)
+def test_docker_user(security: base.ContainerSecurity, image_user: str, want: str) -> None:
+    assert convert.docker_user(security, image_user) == want
+
+
+@pytest.mark.parametrize(
+    ("flags", "pid", "ipc"),
+    [
+        ({}, None, f"container:{SANDBOX_ID}"),
+        ({"share_pid": True}, f"container:{SANDBOX_ID}", f"container:{SANDBOX_ID}"),
+        ({"host_pid": True}, "host", f"container:{SANDBOX_ID}"),
+        ({"host_ipc": True}, None, "host"),
+    ],
+)
+def test_container_namespace_modes(flags: dict[str, bool], pid: str | None, ipc: str) -> None:
+    spec = convert.container_spec(SANDBOX_ID, container_config(), sandbox_config(**flags))
+    assert spec.host.get("pid_mode") == pid
+    assert spec.host["ipc_mode"] == ipc
+
+
+def test_sandbox_host_namespaces_and_sysctls() -> None:
+    spec = convert.sandbox_spec(
+        sandbox_config(host_pid=True, host_ipc=True, sysctls={"kernel.shm_rmid_forced": "1"}),
+        image="pause",
+    )
+    assert spec.host["pid_mode"] == "host" and spec.host["ipc_mode"] == "host"
+    assert spec.host["sysctls"]["kernel.shm_rmid_forced"] == "1"
+    assert spec.host["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "0"

@@ -57,6 +57,10 @@ def exists(path: Path) -> bool:
     return path.exists()
 
 
+def read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
 def make_pod(
     name: str = "web",
     *,
@@ -255,9 +259,13 @@ async def test_pod_runs_with_cri_like_configs(rig: Rig) -> None:
     assert env["NODE"] == NODE
     assert env["POD_IP"] == sandbox.ip != ""
     assert app.config.command == ("sh", "-c", "echo hello from web")
-    (mount,) = app.config.mounts
+    mount, hosts, message = app.config.mounts  # the volume, then the agent's two files
     volume = Path(mount.host_path)
     assert mount.container_path == "/data"
+    assert hosts.container_path == "/etc/hosts"
+    assert read_text(hosts.host_path).startswith("# Kubernetes-managed hosts file.")
+    assert message.container_path == "/dev/termination-log"
+    assert read_text(message.host_path) == ""
     assert is_dir(volume)
     assert volume.is_relative_to(rig.state_dir / "pods" / pod.uid)
     assert app.config.resources.memory_limit_bytes == 64 * 2**20
@@ -485,7 +493,7 @@ async def test_running_pod_is_adopted_without_any_create_or_start(tmp_path: Path
             lambda: rig.running(pod) and rig.container(pod)["restartCount"] == 1, what="restart"
         )
         (restarted,) = rig.fake.container_ids("app", state=ContainerState.RUNNING)
-        (mount,) = rig.fake.containers[restarted].config.mounts
+        mount = rig.fake.containers[restarted].config.mounts[0]
         assert Path(mount.host_path).is_relative_to(rig.state_dir / "pods" / pod.uid)
         assert is_dir(mount.host_path)
     finally:

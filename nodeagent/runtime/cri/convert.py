@@ -8,8 +8,10 @@ because every call path must apply them the same way:
   which CRI's ContainerStatus does not report). Our labels are applied last, so a pod label
   can never overwrite them and make a sandbox look like another pod's.
 - Namespaces. A host-network pod gets NamespaceMode NODE for the network on the sandbox and on
-  each container; PID is per container (CRI defaults to POD, Kubernetes to CONTAINER); IPC is
-  per pod. Everything else is left unset, which CRI runtimes read as "runtime default".
+  each container; PID is per container (CRI defaults to POD, Kubernetes to CONTAINER) unless
+  the pod shares one (POD) or the host's (NODE); IPC is per pod, or the host's. Everything
+  else is left unset, which CRI runtimes read as "runtime default".
+- Security. Ids are sent only when set (Int64Value), so an unset user stays the image's.
 
 Timestamps stay in nanoseconds, as CRI sends them.
 """
@@ -77,11 +79,58 @@ def managed_selector(uid: PodUID | None) -> dict[str, str]:
 # --- requests ------------------------------------------------------------------------------------
 
 
-def namespace_options(host_network: bool) -> pb.NamespaceOption:
+def namespace_options(config: base.SandboxConfig) -> pb.NamespaceOption:
+    pid = pb.NODE if config.host_pid else pb.POD if config.share_pid else pb.CONTAINER
     return pb.NamespaceOption(
-        network=pb.NODE if host_network else pb.POD,
-        pid=pb.CONTAINER,
-        ipc=pb.POD,
+        network=pb.NODE if config.host_network else pb.POD,
+        pid=pid,
+        ipc=pb.NODE if config.host_ipc else pb.POD,
+    )
+
+
+_SECCOMP: Mapping[str, pb.SecurityProfile.ProfileType] = {
+    "RuntimeDefault": pb.SecurityProfile.RuntimeDefault,
+    "Unconfined": pb.SecurityProfile.Unconfined,
+}
+
+
+def _seccomp(profile: str) -> pb.SecurityProfile | None:
+    kind = _SECCOMP.get(profile)
+    return None if kind is None else pb.SecurityProfile(profile_type=kind)
+
+
+def _int64(value: int | None) -> pb.Int64Value | None:
+    return None if value is None else pb.Int64Value(value=value)
+
+
+def sandbox_security_to_pb(config: base.SandboxConfig) -> pb.LinuxSandboxSecurityContext:
+    sec = config.security
+    return pb.LinuxSandboxSecurityContext(
+        namespace_options=namespace_options(config),
+        run_as_user=_int64(sec.run_as_user),
+        supplemental_groups=sec.supplemental_groups,
+        privileged=sec.privileged,
+        run_as_group=_int64(sec.run_as_group),
+        seccomp=_seccomp(sec.seccomp),
+    )
+
+
+def container_security_to_pb(
+    security: base.ContainerSecurity, sandbox: base.SandboxConfig
+) -> pb.LinuxContainerSecurityContext:
+    return pb.LinuxContainerSecurityContext(
+        capabilities=pb.Capability(
+            add_capabilities=security.capabilities_add,
+            drop_capabilities=security.capabilities_drop,
+        ),
+        privileged=security.privileged,
+        namespace_options=namespace_options(sandbox),
+        run_as_user=_int64(security.run_as_user),
+        readonly_rootfs=security.readonly_rootfs,
+        supplemental_groups=security.supplemental_groups,
+        no_new_privs=security.no_new_privs,
+        run_as_group=_int64(security.run_as_group),
+        seccomp=_seccomp(security.seccomp),
     )
 
 
@@ -99,9 +148,7 @@ def sandbox_config_to_pb(config: base.SandboxConfig) -> pb.PodSandboxConfig:
         labels=sandbox_labels(config),
         annotations=dict(config.annotations),
         linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=namespace_options(config.host_network)
-            )
+            security_context=sandbox_security_to_pb(config), sysctls=dict(config.sysctls)
         ),
     )
     if config.dns is not None:
@@ -148,9 +195,7 @@ def container_config_to_pb(
         tty=config.tty,
         linux=pb.LinuxContainerConfig(
             resources=resources_to_pb(config.resources),
-            security_context=pb.LinuxContainerSecurityContext(
-                namespace_options=namespace_options(sandbox.host_network)
-            ),
+            security_context=container_security_to_pb(config.security, sandbox),
         ),
     )
 
