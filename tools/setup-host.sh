@@ -6,13 +6,14 @@
 #   busybox-static, gcc, libc6-dev   inputs of the local busybox and pause images
 #   iptables, conntrack, iproute2    what the proxy and the test harness call
 #   docker.io                        the Docker backend (dockerd is started by hand, not here)
+#   vagrant                          `vagrant validate` of the Vagrant lab (no provider: no VMs)
 #
 # Environment: PYTHON (default python3) is the interpreter to install nodeagent into.
 set -eu
 
 PYTHON=${PYTHON:-python3}
 PACKAGES="containerd runc containernetworking-plugins busybox-static iptables conntrack
-iproute2 docker.io gcc libc6-dev make util-linux"
+iproute2 docker.io gcc libc6-dev make util-linux vagrant"
 MODULES="overlay br_netfilter nf_conntrack"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 STAMP="$REPO/build/.setup-host.pip"

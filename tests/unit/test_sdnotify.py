@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.sdnotify import Notifier, Watchdog
+from tests.harness.wait import async_wait_for
 
 
 @pytest.fixture
@@ -108,9 +109,7 @@ async def test_watchdog_withholds_pings_while_unhealthy(
     watchdog = Watchdog(notifier, healthy=lambda: False)
     task = asyncio.create_task(watchdog.run())
     try:
-        async with asyncio.timeout(10):
-            while watchdog.missed < 3:
-                await asyncio.sleep(0.02)
+        await async_wait_for(lambda: watchdog.missed >= 3, 10, 0.02, message="3 withheld pings")
     finally:
         task.cancel()
     assert messages(sock) == []
@@ -120,16 +119,15 @@ async def test_watchdog_withholds_pings_while_unhealthy(
 async def test_a_blocked_event_loop_withholds_the_ping(
     listener: tuple[socket.socket, str],
 ) -> None:
-    sock, path = listener
+    _sock, path = listener
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
     watchdog = Watchdog(notifier)
     task = asyncio.create_task(watchdog.run())
     try:
         await asyncio.sleep(0)  # let it arm its first timer
-        time.sleep(0.5)  # block the loop well past a whole interval, as a stuck call would
-        async with asyncio.timeout(10):
-            while watchdog.missed < 1:
-                await asyncio.sleep(0.01)
+        # Block the loop well past a whole interval, as a stuck call would.
+        time.sleep(0.5)  # noqa: ASYNC251
+        await async_wait_for(lambda: watchdog.missed >= 1, 10, 0.01, message="a withheld ping")
     finally:
         task.cancel()
     assert watchdog.missed == 1
