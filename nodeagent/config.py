@@ -145,6 +145,9 @@ class Config:
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
     cluster_cidr: ipaddress.IPv4Network | None = None
+    # The address other nodes reach this one at (the Node's InternalIP, the host-gw gateway).
+    # "": the first global IPv4 address, which on a VM with a NAT interface is the wrong one.
+    node_ip: str = ""
     metrics_bind: str = DEFAULT_METRICS_BIND  # host:port of /metrics and /healthz; "": off
 
     def __post_init__(self) -> None:
@@ -364,6 +367,16 @@ def _optional_v4_cidr(raw: _Raw) -> ipaddress.IPv4Network | None:
     return network
 
 
+def _optional_ipv4(raw: _Raw) -> str:
+    if raw.value is None or raw.value == "":
+        return ""
+    text = _string(raw)
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
 def _port_range(raw: _Raw) -> tuple[int, int]:
     text = _string(raw) if isinstance(raw.value, str) else raw.value
     if not isinstance(text, str):
@@ -495,6 +508,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "eviction_interval_s": _positive_float,
     "allow_privileged": _boolean,
     "cluster_cidr": _optional_v4_cidr,
+    "node_ip": _optional_ipv4,
     "metrics_bind": _bind,
 }
 

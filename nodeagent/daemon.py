@@ -97,7 +97,7 @@ class Node:
         )
         self.ctx = KubeletContext(
             node_name=config.node_name,
-            host_ip=nodestatus.host_ip(),
+            host_ip=config.node_ip or nodestatus.host_ip(),
             state_dir=config.state_dir,
             pod_log_dir=str(config.pod_log_dir),
             runtime=runtime,
@@ -135,6 +135,8 @@ class Node:
             from nodeagent.apiserver.nodes import NodeRoutes
 
             self.routes = NodeRoutes(client, node_name=config.node_name)
+        if self.cluster is not None:
+            self.cluster.registration.node_ip = config.node_ip
         self.proxy = ServiceProxy(
             ProxySettings(
                 service_cidr=config.service_cidr,

@@ -209,6 +209,7 @@ class NodeRegistration:
         self.registered = asyncio.Event()
         self.uid = ""
         self.pod_cidr = ""
+        self.node_ip = ""  # --node-ip: the InternalIP to report; "": the first global address
         self.node: Obj | None = None  # the Node as the API last showed it
         self.labels: dict[str, str] = {}
         self._sent: Obj | None = None
@@ -232,7 +233,7 @@ class NodeRegistration:
 
     async def _status(self) -> Obj:
         facts = self._facts()
-        host_ip = await asyncio.to_thread(nodestatus.host_ip)
+        host_ip = self.node_ip or await asyncio.to_thread(nodestatus.host_ip)
         previous = (self.node or {}).get("status")
         return await asyncio.to_thread(
             node_status, facts, host=self.host, host_ip=host_ip, previous=previous

@@ -196,8 +196,7 @@ class Lab:
         try:
             ip = node_ip(index)
             port = f"p{index + 1}"
-            # Made inside the namespaces, so the node's uplink is its first interface after
-            # lo: the agent reports its first global address as the Node's InternalIP.
+            # Made inside the namespaces: nothing of it ever exists in the root namespace.
             _ip(
                 "link", "add", "name", "lab0", "netns", node.netns,
                 "type", "veth", "peer", "name", port, "netns", self.netns,
@@ -206,18 +205,21 @@ class Lab:
             _ip("-n", node.netns, "addr", "add", f"{ip}/{LAB_NET.prefixlen}", "dev", "lab0")
             _ip("-n", node.netns, "link", "set", "lab0", "up")
             _ip("-n", node.netns, "route", "add", "default", "via", GATEWAY)
-            agent = Agent(node, name=name, extra=self._agent_args(name))
+            agent = Agent(node, name=name, extra=self._agent_args(name, ip))
             agent.start()
         except BaseException:
             node.close()
             raise
         return LabNode(name, ip, node, agent)
 
-    def _agent_args(self, name: str) -> list[str]:
+    def _agent_args(self, name: str, ip: str) -> list[str]:
         if self.api is None:
             raise RuntimeError("the API server must run before the agents")
         kubeconfig = self.api.workdir / f"{name}.kubeconfig"
-        return ["--kubeconfig", str(kubeconfig), "--cluster-cidr", CLUSTER_CIDR]
+        return [
+            *("--kubeconfig", str(kubeconfig), "--cluster-cidr", CLUSTER_CIDR),
+            *("--node-ip", ip),
+        ]
 
     def node(self, name: str) -> LabNode:
         return next(n for n in self.nodes if n.name == name)

@@ -162,3 +162,41 @@ def test_no_pod_egress_chain_unless_asked() -> None:
     from nodeagent.proxy.rules import NAT, POD_EGRESS, RulesConfig, shared_chains
 
     assert (NAT, POD_EGRESS) not in shared_chains({}, RulesConfig(cluster_cidr="10.244.0.0/16"))
+
+
+# -- the multi-node settings ------------------------------------------------------------------
+
+
+def _run_flags(*argv: str) -> Any:
+    from nodeagent.cli import build_parser
+
+    return build_parser().parse_args(["run", "--node-name", "n1", *argv])
+
+
+def test_cluster_cidr_and_node_ip_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from nodeagent.config import load_config
+
+    for name in ("NODEAGENT_CLUSTER_CIDR", "NODEAGENT_NODE_IP"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config(_run_flags("--cluster-cidr", "10.244.0.0/16", "--node-ip", "10.250.0.11"))
+    assert config.cluster_cidr == ipaddress.IPv4Network("10.244.0.0/16")
+    assert config.node_ip == "10.250.0.11"
+    plain = load_config(_run_flags())
+    assert plain.cluster_cidr is None and plain.node_ip == ""
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--cluster-cidr", "10.244.0.1/16", "cluster_cidr"),
+        ("--cluster-cidr", "fd00::/48", "only an IPv4 cluster CIDR"),
+        ("--node-ip", "10.250.0", "node_ip: '10.250.0' is not an IPv4 address"),
+    ],
+)
+def test_bad_multi_node_settings_name_the_key(flag: str, value: str, says: str) -> None:
+    from nodeagent.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=says):
+        load_config(_run_flags(flag, value))
