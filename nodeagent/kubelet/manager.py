@@ -188,15 +188,14 @@ class PodManager:
                 if worker.state is WorkerState.SYNCING
                 else []  # a terminating pod is probed no more
             )
-            entry = {
-                "metadata": metadata,
-                "status": status,
-                "probes": probes,
-                "worker": worker.state.value,
-            }
-            if pod.spec.priority is not None:  # recorded only: one node does not preempt
-                entry["spec"] = {"priority": pod.spec.priority}
-            result.append(entry)
+            result.append(
+                {
+                    "metadata": metadata,
+                    "status": status,
+                    "probes": probes,
+                    "worker": worker.state.value,
+                }
+            )
         return result
 
     def counts(self) -> dict[str, int]:

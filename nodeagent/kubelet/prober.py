@@ -203,6 +203,11 @@ class _PodProbes:
     last_failure: dict[tuple[str, ProbeKind], dict[str, Any]] = field(default_factory=dict)
 
 
+def probed(pod: Pod) -> tuple[Container, ...]:
+    """The containers that may have probes: native sidecars, then the app containers."""
+    return (*pod.sidecars(), *pod.spec.containers)
+
+
 class ProbeManager:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -215,7 +220,7 @@ class ProbeManager:
         """Match the workers to the pod's running containers; hand ``sink`` the current view."""
         entry = self._pods.get(pod.uid)
         if entry is None:
-            if not any(probes_of(c) for c in pod.spec.containers):
+            if not any(probes_of(c) for c in probed(pod)):
                 return  # nothing to probe, nothing to report: no bookkeeping at all
             bound = log.bind(pod=pod.name, namespace=pod.namespace, uid=pod.uid)
             entry = self._pods[pod.uid] = _PodProbes(sink, pod, bound)
@@ -256,7 +261,7 @@ class ProbeManager:
         if entry is not None:
             by_probe = {(k.container, k.kind): w for k, w in entry.workers.items()}
         result = []
-        for container in pod.spec.containers:
+        for container in probed(pod):
             for kind, probe in probes_of(container):
                 worker = by_probe.get((container.name, kind))
                 state = worker.state if worker is not None else None
@@ -285,7 +290,7 @@ class ProbeManager:
         sandbox = runtime_pod.ready_sandbox()
         if sandbox is None:
             return wanted
-        for container in pod.spec.containers:
+        for container in probed(pod):
             info = runtime_pod.latest(container.name, sandbox.id)
             if info is None or info.state is not ContainerState.RUNNING:
                 continue

@@ -11,9 +11,10 @@ import asyncio
 import os
 import shutil
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
-from nodeagent.model.pod import EmptyDirSource, HostPathSource, Pod
+from nodeagent.model.pod import Container, EmptyDirSource, HostPathSource, Pod
 
 
 class VolumeError(Exception):
@@ -35,12 +36,30 @@ async def prepare(state_dir: Path, pod: Pod) -> dict[str, str]:
             target = pod_dir(state_dir, pod) / "volumes" / "empty-dir" / volume.name
             await _empty_dir(volume.name, target, volume.source)
             paths[volume.name] = str(target)
-    for container in pod.all_containers():
-        for mount in container.volume_mounts:
-            if mount.sub_path and mount.name in paths:
-                sub = Path(paths[mount.name]) / mount.sub_path
-                await asyncio.to_thread(sub.mkdir, parents=True, exist_ok=True)
     return paths
+
+
+async def prepare_sub_paths(paths: Mapping[str, str], container: Container) -> None:
+    """Before each start of ``container``: create each missing subPath (a directory, as
+    upstream), and refuse one that resolves outside its volume. A container may have put a
+    symlink there (``sub -> /``): mounting it would hand the host's files to the pod."""
+    await asyncio.to_thread(_sub_paths, paths, container)
+
+
+def _sub_paths(paths: Mapping[str, str], container: Container) -> None:
+    for mount in container.volume_mounts:
+        if not mount.sub_path or mount.name not in paths:
+            continue
+        root = os.path.realpath(paths[mount.name])
+        sub = os.path.join(paths[mount.name], mount.sub_path)
+        if not os.path.lexists(sub):
+            os.makedirs(sub, mode=0o755, exist_ok=True)
+        real = os.path.realpath(sub)
+        if real != root and not real.startswith(root + os.sep):
+            raise VolumeError(
+                f"volumeMounts {mount.name!r}: subPath {mount.sub_path!r} resolves outside "
+                "the volume"
+            )
 
 
 async def _empty_dir(name: str, target: Path, source: EmptyDirSource) -> None:

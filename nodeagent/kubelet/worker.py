@@ -339,6 +339,7 @@ class PodWorker:
         try:
             if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
                 self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+            await volumes.prepare_sub_paths(self._volume_paths, container)
             await self._check_non_root(container)
             config = specs.container_config(
                 self.pod,

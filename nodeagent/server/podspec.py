@@ -40,6 +40,10 @@ def spec_summary(pod: Pod) -> dict[str, Any]:
             }
             for v in spec.volumes
         ]
+    if spec.active_deadline_seconds is not None:
+        doc["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.priority is not None:  # recorded only: one node does not preempt
+        doc["priority"] = spec.priority
     if pod.source:
         doc["source"] = pod.source
     return doc
@@ -47,6 +51,8 @@ def spec_summary(pod: Pod) -> dict[str, Any]:
 
 def _container(c: Container) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": c.name, "image": c.image}
+    if c.sidecar:
+        doc["restartPolicy"] = "Always"
     if c.command:
         doc["command"] = list(c.command)
     if c.args:

@@ -244,3 +244,143 @@ def test_deployment_is_reported_unsupported_while_other_pods_run(
     assert "not supported in standalone mode" in error["message"]
     assert '"manifest_unsupported_kind"' in agent.log_path.read_text(errors="replace")
     assert [p["metadata"]["name"] for p in agent.status()["pods"]] == ["plain"]
+
+
+# -- subPath --------------------------------------------------------------------------------
+
+SUB_PATH = """\
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+    - name: write
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "mkdir -p /all/html && echo hello-subpath > /all/html/index.html"]
+      volumeMounts: [{name: site-data, mountPath: /all}]
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c"]
+      args:
+        - echo "== html"; ls /var/www/html; cat /var/www/html/index.html;
+          echo "== created"; ls -d /var/lib/mysql && touch /var/lib/mysql/db;
+          echo "== game"; cat /etc/game.properties; echo "== end";
+          trap 'exit 0' TERM; while true; do sleep 1; done
+      volumeMounts:
+        - {name: site-data, mountPath: /var/www/html, subPath: html}
+        - {name: site-data, mountPath: /var/lib/mysql, subPath: mysql}
+        - {name: config, mountPath: /etc/game.properties, subPath: game.properties}
+  volumes:
+    - {name: site-data, emptyDir: {}}
+    - {name: config, configMap: {name: game-demo}}
+"""
+
+
+def test_sub_path_mounts_show_the_directory_and_the_file(node: TestNode, agent: Agent) -> None:
+    agent.write_manifest("cm.yaml", CONFIG_MAP)
+    agent.write_manifest("pod.yaml", pod_yaml("my-lamp-site", SUB_PATH))
+    pod = agent.wait_pod("my-lamp-site", is_ready, what="ready")
+    out = wait_logs(agent, "my-lamp-site", "== end")
+    assert section(out, "html") == "index.html\nhello-subpath"
+    assert section(out, "created") == "/var/lib/mysql"  # created in the volume, writable
+    volume = node.state_dir / "pods" / pod["metadata"]["uid"] / "volumes" / "empty-dir"
+    assert (volume / "site-data" / "mysql" / "db").exists()
+    assert section(out, "game") == "enemy.types=aliens,monsters\nplayer.maximum-lives=5"
+
+
+# -- native sidecars (the docs' "sidecar containers" example, as our own manifest) ----------
+
+SIDECAR = """\
+spec:
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 2
+  initContainers:
+    - name: logshipper
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      restartPolicy: Always
+      command: ["sh", "-c"]
+      args:
+        - sleep 2; echo shipping > /opt/logs/sidecar-up;
+          trap 'exit 0' TERM; while true; do sleep 1; done
+      startupProbe:
+        exec: {{command: ["cat", "/opt/logs/sidecar-up"]}}
+        periodSeconds: 1
+      volumeMounts: [{{name: data, mountPath: /opt/logs}}]
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c"]
+      args:
+        - echo "== seen"; cat /opt/logs/sidecar-up || echo missing; echo "== end"; {main}
+      volumeMounts: [{{name: data, mountPath: /opt/logs}}]
+  volumes:
+    - {{name: data, emptyDir: {{}}}}
+"""
+
+
+def test_native_sidecar_runs_before_the_app_and_is_listed(node: TestNode, agent: Agent) -> None:
+    agent.write_manifest("pod.yaml", pod_yaml("myapp", SIDECAR.format(policy="Always", main=HOLD)))
+    pod = agent.wait_pod("myapp", is_ready, timeout=40, what="ready")
+    # The app started only after the sidecar's startup probe passed: it sees its file.
+    assert section(wait_logs(agent, "myapp", "== end"), "seen") == "shipping"
+    sidecar = container_status(pod, "logshipper")
+    assert sidecar in pod["status"]["initContainerStatuses"]
+    assert "running" in sidecar["state"] and sidecar["started"] and sidecar["ready"]
+    main, side = container_status(pod, "main"), sidecar
+    assert side["state"]["running"]["startedAt"] <= main["state"]["running"]["startedAt"]
+
+
+def test_sidecar_does_not_keep_a_finished_pod_running(node: TestNode, agent: Agent) -> None:
+    manifest = SIDECAR.format(policy="Never", main="sleep 1; exit 0")
+    agent.write_manifest("pod.yaml", pod_yaml("job", manifest))
+
+    def succeeded(pod: dict[str, Any]) -> bool:
+        return bool(pod["status"]["phase"] == "Succeeded")
+
+    pod = agent.wait_pod("job", succeeded, timeout=40, what="Succeeded")
+    assert "terminated" in container_status(pod, "main")["state"]
+    sidecar = wait_for(
+        lambda: (
+            "terminated" in container_status(agent.pod("job") or {}, "logshipper")["state"]
+            and container_status(agent.pod("job") or {}, "logshipper")
+        ),
+        20,
+        message="sidecar stopped",
+    )
+    assert sidecar["restartCount"] == 0
+    assert agent.pod("job")["status"]["phase"] == "Succeeded"  # type: ignore[index]
+
+
+# -- activeDeadlineSeconds ------------------------------------------------------------------
+
+
+def test_active_deadline_fails_the_pod(node: TestNode, agent: Agent) -> None:
+    body = f"""\
+spec:
+  activeDeadlineSeconds: 3
+  priority: 1000
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", {HOLD!r}]
+"""
+    agent.write_manifest("pod.yaml", pod_yaml("deadline", body))
+    pod = agent.wait_pod("deadline", is_ready, what="ready")
+    assert pod["spec"]["priority"] == 1000
+
+    def failed(pod: dict[str, Any]) -> bool:
+        stopped = "terminated" in container_status(pod, "main")["state"]
+        return bool(pod["status"]["phase"] == "Failed" and stopped)
+
+    pod = agent.wait_pod("deadline", failed, timeout=30, what="Failed, container stopped")
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert pod["status"]["message"] == (
+        "Pod was active on the node longer than the specified deadline"
+    )
+    main = container_status(pod, "main")
+    assert "terminated" in main["state"] and main["restartCount"] == 0
