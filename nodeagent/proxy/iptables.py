@@ -18,6 +18,11 @@ that names no chain switches it to caching all chains instead, so a large nat bu
 with ``-Z`` (zero the table's counters: the one chainless command that changes nothing but
 counters). Measured here: 5000 x 10 restores in 4.3 s with it.
 
+``restore_stream`` feeds a full sync's input to ``iptables-restore`` while it is being built
+(``restore.FullStream``): the chunks are produced and written in one worker thread, so
+Python builds rules while iptables parses the ones before. The event loop is not involved:
+building 5000 services' rules is a second of CPU.
+
 Subprocess failures become ``IptablesError`` with the tool's stderr (and the offending line
 of the input when iptables-restore names one).
 """
@@ -29,7 +34,8 @@ import contextlib
 import enum
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nodeagent.log import get_logger
@@ -171,6 +177,51 @@ class Iptables:
             return
         self.last_input = "".join(parts)
         await _run([self.tools.restore, "--noflush", "--wait", str(WAIT_S)], self.last_input)
+
+    async def restore_stream(self, chunks: Iterable[str], *, chains: Mapping[str, int]) -> None:
+        """One ``iptables-restore --noflush`` fed ``chunks`` as they are made (nat first)."""
+        argv = [self.tools.restore, "--noflush", "--wait", str(WAIT_S)]
+        self.last_input = await asyncio.to_thread(self._stream, argv, chunks, chains)
+
+    def _stream(self, argv: list[str], chunks: Iterable[str], chains: Mapping[str, int]) -> str:
+        """(In a worker thread.) The text written; IptablesError if the restore failed."""
+        sent: list[str] = []
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        except OSError as exc:
+            raise IptablesError(f"{argv[0]}: {exc.strerror or exc}") from exc
+        if proc.stdin is None or proc.stderr is None:  # never: both are pipes
+            raise IptablesError(f"{argv[0]}: no pipes")
+        try:
+            for n, chunk in enumerate(chunks):
+                if n == 0 and chunk.startswith(f"*{NAT}\n"):
+                    nat_chains = chains.get(NAT, 0)
+                    chunk = with_zero_trick(chunk, backend=self.backend, chains=nat_chains)
+                sent.append(chunk)
+                proc.stdin.write(chunk.encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it gave up on the input: its stderr says why
+        except BaseException:
+            proc.kill()  # never leave a half-fed restore behind
+            proc.wait()
+            raise
+        try:
+            err = proc.stderr.read()
+            code = proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise IptablesError(f"{argv[0]} did not finish within {TIMEOUT_S:g} s") from None
+        finally:
+            proc.stderr.close()
+        text = "".join(sent)
+        if code != 0:
+            message = err.decode(errors="replace").strip() or f"exit status {code}"
+            raise IptablesError(f"{' '.join(argv[:2])}: {_with_line(message, text)}")
+        return text
 
     async def save(self, table: str) -> str:
         return await _run([self.tools.save, "-t", table])

@@ -12,11 +12,18 @@ what we wrote (``Written``) is guarded by the canary check and by periodic full 
 Chain declarations are sorted by name, descending: iptables-nft 1.8.9 keeps its chain cache
 in a sorted list and inserts linearly, so ascending order costs O(chains^2) (10 s for 40k
 chains, measured) and descending order O(chains).
+
+A full sync is streamed instead (``FullStream``): ``iptables-restore`` parses its input as
+it arrives, and parsing is about 40% of a large restore (the kernel's commit is the rest),
+so the rules are built while it parses what came before. The chains are declared first,
+from each service port's ``plan`` (names only, cheap), then each port's rules are built and
+yielded, then the shared chains, which gather every port's lines. nat comes before filter:
+filter holds only shared chains, which need every port built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from nodeagent.proxy.rules import (
@@ -26,13 +33,17 @@ from nodeagent.proxy.rules import (
     NAT,
     ChainKey,
     Jump,
+    Plan,
     RulesConfig,
     ServiceRules,
     is_service_chain,
+    service_rules,
     shared_chains,
     sort_key,
 )
-from nodeagent.proxy.state import ServicePortName
+from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
+
+STREAM_BATCH = 256  # service ports per chunk: few writes, yet parsing starts early
 
 
 @dataclass(frozen=True)
@@ -157,3 +168,84 @@ def rule_count(rules: Mapping[ServicePortName, ServiceRules], config: RulesConfi
     """Every rule we own in the kernel once all of ``rules`` is written."""
     shared = shared_chains(rules, config)
     return sum(r.rule_count for r in rules.values()) + sum(len(v) for v in shared.values())
+
+
+class FullStream:
+    """A full sync's restore input as a stream of text chunks (see the module docstring).
+
+    ``chunks()`` builds every service port's rules as it goes (pure: no I/O); once it is
+    exhausted, ``result()`` tells what was written and ``built`` holds the rules. The
+    content equals ``render(..., full=True)``; only the order of tables and lines differs.
+    """
+
+    def __init__(
+        self,
+        infos: Mapping[ServicePortName, ServicePortInfo],
+        endpoints: Mapping[ServicePortName, Sequence[Endpoint]],
+        plans: Mapping[ServicePortName, Plan],
+        *,
+        previous: Written,
+        config: RulesConfig,
+        existing: Mapping[str, Set[str]] | None = None,
+        missing_jumps: Sequence[Jump] = (),
+    ) -> None:
+        self._infos, self._endpoints, self._plans = infos, endpoints, plans
+        self._config = config
+        self._jumps = missing_jumps
+        own = {c for p in plans.values() for c in p.chains}
+        candidates = {c for chains in previous.chains.values() for c in chains}
+        if existing is not None:
+            candidates |= {c for c in existing.get(NAT, ()) if is_service_chain(c)}
+        self._stale = sorted(candidates - own)
+        shared_names = shared_chains({}, config)  # the same chains whatever the services
+        self._shared = {t: [c for (table, c) in shared_names if table == t] for t in (NAT, FILTER)}
+        self._nat_names = sorted({*self._shared[NAT], *own, *self._stale}, reverse=True)
+        self.chains_declared = {NAT: len(self._nat_names), FILTER: len(self._shared[FILTER])}
+        self.built: dict[ServicePortName, ServiceRules] = {}
+        self._result: Restore | None = None
+
+    def chunks(self) -> Iterator[str]:
+        out = ["*nat"]
+        out += [f":{name} - [0:0]" for name in self._nat_names]
+        out += [f"-I {j.chain} {j.spec}" for j in self._jumps if j.table == NAT]
+        yield "\n".join(out) + "\n"
+        written = 0
+        batch: list[str] = []
+        for n, key in enumerate(sorted(self._infos, key=sort_key), 1):
+            built = service_rules(
+                self._infos[key], self._endpoints.get(key, ()), self._config, self._plans[key]
+            )
+            self.built[key] = built
+            batch += built.rules
+            written += built.rule_count
+            if n % STREAM_BATCH == 0 and batch:
+                yield "\n".join(batch) + "\n"
+                batch = []
+        shared = shared_chains(self.built, self._config)
+        for chain in self._shared[NAT]:
+            batch += shared[(NAT, chain)]
+            written += len(shared[(NAT, chain)])
+        batch += [f"-X {name}" for name in self._stale]
+        batch.append("COMMIT")
+        yield "\n".join(batch) + "\n"
+        out = ["*filter"]
+        out += [f":{name} - [0:0]" for name in sorted(self._shared[FILTER], reverse=True)]
+        out += [f"-I {j.chain} {j.spec}" for j in self._jumps if j.table == FILTER]
+        for chain in self._shared[FILTER]:
+            out += shared[(FILTER, chain)]
+            written += len(shared[(FILTER, chain)])
+        out.append("COMMIT")
+        yield "\n".join(out) + "\n"
+        self._result = Restore(
+            text={},
+            written=Written(shared=shared, chains={k: r.chains for k, r in self.built.items()}),
+            chains_declared=self.chains_declared,
+            rules_written=written,
+            chains_deleted=len(self._stale),
+        )
+
+    def result(self) -> Restore:
+        """What the stream wrote; only once ``chunks()`` has been exhausted."""
+        if self._result is None:
+            raise RuntimeError("the stream has not been written yet")
+        return self._result

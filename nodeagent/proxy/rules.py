@@ -210,15 +210,47 @@ def categorize(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Categori
     return Categorized(cluster, local, reachable, any_usable or bool(cluster))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Which chains one service port owns, decided before any rule text is built: a full
+    sync declares every chain first and then streams the rules (see ``restore``)."""
+
+    eps: Categorized
+    svc: str
+    svl: str
+    ext: str
+    seps: Mapping[Endpoint, str]
+    chains: tuple[str, ...]  # in the order ``service_rules`` writes them
+
+
+def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
+    name = info.name
+    svc, svl, ext = svc_chain(name), svl_chain(name), ext_chain(name)
+    eps = categorize(info, endpoints)
+    chains: list[str] = []
+    if eps.any_usable and info.externally_accessible:
+        chains.append(ext)
+    if eps.cluster and info.uses_cluster_endpoints:
+        chains.append(svc)
+    if eps.local and info.uses_local_endpoints:
+        chains.append(svl)
+    seps = {ep: sep_chain(name, ep) for ep in eps.reachable}
+    return Plan(eps, svc, svl, ext, seps, (*chains, *seps.values()))
+
+
 def service_rules(
-    info: ServicePortInfo, endpoints: Sequence[Endpoint], config: RulesConfig
+    info: ServicePortInfo,
+    endpoints: Sequence[Endpoint],
+    config: RulesConfig,
+    planned: Plan | None = None,
 ) -> ServiceRules:
+    """One service port's rules (``planned``: its ``plan``, when already made)."""
     name = info.name
     spn = str(name)
     proto = info.protocol.value.lower()
     match = f"-m {proto} -p {proto}"
-    svc, svl, ext = svc_chain(name), svl_chain(name), ext_chain(name)
-    eps = categorize(info, endpoints)
+    p = planned or plan(info, endpoints)
+    svc, svl, ext, eps = p.svc, p.svl, p.ext, p.eps
     has_endpoints = eps.any_usable
 
     internal_chain = svl if info.internal_policy_local else svc
@@ -288,7 +320,7 @@ def service_rules(
             f'-A {internal_chain} -m comment --comment "{spn} cluster IP" {match} {dest} '
             f"! -s {config.cluster_cidr} -j {MARK_MASQ}"
         )
-    seps = {ep: sep_chain(name, ep) for ep in eps.reachable}
+    seps = p.seps
     if svc in chains:
         chains[svc] += _balance(info, svc, eps.cluster, seps, config)
     if svl in chains:

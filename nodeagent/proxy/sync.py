@@ -4,16 +4,18 @@
 memory of what the last successful sync wrote (``restore_input.Written``). A sync:
 
 1. applies both trackers; the union of their results is the set of changed service ports;
-2. rebuilds ``ServiceRules`` for those (all of them on a full sync), keeping the others;
-3. on a full sync, reads ``iptables-save`` of nat and filter (while step 2 runs) to find
-   stale chains of earlier runs and missing jumps from the built-in chains;
-4. renders the restore input and hands it to the runner in one ``iptables-restore``;
-5. on success adopts the new ``Written`` and drops the rule text it no longer needs; on
+2. partial: rebuilds ``ServiceRules`` for those, keeping the others, renders the restore
+   input and hands it to the runner in one ``iptables-restore``;
+3. full: plans every port's chains while ``iptables-save`` of nat and filter runs (to find
+   stale chains of earlier runs and missing jumps from the built-in chains), then streams
+   the input to ``iptables-restore`` while building every port's rules (``FullStream``):
+   the Python work overlaps iptables' parsing instead of adding to it;
+4. on success adopts the new ``Written`` and drops the rule text it no longer needs; on
    failure marks the next sync full: the trackers' changes are consumed, so the exact delta
    is lost, and a full sync is correct whatever state the kernel was left in;
-6. deletes stale UDP conntrack flows of the changed UDP service ports (never fatal).
+5. deletes stale UDP conntrack flows of the changed UDP service ports (never fatal).
 
-Steps 2 and 4 run in a worker thread: at 5000 services they are a second of CPU, and the
+Building and rendering run in a worker thread: at 5000 services they are a second of CPU, and the
 event loop (status endpoint, pod workers, probes) must not stall for it. The runner is a
 seam (``RuleWriter``): the iptables runner in production, a recorder in unit tests. One
 sync at a time, by construction: the proxy loop awaits each one, so nothing else touches
@@ -44,6 +46,10 @@ class RuleWriter(Protocol):
     def backend_name(self) -> str: ...
 
     async def restore(self, tables: Mapping[str, str], *, chains: Mapping[str, int]) -> None: ...
+
+    async def restore_stream(
+        self, chunks: Iterable[str], *, chains: Mapping[str, int]
+    ) -> None: ...
 
     async def save(self, table: str) -> str: ...
 
@@ -117,17 +123,10 @@ class Syncer:
             del self._rules[key]
         rebuild: set[ServicePortName] = set(infos) if full else set(changed) & set(infos)
         try:
-            # iptables-save runs while the rules are built; building and rendering run in a
-            # thread, so a full sync of thousands of services does not stall the event loop.
-            saving = asyncio.create_task(self._save()) if full else None
-            shared_changed = await asyncio.to_thread(self._rebuild, rebuild)
-            shared_changed = shared_changed or len(self._rules) != len(self._written.chains)
-            saved = await saving if saving is not None else None
-            restore = await asyncio.to_thread(
-                self._render, rebuild, saved, full=full, reuse_shared=not shared_changed
-            )
-            if restore.text:  # a change may cancel out in the rules: nothing to write
-                await self.writer.restore(restore.text, chains=restore.chains_declared)
+            if full:
+                restore = await self._stream_full()
+            else:
+                restore = await self._write_partial(rebuild)
         except IptablesError as exc:
             self.need_full = True
             self._finish(started, full=full, error=str(exc))
@@ -151,6 +150,43 @@ class Syncer:
         )
         await self._clean_conntrack(changed, before)
         return True
+
+    async def _stream_full(self) -> restore_input.Restore:
+        """Plan every port (names only) while iptables-save runs, then stream: the rules
+        are built in the runner's thread while iptables-restore parses (see restore.py)."""
+        infos, endpoints = self.services.current, self.endpoints.current
+        saving = asyncio.create_task(self._save())
+        try:
+            plans = await asyncio.to_thread(
+                lambda: {k: rules.plan(infos[k], endpoints.get(k, ())) for k in infos}
+            )
+        finally:
+            saved = await saving
+        existing = {t: restore_input.saved_chains(text) for t, text in saved.items()}
+        stream = restore_input.FullStream(
+            infos,
+            endpoints,
+            plans,
+            previous=self._written,
+            config=self.config,
+            existing=existing,
+            missing_jumps=restore_input.missing_jumps(saved, self.config),
+        )
+        self._rules = {}  # a failure leaves no half-built cache behind: the next sync is full
+        await self.writer.restore_stream(stream.chunks(), chains=stream.chains_declared)
+        self._rules = stream.built
+        return stream.result()
+
+    async def _write_partial(self, rebuild: set[ServicePortName]) -> restore_input.Restore:
+        # Building and rendering run in a thread: the event loop must not stall.
+        shared_changed = await asyncio.to_thread(self._rebuild, rebuild)
+        shared_changed = shared_changed or len(self._rules) != len(self._written.chains)
+        restore = await asyncio.to_thread(
+            self._render, rebuild, None, full=False, reuse_shared=not shared_changed
+        )
+        if restore.text:  # a change may cancel out in the rules: nothing to write
+            await self.writer.restore(restore.text, chains=restore.chains_declared)
+        return restore
 
     async def _save(self) -> dict[str, str]:
         nat, filter_ = await asyncio.gather(

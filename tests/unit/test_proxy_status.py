@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from nodeagent.proxy.proxier import (
 from nodeagent.proxy.state import Endpoint, ServicePortName
 from nodeagent.server.render import render_status
 from tests.harness import async_wait_for
+from tests.unit.test_proxy_sync import split_tables
 
 
 def svc(name: str, **spec: Any) -> Service:
@@ -57,6 +58,9 @@ class Recorder:
     async def restore(self, tables: Mapping[str, str], *, chains: Mapping[str, int]) -> None:
         self.times.append(time.monotonic())
         self.restores.append(dict(tables))
+
+    async def restore_stream(self, chunks: Iterable[str], *, chains: Mapping[str, int]) -> None:
+        await self.restore(split_tables("".join(chunks)), chains=chains)
 
     async def save(self, table: str) -> str:
         return ""
