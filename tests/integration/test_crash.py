@@ -56,6 +56,16 @@ def veths(node: TestNode) -> int:
     return len([line for line in links.splitlines() if line.strip()])
 
 
+def containerd_errors(node: TestNode, lines: int = 40) -> str:
+    """What containerd complained about: where a leftover's story is told."""
+    try:
+        text = node.log_path.read_text(errors="replace")
+    except OSError:
+        return "(no containerd log)"
+    found = [line for line in text.splitlines() if "level=error" in line or "level=warn" in line]
+    return "\n".join(found[-lines:])
+
+
 def assert_exactly(node: TestNode, agent: Agent, desired: set[str]) -> dict[str, Any]:
     """Wait until the node holds exactly the desired pods, each running once; return them."""
 
@@ -84,6 +94,7 @@ def assert_exactly(node: TestNode, agent: Agent, desired: set[str]) -> dict[str,
             f"sandboxes {sorted((s.name, s.state.value) for s in sandboxes)}; "
             f"containers {sorted((c.name, c.state.value) for c in containers)}; "
             f"ipam {sorted(ipam_ips(node))}; veths {veths(node)}\n{agent.log_tail()}"
+            f"\ncontainerd's errors:\n{containerd_errors(node)}"
         )
 
     return wait_for(converged, 90, interval=0.25, message=describe)[0]
@@ -96,11 +107,20 @@ def fresh_agent(node: TestNode) -> Agent:
     return agent.start()
 
 
-# Known open fault (tracked in the reliability issue): a SIGKILL that lands inside a
-# StartContainer call can leave containerd 1.6 with a task it calls running for a container CRI
-# reports exited, which it then refuses to remove. The test runs on a node of its own so such a
-# leftover cannot spill into other tests, and reports rather than fails until that is fixed.
-@pytest.mark.xfail(reason="containerd may keep the task of a container killed mid-start")
+# A SIGKILL that lands inside StartContainer cancels the call in containerd 1.6, with two
+# outcomes seen here:
+# - a task containerd calls running for a container CRI reports exited: RemoveContainer fails
+#   FAILED_PRECONDITION ("cannot delete running task"). Fixed: the CRI client stops it and
+#   retries the removal (CRIRuntime.remove_container).
+# - rarely (1 run in 12 here), a start that never finishes: the container stays "starting"
+#   (its runc init hangs; upstream containerd issue #11674), and CRI refuses to remove it
+#   ("container is in starting state, can't be removed") until containerd restarts. Nothing
+#   a CRI client can do. The test runs on a node of its own so such a leftover cannot spill
+#   into other tests, and reports that case rather than failing on it.
+@pytest.mark.xfail(
+    reason="containerd 1.6 may keep a container whose start was cancelled 'starting' for ever",
+    strict=False,
+)
 def test_kill9_at_random_points_leaks_nothing_and_runs_each_pod_once(
     make_node: Callable[[], TestNode],
 ) -> None:

@@ -1,22 +1,46 @@
-"""Runtime faults under a running agent: containerd or dockerd crashes and comes back.
+"""Faults under a running agent: the runtime or the API server goes away and comes back.
 
-While the runtime is gone the agent must say so (node condition Ready False, naming the
-runtime) and keep going; when it is back, the agent reconnects on its own and resyncs
-without duplicating anything: the pod's running container is the same one (not restarted)
-and the pod has exactly one sandbox.
+Runtime: while containerd or dockerd is gone the agent must say so (node condition Ready
+False, naming the runtime) and keep going; when it is back, the agent reconnects on its own
+and resyncs without duplicating anything: the pod's running container is the same one (not
+restarted) and the pod has exactly one sandbox.
+
+API server (cluster mode, the test API server of test_cluster.py and its fault hooks): an
+outage longer than the watch backoff's cap, status writes answered 5xx, and 409 conflicts.
+Pods keep running throughout, and the API's view of them converges after recovery. (410 Gone
+on a resumed watch, and a short restart, are test_cluster.py's.)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube import AsyncClient
 
-from tests.harness import TestNode, wait_for
+from nodeagent.apiserver.reflector import Backoff
+from tests.apiserver.process import ApiServerProcess
+from tests.harness import TestNode, async_wait_for, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
 from tests.harness.dockerd import DockerDaemon
+from tests.integration.test_cluster import (  # the cluster fixtures, shared
+    SLEEP,
+    admin,
+    admin_client,
+    agent,
+    api,
+    container_id,
+    create,
+    get_pod,
+    link,
+    pod_manifest,
+    wait_ready,
+)
+
+__all__ = ["admin", "agent", "api", "link"]  # fixtures used by name
 
 POD = """apiVersion: v1
 kind: Pod
@@ -122,3 +146,96 @@ def test_dockerd_restarted_under_the_agent(docker_node: tuple[TestNode, DockerDa
         )
     finally:
         agent.stop()
+
+
+# --- API server faults (cluster mode) --------------------------------------------------------
+
+FINISHER = "sleep {seconds}; exit 0"
+STATUS_WRITES = ["PATCH", "PUT"]
+POD_STATUS = {"resource": "pods", "subresource": "status"}  # not the Node's status writes
+
+
+def phase(pod: dict[str, Any] | None) -> str:
+    return str(((pod or {}).get("status") or {}).get("phase") or "")
+
+
+def watch_retries(agent: Agent) -> list[float]:
+    """The delays the pods watch has announced while failing, from the agent's log."""
+    text = agent.log_path.read_text(errors="replace")
+    found = re.findall(r'"retry_in_s": ([0-9.]+)[^\n]*"event": "watch_failed"', text)
+    return [float(x) for x in found]
+
+
+async def test_an_api_outage_past_the_watch_backoff_cap_keeps_pods_and_converges(
+    api: ApiServerProcess, admin: AsyncClient, agent: Agent
+) -> None:
+    await create(admin, pod_manifest("steady", SLEEP, grace=2))
+    await create(admin, pod_manifest("finisher", FINISHER.format(seconds=8), restartPolicy="Never"))
+    steady = container_id(await wait_ready(admin, agent, "steady"))
+    await wait_ready(admin, agent, "finisher")
+    retries_before = len(watch_retries(agent))
+
+    await api.stop()
+    # Down until the agent's watch backoff has reached its cap: the longest wait it knows.
+    cap = Backoff().cap_s
+
+    def capped() -> bool:
+        return any(d >= cap for d in watch_retries(agent)[retries_before:])
+
+    await async_wait_for(capped, 180, interval=1, message=lambda: agent.log_tail())
+    # Meanwhile the node went on: the finisher ended, the steady pod was never touched.
+    finished = agent.pod("finisher")
+    assert finished is not None and phase(finished) == "Succeeded", finished
+    now = agent.pod("steady")
+    assert now is not None and is_ready(now)
+    assert container_status(now, "main")["containerID"] == steady
+
+    await api.start()
+    client = admin_client(api)
+    try:
+
+        async def converged() -> dict[str, Any] | None:
+            pod = await get_pod(client, "finisher")
+            return pod if phase(pod) == "Succeeded" else None
+
+        await async_wait_for(converged, 2 * cap + 30, interval=0.5, message=agent.log_tail)
+        after = await get_pod(client, "steady")
+    finally:
+        await client.close()
+    assert after is not None and container_id(after) == steady  # never restarted
+    assert agent.status()["cluster"]["watching"]
+
+
+async def test_status_writes_are_retried_on_5xx_and_reread_on_conflict(
+    api: ApiServerProcess, admin: AsyncClient, agent: Agent
+) -> None:
+    # The next status writes fail with 500, then 503, then conflict: the agent must retry
+    # each kind until the status lands.
+    for code in (500, 503):
+        await api.fail_requests(2, code=code, methods=STATUS_WRITES, **POD_STATUS)
+    await api.fail_requests(2, code=409, methods=STATUS_WRITES, **POD_STATUS)
+    await create(admin, pod_manifest("patient", FINISHER.format(seconds=3), restartPolicy="Never"))
+
+    async def succeeded() -> dict[str, Any] | None:
+        pod = await get_pod(admin, "patient")
+        return pod if phase(pod) == "Succeeded" else None
+
+    pod = await async_wait_for(succeeded, 60, interval=0.3, message=agent.log_tail)
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    writes = [
+        r
+        for r in await api.requests()
+        if r["method"] in ("PATCH", "PUT") and r["path"].endswith("/pods/patient/status")
+    ]
+    codes = [r["code"] for r in writes]
+    # Every injected failure hit a status write of this pod, and writes went on after them.
+    assert codes.count(500) == 2 and codes.count(503) == 2 and codes.count(409) == 2, codes
+    assert codes[-1] == 200, codes
+    # A conflict is followed by a fresh read of the pod before the next write.
+    reads = [
+        r
+        for r in await api.requests()
+        if r["method"] == "GET" and r["path"].endswith("/pods/patient")
+    ]
+    first_conflict = next(r["time"] for r in writes if r["code"] == 409)
+    assert any(r["time"] > first_conflict for r in reads), "no re-read after the conflict"
