@@ -10,7 +10,9 @@ A host-network pod sees the node's own /etc/hosts instead, with the aliases appe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from nodeagent.model.pod import HostAlias, Pod
@@ -80,7 +82,14 @@ async def write(
 
 def _atomic_write(target: Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    # A temporary name of its own: the containers of a pod start concurrently.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
