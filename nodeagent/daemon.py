@@ -149,6 +149,7 @@ class Node:
             inputs=self._proxy_inputs,
             connect=connect_host,
         )
+        self.manager.on_serving_change = self._serving_changed
         self.source = (
             FileSource(
                 config.manifests,
@@ -161,6 +162,14 @@ class Node:
             if config.manifests is not None
             else None
         )
+
+    def _serving_changed(self) -> None:
+        """A pod's IP, readiness or phase changed: the proxy's rules follow at once, and in
+        cluster mode so does the pod's status in the API, as the kubelet's status manager
+        syncs on each change (the writer's periodic pass stays as the safety net)."""
+        self.proxy.wake()
+        if self.cluster is not None:
+            self.cluster.status.wake()
 
     def _cluster_link(self, client: ApiClient) -> ClusterLink:
         """Cluster mode: the API's pods join the manifests' (the link merges both)."""
