@@ -37,16 +37,26 @@ async def write_volumes(pod_dir: str, obj: Obj, lookup: Lookup) -> list[str]:
     Raises RefError (what is missing) or OSError; a volume written before the failing one
     keeps its new content."""
     changed = []
+    gid = fs_group(obj)
     for volume in (obj.get("spec") or {}).get("volumes") or []:
         path = volume_dir(pod_dir, volume)
         if path is None or not supported(volume):
             continue
         files = files_for(volume, obj, lookup)
+        if gid is not None:  # the group may read every file, as the kubelet makes it
+            files = {rel: (content, mode | 0o440) for rel, (content, mode) in files.items()}
         tmpfs = any(kind in volume for kind in TMPFS_KINDS)
         await ensure_dir(Path(path), tmpfs=tmpfs)
-        if await asyncio.to_thread(write_atomic, Path(path), files):
+        if await asyncio.to_thread(write_atomic, Path(path), files, gid=gid):
             changed.append(str(volume.get("name")))
     return changed
+
+
+def fs_group(obj: Obj) -> int | None:
+    """The pod's ``spec.securityContext.fsGroup`` (validation has checked it)."""
+    context = (obj.get("spec") or {}).get("securityContext") or {}
+    value = context.get("fsGroup") if isinstance(context, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def ensure_dir(path: Path, *, tmpfs: bool) -> None:
@@ -71,10 +81,11 @@ async def ensure_dir(path: Path, *, tmpfs: bool) -> None:
         )
 
 
-def write_atomic(target: Path, files: Files) -> bool:
-    """Make ``target`` hold exactly ``files``; False if it already did. See the docstring."""
+def write_atomic(target: Path, files: Files, *, gid: int | None = None) -> bool:
+    """Make ``target`` hold exactly ``files`` (group ``gid``, with fsGroup); False if it
+    already did. See the module docstring."""
     current = target / DATA_LINK
-    if current.is_symlink() and _same(current, files):
+    if current.is_symlink() and _same(current, files, gid):
         return False
     stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
     fresh = target / stamp
@@ -84,6 +95,13 @@ def write_atomic(target: Path, files: Files) -> bool:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         path.write_bytes(content)
         path.chmod(mode)
+        if gid is not None:
+            os.chown(path, -1, gid)
+    if gid is not None:
+        os.chown(target, -1, gid)
+        for directory in (fresh, *(p for p in fresh.rglob("*") if p.is_dir())):
+            os.chown(directory, -1, gid)
+            directory.chmod(0o2755)
     old = os.readlink(current) if current.is_symlink() else None
     tmp_link = target / "..data_tmp"
     tmp_link.unlink(missing_ok=True)
@@ -102,13 +120,16 @@ def write_atomic(target: Path, files: Files) -> bool:
     return True
 
 
-def _same(current: Path, files: Files) -> bool:
+def _same(current: Path, files: Files, gid: int | None) -> bool:
     root = current.resolve()
     present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     if present != set(files):
         return False
     for rel, (content, mode) in files.items():
         path = root / rel
-        if path.read_bytes() != content or (path.stat().st_mode & 0o7777) != mode:
+        info = path.stat()
+        if path.read_bytes() != content or (info.st_mode & 0o7777) != mode:
+            return False
+        if gid is not None and info.st_gid != gid:
             return False
     return True

@@ -35,8 +35,19 @@ async def prepare(state_dir: Path, pod: Pod) -> dict[str, str]:
         else:
             target = pod_dir(state_dir, pod) / "volumes" / "empty-dir" / volume.name
             await _empty_dir(volume.name, target, volume.source)
+            fs_group = pod.spec.security_context.fs_group
+            if fs_group is not None:
+                await asyncio.to_thread(share_with_group, target, fs_group)
             paths[volume.name] = str(target)
     return paths
+
+
+def share_with_group(directory: Path, gid: int) -> None:
+    """fsGroup on a writable volume, as the kubelet sets it: the group owns the directory,
+    which is group-writable and setgid, so what the containers create there is the
+    group's too. Only the top: an emptyDir is empty when this runs."""
+    os.chown(directory, -1, gid)
+    os.chmod(directory, os.stat(directory).st_mode & 0o777 | 0o070 | stat.S_ISGID)
 
 
 async def prepare_sub_paths(paths: Mapping[str, str], container: Container) -> None:

@@ -216,6 +216,43 @@ def test_secret_volume_mode_0400_on_tmpfs(node: TestNode, agent: Agent) -> None:
     assert "value-2" not in agent.log_path.read_text(errors="replace")
 
 
+FS_GROUP_POD = """\
+spec:
+  terminationGracePeriodSeconds: 2
+  securityContext: {fsGroup: 2000}
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c"]
+      args:
+        - echo "== secret"; stat -L -c '%a %g' /etc/secret-volume/username;
+          echo "== scratch"; stat -c '%a %g' /scratch; touch /scratch/new;
+          stat -c '%g' /scratch/new; echo "== tmpfs";
+          awk '$2 == "/scratch" {print $3}' /proc/mounts; df -k /scratch | awk 'NR == 2 {print $2}';
+          echo "== end";
+          trap 'exit 0' TERM; while true; do sleep 1; done
+      volumeMounts:
+        - {name: secret-volume, mountPath: /etc/secret-volume}
+        - {name: scratch, mountPath: /scratch}
+  volumes:
+    - name: secret-volume
+      secret: {secretName: dotfile-secret, defaultMode: 0400}
+    - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
+"""
+
+
+def test_fs_group_owns_secret_files_and_empty_dir(node: TestNode, agent: Agent) -> None:
+    agent.write_manifest("secret.yaml", SECRET)
+    agent.write_manifest("pod.yaml", pod_yaml("security-context-demo", FS_GROUP_POD))
+    agent.wait_pod("security-context-demo", is_ready, what="ready")
+    out = wait_logs(agent, "security-context-demo", "== end")
+    assert section(out, "secret") == "440 2000"  # 0400 plus the group's read, as documented
+    # setgid: what the container creates belongs to the fsGroup.
+    assert section(out, "scratch") == "2777 2000\n2000"
+    assert section(out, "tmpfs") == "tmpfs\n16384"  # medium Memory, sizeLimit 16Mi
+
+
 # -- kinds the node does not run ------------------------------------------------------------
 
 DEPLOYMENT = """\

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.kubelet import volumes
+from nodeagent.kubelet.projection import fs_group, write_atomic
 from nodeagent.model.pod import Container, VolumeMount
 
 
@@ -36,3 +37,27 @@ async def test_sub_path_symlink_out_of_the_volume_is_refused(tmp_path: Path) -> 
     os.symlink("/etc", volume / "escape")  # what a container could leave in an emptyDir
     with pytest.raises(volumes.VolumeError, match="resolves outside the volume"):
         await volumes.prepare_sub_paths({"data": str(volume)}, mounting("escape"))
+
+
+async def test_fs_group_owns_an_empty_dir_setgid_and_group_writable(tmp_path: Path) -> None:
+    directory = tmp_path / "scratch"
+    directory.mkdir(mode=0o777)
+    os.chmod(directory, 0o777)
+    volumes.share_with_group(directory, 2345)
+    info = directory.stat()
+    assert info.st_gid == 2345
+    assert info.st_mode & 0o7777 == 0o2777
+
+
+def test_fs_group_makes_projected_files_group_readable(tmp_path: Path) -> None:
+    assert fs_group({"spec": {"securityContext": {"fsGroup": 2000}}}) == 2000
+    assert fs_group({"spec": {}}) is None
+    assert write_atomic(tmp_path, {"a": (b"x", 0o440), "d/b": (b"y", 0o640)}, gid=2000)
+    for rel, mode in (("a", 0o440), ("d/b", 0o640)):
+        info = (tmp_path / rel).stat()
+        assert (info.st_gid, info.st_mode & 0o777) == (2000, mode)
+    assert (tmp_path / "..data" / "d").stat().st_gid == 2000
+    # The same files with another group are a change, rewritten with that group.
+    assert not write_atomic(tmp_path, {"a": (b"x", 0o440), "d/b": (b"y", 0o640)}, gid=2000)
+    assert write_atomic(tmp_path, {"a": (b"x", 0o440), "d/b": (b"y", 0o640)}, gid=3000)
+    assert (tmp_path / "a").stat().st_gid == 3000
