@@ -254,6 +254,18 @@ def test_privileged_refused_without_allow_privileged(
         agent.write_manifest("privileged.json", json.dumps(privileged))
         agent.write_manifest("host-state.json", json.dumps(host))
         agent.write_manifest("plain.json", json.dumps(pod_doc("plain", "sleep 30")))
+        # A configMap volume reaches the runtime as a hostPath into the pod's own directory:
+        # no host access, so it runs.
+        settings = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}}
+        settings["data"] = {"mode": "strict"}
+        configured = pod_doc(
+            "configured",
+            "cat /cfg/mode > /dev/termination-log",
+            volumes=[{"name": "cfg", "configMap": {"name": "settings"}}],
+            container={"volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]},
+        )
+        agent.write_manifest("settings.json", json.dumps(settings))
+        assert run_once(agent, configured)["message"] == "strict"
 
         def forbidden(pod: dict[str, Any]) -> bool:
             return pod["status"].get("reason") == "Forbidden"
