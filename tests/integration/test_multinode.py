@@ -9,6 +9,7 @@ as from another machine on it; requests "from a pod" are execs in a pod on node 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from lightkube.resources.core_v1 import Node, Pod, Service
 
 from nodeagent.runtime.base import ContainerID, ContainerState
 from nodeagent.runtime.cri import CRIRuntime
-from tests.harness.lab import Lab, LabNode
+from tests.harness.lab import GATEWAY, Lab, LabNode
 from tests.harness.wait import async_wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -350,3 +351,46 @@ async def test_stopped_agent_lets_the_lease_expire_while_its_pods_keep_running(
     node = await admin.get(Node, c.name)
     assert not [t for t in (node.spec.taints if node.spec else None) or []]
     assert await _running_containers(c) == before  # adopted, not restarted
+
+
+ECHO_SERVER = """
+import http.server, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Echo).serve_forever()
+"""
+
+
+async def test_pod_traffic_leaving_the_cluster_cidr_is_masqueraded(
+    lab: Lab, admin: AsyncClient
+) -> None:
+    a = lab.nodes[0]
+    client = await ensure_pod(admin, a, "client-a", SLEEP)
+    # A server outside the cluster: on the lab segment's gateway address.
+    server = await asyncio.create_subprocess_exec(
+        *lab.lab_argv,
+        *(sys.executable, "-c", ECHO_SERVER, GATEWAY, "8099"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+
+        async def seen() -> str | None:
+            text = await fetch_from_pod(a, client, f"http://{GATEWAY}:8099/")
+            return text if not text.startswith("exit") else None
+
+        source = await async_wait_for(seen, 30, 0.5, message="the lab's echo server")
+    finally:
+        server.terminate()
+        await server.wait()
+    assert source == a.ip  # the node's address, not the pod's
+    counters = a.node.run(["iptables", "-t", "nat", "-L", "NA-POD-EGRESS", "-v", "-x", "-n"])
+    masquerade = [line for line in counters.stdout.splitlines() if "MASQUERADE" in line]
+    assert masquerade and int(masquerade[0].split()[0]) > 0, counters.stdout
