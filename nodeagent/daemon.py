@@ -57,6 +57,10 @@ log = structlog.get_logger("nodeagent.daemon")
 
 NODE_STATUS_INTERVAL_S = 10.0
 ORPHAN_SWEEP_INTERVAL_S = 10.0
+# The node part of the local status (conditions, usage: it reads every process of the machine
+# and every interface) is sampled at most this often: a client polling the status socket
+# must not cost the agent a core.
+NODE_STATUS_TTL_S = 1.0
 
 
 def build_runtime(config: Config) -> Runtime:
@@ -122,6 +126,7 @@ class Node:
         )
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
+        self._node_sample: tuple[float, dict[str, Any]] | None = None  # (monotonic, status)
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
@@ -291,9 +296,13 @@ class Node:
         )
 
     def _node_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._node_sample is not None and now - self._node_sample[0] < NODE_STATUS_TTL_S:
+            return self._node_sample[1]
         status = nodestatus.node_status(self._node_facts())
         status["eviction"] = self.eviction.report()
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
+        self._node_sample = (now, status)
         return status
 
     def _with_backoff(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
