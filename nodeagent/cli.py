@@ -106,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cluster's pod network: routes to other nodes' pods, masquerade beyond it",
     )
     run.add_argument("--node-ip", metavar="IP", help="this node's InternalIP (default: first)")
-    run.add_argument("--node-ip", metavar="IP", help="this node's InternalIP (default: first)")
     run.add_argument(
         "--service-cidr", metavar="CIDR", help="service clusterIP range (default: 10.96.0.0/16)"
     )
