@@ -24,6 +24,9 @@ class PodFacts:
     node_name: str
     pod_ip: str = ""
     host_ip: str = ""
+    # The node's allocatable cpu and memory: what an unset limit reads as (0: unknown).
+    node_cpu_millis: int = 0
+    node_memory_bytes: int = 0
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -62,7 +65,7 @@ def _value(
         return expand(var.value, earlier)
     if isinstance(source, FieldRef):
         return field_value(pod, source.field_path, facts)
-    return _resource_value(pod, container, source)
+    return _resource_value(pod, container, source, facts)
 
 
 def field_value(pod: Pod, path: str, facts: PodFacts) -> str:
@@ -88,20 +91,25 @@ def field_value(pod: Pod, path: str, facts: PodFacts) -> str:
     return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
 
 
-def _resource_value(pod: Pod, container: Container, ref: ResourceFieldRef) -> str:
+def _resource_value(pod: Pod, container: Container, ref: ResourceFieldRef, facts: PodFacts) -> str:
     target = container
     if ref.container_name:
         target = next((c for c in pod.all_containers() if c.name == ref.container_name), container)
     res = target.resources
+    # As upstream: an unset limit is the node's allocatable; an unset request is the limit
+    # (the API's defaulting), else 0.
+    cpu_limit = res.cpu_limit_millis
+    memory_limit = res.memory_limit_bytes
     raw: int | None = {
-        "limits.cpu": res.cpu_limit_millis,
-        "limits.memory": res.memory_limit_bytes,
-        "requests.cpu": res.cpu_request_millis,
-        "requests.memory": res.memory_request_bytes,
+        "limits.cpu": cpu_limit if cpu_limit is not None else facts.node_cpu_millis,
+        "limits.memory": memory_limit if memory_limit is not None else facts.node_memory_bytes,
+        "requests.cpu": res.cpu_request_millis if res.cpu_request_millis is not None else cpu_limit,
+        "requests.memory": (
+            res.memory_request_bytes if res.memory_request_bytes is not None else memory_limit
+        ),
     }[ref.resource]
     is_cpu = ref.resource.endswith("cpu")
     if raw is None:
-        # Unset limits read as node allocatable upstream; we report 0 rather than guess.
         return "0"
     value = Decimal(raw) / 1000 if is_cpu else Decimal(raw)
     try:

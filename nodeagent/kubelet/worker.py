@@ -27,7 +27,15 @@ from typing import Any
 import structlog
 
 from nodeagent import metrics
-from nodeagent.kubelet import backoff, etchosts, security, specs, termination, volumes
+from nodeagent.kubelet import (
+    backoff,
+    etchosts,
+    nodestatus,
+    security,
+    specs,
+    termination,
+    volumes,
+)
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.kubelet.handlers import Target, run_handler
@@ -345,7 +353,7 @@ class PodWorker:
                 self.pod,
                 container,
                 attempt=start.attempt,
-                facts=PodFacts(self.ctx.node_name, sandbox.ip, self.ctx.host_ip),
+                facts=_facts(self.ctx, sandbox.ip),
                 volume_paths=self._volume_paths or {},
                 files=await self._pod_files(container, start.attempt, sandbox.ip),
             )
@@ -569,6 +577,18 @@ def _serving(status: dict[str, Any] | None) -> tuple[str, str, str]:
 async def _ignore_missing(call: Any) -> None:
     with contextlib.suppress(NotFound):
         await call
+
+
+def _facts(ctx: KubeletContext, pod_ip: str) -> PodFacts:
+    """What the downward API reads beyond the spec; allocatable stands in for unset limits."""
+    allocatable = nodestatus.allocatable(0)
+    return PodFacts(
+        ctx.node_name,
+        pod_ip,
+        ctx.host_ip,
+        node_cpu_millis=int(allocatable["cpu"]) * 1000,
+        node_memory_bytes=int(allocatable["memory"].removesuffix("Ki")) * 1024,
+    )
 
 
 def _forbidden_message(errors: list[FieldError]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from nodeagent.kubelet.envvars import PodFacts, expand, expand_command, resolve_env
@@ -133,9 +135,29 @@ def test_resource_field_ref_of_another_container() -> None:
     assert env_of(EnvVar("R", value_from=ref)) == {"R": "1024"}
 
 
-def test_unset_resource_reads_as_zero() -> None:
+def test_unset_limit_without_node_facts_reads_as_zero() -> None:
     ref = ResourceFieldRef(resource="limits.cpu", container_name="side")
     assert env_of(EnvVar("R", value_from=ref)) == {"R": "0"}
+
+
+def test_unset_limits_read_as_node_allocatable_and_requests_as_limits() -> None:
+    pod = Pod(
+        uid=PodUID("u"),
+        name="p",
+        namespace="d",
+        spec=PodSpec(containers=(Container(name="c", image="busybox"),)),
+    )
+    facts = PodFacts("node-1", node_cpu_millis=2000, node_memory_bytes=4 << 30)
+    limited = Container(name="l", image="busybox", resources=Resources(cpu_limit_millis=500))
+    cases = [
+        (pod.spec.containers[0], "limits.cpu", "1", "2"),
+        (pod.spec.containers[0], "limits.memory", "1Mi", "4096"),
+        (pod.spec.containers[0], "requests.memory", "1", "0"),
+        (limited, "requests.cpu", "1m", "500"),  # the API defaults requests to limits
+    ]
+    for container, resource, divisor, want in cases:
+        var = EnvVar("R", value_from=ResourceFieldRef(resource=resource, divisor=divisor))
+        assert resolve_env(pod, replace(container, env=(var,)), facts) == (("R", want),)
 
 
 def test_command_and_args_are_expanded_from_the_environment() -> None:
