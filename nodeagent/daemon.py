@@ -57,6 +57,7 @@ log = structlog.get_logger("nodeagent.daemon")
 
 NODE_STATUS_INTERVAL_S = 10.0
 ORPHAN_SWEEP_INTERVAL_S = 10.0
+READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see notify_ready)
 # The node part of the local status (conditions, usage: it reads every process of the machine
 # and every interface) is sampled at most this often: a client polling the status socket
 # must not cost the agent a core.
@@ -134,6 +135,7 @@ class Node:
             self.cluster.events.sink = lambda event: record_api_event(self.events, event)
         else:
             self.ctx.images.listeners.append(self.event_feed.on_pull)
+        self.desired_applied = asyncio.Event()  # the first desired state reached the manager
         self.routes: NodeRoutes | None = None
         self.sysctl_problems: list[str] = []
         if client is not None and config.cluster_cidr is not None:
@@ -218,6 +220,7 @@ class Node:
     def _desired_changed(self, state: DesiredState) -> None:
         self.desired = state
         self._desired_loaded = True
+        self.desired_applied.set()
         # An evicted pod stays evicted until its source drops it or changes it (a new uid).
         uids = {p.uid for p in state.pods.values()}
         self.evicted = {u: e for u, e in self.evicted.items() if u in uids}
@@ -352,9 +355,20 @@ class Node:
         }
 
     async def notify_ready(self, notifier: Notifier) -> None:
-        """READY=1 to systemd once the runtime is listed and running pods are adopted."""
+        """READY=1 to systemd once the runtime is listed and the running pods adopted.
+
+        Adopted means the first desired state reached the manager, which then holds a worker
+        for each running pod. A desired state that needs the API (cluster mode without a
+        manifest directory) is waited for only READY_WAIT_S: an agent started during an API
+        outage is ready all the same (nothing it runs is touched until the API answers).
+        """
         await self.cache.synced.wait()
-        notifier.ready(status=f"{len(self.manager.snapshot())} pods adopted")
+        try:
+            await asyncio.wait_for(self.desired_applied.wait(), READY_WAIT_S)
+            status = f"{len(self.manager.snapshot())} pods adopted"
+        except TimeoutError:
+            status = "running pods kept; waiting for the control plane's pod list"
+        notifier.ready(status=status)
         await asyncio.Event().wait()
 
     def _pods(self) -> list[dict[str, Any]]:
