@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -171,11 +172,7 @@ class ApiServer:
         self._runner = runner
         self.starts += 1
         if not any(t.get_name() == "node-lifecycle" for t in self._background):
-            task = asyncio.get_running_loop().create_task(
-                self.node_lifecycle.run(), name="node-lifecycle"
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self.node_lifecycle.run(), name="node-lifecycle")
         if self.port == 0:
             self.port = int(runner.addresses[0][1])
         if self.kubernetes_service:
@@ -191,6 +188,12 @@ class ApiServer:
             if conn.transport is not None:
                 conn.transport.abort()
         await runner.cleanup()
+
+    def _in_background(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        """A task the server owns (kept referenced, cancelled by ``close``)."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def restart(self, down_seconds: float = 0.0) -> None:
         await self.stop()
@@ -395,11 +398,9 @@ class ApiServer:
             return json_response({"compactedResourceVersion": str(self.store.hub.compacted_rv)})
         if what == "restart" and method == "POST":
             body = await read_body(request, required=False) or {}
-            task = asyncio.get_running_loop().create_task(
-                self._restart_soon(float(body.get("downSeconds", 0.0)))
+            self._in_background(
+                self._restart_soon(float(body.get("downSeconds", 0.0))), name="restart"
             )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
             return json_response({}, 202)
         if what == "status" and method == "GET":
             return json_response({"starts": self.starts, "resourceVersion": str(self.store.rv)})
