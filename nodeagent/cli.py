@@ -44,9 +44,9 @@ from nodeagent.config import (
 from nodeagent.log import configure_logging
 from nodeagent.server.client import StatusUnavailable, fetch_status
 from nodeagent.server.colors import colorize
-from nodeagent.server.describe import PodNotFound, render_pod
+from nodeagent.server.describe import PodNotFound, find_pod, render_pod
 from nodeagent.server.nodeview import render_node
-from nodeagent.server.render import render_status
+from nodeagent.server.render import in_namespace, render_status
 
 PROG = "nodeagent"
 FALLBACK_VERSION = "0.1.0"
@@ -237,8 +237,6 @@ def _status_text(args: argparse.Namespace) -> str:
     now = datetime.now(UTC)
     if args.json:
         if args.namespace is not None:
-            from nodeagent.server.render import in_namespace
-
             snapshot = in_namespace(snapshot, args.namespace)
         if args.view is not None:
             snapshot = {k: snapshot[k] for k in _VIEW_KEYS[args.view] if k in snapshot}
@@ -289,8 +287,6 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     try:
         snapshot = fetch_status(socket_path(args))
         if args.json:
-            from nodeagent.server.describe import find_pod
-
             pod = dict(find_pod(snapshot, args.namespace, args.name))
             pod["events"] = [
                 e
