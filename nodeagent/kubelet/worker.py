@@ -191,7 +191,11 @@ class PodWorker:
     async def _sync(self) -> float:
         runtime_pod = await self._refresh()
         if self._forbidden:
-            # Nothing of a refused pod starts; its status says which fields and why.
+            # Nothing of a refused pod starts; its status says which fields and why. One
+            # adopted from before a policy change is stopped, as the kubelet stops it.
+            if runtime_pod.running():
+                await self._kill_everything(runtime_pod, grace_s=self._grace(), remove=False)
+                runtime_pod = await self._refresh()
             for container in self.pod.all_containers():
                 self._waiting[container.name] = Waiting("Blocked", "")
             self._publish(runtime_pod)

@@ -426,7 +426,8 @@ async def test_removed_pod_is_stopped_and_removed(rig: Rig) -> None:
     assert rig.managed_left() == (0, 0)
     assert not exists(volumes)
     assert ("stop_container", running[0], "3") in rig.fake.calls  # the pod's grace period
-    assert rig.manager.worker_for(pod.uid) is None
+    # The manager retires a terminated worker in a task of its own, a moment later.
+    await eventually(lambda: rig.manager.worker_for(pod.uid) is None, what="worker retired")
 
 
 async def test_changed_spec_replaces_the_pod(rig: Rig) -> None:
