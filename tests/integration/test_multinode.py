@@ -394,3 +394,46 @@ async def test_pod_traffic_leaving_the_cluster_cidr_is_masqueraded(
     counters = a.node.run(["iptables", "-t", "nat", "-L", "NA-POD-EGRESS", "-v", "-x", "-n"])
     masquerade = [line for line in counters.stdout.splitlines() if "MASQUERADE" in line]
     assert masquerade and int(masquerade[0].split()[0]) > 0, counters.stdout
+
+
+async def test_routes_follow_a_node_that_appears_moves_and_goes(
+    lab: Lab, admin: AsyncClient
+) -> None:
+    from lightkube.resources.core_v1 import NodeStatus
+    from lightkube.types import PatchType
+
+    cidr = "10.244.99.0/24"
+
+    def kernel_route(lab_node: LabNode) -> str:
+        return lab_node.node.run(["ip", "route", "show", cidr, "proto", "77"]).stdout.strip()
+
+    async def set_address(ip: str) -> None:
+        status = {"status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+        await admin.patch(NodeStatus, "ghost", status, patch_type=PatchType.MERGE)
+
+    async def everywhere(expected: str) -> None:
+        for lab_node in lab.nodes:
+            await async_wait_for(
+                lambda n=lab_node: kernel_route(n) == expected,  # type: ignore[misc]
+                30,
+                0.2,
+                message=lambda n=lab_node: f"{n.name}: {expected!r}, has {kernel_route(n)!r}",  # type: ignore[misc]
+            )
+
+    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"}}
+    body["spec"] = {"podCIDR": cidr, "podCIDRs": [cidr]}
+    await admin.create(Node.from_dict(body))  # type: ignore[call-overload]
+    try:
+        await set_address(node_ip_on_lab(99))
+        await everywhere(f"{cidr} via {node_ip_on_lab(99)} dev lab0")
+        await set_address(node_ip_on_lab(98))  # the node moved: the route follows
+        await everywhere(f"{cidr} via {node_ip_on_lab(98)} dev lab0")
+    finally:
+        await admin.delete(Node, "ghost")
+    await everywhere("")  # gone with the Node
+    # Routes nodeagent did not make are never touched: the lab's own connected route stays.
+    assert "10.250.0.0/24 dev lab0" in lab.nodes[0].node.run(["ip", "route"]).stdout
+
+
+def node_ip_on_lab(host: int) -> str:
+    return f"10.250.0.{host}"
