@@ -140,6 +140,7 @@ class Config:
     # Node-pressure eviction: below this much available memory, pods are evicted.
     eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
     eviction_interval_s: float = 10.0  # how often memory is checked (the kubelet's 10 s)
+    max_manifest_bytes: int = 1024 * 1024  # a larger manifest file is an error, not read
     # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
     allow_privileged: bool = False
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
@@ -506,6 +507,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "cluster_domain": _domain,
     "eviction_hard": _eviction_hard,
     "eviction_interval_s": _positive_float,
+    "max_manifest_bytes": _positive_int,
     "allow_privileged": _boolean,
     "cluster_cidr": _optional_v4_cidr,
     "node_ip": _optional_ipv4,

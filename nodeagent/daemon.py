@@ -57,11 +57,6 @@ log = structlog.get_logger("nodeagent.daemon")
 
 NODE_STATUS_INTERVAL_S = 10.0
 ORPHAN_SWEEP_INTERVAL_S = 10.0
-READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see notify_ready)
-# The node part of the local status (conditions, usage: it reads every process of the machine
-# and every interface) is sampled at most this often: a client polling the status socket
-# must not cost the agent a core.
-NODE_STATUS_TTL_S = 1.0
 
 
 def build_runtime(config: Config) -> Runtime:
@@ -127,7 +122,6 @@ class Node:
         )
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
-        self._node_sample: tuple[float, dict[str, Any]] | None = None  # (monotonic, status)
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
@@ -135,7 +129,6 @@ class Node:
             self.cluster.events.sink = lambda event: record_api_event(self.events, event)
         else:
             self.ctx.images.listeners.append(self.event_feed.on_pull)
-        self.desired_applied = asyncio.Event()  # the first desired state reached the manager
         self.routes: NodeRoutes | None = None
         self.sysctl_problems: list[str] = []
         if client is not None and config.cluster_cidr is not None:
@@ -156,25 +149,19 @@ class Node:
             inputs=self._proxy_inputs,
             connect=connect_host,
         )
-        self.manager.on_serving_change = self._serving_changed
         self.source = (
             FileSource(
                 config.manifests,
                 node_name=config.node_name,
-                on_update=self._file_changed,
+                on_update=self._desired_changed
+                if self.cluster is None
+                else self.cluster.file_changed,
                 interval_s=config.file_check_interval_s,
+                max_file_bytes=config.max_manifest_bytes,
             )
             if config.manifests is not None
             else None
         )
-
-    def _serving_changed(self) -> None:
-        """A pod's IP, readiness or phase changed: the proxy's rules follow at once, and in
-        cluster mode so does the pod's status in the API, as the kubelet's status manager
-        syncs on each change (the writer's periodic pass stays as the safety net)."""
-        self.proxy.wake()
-        if self.cluster is not None:
-            self.cluster.status.wake()
 
     def _cluster_link(self, client: ApiClient) -> ClusterLink:
         """Cluster mode: the API's pods join the manifests' (the link merges both)."""
@@ -201,26 +188,18 @@ class Node:
         self.manager.on_runtime_change(uid)
         self.proxy.wake()
 
-    def _file_changed(self, state: DesiredState) -> None:
-        """The manifest directory's state; its pods that use the directory's ConfigMaps and
-        Secrets (or the downward API) join the others once resolved, in either mode."""
-        deliver = self._desired_changed if self.cluster is None else self.cluster.file_changed
-        if not (state.templates or self.static_refs.active):
-            deliver(state)
-            return
-
-        def then(result: Resolution) -> None:
-            if self.cluster is None:  # the cluster link keeps its own held set
+    def _desired_changed(self, state: DesiredState, *, resolved: bool = False) -> None:
+        if not resolved and (state.templates or self.static_refs.active):
+            # Pods naming the directory's ConfigMaps and Secrets join once resolved.
+            def then(result: Resolution) -> None:
                 self.manager.held = {h.pod.uid for h in result.held.values()}
-            pods = {**state.pods, **result.pods}
-            deliver(dataclasses.replace(state, pods=pods, templates={}))
+                pods = {**state.pods, **result.pods}
+                self._desired_changed(dataclasses.replace(state, pods=pods), resolved=True)
 
-        self.static_refs.submit(state.templates, state.config_maps, state.secrets, then)
-
-    def _desired_changed(self, state: DesiredState) -> None:
+            self.static_refs.submit(state.templates, state.config_maps, state.secrets, then)
+            return
         self.desired = state
         self._desired_loaded = True
-        self.desired_applied.set()
         # An evicted pod stays evicted until its source drops it or changes it (a new uid).
         uids = {p.uid for p in state.pods.values()}
         self.evicted = {u: e for u, e in self.evicted.items() if u in uids}
@@ -304,13 +283,9 @@ class Node:
         )
 
     def _node_status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if self._node_sample is not None and now - self._node_sample[0] < NODE_STATUS_TTL_S:
-            return self._node_sample[1]
         status = nodestatus.node_status(self._node_facts())
         status["eviction"] = self.eviction.report()
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
-        self._node_sample = (now, status)
         return status
 
     def _with_backoff(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -355,20 +330,9 @@ class Node:
         }
 
     async def notify_ready(self, notifier: Notifier) -> None:
-        """READY=1 to systemd once the runtime is listed and the running pods adopted.
-
-        Adopted means the first desired state reached the manager, which then holds a worker
-        for each running pod. A desired state that needs the API (cluster mode without a
-        manifest directory) is waited for only READY_WAIT_S: an agent started during an API
-        outage is ready all the same (nothing it runs is touched until the API answers).
-        """
+        """READY=1 to systemd once the runtime is listed and running pods are adopted."""
         await self.cache.synced.wait()
-        try:
-            await asyncio.wait_for(self.desired_applied.wait(), READY_WAIT_S)
-            status = f"{len(self.manager.snapshot())} pods adopted"
-        except TimeoutError:
-            status = "running pods kept; waiting for the control plane's pod list"
-        notifier.ready(status=status)
+        notifier.ready(status=f"{len(self.manager.snapshot())} pods adopted")
         await asyncio.Event().wait()
 
     def _pods(self) -> list[dict[str, Any]]:

@@ -52,8 +52,12 @@ from nodeagent.sources.inotify import DirectoryWatch
 log = structlog.get_logger("nodeagent.source.file")
 
 SUFFIXES = (".yaml", ".yml", ".json")
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 1024 * 1024  # the default of --max-manifest-bytes
 MAX_DOCUMENTS = 256
+# YAML aliases let a few lines stand for an exponential tree (a "billion laughs"); what a
+# document expands to is bounded, and so is its depth, before anything walks it.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
 SETTLE_S = 0.01
 CONFIG_KINDS = ("ConfigMap", "Secret")
 CONFIG_SOURCE = "kubernetes.io/config.source"
@@ -116,18 +120,23 @@ class DesiredState:
     secrets: Mapping[str, ConfigObject] = field(default_factory=dict)
 
 
-def read_file(path: Path, *, node_name: str) -> FileResult:
+def read_file(path: Path, *, node_name: str, max_bytes: int = MAX_FILE_BYTES) -> FileResult:
     """Parse one manifest file; never raises."""
     source = str(path)
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return _broken(source, f"file larger than {MAX_FILE_BYTES} bytes")
+        size = path.stat().st_size
+        if size > max_bytes:
+            return _broken(
+                source, f"file of {size} bytes is larger than the limit of {max_bytes} bytes"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return _broken(source, f"cannot read: {exc}")
     try:
         documents = _documents(text, json_file=path.suffix == ".json")
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        return _broken(source, f"document nested deeper than {MAX_DEPTH} levels")
+    except (yaml.YAMLError, ValueError) as exc:
         return _broken(source, f"malformed {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")
     pods: list[Pod] = []
     services: list[ServiceDoc] = []
@@ -217,6 +226,7 @@ def _broken(source: str, message: str) -> FileResult:
 def _documents(text: str, *, json_file: bool) -> list[Any]:
     if json_file:
         doc = json.loads(text)
+        _check_depth(doc)
         # A JSON file may hold one object or a v1 List of them.
         if (
             isinstance(doc, dict)
@@ -225,10 +235,60 @@ def _documents(text: str, *, json_file: bool) -> list[Any]:
         ):
             return list(doc["items"])
         return [doc]
-    docs = list(yaml.safe_load_all(text))
+    docs = list(yaml.load_all(text, Loader=_BoundedLoader))
     if len(docs) > MAX_DOCUMENTS:
         raise ValueError(f"more than {MAX_DOCUMENTS} documents")
     return docs
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """safe_load, refusing documents that expand past MAX_NODES or nest past MAX_DEPTH."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_size(node)
+        return super().construct_document(node)
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Count what the node graph expands to (an alias counts its whole target again)."""
+    sizes: dict[int, int] = {}  # per node, its expanded size (aliases share node objects)
+    # Iterative, so that depth cannot hit Python's recursion limit here.
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"document nested deeper than {MAX_DEPTH} levels")
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if done or not children:
+            sizes[id(node)] = 1 + sum(sizes.get(id(c), 0) for c in children)
+            if sizes[id(node)] > MAX_NODES:
+                raise ValueError(f"document expands to more than {MAX_NODES} nodes (aliases)")
+            continue
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+
+
+def _check_depth(doc: Any) -> None:
+    """JSON has no aliases; only its depth needs a bound."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"document nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def merge(results: Mapping[str, FileResult]) -> DesiredState:
@@ -282,8 +342,10 @@ class FileSource:
         node_name: str,
         on_update: Callable[[DesiredState], None],
         interval_s: float = 1.0,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.directory = directory
+        self.max_file_bytes = max_file_bytes
         self.node_name = node_name
         self._on_update = on_update
         self._interval = interval_s
@@ -316,7 +378,9 @@ class FileSource:
                 self._good.pop(name, None)
                 log.info("manifest_removed", source=name)
                 continue
-            result = await asyncio.to_thread(read_file, Path(name), node_name=self.node_name)
+            result = await asyncio.to_thread(
+                read_file, Path(name), node_name=self.node_name, max_bytes=self.max_file_bytes
+            )
             self._results[name] = result
             if result.parsed:
                 self._good[name] = result

@@ -239,3 +239,45 @@ async def test_status_writes_are_retried_on_5xx_and_reread_on_conflict(
     ]
     first_conflict = next(r["time"] for r in writes if r["code"] == 409)
     assert any(r["time"] > first_conflict for r in reads), "no re-read after the conflict"
+
+
+# --- bad input on disk -----------------------------------------------------------------------
+
+
+def test_a_manifest_rewritten_in_place_half_written_keeps_the_pod(node: TestNode) -> None:
+    agent = fresh_agent(node, RuntimeTarget.cri(node))
+    try:
+        path = agent.write_manifest("survivor.yaml", POD)
+        before = agent.wait_pod("survivor", is_ready, timeout=60)
+        running = container_status(before, "main")["containerID"]
+
+        # Not atomic: truncate, write half, and leave it so while the agent rescans. The cut
+        # falls inside a quoted string, so the half is unparsable. (A cut that happened to be
+        # valid YAML would be a different, valid spec: the agent, as the kubelet, runs that.)
+        cut = POD.index('"trap') + len('"trap')
+        with path.open("w", encoding="utf-8") as f:
+            f.write(POD[:cut])
+            f.flush()
+
+            def reported() -> list[dict[str, Any]] | None:
+                errors = [e for e in agent.status()["errors"] if e["source"] == str(path)]
+                return errors or None
+
+            errors = wait_for(reported, 30, interval=0.2, message=lambda: agent.log_tail())
+            assert "malformed YAML" in errors[0]["message"]
+            pod = agent.pod("survivor")
+            assert pod is not None and is_ready(pod)
+            assert container_status(pod, "main")["containerID"] == running
+            f.write(POD[cut:])  # the writer finishes: the same spec as before
+
+        wait_for(
+            lambda: not [e for e in agent.status()["errors"] if e["source"] == str(path)],
+            30,
+            message="the error clears once the file is whole",
+        )
+        after = agent.pod("survivor")
+        assert after is not None and is_ready(after)
+        assert container_status(after, "main")["containerID"] == running  # never replaced
+        assert container_status(after, "main")["restartCount"] == 0
+    finally:
+        agent.stop()
