@@ -416,6 +416,9 @@ class PodWorker:
         """Termination messages of exited instances, read once per instance."""
         pod_dir = str(volumes.pod_dir(self.ctx.state_dir, self.pod))
         log_dir = specs.log_directory(self.ctx.pod_log_dir, self.pod)
+        present = {info.id for info in runtime_pod.containers}
+        for gone in [cid for cid in self._messages if cid not in present]:
+            del self._messages[gone]  # removed instances: a crash loop must not grow this
         for info in runtime_pod.containers:
             spec = self._spec_container(info.name)
             if spec is None or info.id in self._messages:

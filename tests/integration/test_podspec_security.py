@@ -10,6 +10,7 @@ carries the text in state.terminated.message.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from tests.harness import TestNode
@@ -283,3 +284,19 @@ def test_privileged_refused_without_allow_privileged(
         assert not refused & running, running
     finally:
         agent.stop()
+
+
+def test_host_namespaces_and_the_host_network_hosts_file(agent: Agent) -> None:
+    script = (
+        "readlink /proc/self/ns/pid > /dev/termination-log; "
+        "readlink /proc/self/ns/ipc >> /dev/termination-log; "
+        "head -n 1 /etc/hosts >> /dev/termination-log"
+    )
+    private = run_once(agent, pod_doc("own-namespaces", script))["message"].splitlines()
+    doc = pod_doc("host-namespaces", script, hostPID=True, hostIPC=True, hostNetwork=True)
+    shared = run_once(agent, doc)["message"].splitlines()
+    host = [os.readlink("/proc/self/ns/pid"), os.readlink("/proc/self/ns/ipc")]
+    assert shared[:2] == host, (shared, host)
+    assert private[0] != host[0] and private[1] != host[1], private
+    assert shared[2] == "# Kubernetes-managed hosts file (host network)."
+    assert private[2] == "# Kubernetes-managed hosts file."
