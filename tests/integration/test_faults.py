@@ -13,6 +13,9 @@ on a resumed watch, and a short restart, are test_cluster.py's.)
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +25,8 @@ import pytest
 from lightkube import AsyncClient
 
 from nodeagent.apiserver.reflector import Backoff
+from nodeagent.runtime.base import ContainerID
+from nodeagent.runtime.cri import CRIRuntime
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
@@ -279,5 +284,104 @@ def test_a_manifest_rewritten_in_place_half_written_keeps_the_pod(node: TestNode
         assert after is not None and is_ready(after)
         assert container_status(after, "main")["containerID"] == running  # never replaced
         assert container_status(after, "main")["restartCount"] == 0
+    finally:
+        agent.stop()
+
+
+# --- secrets stay secret -------------------------------------------------------------------
+
+SECRET_VALUE = "s3cr3t-" + "7f1e9c2a5b"  # distinctive: found only if it leaked
+SECRETS = f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+data:
+  password: {base64.b64encode(SECRET_VALUE.encode()).decode()}
+stringData:
+  token: {SECRET_VALUE}-token
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: broken}}
+data:
+  password: "{SECRET_VALUE}-not-base64!"
+"""
+
+SECRET_USER = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: keeper}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+      env:
+        - name: PASSWORD
+          valueFrom: {secretKeyRef: {name: creds, key: password}}
+      envFrom: [{secretRef: {name: creds}, prefix: ALL_}]
+      volumeMounts: [{name: creds, mountPath: /creds, readOnly: true}]
+  volumes:
+    - name: creds
+      secret: {secretName: creds}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: seeker}
+spec:
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "3600"]
+      env:
+        - name: MISSING
+          valueFrom: {secretKeyRef: {name: creds, key: no-such-key}}
+"""
+
+
+def exec_in(node: TestNode, container: str, argv: list[str]) -> str:
+    async def go() -> str:
+        runtime = CRIRuntime(node.endpoint)
+        try:
+            result = await runtime.exec_sync(ContainerID(container), argv, 10)
+        finally:
+            await runtime.close()
+        return result.stdout.decode()
+
+    return asyncio.run(go())
+
+
+def test_secret_values_never_reach_the_log_or_the_status(node: TestNode) -> None:
+    agent = fresh_agent(node, RuntimeTarget.cri(node))
+    try:
+        agent.write_manifest("secrets.yaml", SECRETS)
+        agent.write_manifest("pods.yaml", SECRET_USER)
+        pod = agent.wait_pod("keeper", is_ready, timeout=60)
+        cid = container_status(pod, "main")["containerID"].split("://", 1)[1]
+        # The pod did get them: in its environment and its volume.
+        env = exec_in(node, cid, ["env"])
+        assert f"PASSWORD={SECRET_VALUE}" in env and f"ALL_token={SECRET_VALUE}-token" in env
+        # The failure paths speak too: a missing key, an undecodable Secret.
+        wait_for(
+            lambda: any(e["source"].endswith("secrets.yaml") for e in agent.status()["errors"]),
+            30,
+            message="the broken Secret reported",
+        )
+        seeker = agent.wait_pod(
+            "seeker",
+            lambda p: "no-such-key" in json.dumps(p["status"]),
+            timeout=30,
+            what="the missing key reported",
+        )
+        assert seeker is not None
+        status = json.dumps(agent.status())
+        log = agent.log_path.read_text(errors="replace")
+        encoded = base64.b64encode(SECRET_VALUE.encode()).decode()
+        for text, where in ((status, "status JSON"), (log, "agent log")):
+            assert SECRET_VALUE not in text, f"secret value in the {where}"
+            assert encoded not in text, f"base64 secret value in the {where}"
     finally:
         agent.stop()
