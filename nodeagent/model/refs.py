@@ -408,7 +408,9 @@ def check(obj: Obj, *, standalone: bool) -> list[FieldError]:
     """What is wrong with the pod's volume references, each naming its field. Standalone,
     a projected ServiceAccount token has no API to come from, and is rejected."""
     errors: list[FieldError] = []
-    for i, volume in enumerate((obj.get("spec") or {}).get("volumes") or []):
+    spec = obj.get("spec") or {}
+    names = {c.get("name") for c in _containers(spec) if isinstance(c, Mapping)}
+    for i, volume in enumerate(spec.get("volumes") or []):
         if not isinstance(volume, Mapping):
             continue
         base = f"spec.volumes[{i}]"
@@ -417,6 +419,20 @@ def check(obj: Obj, *, standalone: bool) -> list[FieldError]:
             _check_mode(projected, "defaultMode", f"{base}.projected", errors)
             for j, source in enumerate(projected.get("sources") or []):
                 where = f"{base}.projected.sources[{j}]"
+                kinds = list(source) if isinstance(source, Mapping) else []
+                if len(kinds) != 1 or kinds[0] not in PROJECTED_SOURCES:
+                    errors.append(
+                        FieldError(
+                            where,
+                            f"exactly one of {', '.join(PROJECTED_SOURCES)} is required "
+                            f"(found {', '.join(map(str, kinds)) or 'none'})",
+                        )
+                    )
+                    continue
+                if "downwardAPI" in source:
+                    _check_downward(
+                        source.get("downwardAPI") or {}, f"{where}.downwardAPI", names, errors
+                    )
                 if standalone and "serviceAccountToken" in source:
                     errors.append(
                         FieldError(
@@ -434,7 +450,47 @@ def check(obj: Obj, *, standalone: bool) -> list[FieldError]:
                 inner = volume.get(kind) or {}
                 _check_mode(inner, "defaultMode", f"{base}.{kind}", errors)
                 _check_items(inner, f"{base}.{kind}", errors)
+                if kind == "downwardAPI":
+                    _check_downward(inner, f"{base}.{kind}", names, errors)
     return errors
+
+
+def _check_downward(
+    source: Mapping[str, Any], where: str, containers: set[Any], errors: list[FieldError]
+) -> None:
+    """What a downwardAPI volume may show: metadata fields, and a container's resources."""
+    for k, item in enumerate(source.get("items") or []):
+        if not isinstance(item, Mapping):
+            continue
+        at = f"{where}.items[{k}]"
+        if ("fieldRef" in item) == ("resourceFieldRef" in item):
+            errors.append(FieldError(at, "exactly one of fieldRef or resourceFieldRef is required"))
+        elif "fieldRef" in item:
+            path = str((item.get("fieldRef") or {}).get("fieldPath"))
+            if path not in DOWNWARD_FIELDS and not _META_KEY.match(path):
+                errors.append(
+                    FieldError(
+                        f"{at}.fieldRef.fieldPath",
+                        f"unsupported fieldPath {path!r} in a volume (metadata.name, namespace, "
+                        "uid, labels, annotations, or one label or annotation)",
+                    )
+                )
+        else:
+            ref = item.get("resourceFieldRef") or {}
+            if ref.get("resource") not in RESOURCE_FIELDS:
+                errors.append(
+                    FieldError(
+                        f"{at}.resourceFieldRef.resource",
+                        f"must be one of {', '.join(RESOURCE_FIELDS)}",
+                    )
+                )
+            if ref.get("containerName") not in containers:
+                errors.append(
+                    FieldError(
+                        f"{at}.resourceFieldRef.containerName",
+                        "must name a container of the pod (required in a volume)",
+                    )
+                )
 
 
 def _check_items(source: Mapping[str, Any], where: str, errors: list[FieldError]) -> None:

@@ -638,5 +638,8 @@ def _volume(v: Node) -> Volume:
     size = _quantity(ed, "sizeLimit", quantity.memory_bytes)
     medium = ed.enum_value("medium", ("", "Memory"), default="")
     if not v.present("emptyDir"):
-        v.error("a volume source is required (nodeagent supports emptyDir and hostPath)")
+        v.error(
+            "a volume source is required (nodeagent supports emptyDir, hostPath, configMap, "
+            "secret, downwardAPI and projected)"
+        )
     return Volume(name=name, source=EmptyDirSource(medium=medium, size_limit_bytes=size))

@@ -213,7 +213,11 @@ def _template(doc: Mapping[str, Any], *, source: str, node_name: str) -> PodTemp
             refs.rewrite(full, pod_dir="", lookup=None), source=source, node_name=node_name
         )
     except ValidationError as exc:
-        raise ValidationError(exc.obj, [*exc.errors, *errors]) from exc
+        # A volume the rewrite left alone (its references are wrong) is also "unknown" to the
+        # pod's own validation: the precise errors above say why, the generic ones go.
+        precise = [e.path for e in errors]
+        rest = [e for e in exc.errors if not any(p.startswith(e.path) for p in precise)]
+        raise ValidationError(exc.obj, [*rest, *errors]) from exc
     if errors:
         raise ValidationError(object_name(doc), errors)
     return PodTemplate(shape, full)

@@ -239,3 +239,37 @@ def test_duplicate_configmap_is_an_error_of_the_later_file(tmp_path: Path) -> No
     assert list(state.config_maps) == ["default/game"]
     (error,) = state.errors
     assert error.source.endswith("b.yaml") and error.object == "ConfigMap default/game"
+
+
+def test_downward_api_items_are_checked_by_field(tmp_path: Path) -> None:
+    pod = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: dw}
+spec:
+  containers: [{name: c, image: busybox:1.36}]
+  volumes:
+    - name: v
+      downwardAPI:
+        items:
+          - {path: ip, fieldRef: {fieldPath: status.podIP}}
+          - {path: mem, resourceFieldRef: {containerName: other, resource: limits.memory}}
+    - name: p
+      projected:
+        sources: [{clusterTrustBundle: {name: x, path: ca}}]
+"""
+    state = state_of(tmp_path, pod=pod)
+    assert {(e.field, e.message.split(" (")[0]) for e in state.errors} == {
+        (
+            "spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath",
+            "unsupported fieldPath 'status.podIP' in a volume",
+        ),
+        (
+            "spec.volumes[0].downwardAPI.items[1].resourceFieldRef.containerName",
+            "must name a container of the pod",
+        ),
+        (
+            "spec.volumes[1].projected.sources[0]",
+            "exactly one of configMap, secret, downwardAPI, serviceAccountToken is required",
+        ),
+    }
