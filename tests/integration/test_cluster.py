@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Node, Pod, Service
+from lightkube.resources.core_v1 import Event, Node, Pod, Service
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
@@ -401,3 +401,41 @@ async def test_a_static_pod_runs_under_its_cluster_name_with_a_mirror_pod(
         return await get_pod(admin, name) is None
 
     await async_wait_for(gone, 20, message=lambda: f"the mirror gone\n{agent.log_tail()}")
+
+
+async def test_image_pulls_and_a_missing_config_map_are_told_in_events(
+    admin: AsyncClient, agent: Agent
+) -> None:
+    # No registry is reachable: pull policy Always makes the pull fail for real.
+    pulling = pod_manifest("pulling", SLEEP, grace=1)
+    pulling["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    waiting = pod_manifest("waiting", SLEEP, grace=1)
+    waiting["spec"]["containers"][0]["env"] = [
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "x"}}}
+    ]
+    present = pod_manifest("present", SLEEP, grace=1)
+    for body in (pulling, waiting, present):
+        await create(admin, body)
+
+    async def told() -> dict[str, list[tuple[str, str]]] | None:
+        seen: dict[str, list[tuple[str, str]]] = {}
+        async for event in admin.list(Event, namespace="default"):
+            name = event.involvedObject.name or ""
+            seen.setdefault(name, []).append((event.reason or "", event.message or ""))
+        reasons = {name: {r for r, _ in items} for name, items in seen.items()}
+        done = (
+            {"Pulling", "Failed"} <= reasons.get("pulling", set())
+            and "Failed" in reasons.get("waiting", set())
+            and {"Pulled", "Started"} <= reasons.get("present", set())
+        )
+        return seen if done else None
+
+    seen = await async_wait_for(told, 40, interval=0.5, message=lambda: agent.log_tail())
+    assert ("Pulling", 'Pulling image "busybox"') in seen["pulling"]
+    assert any(
+        r == "Failed" and m.startswith('Failed to pull image "busybox": ')
+        for r, m in seen["pulling"]
+    )
+    assert ("Failed", "Error: ErrImagePull") in seen["pulling"]
+    assert any(r == "Failed" and '"absent" not found' in m for r, m in seen["waiting"])
+    assert ("Pulled", 'Container image "busybox" already present on machine') in seen["present"]
