@@ -9,6 +9,9 @@ API server (cluster mode, the test API server of test_cluster.py and its fault h
 outage longer than the watch backoff's cap, status writes answered 5xx, and 409 conflicts.
 Pods keep running throughout, and the API's view of them converges after recovery. (410 Gone
 on a resumed watch, and a short restart, are test_cluster.py's.)
+
+Also here: a manifest rewritten half-written, Secrets that must not leak into the log or the
+status, and ClusterIP traffic that keeps flowing while the agent is killed and restarted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import asyncio
 import base64
 import json
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ import pytest
 from lightkube import AsyncClient
 
 from nodeagent.apiserver.reflector import Backoff
+from nodeagent.network.cni import DEFAULT_BRIDGE
 from nodeagent.runtime.base import ContainerID
 from nodeagent.runtime.cri import CRIRuntime
 from tests.apiserver.process import ApiServerProcess
@@ -44,6 +50,7 @@ from tests.integration.test_cluster import (  # the cluster fixtures, shared
     pod_manifest,
     wait_ready,
 )
+from tests.integration.test_services import http, service, wait_endpoints, web
 
 __all__ = ["admin", "agent", "api", "link"]  # fixtures used by name
 
@@ -385,3 +392,56 @@ def test_secret_values_never_reach_the_log_or_the_status(node: TestNode) -> None
             assert encoded not in text, f"base64 secret value in the {where}"
     finally:
         agent.stop()
+
+
+# --- the agent restarts: traffic keeps flowing ------------------------------------------------
+
+
+def test_cluster_ip_traffic_flows_through_an_agent_kill_and_restart(
+    make_node: Callable[[], TestNode],
+) -> None:
+    node = make_node()  # its own: the route below must not meet another module's
+    agent = fresh_agent(node, RuntimeTarget.cri(node))
+    stop = threading.Event()
+    answers: list[tuple[float, str]] = []
+    try:
+        agent.write_manifest("web-1.yaml", web("web-1"))
+        agent.write_manifest("svc.yaml", service("web"))
+        agent.wait_pod("web-1", is_ready, timeout=60)
+        ip = wait_endpoints(agent, "web", 1)["spec"]["clusterIP"]
+        # A route for service IPs, so that packets from the node reach the nat OUTPUT chain.
+        node.run(["ip", "route", "add", "10.96.0.0/16", "dev", DEFAULT_BRIDGE])
+        url = f"http://{ip}/"
+        wait_for(lambda: http(node.netns_argv, url) == ["web-1"], 30, message="service answers")
+
+        def client() -> None:
+            while not stop.is_set():
+                answers.extend((time.monotonic(), a) for a in http(node.netns_argv, url, 5))
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        wait_for(lambda: len(answers) >= 5, 30, message="first answers")
+        agent.kill9()
+        killed = time.monotonic()
+        wait_for(
+            lambda: any(t > killed for t, _ in answers[-5:]), 30, message="answers, agent down"
+        )
+        agent.start()
+        restarted = time.monotonic()
+
+        def synced_since_restart() -> bool:
+            proxy = agent.status()["proxy"]
+            return bool(proxy.get("lastSync")) and proxy.get("lastError") is None
+
+        wait_for(synced_since_restart, 30, message=lambda: agent.log_tail())
+        wait_for(
+            lambda: len([t for t, _ in answers if t > restarted]) >= 10,
+            30,
+            message="answers after the restart's first sync",
+        )
+    finally:
+        stop.set()
+        agent.stop()
+    failed = [a for _, a in answers if a != "web-1"]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:5]}"
+    assert len([t for t, _ in answers if t > killed]) >= 10
