@@ -219,7 +219,7 @@ class Plan:
     svc: str
     svl: str
     ext: str
-    seps: Mapping[Endpoint, str]
+    seps: Mapping[str, str]  # endpoint address -> its chain (unique within a port)
     chains: tuple[str, ...]  # in the order ``service_rules`` writes them
 
 
@@ -234,7 +234,10 @@ def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
         chains.append(svc)
     if eps.local and info.uses_local_endpoints:
         chains.append(svl)
-    seps = {ep: sep_chain(name, ep) for ep in eps.reachable}
+    # sep_chain's hash input, its common part made once: at 5000 services this pass runs
+    # before a full sync's stream can start (see restore.FullStream).
+    base = str(name) + name.protocol.lower()
+    seps = {ep.address: SEP_PREFIX + _hash16(base + ep.address) for ep in eps.reachable}
     return Plan(eps, svc, svl, ext, seps, (*chains, *seps.values()))
 
 
@@ -326,7 +329,8 @@ def service_rules(
     if svl in chains:
         chains[svl] += _balance(info, svl, eps.local, seps, config)
     comment = f'-m comment --comment "{spn}" ' if config.comments else ""
-    for ep, sep in seps.items():
+    for ep in eps.reachable:
+        sep = seps[ep.address]
         recent = f"-m recent --name {sep} --set " if info.affinity_timeout_s else ""
         chains[sep] = [
             f"-A {sep} {comment}-s {ep.ip}/32 -j {MARK_MASQ}",
@@ -385,7 +389,7 @@ def _balance(
     info: ServicePortInfo,
     chain: str,
     endpoints: Sequence[Endpoint],
-    seps: Mapping[Endpoint, str],
+    seps: Mapping[str, str],
     config: RulesConfig,
 ) -> list[str]:
     spn = str(info.name)
@@ -396,14 +400,14 @@ def _balance(
 
     if info.affinity_timeout_s:
         for ep in endpoints:
-            sep = seps[ep]
+            sep = seps[ep.address]
             lines.append(
                 f"-A {chain} {comment(ep)}-m recent --name {sep} "
                 f"--rcheck --seconds {info.affinity_timeout_s} --reap -j {sep}"
             )
     n = len(endpoints)
     for i, ep in enumerate(endpoints):
-        sep = seps[ep]
+        sep = seps[ep.address]
         chance = (
             f"-m statistic --mode random --probability {1.0 / (n - i):0.10f} " if i < n - 1 else ""
         )
