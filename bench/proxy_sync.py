@@ -13,7 +13,18 @@ a NodePort, every endpoint its own chain):
   to rules in the kernel (a partial sync): the median and the worst of ``--changes`` such
   changes (target < 0.1 s), and the median of the ``iptables-restore`` part alone. On the
   nft backend that part is mostly the kernel re-validating every rule reachable from the
-  built-in chains, which any added rule triggers: it grows with the table, not the change.
+  built-in chains, which any added rule with a target triggers: it grows with the table,
+  not the change;
+- ``one_rule``: that cost isolated, with the table of that size loaded: one restore adding a
+  rule without a target (``no_target_s``: no re-validation) and one adding a rule with a
+  verdict (``verdict_s``: ``-j RETURN``; a jump or a DNAT costs the same or more). An
+  endpoint change always adds rules with targets (a DNAT, jumps with new probabilities),
+  so ``verdict_s`` is the floor of a partial sync on that backend, whatever the order or
+  form (-A, -R, -D) of the rules it writes.
+
+Full syncs are streamed (the rules are built while ``iptables-restore`` parses), so
+``full_s`` can come out at or even below ``raw_s``: the raw restore is fed the same text at
+once, and on a busy machine the two vary by tens of percent from run to run.
 
 Everything runs in a throwaway network namespace, created here and deleted at the end: the
 machine's own rules are never touched. The proxy picks its backend as in production (nft
@@ -42,7 +53,7 @@ sys.path.insert(0, str(REPO))
 from nodeagent.log import configure_logging  # noqa: E402
 from nodeagent.model.service import Protocol  # noqa: E402
 from nodeagent.proxy.iptables import WAIT_S, Backend, Iptables  # noqa: E402
-from nodeagent.proxy.rules import RulesConfig  # noqa: E402
+from nodeagent.proxy.rules import MARK_MASQ, RulesConfig  # noqa: E402
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName  # noqa: E402
 from nodeagent.proxy.sync import Syncer  # noqa: E402
 
@@ -163,6 +174,22 @@ async def endpoint_changes(
     }
 
 
+def one_rule(backend: Backend) -> dict[str, float]:
+    """One restore adding a rule without a target, then one adding a rule with a verdict,
+    each three times into the loaded tables (harmless rules: a source address of TEST-NET)."""
+
+    def timed(spec: str) -> float:
+        times = []
+        for n in range(3):
+            text = f"*nat\n-A {MARK_MASQ} -s 192.0.2.{n + 1}/32{spec}\nCOMMIT\n"
+            started = time.perf_counter()
+            _iptables(backend, "--noflush", "--wait", str(WAIT_S), stdin=text)
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times), 4)
+
+    return {"no_target_s": timed(""), "verdict_s": timed(" -j RETURN")}
+
+
 async def inside(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("console", "warning")
     backend = Backend(args.backend) if args.backend else (await Iptables.detect()).backend
@@ -172,6 +199,7 @@ async def inside(args: argparse.Namespace) -> dict[str, Any]:
     for size in sizes:
         run = await measure(writer, size, args.endpoints, args.rounds)
         run["result"]["endpoint_change"] = await endpoint_changes(writer, run, args.changes)
+        run["result"]["one_rule"] = one_rule(writer.backend)
         out["sizes"].append(run["result"])
     return out
 
