@@ -10,10 +10,17 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
+from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, wait_for
 from tests.harness.agent import Agent, container_status, is_ready, waiting_reason
+from tests.integration.test_cluster import NODE_NAME
+from tests.integration.test_cluster import api as api
+from tests.integration.test_cluster import link as link
 
 HOLD = "trap 'exit 0' TERM; while true; do sleep 1; done"
 
@@ -421,3 +428,33 @@ spec:
     )
     main = container_status(pod, "main")
     assert "terminated" in main["state"] and main["restartCount"] == 0
+
+
+# -- cluster mode: a static pod may use the directory's ConfigMap ---------------------------
+
+
+@pytest.fixture
+def cluster_agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
+    agent = Agent(node, name=NODE_NAME, extra=["--kubeconfig", kubeconfig])
+    for old in agent.manifests.iterdir():
+        old.unlink()
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+def test_static_pod_uses_the_directorys_configmap_in_cluster_mode(
+    cluster_agent: Agent,
+) -> None:
+    """It runs (the API's NodeRestriction would refuse its mirror pod, which names a
+    ConfigMap: none is posted)."""
+    cluster_agent.write_manifest("cm.yaml", CONFIG_MAP)
+    cluster_agent.write_manifest("pod.yaml", pod_yaml("configmap-demo-pod", CONFIG_POD))
+    name = f"configmap-demo-pod-{NODE_NAME}"
+    cluster_agent.wait_pod(name, is_ready, timeout=30, what="ready")
+    out = wait_logs(cluster_agent, name, "== end")
+    assert section(out, "env") == "3 user-interface.properties"
+    assert section(out, "game") == "enemy.types=aliens,monsters\nplayer.maximum-lives=5"
