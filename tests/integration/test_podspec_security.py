@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.harness import TestNode
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
@@ -300,3 +303,28 @@ def test_host_namespaces_and_the_host_network_hosts_file(agent: Agent) -> None:
     assert private[0] != host[0] and private[1] != host[1], private
     assert shared[2] == "# Kubernetes-managed hosts file (host network)."
     assert private[2] == "# Kubernetes-managed hosts file."
+
+
+def _full_bounding_set() -> bool:
+    """Whether this process may hold every capability the kernel knows."""
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    status = Path("/proc/self/status").read_text()
+    bounding = next(line for line in status.splitlines() if line.startswith("CapBnd:"))
+    return int(bounding.split()[1], 16) == (1 << (last + 1)) - 1
+
+
+def test_privileged_container_runs_when_allowed(agent: Agent) -> None:
+    if agent.runtime.kind == "docker" and not _full_bounding_set():
+        # containerd grants a privileged container the capabilities it has itself; Docker
+        # asks for every capability, which runc cannot apply here ("unable to apply caps").
+        pytest.skip("Docker privileged containers need a full capability bounding set")
+    script = (
+        "grep '^CapEff:' /proc/self/status > /dev/termination-log; ls /dev >> /dev/termination-log"
+    )
+    plain = run_once(agent, pod_doc("unprivileged", script))["message"].splitlines()
+    doc = pod_doc("privileged-ok", script, container={"securityContext": {"privileged": True}})
+    privileged = run_once(agent, doc)["message"].splitlines()
+    plain_caps, all_caps = int(plain[0].split()[1], 16), int(privileged[0].split()[1], 16)
+    assert all_caps & CAP_NET_ADMIN and all_caps > plain_caps
+    # A privileged container sees the host's devices.
+    assert len(privileged) > len(plain), (plain, privileged)
