@@ -328,3 +328,18 @@ def test_privileged_container_runs_when_allowed(agent: Agent) -> None:
     assert all_caps & CAP_NET_ADMIN and all_caps > plain_caps
     # A privileged container sees the host's devices.
     assert len(privileged) > len(plain), (plain, privileged)
+
+
+def test_safe_sysctls_are_set_in_the_pod(agent: Agent) -> None:
+    doc = pod_doc(
+        "sysctls",
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced "
+        "> /dev/termination-log",
+        securityContext={
+            "sysctls": [
+                {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"},
+                {"name": "kernel.shm_rmid_forced", "value": "1"},
+            ]
+        },
+    )
+    assert run_once(agent, doc)["message"].split() == ["0", "1"]
