@@ -8,12 +8,14 @@ removing one directory (after unmounting any tmpfs in it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from nodeagent.kubelet import envvars
 from nodeagent.model.pod import Container, EmptyDirSource, HostPathSource, Pod
 
 
@@ -48,6 +50,23 @@ def share_with_group(directory: Path, gid: int) -> None:
     group's too. Only the top: an emptyDir is empty when this runs."""
     os.chown(directory, -1, gid)
     os.chmod(directory, os.stat(directory).st_mode & 0o777 | 0o070 | stat.S_ISGID)
+
+
+def expand_sub_path_exprs(container: Container, env: Mapping[str, str]) -> Container:
+    """``container`` with each ``subPathExpr`` expanded ($(VAR) from its environment, an
+    undefined one left as written) into a plain ``subPath``, checked as one."""
+    mounts = []
+    for mount in container.volume_mounts:
+        if mount.sub_path_expr:
+            sub = envvars.expand(mount.sub_path_expr, env)
+            if not sub or sub.startswith("/") or ".." in sub.split("/"):
+                raise VolumeError(
+                    f"volumeMounts {mount.name!r}: subPathExpr {mount.sub_path_expr!r} expands "
+                    f"to {sub!r}, not a relative path without '..'"
+                )
+            mount = dataclasses.replace(mount, sub_path=sub, sub_path_expr="")
+        mounts.append(mount)
+    return dataclasses.replace(container, volume_mounts=tuple(mounts))
 
 
 async def prepare_sub_paths(paths: Mapping[str, str], container: Container) -> None:

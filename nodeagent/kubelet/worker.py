@@ -29,6 +29,7 @@ import structlog
 from nodeagent import metrics
 from nodeagent.kubelet import (
     backoff,
+    envvars,
     etchosts,
     nodestatus,
     security,
@@ -351,6 +352,9 @@ class PodWorker:
         try:
             if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
                 self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+            if any(m.sub_path_expr for m in container.volume_mounts):
+                env = envvars.resolve_env(self.pod, container, _facts(self.ctx, sandbox.ip))
+                container = volumes.expand_sub_path_exprs(container, dict(env))
             await volumes.prepare_sub_paths(self._volume_paths, container)
             await self._check_non_root(container)
             config = specs.container_config(

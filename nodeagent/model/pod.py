@@ -107,6 +107,7 @@ class VolumeMount:
     mount_path: str
     read_only: bool = False
     sub_path: str = ""
+    sub_path_expr: str = ""  # a subPath with $(VAR) references to the container's env
 
 
 @dataclass(frozen=True)

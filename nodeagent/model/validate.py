@@ -431,7 +431,9 @@ def _port(p: Node) -> ContainerPort:
 
 
 def _mount(m: Node, volume_names: set[str]) -> VolumeMount:
-    m.reject_unknown(("name", "mountPath", "readOnly", "subPath"), ("mountPropagation",))
+    m.reject_unknown(
+        ("name", "mountPath", "readOnly", "subPath", "subPathExpr"), ("mountPropagation",)
+    )
     name = m.string("name", required=True)
     if name and name not in volume_names:
         m.error(f"no volume named {name!r} in spec.volumes", "name")
@@ -441,8 +443,17 @@ def _mount(m: Node, volume_names: set[str]) -> VolumeMount:
     sub_path = m.string("subPath")
     if sub_path.startswith("/") or ".." in sub_path.split("/"):
         m.error("must be a relative path without '..'", "subPath")
+    expr = m.string("subPathExpr")
+    if expr and sub_path:
+        m.error("may not be set together with subPath", "subPathExpr")
+    if expr.startswith("/"):  # '..' is checked once expanded, at the container's start
+        m.error("must be a relative path", "subPathExpr")
     return VolumeMount(
-        name=name, mount_path=path, read_only=m.boolean("readOnly"), sub_path=sub_path
+        name=name,
+        mount_path=path,
+        read_only=m.boolean("readOnly"),
+        sub_path=sub_path,
+        sub_path_expr=expr,
     )
 
 

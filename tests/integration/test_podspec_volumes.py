@@ -310,8 +310,13 @@ spec:
         - echo "== html"; ls /var/www/html; cat /var/www/html/index.html;
           echo "== created"; ls -d /var/lib/mysql && touch /var/lib/mysql/db;
           echo "== game"; cat /etc/game.properties; echo "== end";
+          touch /logs/hello.txt;
           trap 'exit 0' TERM; while true; do sleep 1; done
+      env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
       volumeMounts:
+        - {name: site-data, mountPath: /logs, subPathExpr: $(POD_NAME)}
         - {name: site-data, mountPath: /var/www/html, subPath: html}
         - {name: site-data, mountPath: /var/lib/mysql, subPath: mysql}
         - {name: config, mountPath: /etc/game.properties, subPath: game.properties}
@@ -321,7 +326,7 @@ spec:
 """
 
 
-def test_sub_path_mounts_show_the_directory_and_the_file(node: TestNode, agent: Agent) -> None:
+def test_sub_path_and_sub_path_expr_mounts(node: TestNode, agent: Agent) -> None:
     agent.write_manifest("cm.yaml", CONFIG_MAP)
     agent.write_manifest("pod.yaml", pod_yaml("my-lamp-site", SUB_PATH))
     pod = agent.wait_pod("my-lamp-site", is_ready, what="ready")
@@ -331,6 +336,12 @@ def test_sub_path_mounts_show_the_directory_and_the_file(node: TestNode, agent: 
     volume = node.state_dir / "pods" / pod["metadata"]["uid"] / "volumes" / "empty-dir"
     assert (volume / "site-data" / "mysql" / "db").exists()
     assert section(out, "game") == "enemy.types=aliens,monsters\nplayer.maximum-lives=5"
+    # subPathExpr: the docs' per-pod log directory, named by the downward API.
+    wait_for(
+        lambda: (volume / "site-data" / "my-lamp-site" / "hello.txt").exists(),
+        10,
+        message="hello.txt in the pod's own subdirectory",
+    )
 
 
 # -- native sidecars (the docs' "sidecar containers" example, as our own manifest) ----------

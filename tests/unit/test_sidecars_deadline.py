@@ -278,3 +278,19 @@ def test_active_deadline_and_priority_are_read() -> None:
     assert plain.spec.active_deadline_seconds is None and plain.spec.priority is None
     assert error_paths(doc(activeDeadlineSeconds=0)) == {"spec.activeDeadlineSeconds"}
     assert error_paths(doc(priority="high")) == {"spec.priority"}
+
+
+def test_sub_path_expr_is_read_and_checked() -> None:
+    mount = {"name": "v", "mountPath": "/logs", "subPathExpr": "$(POD_NAME)"}
+    app = {"name": "app", "image": "busybox:1.36", "volumeMounts": [mount]}
+    volumes = [{"name": "v", "emptyDir": {}}]
+    pod = parse_pod(doc(containers=[app], volumes=volumes), source="t", node_name="n")
+    assert pod.spec.containers[0].volume_mounts[0].sub_path_expr == "$(POD_NAME)"
+    both = {**mount, "subPath": "x"}
+    assert error_paths(doc(containers=[{**app, "volumeMounts": [both]}], volumes=volumes)) == {
+        "spec.containers[0].volumeMounts[0].subPathExpr"
+    }
+    absolute = {**mount, "subPathExpr": "/$(POD_NAME)"}
+    assert error_paths(doc(containers=[{**app, "volumeMounts": [absolute]}], volumes=volumes)) == {
+        "spec.containers[0].volumeMounts[0].subPathExpr"
+    }

@@ -61,3 +61,23 @@ def test_fs_group_makes_projected_files_group_readable(tmp_path: Path) -> None:
     assert not write_atomic(tmp_path, {"a": (b"x", 0o440), "d/b": (b"y", 0o640)}, gid=2000)
     assert write_atomic(tmp_path, {"a": (b"x", 0o440), "d/b": (b"y", 0o640)}, gid=3000)
     assert (tmp_path / "a").stat().st_gid == 3000
+
+
+def test_sub_path_expr_expands_from_the_environment() -> None:
+    mounts = (
+        VolumeMount("data", "/logs", sub_path_expr="$(POD_NAME)/logs"),
+        VolumeMount("data", "/other", sub_path_expr="$(UNDEFINED)"),
+        VolumeMount("data", "/plain", sub_path="fixed"),
+    )
+    container = Container("app", "busybox:1.36", volume_mounts=mounts)
+    expanded = volumes.expand_sub_path_exprs(container, {"POD_NAME": "web-1"})
+    assert [m.sub_path for m in expanded.volume_mounts] == [
+        "web-1/logs",
+        "$(UNDEFINED)",  # left as written, as upstream
+        "fixed",
+    ]
+    assert not any(m.sub_path_expr for m in expanded.volume_mounts)
+    for expr, env in (("$(P)/logs", {"P": ".."}), ("$(P)", {"P": "/etc"}), ("$(P)", {"P": ""})):
+        mount = VolumeMount("data", "/logs", sub_path_expr=expr)
+        with pytest.raises(volumes.VolumeError, match="subPathExpr"):
+            volumes.expand_sub_path_exprs(Container("a", "b", volume_mounts=(mount,)), env)
