@@ -138,6 +138,7 @@ class ClusterLink:
             on_change=self._pods_changed,
             active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
         )
+        manager.env_source = self.refs.container_env
         self.mirrors = MirrorPods(
             client,
             node_name=node_name,

@@ -7,8 +7,12 @@ writes the volume files and keeps the rewritten spec; the pod is held back (``Ho
 then, and the cluster link is told (``on_change``) when it is ready or has failed. A failed
 preparation is retried with backoff, as the kubelet retries a mount.
 
-Once prepared, a pod's spec never changes (its env is frozen), but its files follow their
-sources: every ``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and
+Once prepared, a pod's spec never changes (the manager would replace a pod whose spec
+changed), but a container's env is resolved again each time it is created, as the kubelet
+resolves env at container creation: ``container_env`` reads the ConfigMaps and Secrets
+again and gives the worker the env of now (a missing one is CreateContainerConfigError;
+an API out of reach keeps the env of the last resolution). Its files follow their
+sources too: every ``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and
 changed files replaced, and each token is renewed when 80% of its lifetime (at most 24 h)
 has passed, as the kubelet does.
 
@@ -41,6 +45,8 @@ from nodeagent.apiserver.refs import (
     rewrite,
 )
 from nodeagent.kubelet.projection import write_volumes
+from nodeagent.model.pod import EnvVar, Pod
+from nodeagent.model.validate import parse_pod
 
 log = structlog.get_logger("nodeagent.apiserver.refs")
 
@@ -165,6 +171,25 @@ class PodReferences:
                         "pod_references_refresh_failed", pod=_name(entry.obj), error=str(exc)
                     )
 
+    async def container_env(self, pod: Pod, container: str) -> tuple[EnvVar, ...] | None:
+        """``container``'s env resolved now; None when the spec's own env is the one to use
+        (no reference to the API in it, or the API out of reach). Raises ValueError with
+        the kubelet's message when a referenced object or key is missing."""
+        entry = self._entries.get(pod.uid)
+        if entry is None or entry.spec is None or not _refers(entry.obj, container):
+            return None
+        try:
+            lookup = await self._fetch(entry)
+            doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=lookup)
+        except RefError as exc:
+            raise ValueError(exc.message) from exc
+        except ApiFailure as exc:
+            log.warning("container_env_stale", pod=_name(entry.obj), error=str(exc))
+            return None
+        node = str((entry.obj.get("spec") or {}).get("nodeName") or "")
+        fresh = parse_pod(doc, source="api", node_name=node)
+        return next((c.env for c in fresh.all_containers() if c.name == container), None)
+
     async def _fetch(self, entry: _Entry) -> Lookup:
         obj = entry.obj
         namespace = _namespace(obj)
@@ -246,3 +271,18 @@ def _namespace(obj: Obj) -> str:
 
 def _name(obj: Obj) -> str:
     return f"{_namespace(obj)}/{(obj.get('metadata') or {}).get('name')}"
+
+
+def _refers(obj: Obj, container: str) -> bool:
+    """Whether ``container``'s env takes anything from a ConfigMap or Secret."""
+    spec = obj.get("spec") or {}
+    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if c.get("name") != container:
+            continue
+        if c.get("envFrom"):
+            return True
+        for env in c.get("env") or []:
+            source = env.get("valueFrom") or {}
+            if "configMapKeyRef" in source or "secretKeyRef" in source:
+                return True
+    return False

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, PodWorker, WorkerState
+from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, EnvSource, PodWorker, WorkerState
 from nodeagent.model.pod import Pod, PodSpec, PodUID
 
 log = structlog.get_logger("nodeagent.manager")
@@ -41,6 +41,8 @@ class PodManager:
         self.held: set[PodUID] = set()
         # Called when a pod's IP, readiness or phase changes (the daemon wakes the proxy).
         self.on_serving_change: Callable[[], None] = _nothing
+        # Cluster mode: a container's env read again from the API at each creation.
+        self.env_source: EnvSource | None = None
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class PodManager:
     def _spawn(self, pod: Pod) -> None:
         worker = PodWorker(pod, self.ctx)
         worker.on_serving_change = self._serving_changed
+        worker.env_source = self.env_source
         self._workers[pod.key] = worker
         self._keys[pod.uid] = pod.key
         worker.start()

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from nodeagent.kubelet.plan import (
 from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.fields import FieldError
-from nodeagent.model.pod import Container, Pod
+from nodeagent.model.pod import Container, EnvVar, Pod
 from nodeagent.model.security import privilege_errors
 from nodeagent.runtime.base import (
     ContainerID,
@@ -65,6 +66,8 @@ from nodeagent.runtime.base import (
 )
 
 NODE_HOSTS = Path("/etc/hosts")  # what a host-network pod's /etc/hosts starts from
+EnvSource = Callable[[Pod, str], Awaitable[tuple[EnvVar, ...] | None]]
+
 MAX_ROUNDS = 8  # plan/act rounds per sync before yielding to other work
 MIN_KILL_GRACE_S = 2  # the kubelet's floor when a preStop hook used up the grace period
 
@@ -104,6 +107,9 @@ class PodWorker:
         # Told when what makes the pod a Service endpoint changes (IP, Ready, phase): the
         # proxy reacts at once instead of on its next poll.
         self.on_serving_change: Callable[[], None] | None = None
+        # Where a container's env comes from when it is created (cluster mode: ConfigMaps
+        # and Secrets read again); None: the spec's env as it is.
+        self.env_source: EnvSource | None = None
 
     # -- control, all idempotent and non-blocking ------------------------------------------
 
@@ -350,6 +356,10 @@ class PodWorker:
             )
         reason = "CreateContainerConfigError"
         try:
+            if self.env_source is not None:  # env is resolved at each container creation
+                fresh = await self.env_source(self.pod, container.name)
+                if fresh is not None:
+                    container = dataclasses.replace(container, env=fresh)
             if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
                 self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
             if any(m.sub_path_expr for m in container.volume_mounts):

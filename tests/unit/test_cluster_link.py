@@ -509,6 +509,47 @@ async def test_a_pod_waiting_on_a_missing_config_map_is_told_why(rig: Rig, api: 
     assert all(e.get("count") == 1 for e in events_of(api, "env") + events_of(api, "vol"))
 
 
+async def test_a_restarted_container_reads_its_config_map_env_again(
+    rig: Rig, api: ApiServer
+) -> None:
+    api.store.create(CONFIGMAPS, "default", {"metadata": {"name": "cfg"}, "data": {"x": "one"}})
+    body = pod_body("env")
+    body["spec"]["containers"][0]["env"] = [
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x"}}}
+    ]
+    uid = rig.create(body)["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "env"), what="Ready")
+
+    def env_of_running() -> dict[str, str]:
+        ids = rig.running_containers(uid)
+        return dict(rig.fake.containers[ids[0]].config.env) if ids else {}
+
+    assert env_of_running()["X"] == "one"
+    sandboxes = rig.fake.count("run_sandbox")
+    patch = {"data": {"x": "two"}}
+    api.store.patch(CONFIGMAPS, "default", "cfg", "application/merge-patch+json", patch)
+    (first,) = rig.running_containers(uid)
+    rig.fake.exit_container(first, 1)
+    # Resolved again at creation, as upstream: the new instance sees the new value, and
+    # the pod was not replaced (same sandbox, same uid).
+    await eventually(lambda: env_of_running().get("X") == "two", what="the new value")
+    assert rig.fake.count("run_sandbox") == sandboxes
+
+    # The ConfigMap gone: the next instance waits with the kubelet's reason.
+    api.store.delete(CONFIGMAPS, "default", "cfg")
+    (second,) = rig.running_containers(uid)
+    rig.fake.exit_container(second, 1)
+
+    def waiting() -> dict[str, Any]:
+        statuses = rig.api_status("env").get("containerStatuses") or [{}]
+        return dict((statuses[0].get("state") or {}).get("waiting") or {})
+
+    reason = await eventually(
+        lambda: waiting().get("reason") == "CreateContainerConfigError", within=30, what="wait"
+    )
+    assert reason and '"cfg" not found' in waiting().get("message", "")
+
+
 async def test_a_crash_loop_backs_off_in_one_counted_event(rig: Rig, api: ApiServer) -> None:
     uid = rig.create(pod_body("crashy"))["metadata"]["uid"]
     await eventually(lambda: ready(rig, "crashy"), what="Ready")
