@@ -3,10 +3,13 @@ privilege policy, and the effective settings and runAsNonRoot check (kubelet.sec
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nodeagent.cli import build_parser
+from nodeagent.config import ConfigError, load_config
 from nodeagent.kubelet import security
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import (
@@ -327,3 +330,34 @@ def test_the_pods_own_directory_is_no_host_access() -> None:
 )
 def test_image_uid(user: str, want: tuple[int | None, str]) -> None:
     assert security.image_uid(user) == want
+
+
+# --- the --allow-privileged setting ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        ([], False),
+        (["--allow-privileged"], True),
+        (["--allow-privileged", "true"], True),
+        (["--allow-privileged=false"], False),
+    ],
+)
+def test_allow_privileged_flag(
+    argv: list[str], want: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NODEAGENT_ALLOW_PRIVILEGED", raising=False)
+    args = build_parser().parse_args(["run", "--node-name", "n", *argv])
+    assert load_config(args).allow_privileged is want
+
+
+def test_allow_privileged_from_file_and_bad_values(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("allow_privileged: true\n")
+    args = build_parser().parse_args(["run", "--node-name", "n", "--config", str(config)])
+    assert load_config(args).allow_privileged is True
+    args = build_parser().parse_args(["run", "--node-name", "n", "--allow-privileged", "yes"])
+    with pytest.raises(ConfigError) as info:
+        load_config(args)
+    assert "allow-privileged" in str(info.value) and "true or false" in str(info.value)
