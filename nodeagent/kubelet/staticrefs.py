@@ -32,9 +32,10 @@ from nodeagent.kubelet import volumes
 from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.projection import write_volumes
 from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.model.configobjects import ConfigObject, lookup_in
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod, PodUID
-from nodeagent.model.refs import CONFIG_ERROR, MOUNT_ERROR, ConfigObject, RefError, lookup_in
+from nodeagent.model.refs import CONFIG_ERROR, MOUNT_ERROR, RefError
 from nodeagent.model.refs import rewrite as rewrite_refs
 from nodeagent.model.validate import parse_pod
 

@@ -28,7 +28,6 @@ follow the objects (upstream: "Mounted ConfigMaps are updated automatically").
 from __future__ import annotations
 
 import base64
-import binascii
 import copy
 import re
 from collections.abc import Mapping
@@ -37,7 +36,6 @@ from decimal import Decimal
 from typing import Any
 
 from nodeagent.model import quantity
-from nodeagent.model.fields import FieldError, Node, ValidationError
 
 Obj = dict[str, Any]
 
@@ -60,8 +58,7 @@ DOWNWARD_FIELDS = (
 )
 RESOURCE_FIELDS = ("limits.cpu", "limits.memory", "requests.cpu", "requests.memory")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_META_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+META_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 
 
 class RefError(Exception):
@@ -103,13 +100,13 @@ class Lookup:
     tokens: Mapping[TokenSpec, str] = field(default_factory=dict)
 
 
-def _containers(spec: Obj) -> list[Obj]:
+def pod_containers(spec: Obj) -> list[Obj]:
     return [c for group in ("initContainers", "containers") for c in spec.get(group) or []]
 
 
 def needs_rewrite(obj: Obj) -> bool:
     spec = obj.get("spec") or {}
-    for c in _containers(spec):
+    for c in pod_containers(spec):
         if c.get("envFrom"):
             return True
         for env in c.get("env") or []:
@@ -122,7 +119,7 @@ def needs_rewrite(obj: Obj) -> bool:
 def references(obj: Obj) -> Refs:
     spec = obj.get("spec") or {}
     refs = Refs()
-    for c in _containers(spec):
+    for c in pod_containers(spec):
         for env in c.get("env") or []:
             source = env.get("valueFrom") or {}
             if "configMapKeyRef" in source:
@@ -262,7 +259,7 @@ def _downward_ok(source: Obj) -> bool:
                 return False
             continue
         path = (item.get("fieldRef") or {}).get("fieldPath")
-        if path is None or not (path in DOWNWARD_FIELDS or _META_KEY.match(str(path))):
+        if path is None or not (path in DOWNWARD_FIELDS or META_KEY.match(str(path))):
             return False
     return True
 
@@ -287,7 +284,7 @@ def rewrite(obj: Obj, *, pod_dir: str, lookup: Lookup | None) -> Obj:
         )
     if volumes:
         spec["volumes"] = volumes
-    for container in _containers(spec):
+    for container in pod_containers(spec):
         if container.get("env") or container.get("envFrom"):
             container["env"] = (
                 _env(container, namespace, lookup)
@@ -371,7 +368,9 @@ def resource_value(obj: Obj, ref: Obj) -> str:
     """A container's limit or request in units of ``divisor`` (rounded up), as upstream.
     An unset value reads as 0 (upstream: the node's allocatable; we do not guess it)."""
     name = ref.get("containerName")
-    container = next((c for c in _containers(obj.get("spec") or {}) if c.get("name") == name), {})
+    container = next(
+        (c for c in pod_containers(obj.get("spec") or {}) if c.get("name") == name), {}
+    )
     group, kind = str(ref.get("resource", "")).split(".", 1)
     raw = ((container.get("resources") or {}).get(group) or {}).get(kind)
     if raw is None and group == "requests":
@@ -388,7 +387,7 @@ def resource_value(obj: Obj, ref: Obj) -> str:
 
 def _downward(obj: Obj, path: str) -> str:
     meta = obj.get("metadata") or {}
-    match = _META_KEY.match(path)
+    match = META_KEY.match(path)
     if match:
         return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
     if path in ("metadata.labels", "metadata.annotations"):
@@ -399,214 +398,3 @@ def _downward(obj: Obj, path: str) -> str:
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-# -- checks of the reference fields (validation of the pod itself sees them rewritten) -------
-
-
-def check(obj: Obj, *, standalone: bool) -> list[FieldError]:
-    """What is wrong with the pod's volume references, each naming its field. Standalone,
-    a projected ServiceAccount token has no API to come from, and is rejected."""
-    errors: list[FieldError] = []
-    spec = obj.get("spec") or {}
-    names = {c.get("name") for c in _containers(spec) if isinstance(c, Mapping)}
-    for i, volume in enumerate(spec.get("volumes") or []):
-        if not isinstance(volume, Mapping):
-            continue
-        base = f"spec.volumes[{i}]"
-        if "projected" in volume:
-            projected = volume.get("projected") or {}
-            _check_mode(projected, "defaultMode", f"{base}.projected", errors)
-            for j, source in enumerate(projected.get("sources") or []):
-                where = f"{base}.projected.sources[{j}]"
-                kinds = list(source) if isinstance(source, Mapping) else []
-                if len(kinds) != 1 or kinds[0] not in PROJECTED_SOURCES:
-                    errors.append(
-                        FieldError(
-                            where,
-                            f"exactly one of {', '.join(PROJECTED_SOURCES)} is required "
-                            f"(found {', '.join(map(str, kinds)) or 'none'})",
-                        )
-                    )
-                    continue
-                if "downwardAPI" in source:
-                    _check_downward(
-                        source.get("downwardAPI") or {}, f"{where}.downwardAPI", names, errors
-                    )
-                if standalone and "serviceAccountToken" in source:
-                    errors.append(
-                        FieldError(
-                            f"{where}.serviceAccountToken",
-                            "a service account token needs a control plane; not available in "
-                            "standalone mode",
-                        )
-                    )
-                for kind in ("configMap", "secret", "downwardAPI"):
-                    if kind in source:
-                        _check_items(source.get(kind) or {}, f"{where}.{kind}", errors)
-            continue
-        for kind in ("configMap", "secret", "downwardAPI"):
-            if kind in volume:
-                inner = volume.get(kind) or {}
-                _check_mode(inner, "defaultMode", f"{base}.{kind}", errors)
-                _check_items(inner, f"{base}.{kind}", errors)
-                if kind == "downwardAPI":
-                    _check_downward(inner, f"{base}.{kind}", names, errors)
-    return errors
-
-
-def _check_downward(
-    source: Mapping[str, Any], where: str, containers: set[Any], errors: list[FieldError]
-) -> None:
-    """What a downwardAPI volume may show: metadata fields, and a container's resources."""
-    for k, item in enumerate(source.get("items") or []):
-        if not isinstance(item, Mapping):
-            continue
-        at = f"{where}.items[{k}]"
-        if ("fieldRef" in item) == ("resourceFieldRef" in item):
-            errors.append(FieldError(at, "exactly one of fieldRef or resourceFieldRef is required"))
-        elif "fieldRef" in item:
-            path = str((item.get("fieldRef") or {}).get("fieldPath"))
-            if path not in DOWNWARD_FIELDS and not _META_KEY.match(path):
-                errors.append(
-                    FieldError(
-                        f"{at}.fieldRef.fieldPath",
-                        f"unsupported fieldPath {path!r} in a volume (metadata.name, namespace, "
-                        "uid, labels, annotations, or one label or annotation)",
-                    )
-                )
-        else:
-            ref = item.get("resourceFieldRef") or {}
-            if ref.get("resource") not in RESOURCE_FIELDS:
-                errors.append(
-                    FieldError(
-                        f"{at}.resourceFieldRef.resource",
-                        f"must be one of {', '.join(RESOURCE_FIELDS)}",
-                    )
-                )
-            if ref.get("containerName") not in containers:
-                errors.append(
-                    FieldError(
-                        f"{at}.resourceFieldRef.containerName",
-                        "must name a container of the pod (required in a volume)",
-                    )
-                )
-
-
-def _check_items(source: Mapping[str, Any], where: str, errors: list[FieldError]) -> None:
-    for k, item in enumerate(source.get("items") or []):
-        if not isinstance(item, Mapping):
-            continue
-        path = str(item.get("path") or "")
-        if not path or path.startswith("/") or ".." in path.split("/"):
-            errors.append(
-                FieldError(f"{where}.items[{k}].path", "must be a relative path without '..'")
-            )
-        _check_mode(item, "mode", f"{where}.items[{k}]", errors)
-
-
-def _check_mode(obj: Mapping[str, Any], key: str, where: str, errors: list[FieldError]) -> None:
-    if key not in obj:
-        return
-    mode = obj[key]
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        errors.append(FieldError(f"{where}.{key}", "must be a file mode between 0 and 0777"))
-
-
-# -- ConfigMap and Secret documents (the manifest directory's) -----------------------------
-
-
-@dataclass(frozen=True)
-class ConfigObject:
-    """A ConfigMap or Secret: ``obj`` as the API would serve it (a Secret's ``stringData``
-    merged into base64 ``data``, as the API server stores it)."""
-
-    kind: str  # "ConfigMap" or "Secret"
-    namespace: str
-    name: str
-    obj: Obj
-    source: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def parse_config_object(doc: Mapping[str, Any], *, source: str, obj_name: str) -> ConfigObject:
-    """Validate a v1 ConfigMap or Secret; errors name the key, never a value."""
-    errors: list[FieldError] = []
-    root = Node(doc, "", errors)
-    kind = str(doc.get("kind"))
-    secret = kind == "Secret"
-    known = ("apiVersion", "kind", "metadata", "data", "immutable")
-    root.reject_unknown(known + (("stringData", "type") if secret else ("binaryData",)))
-    if doc.get("apiVersion") != "v1":
-        root.error(f"must be v1, got {doc.get('apiVersion')!r}", "apiVersion")
-    meta = root.child("metadata")
-    meta.reject_unknown(
-        ("name", "namespace", "labels", "annotations"),
-        ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"),
-    )
-    name = meta.string("name", required=True)
-    namespace = meta.string("namespace", default="default")
-    data: dict[str, str] = {}
-    binary: dict[str, str] = {}
-    for key, value in _string_entries(root, "data", errors):
-        if secret and not _is_base64(value):
-            root.error("is not valid base64", f"data.{key}")
-        data[key] = value
-    plain_key = "stringData" if secret else "binaryData"
-    for key, value in _string_entries(root, plain_key, errors):
-        if secret:
-            data[key] = base64.b64encode(value.encode()).decode()  # stringData wins, as upstream
-        elif not _is_base64(value):
-            root.error("is not valid base64", f"binaryData.{key}")
-        elif key in data:
-            root.error("is also a key of data", f"binaryData.{key}")
-        else:
-            binary[key] = value
-    if errors:
-        raise ValidationError(obj_name, errors)
-    obj: Obj = {"metadata": {"name": name, "namespace": namespace}, "data": data}
-    if binary:
-        obj["binaryData"] = binary
-    return ConfigObject(kind, namespace, name, obj, source)
-
-
-def _string_entries(root: Node, key: str, errors: list[FieldError]) -> list[tuple[str, str]]:
-    value = root.value.get(key) if isinstance(root.value, Mapping) else None
-    if value is None:
-        return []
-    if not isinstance(value, Mapping):
-        errors.append(FieldError(key, "must be a map of strings"))
-        return []
-    out = []
-    for k, v in value.items():
-        if not isinstance(k, str) or not _DATA_KEY.match(k) or k in (".", ".."):
-            errors.append(FieldError(f"{key}.{k}", "is not a valid key ([-._a-zA-Z0-9]+)"))
-        elif not isinstance(v, str):
-            errors.append(FieldError(f"{key}.{k}", "must be a string"))
-        else:
-            out.append((k, v))
-    return out
-
-
-def _is_base64(value: str) -> bool:
-    try:
-        base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
-
-
-def lookup_in(
-    namespace: str,
-    config_maps: Mapping[str, ConfigObject],
-    secrets: Mapping[str, ConfigObject],
-) -> Lookup:
-    """A Lookup over the manifest directory's objects (keyed ``namespace/name``)."""
-    prefix = f"{namespace}/"
-    return Lookup(
-        {c.name: c.obj for k, c in config_maps.items() if k.startswith(prefix)},
-        {s.name: s.obj for k, s in secrets.items() if k.startswith(prefix)},
-    )

@@ -36,10 +36,10 @@ from typing import Any
 import structlog
 import yaml
 
-from nodeagent.model import refs
+from nodeagent.model import configobjects, refs
+from nodeagent.model.configobjects import ConfigObject
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod
-from nodeagent.model.refs import ConfigObject
 from nodeagent.model.validate import (
     ServiceDoc,
     _content_uid,
@@ -150,7 +150,7 @@ def read_file(path: Path, *, node_name: str, max_bytes: int = MAX_FILE_BYTES) ->
         try:
             if kind in CONFIG_KINDS:
                 configs.append(
-                    refs.parse_config_object(doc, source=source, obj_name=object_name(doc))
+                    configobjects.parse_config_object(doc, source=source, obj_name=object_name(doc))
                 )
                 continue
             if isinstance(kind, str) and kind not in ("Pod", "Service"):
@@ -207,7 +207,7 @@ def _template(doc: Mapping[str, Any], *, source: str, node_name: str) -> PodTemp
         annotations = dict(annotations) if isinstance(annotations, Mapping) else {}
         meta["uid"] = uid
         meta["annotations"] = {**annotations, CONFIG_SOURCE: "file", CONFIG_HASH: uid}
-    errors = refs.check(full, standalone=True)
+    errors = configobjects.check(full, standalone=True)
     try:
         shape = parse_pod(
             refs.rewrite(full, pod_dir="", lookup=None), source=source, node_name=node_name
