@@ -153,9 +153,7 @@ class Node:
             FileSource(
                 config.manifests,
                 node_name=config.node_name,
-                on_update=self._desired_changed
-                if self.cluster is None
-                else self.cluster.file_changed,
+                on_update=self._file_changed,
                 interval_s=config.file_check_interval_s,
                 max_file_bytes=config.max_manifest_bytes,
             )
@@ -188,16 +186,23 @@ class Node:
         self.manager.on_runtime_change(uid)
         self.proxy.wake()
 
-    def _desired_changed(self, state: DesiredState, *, resolved: bool = False) -> None:
-        if not resolved and (state.templates or self.static_refs.active):
-            # Pods naming the directory's ConfigMaps and Secrets join once resolved.
-            def then(result: Resolution) -> None:
-                self.manager.held = {h.pod.uid for h in result.held.values()}
-                pods = {**state.pods, **result.pods}
-                self._desired_changed(dataclasses.replace(state, pods=pods), resolved=True)
-
-            self.static_refs.submit(state.templates, state.config_maps, state.secrets, then)
+    def _file_changed(self, state: DesiredState) -> None:
+        """The manifest directory's state; its pods that use the directory's ConfigMaps and
+        Secrets (or the downward API) join the others once resolved, in either mode."""
+        deliver = self._desired_changed if self.cluster is None else self.cluster.file_changed
+        if not (state.templates or self.static_refs.active):
+            deliver(state)
             return
+
+        def then(result: Resolution) -> None:
+            if self.cluster is None:  # the cluster link keeps its own held set
+                self.manager.held = {h.pod.uid for h in result.held.values()}
+            pods = {**state.pods, **result.pods}
+            deliver(dataclasses.replace(state, pods=pods, templates={}))
+
+        self.static_refs.submit(state.templates, state.config_maps, state.secrets, then)
+
+    def _desired_changed(self, state: DesiredState) -> None:
         self.desired = state
         self._desired_loaded = True
         # An evicted pod stays evicted until its source drops it or changes it (a new uid).
