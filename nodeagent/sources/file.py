@@ -156,7 +156,7 @@ def read_file(path: Path, *, node_name: str, max_bytes: int = MAX_FILE_BYTES) ->
             if isinstance(kind, str) and kind not in ("Pod", "Service"):
                 errors.append(_unsupported(source, doc, kind))
                 continue
-            if kind == "Pod" and refs.needs_rewrite(doc):
+            if kind == "Pod" and _well_shaped(doc) and refs.needs_rewrite(doc):
                 templates.append(_template(doc, source=source, node_name=node_name))
                 continue
             obj = parse_document(doc, source=source, node_name=node_name)
@@ -178,6 +178,30 @@ def read_file(path: Path, *, node_name: str, max_bytes: int = MAX_FILE_BYTES) ->
         templates=tuple(templates),
         configs=tuple(configs),
     )
+
+
+def _well_shaped(doc: Mapping[str, Any]) -> bool:
+    """Whether the parts of a pod that references are looked for in have their types. An
+    ill-shaped one goes straight to validation, which names the field that is wrong."""
+    spec = doc.get("spec")
+    if spec is None:
+        return True
+    if not isinstance(spec, Mapping) or not _list_of_maps(spec.get("volumes")):
+        return False
+    for group in ("initContainers", "containers"):
+        containers = spec.get(group)
+        if not _list_of_maps(containers):
+            return False
+        for c in containers or []:
+            if not (_list_of_maps(c.get("env")) and _list_of_maps(c.get("envFrom"))):
+                return False
+            if any(not isinstance(e.get("valueFrom") or {}, Mapping) for e in c.get("env") or []):
+                return False
+    return True
+
+
+def _list_of_maps(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, Mapping) for v in value))
 
 
 def _unsupported(source: str, doc: Mapping[str, Any], kind: str) -> SourceError:

@@ -23,10 +23,35 @@ from tests.unit.test_fuzz_validate import full_service
 from tests.unit.test_validate import full_pod
 
 FUZZ = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 EDIT_CHARS = [*" \n\t:-[]{}&*!|>'\"#%@`,?", "x", "0", "\x00"]
-VALID = yaml.safe_dump_all([full_pod(), full_service()], sort_keys=False)
+CONFIG_USER = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "user"},
+    "spec": {
+        "containers": [
+            {
+                "name": "main",
+                "image": "busybox",
+                "env": [
+                    {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "a"}}}
+                ],
+                "envFrom": [{"secretRef": {"name": "sec"}}],
+                "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
+            }
+        ],
+        "volumes": [
+            {"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "a", "path": "a"}]}}
+        ],
+    },
+}
+CONFIGS = [
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"a": "1"}},
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec"}, "stringData": {"b": "2"}},
+]
+VALID = yaml.safe_dump_all([full_pod(), full_service(), CONFIG_USER, *CONFIGS], sort_keys=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +116,7 @@ def test_edited_manifests_never_crash_and_errors_name_where(workdir: Path, text:
 def test_the_valid_manifest_is_valid(workdir: Path) -> None:
     result = read(workdir, VALID)
     assert not result.errors and len(result.pods) == 1 and len(result.services) == 1
+    assert len(result.templates) == 1 and len(result.configs) == 2
 
 
 def test_a_file_over_the_size_limit_is_an_error_naming_the_limit(workdir: Path) -> None:
