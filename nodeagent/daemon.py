@@ -123,6 +123,8 @@ class Node:
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
+        if self.cluster is None:  # env from the directory's ConfigMaps, at each creation
+            self.manager.env_source = self.static_refs.container_env
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
         if self.cluster is not None:

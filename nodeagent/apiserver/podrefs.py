@@ -35,17 +35,18 @@ import structlog
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.pods import Hold
 from nodeagent.apiserver.reflector import Backoff
-from nodeagent.apiserver.refs import (
+from nodeagent.kubelet.projection import write_volumes
+from nodeagent.model.pod import EnvVar, Pod
+from nodeagent.model.refs import (
     MOUNT_ERROR,
     Lookup,
     RefError,
     TokenSpec,
+    env_refers,
     needs_rewrite,
     references,
     rewrite,
 )
-from nodeagent.kubelet.projection import write_volumes
-from nodeagent.model.pod import EnvVar, Pod
 from nodeagent.model.validate import parse_pod
 
 log = structlog.get_logger("nodeagent.apiserver.refs")
@@ -176,7 +177,7 @@ class PodReferences:
         (no reference to the API in it, or the API out of reach). Raises ValueError with
         the kubelet's message when a referenced object or key is missing."""
         entry = self._entries.get(pod.uid)
-        if entry is None or entry.spec is None or not _refers(entry.obj, container):
+        if entry is None or entry.spec is None or not env_refers(entry.obj, container):
             return None
         try:
             lookup = await self._fetch(entry)
@@ -271,18 +272,3 @@ def _namespace(obj: Obj) -> str:
 
 def _name(obj: Obj) -> str:
     return f"{_namespace(obj)}/{(obj.get('metadata') or {}).get('name')}"
-
-
-def _refers(obj: Obj, container: str) -> bool:
-    """Whether ``container``'s env takes anything from a ConfigMap or Secret."""
-    spec = obj.get("spec") or {}
-    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        if c.get("name") != container:
-            continue
-        if c.get("envFrom"):
-            return True
-        for env in c.get("env") or []:
-            source = env.get("valueFrom") or {}
-            if "configMapKeyRef" in source or "secretKeyRef" in source:
-                return True
-    return False

@@ -1,6 +1,7 @@
 """The pure reference resolution now lives in ``nodeagent.model.refs``, shared with the
-manifest directory (standalone ConfigMaps and Secrets); this module keeps the API side's
-import path (and the import-linter contract that names it)."""
+manifest directory (standalone ConfigMaps and Secrets). This module only keeps the old
+import path, which the import-linter contract in pyproject.toml still names; import from
+``nodeagent.model.refs``."""
 
 from nodeagent.model.refs import (
     CONFIG_ERROR,

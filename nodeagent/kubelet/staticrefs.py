@@ -6,9 +6,10 @@ as API pods (``refs.rewrite``, ``refs.files_for``) and the same writer
 (``projection.write_volumes``), against the directory's own ConfigMaps and Secrets:
 
 - a template whose references all resolve gets its volume files written, then becomes a
-  ``Pod`` for the pod manager. That pod is kept per uid: its env is frozen at first
-  resolution (``refs.py`` explains why), so an edited ConfigMap never restarts it, while its
-  volume files follow every later change of their sources, as the kubelet's do;
+  ``Pod`` for the pod manager. That pod is kept per uid, so an edited ConfigMap never
+  replaces it; its volume files follow every later change of their sources, and a
+  container's env is resolved again each time the container is created
+  (``container_env``, the worker's env source), as the kubelet resolves env;
 - one that does not resolve is ``Held``, with the kubelet's reason: ``ContainerCreating``
   ("MountVolume.SetUp failed: configmap "x" not found") for a volume, as the kubelet
   checks mounts first, or ``CreateContainerConfigError`` for env. It runs nothing; the
@@ -34,8 +35,8 @@ from nodeagent.kubelet.projection import write_volumes
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.configobjects import ConfigObject, lookup_in
 from nodeagent.model.fields import ValidationError
-from nodeagent.model.pod import Pod, PodUID
-from nodeagent.model.refs import CONFIG_ERROR, MOUNT_ERROR, RefError
+from nodeagent.model.pod import EnvVar, Pod, PodUID
+from nodeagent.model.refs import CONFIG_ERROR, MOUNT_ERROR, RefError, env_refers
 from nodeagent.model.refs import rewrite as rewrite_refs
 from nodeagent.model.validate import parse_pod
 
@@ -91,6 +92,9 @@ class StaticReferences:
         self._held: set[PodUID] = set()  # volume files may exist, and no worker owns them
         self.held: Mapping[str, Held] = {}  # as of the last resolution handed over
         self._next: tuple[Any, ...] | None = None
+        # As of the last resolution: templates by uid, and the directory's objects.
+        self._templates: dict[PodUID, Template] = {}
+        self._objects: tuple[Mapping[str, ConfigObject], Mapping[str, ConfigObject]] = ({}, {})
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -132,6 +136,8 @@ class StaticReferences:
     ) -> Resolution:
         pods: dict[str, Pod] = {}
         held: dict[str, Held] = {}
+        self._templates = {t.shape.uid: t for t in templates.values()}
+        self._objects = (config_maps, secrets)
         for key, template in templates.items():
             shape = template.shape
             lookup = lookup_in(shape.namespace, config_maps, secrets)
@@ -179,6 +185,21 @@ class StaticReferences:
         for uid in self._held - live:
             self._held.discard(uid)
             await volumes.cleanup(self.state_dir, uid)
+
+    async def container_env(self, pod: Pod, container: str) -> tuple[EnvVar, ...] | None:
+        """``container``'s env resolved against the directory as it is now; None when the
+        spec's env is the one to use (the pod takes nothing from a ConfigMap or Secret).
+        Raises ValueError with the kubelet's message when an object or key is missing."""
+        template = self._templates.get(pod.uid)
+        if template is None or not env_refers(template.doc, container):
+            return None
+        lookup = lookup_in(pod.namespace, *self._objects)
+        pod_dir = str(self.state_dir / "pods" / pod.uid)
+        try:
+            fresh = _parse(rewrite_refs(template.doc, pod_dir=pod_dir, lookup=lookup), pod)
+        except RefError as exc:
+            raise ValueError(exc.message) from exc
+        return next((c.env for c in fresh.all_containers() if c.name == container), None)
 
     def _report(self, pod: Pod, event: str, message: str) -> None:
         if self._why.get(pod.uid) != message:

@@ -20,9 +20,10 @@ resolving references the way a kubelet does when it starts a container:
 
 Missing objects follow upstream: a missing ConfigMap or Secret, or key, is an error unless
 the reference is ``optional``; env errors are ``CreateContainerConfigError``, volume errors
-keep the pod ``ContainerCreating``. Env values are resolved once, when the pod is first
-prepared on this node (upstream re-reads them at each container start); volume contents
-follow the objects (upstream: "Mounted ConfigMaps are updated automatically").
+keep the pod ``ContainerCreating``. The rewritten spec is the pod's for good (a changed spec
+would replace the pod), but env is resolved again at each container creation, as upstream
+(the worker's env source: ``container_env`` of podrefs.py and staticrefs.py); volume
+contents follow the objects (upstream: "Mounted ConfigMaps are updated automatically").
 """
 
 from __future__ import annotations
@@ -114,6 +115,20 @@ def needs_rewrite(obj: Obj) -> bool:
             if "configMapKeyRef" in source or "secretKeyRef" in source:
                 return True
     return any(k in v for v in spec.get("volumes") or [] for k in VOLUME_KINDS)
+
+
+def env_refers(obj: Obj, container: str) -> bool:
+    """Whether ``container``'s env takes anything from a ConfigMap or Secret."""
+    for c in pod_containers(obj.get("spec") or {}):
+        if c.get("name") != container:
+            continue
+        if c.get("envFrom"):
+            return True
+        for env in c.get("env") or []:
+            source = env.get("valueFrom") or {}
+            if "configMapKeyRef" in source or "secretKeyRef" in source:
+                return True
+    return False
 
 
 def references(obj: Obj) -> Refs:

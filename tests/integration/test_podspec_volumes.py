@@ -177,6 +177,35 @@ def test_pod_waits_for_a_missing_configmap_and_starts_when_it_appears(
     assert section(wait_logs(agent, "waits", "== end"), "env") == "3 user-interface.properties"
 
 
+def test_restarted_container_sees_the_configmap_as_it_is_now(node: TestNode, agent: Agent) -> None:
+    body = CONFIG_POD.replace(
+        "      volumeMounts: [{name: config, mountPath: /config, readOnly: true}]\n", ""
+    ).split("  volumes:")[0]
+    body = body.replace(
+        "echo \"== end\"; trap 'exit 0' TERM; while true; do sleep 1; done",
+        'echo "== end"; sleep 2; exit 1',
+    )
+    agent.write_manifest("cm.yaml", CONFIG_MAP)
+    agent.write_manifest("pod.yaml", pod_yaml("rereads", body))
+    assert section(wait_logs(agent, "rereads", "== end"), "env").startswith("3 ")
+    first = agent.pod("rereads") or {}
+    agent.write_manifest("cm.yaml", CONFIG_MAP.replace('"3"', '"4"'))
+
+    def restarted(pod: dict[str, Any]) -> bool:
+        return int(container_status(pod, "main")["restartCount"]) >= 1
+
+    pod = agent.wait_pod("rereads", restarted, timeout=40, what="restarted")
+    assert pod["metadata"]["uid"] == first["metadata"]["uid"]  # the same pod, not replaced
+
+    def new_env() -> str:
+        out = logs(agent, "rereads")
+        env = section(out, "env") if "== end" in out else ""
+        return env if not env.startswith("3 ") else ""  # the first instance's, still
+
+    message = lambda: f"the restarted container's output: {logs(agent, 'rereads')!r}"  # noqa: E731
+    assert wait_for(new_env, 20, message=message) == "4 user-interface.properties"
+
+
 # -- Secret: a volume with mode 0400 on tmpfs ---------------------------------------------
 
 SECRET = f"""\

@@ -273,3 +273,28 @@ spec:
             "exactly one of configMap, secret, downwardAPI, serviceAccountToken is required",
         ),
     }
+
+
+async def test_container_env_is_resolved_again_from_the_directory(
+    tmp_path: Path, refs: StaticReferences
+) -> None:
+    state = state_of(tmp_path, cm=CONFIG_MAP, secret=SECRET, pod=POD)
+    pod = (await refs.resolve(state.templates, state.config_maps, state.secrets)).pods[
+        "default/app"
+    ]
+    edited = CONFIG_MAP.replace('"3"', '"4"')
+    state = state_of(tmp_path, cm=edited, secret=SECRET, pod=POD)
+    assert (await refs.resolve(state.templates, state.config_maps, state.secrets)).pods[
+        "default/app"
+    ] == pod  # the pod stays: nothing is replaced
+    env = await refs.container_env(pod, "main")
+    assert env is not None
+    assert {e.name: e.value for e in env}["LIVES"] == "4"  # what a new container gets
+
+    (tmp_path / "cm.yaml").unlink()  # the ConfigMap leaves the directory
+    files = [tmp_path / "secret.yaml", tmp_path / "pod.yaml"]
+    state = merge({str(f): read_file(f, node_name="node-1") for f in files})
+    await refs.resolve(state.templates, state.config_maps, state.secrets)
+    with pytest.raises(ValueError, match='configmap "game" not found'):
+        await refs.container_env(pod, "main")
+    assert await refs.container_env(pod, "no-such-container") is None
