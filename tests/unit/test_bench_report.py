@@ -1,0 +1,87 @@
+"""The benchmark report: percentiles, and RESULTS.md rows with their targets met or missed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.benchlib import percentiles
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 31)]  # 1..30, shuffled order must not matter
+    got = percentiles(list(reversed(values)))
+    assert got == {"p50": 16.0, "p90": 28.0, "p99": 30.0, "max": 30.0}
+
+
+def startup(p99_ratio: float, overhead: float) -> dict[str, Any]:
+    base = {"p50": 1.0, "p90": 1.0, "p99": 2.0, "max": 2.0}
+    agent = {"p50": 1.0, "p90": 1.0, "p99": 2.0 * p99_ratio, "max": 2.0 * p99_ratio}
+    return {
+        "pods": 30,
+        "baseline_burst_s": base,
+        "baseline_pods_per_s": 10.0,
+        "baseline_one_pod_s": 0.2,
+        "agent_manifests": {
+            "burst_s": agent,
+            "burst_p99_ratio": p99_ratio,
+            "pods_per_s": 9.0,
+            "one_pod_s": 0.2 + overhead,
+            "one_pod_overhead_s": overhead,
+            "meets_burst_target": p99_ratio <= 1.5,
+            "meets_one_pod_target": overhead <= 0.15,
+        },
+    }
+
+
+def record(name: str, result: dict[str, Any] | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"name": name, "load_avg_1m_before": 0.5, "exit_code": 0}
+    rec.update(finished="2026-11-25 20:00 UTC", commit="abc")
+    if result is not None:
+        rec["result"] = result
+    else:
+        rec["exit_code"] = 1
+    return rec
+
+
+@pytest.fixture
+def host() -> dict[str, str]:
+    return {"Cores": "2"}
+
+
+def test_met_targets_list_no_reason(host: dict[str, str]) -> None:
+    text = report.render([record("pod_startup_cri", startup(1.2, 0.05))], host=host, note="")
+    rows = [line for line in text.splitlines() if line.startswith("| pod_startup_cri")]
+    assert [row.rsplit("|", 2)[-2].strip() for row in rows] == ["-", "-", "met", "met"]
+    assert text.rstrip().endswith("None.")
+    assert "(+0.050 s)" in text
+
+
+def test_a_missed_target_is_marked_and_explained(host: dict[str, str]) -> None:
+    records = [
+        record("pod_startup_docker", startup(3.0, 0.4)),
+        record("probes", None),  # a bench that failed
+    ]
+    text = report.render(records, host=host, note="busy machine")
+
+    assert text.count("**missed**") == 2  # the burst row and the one-pod row
+    assert "| probes | - | failed (exit 1) | - | - |" in text
+    assert "**Note:** busy machine" in text
+    reason = report.WHY_MISSED["pod_startup_docker"]
+    assert "- **pod_startup_docker** (agent (manifests), 30 pods at once; " in text
+    assert reason in text
+
+
+def test_proxy_rows_judge_each_size(host: dict[str, str]) -> None:
+    size = {
+        "services": 1000,
+        "endpoints_per_service": 10,
+        "full_s": 1.3,
+        "raw_s": 1.0,
+        "ratio": 1.3,
+        "endpoint_change": {"median_s": 0.05, "max_s": 0.07, "restore_median_s": 0.04},
+    }
+    rows = list(report.proxy_rows({"backend": "nft", "sizes": [size]}))
+    assert [row[3] for row in rows] == ["**missed**", "met"]
