@@ -6,13 +6,17 @@ imports it after putting the repository on ``sys.path``, as the benches run as s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import re
+import signal
 import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -75,6 +79,53 @@ def measure_agent(
         "rss_mib_avg": round(sum(rss) / len(rss) / MIB, 1),
         "rss_mib_max": round(max(rss) / MIB, 1),
     }
+
+
+@contextlib.contextmanager
+def profiled(agent: Agent, out: Path | None, *, rate: int = 100) -> Iterator[None]:
+    """With ``out``, py-spy samples the agent while the block runs: raw stacks in ``out``
+    (for flamegraph.pl or speedscope) and the hottest functions in ``out`` + ``.top``. The
+    agent is never paused (``--nonblocking``); py-spy's own CPU is not the agent's."""
+    if out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pid = str(agent_process(agent).pid)
+    argv = ["py-spy", "record", "-p", pid, "-r", str(rate), "-f", "raw", "-o", str(out)]
+    spy = subprocess.Popen(
+        [*argv, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        if out.exists():
+            out.with_name(out.name + ".top").write_text(hottest(out.read_text()))
+
+
+def hottest(raw: str, count: int = 40) -> str:
+    """The functions with the most samples below them (inclusive), from py-spy's raw stacks."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue
+        total += int(samples)
+        frames = {re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")}
+        for frame in frames:
+            inclusive[frame] += int(samples)
+    lines = [f"{total} samples; share of them with each function on the stack:"]
+    # The trunk (entry point, event loop) is on every stack of the main thread: it says nothing.
+    trunk = max(inclusive.values(), default=0)
+    branches = [(f, n) for f, n in inclusive.most_common() if n < trunk]
+    for frame, samples in branches[:count]:
+        lines.append(f"{samples / max(total, 1):6.1%}  {frame}")
+    return "\n".join(lines) + "\n"
 
 
 def load_average() -> float:

@@ -16,7 +16,8 @@
 
 Prints one JSON line: p50/p90/p99/max for each, the agent/baseline ratios, throughput (pods
 per second of the whole burst), and the one-pod latencies with the agent's overhead.
-Run as root: ``python bench/pod_startup.py [--runtime cri|docker] [--pods 30]``.
+Run as root: ``python bench/pod_startup.py [--runtime cri|docker] [--pods 30]``;
+``--profile DIR`` records py-spy profiles of the agent during each burst.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from bench.benchlib import load_average, node_link, percentiles  # noqa: E402
+from bench.benchlib import load_average, node_link, percentiles, profiled  # noqa: E402
 from nodeagent import devenv, localimages  # noqa: E402
 from nodeagent.kubelet import specs  # noqa: E402
 from nodeagent.model.validate import parse_pod  # noqa: E402
@@ -226,7 +227,7 @@ def clear_manifests(agent: Agent) -> None:
     wait_for(lambda: not agent.status()["pods"], 180, message="pods removed")
 
 
-def agent_from_manifests(runtime: Runtime, pods: int) -> dict[str, Any]:
+def agent_from_manifests(runtime: Runtime, pods: int, profile: Path | None) -> dict[str, Any]:
     agent = Agent(runtime.node, name=NODE_NAME, runtime=runtime.target)
     for old in agent.manifests.iterdir():
         old.unlink()
@@ -238,7 +239,8 @@ def agent_from_manifests(runtime: Runtime, pods: int) -> dict[str, Any]:
         one = manifest_pods(agent, ["agent-one"])[0]
         clear_manifests(agent)
         started = time.monotonic()
-        burst = manifest_pods(agent, [f"agent-{i}" for i in range(pods)])
+        with profiled(agent, profile):
+            burst = manifest_pods(agent, [f"agent-{i}" for i in range(pods)])
         wall = time.monotonic() - started
         clear_manifests(agent)
     finally:
@@ -295,7 +297,9 @@ async def clear_api(admin: Any, agent: Agent, names: list[str]) -> None:
     )
 
 
-async def agent_from_api(runtime: Runtime, workdir: Path, pods: int) -> dict[str, Any]:
+async def agent_from_api(
+    runtime: Runtime, workdir: Path, pods: int, profile: Path | None
+) -> dict[str, Any]:
     from lightkube import AsyncClient, KubeConfig
 
     from tests.apiserver.process import ApiServerProcess
@@ -323,7 +327,8 @@ async def agent_from_api(runtime: Runtime, workdir: Path, pods: int) -> dict[str
                 await clear_api(admin, agent, ["api-one"])
                 names = [f"api-{i}" for i in range(pods)]
                 started = time.monotonic()
-                burst = await api_pods(admin, names)
+                with profiled(agent, profile):
+                    burst = await api_pods(admin, names)
                 wall = time.monotonic() - started
                 await clear_api(admin, agent, names)
             finally:
@@ -365,6 +370,9 @@ def main() -> int:
     parser.add_argument(
         "--sources", default="manifests,api", help="agent pod sources, comma-separated"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="directory for py-spy profiles of the agent's bursts"
+    )
     parser.add_argument("--raw-docker-inside", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_docker_inside:
@@ -373,6 +381,11 @@ def main() -> int:
         print(json.dumps(times))
         return 0
     sources = [s for s in args.sources.split(",") if s]
+
+    def profile(source: str) -> Path | None:
+        name = f"pod_startup-{args.runtime}-{source}.txt"
+        return None if args.profile is None else args.profile.resolve() / name
+
     archives = localimages.build_all(localimages.BuildOptions(build_dir=REPO / "build" / "images"))
     root = Path(tempfile.mkdtemp(prefix="na-bench-"))
     load = load_average()
@@ -383,9 +396,13 @@ def main() -> int:
         try:
             raw = baseline(runtime, args.pods)
             if "manifests" in sources:
-                runs["agent_manifests"] = agent_from_manifests(runtime, args.pods)
+                runs["agent_manifests"] = agent_from_manifests(
+                    runtime, args.pods, profile("manifests")
+                )
             if "api" in sources:
-                runs["agent_api"] = asyncio.run(agent_from_api(runtime, root / "api", args.pods))
+                runs["agent_api"] = asyncio.run(
+                    agent_from_api(runtime, root / "api", args.pods, profile("api"))
+                )
         finally:
             runtime.close()
     finally:

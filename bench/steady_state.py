@@ -11,7 +11,8 @@ Nothing reads the status socket while measuring: the figures are the agent's own
 shared relist, manifest rescans, the proxy's checks). How long one status read takes is
 reported beside them.
 
-Prints one JSON line. Run as root: ``python bench/steady_state.py [--pods 110] [--seconds 60]``.
+Prints one JSON line. Run as root: ``python bench/steady_state.py [--pods 110] [--seconds 60]``;
+``--profile DIR`` records a py-spy profile of the agent during each measurement.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.benchlib import MIB, load_average, measure_agent  # noqa: E402
+from bench.benchlib import MIB, load_average, measure_agent, profiled  # noqa: E402
 from nodeagent import localimages  # noqa: E402
 from tests.harness import TestNode, wait_for  # noqa: E402
 from tests.harness.agent import Agent  # noqa: E402
@@ -107,7 +108,12 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before measuring")
+    parser.add_argument("--profile", type=Path, help="directory for py-spy profiles")
     args = parser.parse_args()
+
+    def profile(phase: str) -> Path | None:
+        return None if args.profile is None else args.profile.resolve() / f"steady-{phase}.txt"
+
     archives = localimages.build_all(localimages.BuildOptions(build_dir=REPO / "build" / "images"))
     root = Path(tempfile.mkdtemp(prefix="na-bench-"))
     result: dict[str, Any] = {
@@ -132,7 +138,8 @@ def main() -> int:
             wait_for(lambda: running(agent, args.pods), 600, 1.0, message="all pods running")
             result["all_running_after_s"] = round(time.monotonic() - started, 1)
             time.sleep(args.settle)  # the burst's tail (status, first relists) is not upkeep
-            result["pods_only"] = verdict(measure_agent(agent, args.seconds))
+            with profiled(agent, profile("pods")):
+                result["pods_only"] = verdict(measure_agent(agent, args.seconds))
             result["pods_only"]["status_ms"] = status_ms(agent)
             if args.services:
                 started = time.monotonic()
@@ -142,7 +149,8 @@ def main() -> int:
                 )
                 result["services_programmed_after_s"] = round(time.monotonic() - started, 1)
                 time.sleep(args.settle)
-                result["with_services"] = verdict(measure_agent(agent, args.seconds))
+                with profiled(agent, profile("services")):
+                    result["with_services"] = verdict(measure_agent(agent, args.seconds))
                 result["with_services"]["status_ms"] = status_ms(agent)
             for path in agent.manifests.iterdir():
                 path.unlink()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.benchlib import percentiles
+from bench.benchlib import hottest, percentiles
 
 
 def test_percentiles_by_nearest_rank() -> None:
@@ -85,3 +85,22 @@ def test_proxy_rows_judge_each_size(host: dict[str, str]) -> None:
     }
     rows = list(report.proxy_rows({"backend": "nft", "sizes": [size]}))
     assert [row[3] for row in rows] == ["**missed**", "met"]
+
+
+def test_hottest_ranks_functions_below_the_trunk() -> None:
+    raw = "\n".join(
+        [
+            "main (cli.py:1);loop (a.py:2);snapshot (d.py:3);dumps (j.py:4) 6",
+            "main (cli.py:1);loop (a.py:2);relist (p.py:5) 3",
+            "main (cli.py:1);loop (a.py:9) 1",
+            "garbage line",
+        ]
+    )
+    lines = hottest(raw).splitlines()
+    assert lines[0].startswith("10 samples")
+    # main and loop are on every stack (the trunk); line numbers are folded per function.
+    assert [line.split()[1:] for line in lines[1:]] == [
+        ["snapshot", "(d.py)"],
+        ["dumps", "(j.py)"],
+        ["relist", "(p.py)"],
+    ]
