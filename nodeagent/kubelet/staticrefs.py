@@ -62,6 +62,7 @@ class Held:
     pod: Pod
     reason: str
     message: str
+    since: float | None = None  # when this node first saw it: its startTime, as upstream
 
     def status(self, now: float) -> dict[str, Any]:
         """Its PodStatus: Pending, every container waiting with the reason."""
@@ -72,6 +73,7 @@ class Held:
                 runtime=RuntimePod(self.pod.uid),
                 now=now,
                 waiting={c.name: waiting for c in self.pod.all_containers()},
+                start_time=self.since,
             )
         )
 
@@ -90,6 +92,7 @@ class StaticReferences:
         self._ready: dict[PodUID, Pod] = {}
         self._why: dict[PodUID, str] = {}  # last reported hold, to log each change once
         self._held: set[PodUID] = set()  # volume files may exist, and no worker owns them
+        self._seen: dict[PodUID, float] = {}  # when a held pod was first seen
         self.held: Mapping[str, Held] = {}  # as of the last resolution handed over
         self._next: tuple[Any, ...] | None = None
         # As of the last resolution: templates by uid, and the directory's objects.
@@ -153,7 +156,8 @@ class StaticReferences:
                     self._report(shape, "pod_references_refresh_failed", exc.message)
                 else:
                     self._held.add(shape.uid)
-                    held[key] = Held(shape, exc.reason, exc.message)
+                    since = self._seen.setdefault(shape.uid, time.time())
+                    held[key] = Held(shape, exc.reason, exc.message, since)
                     self._report(shape, "pod_references_missing", exc.message)
                 continue
             except OSError as exc:
@@ -162,7 +166,9 @@ class StaticReferences:
                     self._report(shape, "pod_volumes_refresh_failed", str(exc))
                     continue
                 self._held.add(shape.uid)
-                held[key] = Held(shape, MOUNT_ERROR, f"cannot write the pod's volumes: {exc}")
+                since = self._seen.setdefault(shape.uid, time.time())
+                message = f"cannot write the pod's volumes: {exc}"
+                held[key] = Held(shape, MOUNT_ERROR, message, since)
                 self._report(shape, "pod_volumes_failed", str(exc))
                 continue
             if shape.uid not in self._ready or self._why.pop(shape.uid, None) is not None:
@@ -182,6 +188,8 @@ class StaticReferences:
             del self._ready[uid]
         for uid in set(self._why) - live:
             del self._why[uid]
+        for uid in set(self._seen) - live:
+            del self._seen[uid]
         for uid in self._held - live:
             self._held.discard(uid)
             await volumes.cleanup(self.state_dir, uid)

@@ -153,6 +153,7 @@ async def test_missing_configmap_holds_the_pod_until_it_appears(
     assert held.message == 'MountVolume.SetUp failed: configmap "game" not found'
     status = held.status(0.0)
     assert status["phase"] == "Pending"
+    assert held.since is not None and "startTime" in status  # the age of its wait
     waiting = status["containerStatuses"][0]["state"]["waiting"]
     assert waiting == {"reason": "ContainerCreating", "message": held.message}
 
