@@ -451,6 +451,7 @@ async def run(config: Config) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await node.manager.detach_all()
+        await node.static_refs.close()
         if node.cluster is not None:
             await node.cluster.close()
         await server.close()

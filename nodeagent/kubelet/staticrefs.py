@@ -118,6 +118,13 @@ class StaticReferences:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="static-refs")
 
+    async def close(self) -> None:
+        """Agent shutdown: stop a resolution under way (the pods keep running)."""
+        self._next = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
     async def _drain(self) -> None:
         while self._next is not None:
             templates, config_maps, secrets, then = self._next

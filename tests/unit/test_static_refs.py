@@ -299,3 +299,15 @@ async def test_container_env_is_resolved_again_from_the_directory(
     with pytest.raises(ValueError, match='configmap "game" not found'):
         await refs.container_env(pod, "main")
     assert await refs.container_env(pod, "no-such-container") is None
+
+
+async def test_close_stops_a_resolution_under_way(tmp_path: Path) -> None:
+    refs = StaticReferences(tmp_path / "state")
+    state = state_of(tmp_path, cm=CONFIG_MAP, pod=POD.replace("secretName: creds", "secretName: x"))
+    handed: list[object] = []
+    refs.submit(state.templates, state.config_maps, state.secrets, handed.append)
+    await refs.close()
+    assert not handed  # cancelled before it could hand anything over
+    await refs.close()  # idempotent
+    for pod_dir in (tmp_path / "state" / "pods").glob("*"):
+        await volumes.cleanup(tmp_path / "state", pod_dir.name)
