@@ -308,6 +308,12 @@ stringData:
   token: {SECRET_VALUE}-token
 ---
 apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data:
+  level: debug
+---
+apiVersion: v1
 kind: Secret
 metadata: {{name: broken}}
 data:
@@ -329,10 +335,14 @@ spec:
         - name: PASSWORD
           valueFrom: {secretKeyRef: {name: creds, key: password}}
       envFrom: [{secretRef: {name: creds}, prefix: ALL_}]
-      volumeMounts: [{name: creds, mountPath: /creds, readOnly: true}]
+      volumeMounts:
+        - {name: creds, mountPath: /creds, readOnly: true}
+        - {name: settings, mountPath: /settings}
   volumes:
     - name: creds
-      secret: {secretName: creds}
+      secret: {secretName: creds, defaultMode: 0400}
+    - name: settings
+      configMap: {name: settings}
 ---
 apiVersion: v1
 kind: Pod
@@ -371,6 +381,11 @@ def test_secret_values_never_reach_the_log_or_the_status(node: TestNode) -> None
         # The pod did get them: in its environment and its volume.
         env = exec_in(node, cid, ["env"])
         assert f"PASSWORD={SECRET_VALUE}" in env and f"ALL_token={SECRET_VALUE}-token" in env
+        # Files with the modes asked for (0400) or upstream's default (0644); secrets on tmpfs.
+        modes = exec_in(node, cid, ["stat", "-L", "-c", "%a", "/creds/password", "/settings/level"])
+        assert modes.split() == ["400", "644"], modes
+        mounts = exec_in(node, cid, ["cat", "/proc/mounts"])
+        assert any(line.split()[1:3] == ["/creds", "tmpfs"] for line in mounts.splitlines())
         # The failure paths speak too: a missing key, an undecodable Secret.
         wait_for(
             lambda: any(e["source"].endswith("secrets.yaml") for e in agent.status()["errors"]),
