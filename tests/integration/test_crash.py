@@ -112,7 +112,7 @@ def fresh_agent(node: TestNode) -> Agent:
 # - a task containerd calls running for a container CRI reports exited: RemoveContainer fails
 #   FAILED_PRECONDITION ("cannot delete running task"). Fixed: the CRI client stops it and
 #   retries the removal (CRIRuntime.remove_container).
-# - rarely (1 run in 12 here), a start that never finishes: the container stays "starting"
+# - rarely (1 run in 18 here), a start that never finishes: the container stays "starting"
 #   (its runc init hangs; upstream containerd issue #11674), and CRI refuses to remove it
 #   ("container is in starting state, can't be removed") until containerd restarts. Nothing
 #   a CRI client can do. The test runs on a node of its own so such a leftover cannot spill
