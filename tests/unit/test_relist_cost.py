@@ -9,6 +9,8 @@ replaced and removed.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.worker import WorkerState
 from nodeagent.model.pod import Pod, PodUID
 from nodeagent.model.validate import parse_pod
-from nodeagent.runtime.base import ContainerState
+from nodeagent.runtime.base import ContainerInfo, ContainerState, SandboxInfo
 from nodeagent.runtime.fake import FakeRuntime
 from tests.harness.wait import async_wait_for
 
@@ -187,3 +189,34 @@ async def test_runtime_change_wakes_only_that_pods_worker(tmp_path: Path) -> Non
         assert woken == ["b"]
     finally:
         await pods.detach_all()
+
+
+class SlowLists(FakeRuntime):
+    """Answers a sandbox list only once a container list has been asked for too: a relister
+    that lists one after the other never gets its answer."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.containers_asked = asyncio.Event()
+
+    async def list_sandboxes(self, uid: PodUID | None = None) -> Sequence[SandboxInfo]:
+        await self.containers_asked.wait()
+        return await super().list_sandboxes(uid)
+
+    async def list_containers(self, uid: PodUID | None = None) -> Sequence[ContainerInfo]:
+        self.containers_asked.set()
+        return await super().list_containers(uid)
+
+
+async def test_both_lists_are_asked_for_at_once() -> None:
+    fake = SlowLists(images={IMAGE})
+    pod = pod_of("both")
+    await run_pod(fake, pod)
+    cache = RuntimeCache(fake, on_change=lambda uid: None)
+
+    async with asyncio.timeout(5):
+        await cache.relist()
+        fake.containers_asked.clear()
+        refreshed = await cache.refresh(pod.uid)
+
+    assert len(refreshed.sandboxes) == 1 and len(refreshed.containers) == 1
