@@ -240,3 +240,89 @@ def lookup_in(
         {c.name: c.obj for k, c in config_maps.items() if k.startswith(prefix)},
         {s.name: s.obj for k, s in secrets.items() if k.startswith(prefix)},
     )
+
+
+# -- shapes: what the reference code walks must have the types it expects ------------------
+
+_KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "a list"}
+
+
+class _Shapes:
+    """Type checks of the fields ``refs.py`` reads, each error naming its path, so that a
+    malformed document is an error of its own and never an exception in the resolution."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def ok(self, value: Any, kind: type, path: str) -> bool:
+        good = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not good:
+            self.errors.append(FieldError(path, f"must be {_KINDS.get(kind, 'an object')}"))
+        return good
+
+    def mapping(self, parent: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = parent.get(key)
+        at = f"{path}.{key}" if path else key
+        return value if value is not None and self.ok(value, Mapping, at) else {}
+
+    def items(
+        self, parent: Mapping[str, Any], key: str, path: str
+    ) -> list[tuple[str, Mapping[str, Any]]]:
+        value = parent.get(key)
+        at = f"{path}.{key}"
+        if value is None or not self.ok(value, list, at):
+            return []
+        return [(f"{at}[{i}]", v) for i, v in enumerate(value) if self.ok(v, Mapping, f"{at}[{i}]")]
+
+    def scalars(self, parent: Mapping[str, Any], where: str, /, **kinds: type) -> None:
+        for key, kind in kinds.items():
+            if parent.get(key) is not None:
+                self.ok(parent[key], kind, f"{where}.{key}")
+
+
+def shape_errors(obj: Mapping[str, Any]) -> list[FieldError]:
+    """Wrong types among a pod's reference fields (see ``_Shapes``)."""
+    shapes = _Shapes()
+    shapes.mapping(obj, "metadata", "")
+    spec = shapes.mapping(obj, "spec", "")
+    for group in ("initContainers", "containers"):
+        for path, container in shapes.items(spec, group, "spec"):
+            _container_shapes(shapes, container, path)
+    for path, volume in shapes.items(spec, "volumes", "spec"):
+        shapes.scalars(volume, path, name=str)
+        sources = [(k, shapes.mapping(volume, k, path), f"{path}.{k}") for k in PROJECTED_SOURCES]
+        projected = shapes.mapping(volume, "projected", path)
+        shapes.scalars(projected, f"{path}.projected", defaultMode=int)
+        for at, source in shapes.items(projected, "sources", f"{path}.projected"):
+            sources += [(k, shapes.mapping(source, k, at), f"{at}.{k}") for k in PROJECTED_SOURCES]
+        for _, inner, at in sources:
+            shapes.scalars(
+                inner, at, name=str, secretName=str, optional=bool, defaultMode=int,
+                audience=str, expirationSeconds=int, path=str,
+            )  # fmt: skip
+            for item_at, item in shapes.items(inner, "items", at):
+                shapes.scalars(item, item_at, key=str, path=str, mode=int)
+                field_ref = shapes.mapping(item, "fieldRef", item_at)
+                shapes.scalars(field_ref, f"{item_at}.fieldRef", fieldPath=str)
+                resource = shapes.mapping(item, "resourceFieldRef", item_at)
+                shapes.scalars(
+                    resource, f"{item_at}.resourceFieldRef", containerName=str, resource=str
+                )
+    return shapes.errors
+
+
+def _container_shapes(shapes: _Shapes, container: Mapping[str, Any], path: str) -> None:
+    shapes.scalars(container, path, name=str)
+    for at, env in shapes.items(container, "env", path):
+        shapes.scalars(env, at, name=str)
+        source = shapes.mapping(env, "valueFrom", at)
+        for key in ("configMapKeyRef", "secretKeyRef"):
+            ref = shapes.mapping(source, key, f"{at}.valueFrom")
+            shapes.scalars(ref, f"{at}.valueFrom.{key}", name=str, key=str, optional=bool)
+    for at, env_from in shapes.items(container, "envFrom", path):
+        shapes.scalars(env_from, at, prefix=str)
+        for key in ("configMapRef", "secretRef"):
+            ref = shapes.mapping(env_from, key, at)
+            shapes.scalars(ref, f"{at}.{key}", name=str, optional=bool)
+    for at, mount in shapes.items(container, "volumeMounts", path):
+        shapes.scalars(mount, at, name=str)

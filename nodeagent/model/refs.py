@@ -259,10 +259,10 @@ def supported(volume: Obj) -> bool:
     if "projected" in volume:
         sources = (volume.get("projected") or {}).get("sources") or []
         return all(len(s) == 1 and next(iter(s)) in PROJECTED_SOURCES for s in sources) and all(
-            _downward_ok(s["downwardAPI"]) for s in sources if "downwardAPI" in s
+            _downward_ok(s["downwardAPI"] or {}) for s in sources if "downwardAPI" in s
         )
     if "downwardAPI" in volume:
-        return _downward_ok(volume["downwardAPI"])
+        return _downward_ok(volume["downwardAPI"] or {})
     return True
 
 

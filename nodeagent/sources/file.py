@@ -231,6 +231,9 @@ def _template(doc: Mapping[str, Any], *, source: str, node_name: str) -> PodTemp
         annotations = dict(annotations) if isinstance(annotations, Mapping) else {}
         meta["uid"] = uid
         meta["annotations"] = {**annotations, CONFIG_SOURCE: "file", CONFIG_HASH: uid}
+    shapes = configobjects.shape_errors(full)
+    if shapes:
+        raise ValidationError(object_name(doc), shapes)
     errors = configobjects.check(full, standalone=True)
     try:
         shape = parse_pod(

@@ -7,8 +7,10 @@ import base64
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from nodeagent.kubelet import volumes
 from nodeagent.kubelet.staticrefs import StaticReferences
@@ -311,3 +313,40 @@ async def test_close_stops_a_resolution_under_way(tmp_path: Path) -> None:
     await refs.close()  # idempotent
     for pod_dir in (tmp_path / "state" / "pods").glob("*"):
         await volumes.cleanup(tmp_path / "state", pod_dir.name)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("spec", "volumes", 0, "configMap"), 5, "spec.volumes[0].configMap"),
+        (("spec", "volumes", 0, "configMap", "items"), "x", "spec.volumes[0].configMap.items"),
+        (
+            ("spec", "volumes", 1, "secret", "defaultMode"),
+            "0400",
+            "spec.volumes[1].secret.defaultMode",
+        ),
+        (
+            ("spec", "volumes", 2, "downwardAPI", "items", 0, "fieldRef"),
+            [],
+            "spec.volumes[2].downwardAPI.items[0].fieldRef",
+        ),
+        (("spec", "containers", 0, "name"), {"a": 1}, "spec.containers[0].name"),
+        (
+            ("spec", "containers", 0, "env", 0, "valueFrom", "configMapKeyRef", "key"),
+            7,
+            "spec.containers[0].env[0].valueFrom.configMapKeyRef.key",
+        ),
+        (("metadata",), 5, "metadata"),
+    ],
+)
+def test_malformed_reference_fields_are_named_not_raised(
+    tmp_path: Path, path: tuple[Any, ...], value: Any, field: str
+) -> None:
+    doc = yaml.safe_load(POD)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    state = state_of(tmp_path, pod=yaml.safe_dump(doc))
+    assert field in {e.field for e in state.errors}
+    assert not state.templates and not state.pods
