@@ -174,7 +174,8 @@ def test_pod_waits_for_a_missing_configmap_and_starts_when_it_appears(
 
     agent.write_manifest("cm.yaml", CONFIG_MAP)
     agent.wait_pod("waits", is_ready, what="ready once the ConfigMap exists")
-    assert section(wait_logs(agent, "waits", "== end"), "env") == "3 user-interface.properties"
+    out = wait_logs(agent, "waits", "== end")
+    assert section(out, "env") == "3 user-interface.properties", (out, agent.pod("waits"))
 
 
 def test_restarted_container_sees_the_configmap_as_it_is_now(node: TestNode, agent: Agent) -> None:
