@@ -137,19 +137,19 @@ class Config:
     kubeconfig: Path | None = None  # join the control plane it names; None: standalone
     cluster_dns: tuple[str, ...] = ()  # DNS servers of dnsPolicy ClusterFirst pods
     cluster_domain: str = "cluster.local"
-    # Node-pressure eviction: below this much available memory, pods are evicted.
-    eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
-    eviction_interval_s: float = 10.0  # how often memory is checked (the kubelet's 10 s)
-    max_manifest_bytes: int = 1024 * 1024  # a larger manifest file is an error, not read
-    # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
-    allow_privileged: bool = False
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
     cluster_cidr: ipaddress.IPv4Network | None = None
     # The address other nodes reach this one at (the Node's InternalIP, the host-gw gateway).
     # "": the first global IPv4 address, which on a VM with a NAT interface is the wrong one.
     node_ip: str = ""
+    # Node-pressure eviction: below this much available memory, pods are evicted.
+    eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
+    eviction_interval_s: float = 10.0  # how often memory is checked (the kubelet's 10 s)
+    max_manifest_bytes: int = 1024 * 1024  # a larger manifest file is an error, not read
     metrics_bind: str = DEFAULT_METRICS_BIND  # host:port of /metrics and /healthz; "": off
+    # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
+    allow_privileged: bool = False
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -505,13 +505,13 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "kubeconfig": _optional_file,
     "cluster_dns": _ip_list,
     "cluster_domain": _domain,
+    "cluster_cidr": _optional_v4_cidr,
+    "node_ip": _optional_ipv4,
     "eviction_hard": _eviction_hard,
     "eviction_interval_s": _positive_float,
     "max_manifest_bytes": _positive_int,
-    "allow_privileged": _boolean,
-    "cluster_cidr": _optional_v4_cidr,
-    "node_ip": _optional_ipv4,
     "metrics_bind": _bind,
+    "allow_privileged": _boolean,
 }
 
 

@@ -57,6 +57,11 @@ log = structlog.get_logger("nodeagent.daemon")
 
 NODE_STATUS_INTERVAL_S = 10.0
 ORPHAN_SWEEP_INTERVAL_S = 10.0
+READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see notify_ready)
+# The node part of the local status (conditions, usage: it reads every process of the machine
+# and every interface) is sampled at most this often: a client polling the status socket
+# must not cost the agent a core.
+NODE_STATUS_TTL_S = 1.0
 
 
 def build_runtime(config: Config) -> Runtime:
@@ -112,6 +117,7 @@ class Node:
             ),
         )
         self.manager = PodManager(self.ctx)
+        self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self.evicted: dict[PodUID, dict[str, Any]] = {}  # uid -> the pod's final entry
         self.eviction = eviction.EvictionMonitor(
             config.eviction_hard,
@@ -120,8 +126,8 @@ class Node:
             evict=self._evict,
             interval_s=config.eviction_interval_s,
         )
-        self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self._desired_loaded = config.manifests is None and client is None
+        self._node_sample: tuple[float, dict[str, Any]] | None = None  # (monotonic, status)
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         if self.cluster is None:  # env from the directory's ConfigMaps, at each creation
             self.manager.env_source = self.static_refs.container_env
@@ -131,6 +137,7 @@ class Node:
             self.cluster.events.sink = lambda event: record_api_event(self.events, event)
         else:
             self.ctx.images.listeners.append(self.event_feed.on_pull)
+        self.desired_applied = asyncio.Event()  # the first desired state reached the manager
         self.routes: NodeRoutes | None = None
         self.sysctl_problems: list[str] = []
         if client is not None and config.cluster_cidr is not None:
@@ -151,6 +158,7 @@ class Node:
             inputs=self._proxy_inputs,
             connect=connect_host,
         )
+        self.manager.on_serving_change = self._serving_changed
         self.source = (
             FileSource(
                 config.manifests,
@@ -162,6 +170,14 @@ class Node:
             if config.manifests is not None
             else None
         )
+
+    def _serving_changed(self) -> None:
+        """A pod's IP, readiness or phase changed: the proxy's rules follow at once, and in
+        cluster mode so does the pod's status in the API, as the kubelet's status manager
+        syncs on each change (the writer's periodic pass stays as the safety net)."""
+        self.proxy.wake()
+        if self.cluster is not None:
+            self.cluster.status.wake()
 
     def _cluster_link(self, client: ApiClient) -> ClusterLink:
         """Cluster mode: the API's pods join the manifests' (the link merges both)."""
@@ -207,6 +223,7 @@ class Node:
     def _desired_changed(self, state: DesiredState) -> None:
         self.desired = state
         self._desired_loaded = True
+        self.desired_applied.set()
         # An evicted pod stays evicted until its source drops it or changes it (a new uid).
         uids = {p.uid for p in state.pods.values()}
         self.evicted = {u: e for u, e in self.evicted.items() if u in uids}
@@ -290,9 +307,13 @@ class Node:
         )
 
     def _node_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._node_sample is not None and now - self._node_sample[0] < NODE_STATUS_TTL_S:
+            return self._node_sample[1]
         status = nodestatus.node_status(self._node_facts())
         status["eviction"] = self.eviction.report()
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
+        self._node_sample = (now, status)
         return status
 
     def _with_backoff(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -337,9 +358,20 @@ class Node:
         }
 
     async def notify_ready(self, notifier: Notifier) -> None:
-        """READY=1 to systemd once the runtime is listed and running pods are adopted."""
+        """READY=1 to systemd once the runtime is listed and the running pods adopted.
+
+        Adopted means the first desired state reached the manager, which then holds a worker
+        for each running pod. A desired state that needs the API (cluster mode without a
+        manifest directory) is waited for only READY_WAIT_S: an agent started during an API
+        outage is ready all the same (nothing it runs is touched until the API answers).
+        """
         await self.cache.synced.wait()
-        notifier.ready(status=f"{len(self.manager.snapshot())} pods adopted")
+        try:
+            await asyncio.wait_for(self.desired_applied.wait(), READY_WAIT_S)
+            status = f"{len(self.manager.snapshot())} pods adopted"
+        except TimeoutError:
+            status = "running pods kept; waiting for the control plane's pod list"
+        notifier.ready(status=status)
         await asyncio.Event().wait()
 
     def _pods(self) -> list[dict[str, Any]]:
