@@ -15,7 +15,7 @@ from tests.apiserver.process import ApiServerProcess
 from tests.harness import wait_for
 from tests.harness.agent import Agent
 from tests.integration import test_cluster as cluster
-from tests.integration.test_cli import cli, sample, scrape
+from tests.integration.test_cli_views import cli, sample, scrape
 from tests.integration.test_cluster import SLEEP, create, pod_manifest, wait_ready
 
 # The cluster suite's fixtures, by name: link (veth), api (test API server), admin, agent.
