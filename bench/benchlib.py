@@ -116,7 +116,8 @@ def hottest(raw: str, count: int = 40) -> str:
         if not samples.isdigit():
             continue
         total += int(samples)
-        frames = {re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")}
+        # Stack order, deduplicated: a tie in samples then ranks the caller before the callee.
+        frames = dict.fromkeys(re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";"))
         for frame in frames:
             inclusive[frame] += int(samples)
     lines = [f"{total} samples; share of them with each function on the stack:"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -239,8 +240,11 @@ class PodEventFeed:
 def _adopted(status: Mapping[str, Any], since: float) -> dict[str, Any] | None:
     """The part of a first-seen status that predates the agent: no events for that."""
     before: dict[str, Any] = {}
+    # startedAt has whole seconds: a container the agent started within its first second reads
+    # as earlier than the agent; only one started in an earlier second was surely adopted.
+    cutoff = math.floor(since)
     for key in ("initContainerStatuses", "containerStatuses"):
-        old = [c for c in status.get(key) or [] if _started(_mapping(c)) < since]
+        old = [c for c in status.get(key) or [] if _started(_mapping(c)) < cutoff]
         if old:
             before[key] = old
     return before or None

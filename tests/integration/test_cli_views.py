@@ -101,6 +101,12 @@ def running(agent: Agent) -> Agent:
         return main["restartCount"] >= 1 and "waiting" in main["state"]
 
     wait_for(crash_looping, 60, interval=0.2, message=agent.log_tail, ignore=(StopIteration,))
+
+    def back_off_told() -> bool:  # the event feed looks at the pods twice a second
+        events = agent.status()["events"]
+        return any(e["reason"] == "BackOff" for e in events)
+
+    wait_for(back_off_told, 30, interval=0.2, message=agent.log_tail)
     return agent
 
 

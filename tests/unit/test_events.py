@@ -181,6 +181,14 @@ def test_feed_stays_quiet_about_adopted_containers() -> None:
     assert [e.reason for e in ring] == ["Created", "Started"]  # a restart after adoption is news
 
 
+def test_feed_tells_of_a_container_started_in_the_agents_first_second() -> None:
+    # startedAt has whole seconds: 00:16:40 is 1000 s, while the agent started at 1000.7 s.
+    ring = EventRing()
+    pods = [pod({"containerStatuses": [container("c://1", "1970-01-01T00:16:40Z")]})]
+    PodEventFeed(ring, lambda: pods, started_at=1000.7).observe()
+    assert [e.reason for e in ring] == ["Created", "Started"]
+
+
 def test_the_cluster_recorder_hands_every_event_to_the_ring_too() -> None:
     ring = EventRing()
     recorder = EventRecorder(cast(ApiClient, object()), node_name="n1")  # never sends here
