@@ -251,6 +251,8 @@ class Node:
             "worker": WorkerState.TERMINATED.value,
         }
         self.evicted[pod.uid] = entry
+        if self.cluster is not None:  # the API learns it as the kubelet tells it: Failed/Evicted
+            self.cluster.record_final(pod.uid, entry["status"])
         stopping = self.manager.terminate(pod, MIN_KILL_GRACE_S)  # a hard threshold: no grace
         self.proxy.wake()
         return stopping.wait_terminated()

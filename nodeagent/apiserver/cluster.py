@@ -293,6 +293,12 @@ class ClusterLink:
                 log.warning("pod_delete_failed", pod=pod.key, error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
 
+    def record_final(self, uid: PodUID, status: Obj) -> None:
+        """A pod this node ended on its own (evicted): that status reaches the API at once, and
+        no later pass writes the worker's older one over it."""
+        self._final[uid] = status
+        self.status.wake()
+
     async def _write_terminal_status(self, pod: Pod, worker: PodWorker) -> None:
         """The final phase (Succeeded or Failed, containers terminated) before the DELETE, as
         the kubelet writes it, so controllers (Jobs, say) see how the pod ended. Best effort:

@@ -197,6 +197,17 @@ async def test_status_follows_a_container_exit_and_survives_5xx(rig: Rig) -> Non
     assert rig.manager.worker_for(PodUID(uid)) is not None
 
 
+async def test_a_pod_ended_by_the_node_reports_its_final_status(rig: Rig) -> None:
+    uid = rig.create(pod_body("victim"))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "victim"), what="Ready")
+    evicted = {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}
+    rig.link.record_final(PodUID(uid), evicted)
+    await eventually(lambda: phase(rig, "victim") == "Failed", what="Failed in the API")
+    assert rig.api_status("victim")["reason"] == "Evicted"
+    await asyncio.sleep(0.6)  # a periodic pass of the writer (0.5 s) must not undo it
+    assert rig.api_status("victim")["reason"] == "Evicted"
+
+
 async def test_a_conflicting_status_write_re_reads_the_pod(rig: Rig) -> None:
     rig.create(pod_body("web"))
     rig.api.faults.fail_status_writes(1, code=409)
