@@ -244,15 +244,16 @@ class Node:
         if worker is None:
             return asyncio.sleep(0)
         pod = worker.pod
-        entry = {
+        status = eviction.evicted_status(worker.status, message)
+        entry: dict[str, Any] = {
             "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
-            "status": eviction.evicted_status(worker.status, message),
+            "status": status,
             "probes": [],
             "worker": WorkerState.TERMINATED.value,
         }
         self.evicted[pod.uid] = entry
         if self.cluster is not None:  # the API learns it as the kubelet tells it: Failed/Evicted
-            self.cluster.record_final(pod.uid, entry["status"])
+            self.cluster.record_final(pod.uid, status)
         stopping = self.manager.terminate(pod, MIN_KILL_GRACE_S)  # a hard threshold: no grace
         self.proxy.wake()
         return stopping.wait_terminated()
