@@ -11,65 +11,38 @@ While SYNCING the worker loops: refresh its pod from the runtime, ``plan_pod`` (
 out the actions, publish status, then sleep until woken (a runtime change seen by the
 relister, a probe result, a spec event) or until the next backoff deadline. Every failure
 of one pod stays in that pod: it becomes a waiting reason in its status and a log event.
+How one container is created and started is in starter.py; how containers are stopped
+(preStop, grace periods, sidecars last) is in stopper.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import os
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from nodeagent import metrics
-from nodeagent.kubelet import (
-    backoff,
-    envvars,
-    etchosts,
-    nodestatus,
-    security,
-    specs,
-    termination,
-    volumes,
-)
+from nodeagent.kubelet import backoff, specs, starter, stopper, termination, volumes
 from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.kubelet.handlers import Target, run_handler
 from nodeagent.kubelet.images import ImageError, Puller
-from nodeagent.kubelet.plan import (
-    KillContainer,
-    PlanInput,
-    PodActions,
-    StartContainer,
-    plan_pod,
-    stop_order,
-)
+from nodeagent.kubelet.plan import KillContainer, PlanInput, PodActions, StartContainer, plan_pod
 from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.runtimepod import RuntimePod
+from nodeagent.kubelet.starter import EnvSource as EnvSource
+from nodeagent.kubelet.stopper import MIN_KILL_GRACE_S as MIN_KILL_GRACE_S
 from nodeagent.model.fields import FieldError
-from nodeagent.model.pod import Container, EnvVar, Pod
+from nodeagent.model.pod import Container, Pod
 from nodeagent.model.security import privilege_errors
-from nodeagent.runtime.base import (
-    ContainerID,
-    ContainerInfo,
-    ContainerState,
-    NotFound,
-    RuntimeFailure,
-    SandboxInfo,
-    SandboxState,
-)
-
-NODE_HOSTS = Path("/etc/hosts")  # what a host-network pod's /etc/hosts starts from
-EnvSource = Callable[[Pod, str], Awaitable[tuple[EnvVar, ...] | None]]
+from nodeagent.runtime.base import ContainerID, ContainerState, RuntimeFailure, SandboxInfo
 
 MAX_ROUNDS = 8  # plan/act rounds per sync before yielding to other work
-MIN_KILL_GRACE_S = 2  # the kubelet's floor when a preStop hook used up the grace period
 
 
 class WorkerState(enum.Enum):
@@ -279,11 +252,11 @@ class PodWorker:
             results = await asyncio.gather(*(self._start(s, sandbox) for s in starts))
             acted = acted or any(results)
         for info in actions.prune:
-            await self._remove_container(info)
+            await stopper.remove_container(self.ctx.runtime, info)
             acted = True
         for old in actions.prune_sandboxes:
-            await _ignore_missing(self.ctx.runtime.stop_sandbox(old.id))
-            await _ignore_missing(self.ctx.runtime.remove_sandbox(old.id))
+            await stopper.ignore_missing(self.ctx.runtime.stop_sandbox(old.id))
+            await stopper.ignore_missing(self.ctx.runtime.remove_sandbox(old.id))
             acted = True
         if actions.finished:
             self._waiting.clear()  # a finished pod shows how its containers ended
@@ -337,8 +310,43 @@ class PodWorker:
 
     async def _start(self, start: StartContainer, sandbox: SandboxInfo) -> bool:
         container, log = start.container, self.log.bind(container=start.container.name)
+        if not await self._pull(start, log):
+            return False
+        if start.attempt > 0:
+            now = time.time()
+            self._backoffs[container.name] = backoff.advance(
+                self._backoffs.get(container.name), now=now
+            )
         try:
-            pod = self.pod
+            container, container_id = await starter.create_and_start(
+                self.ctx,
+                self.pod,
+                container,
+                attempt=start.attempt,
+                sandbox=sandbox,
+                env_source=self.env_source,
+                volume_paths=self._ensure_volume_paths,
+            )
+        except starter.StartError as exc:
+            self._waiting[container.name] = Waiting(exc.reason, exc.message)
+            if exc.reason == "RunContainerError":
+                # The failed container itself drives the restart backoff; show this reason
+                # for a moment before the next sync turns it into CrashLoopBackOff.
+                self._soon = time.time() + 1.0
+            else:
+                self._hold_with_backoff(container.name)
+            log.warning("container_start_failed", reason=exc.reason, error=exc.message)
+            return False
+        self._waiting.pop(container.name, None)
+        self._hold.pop(container.name, None)
+        log.info("container_started", attempt=start.attempt, id=container_id[:13])
+        await self._post_start(container, container_id, sandbox, log)
+        return True
+
+    async def _pull(self, start: StartContainer, log: Any) -> bool:
+        """Make sure the image is present; False (and a waiting reason) when it is not."""
+        container, pod = start.container, self.pod
+        try:
             puller = Puller(pod.namespace, pod.name, pod.uid, container.name, init=start.init)
             await self.ctx.images.ensure(container.image, container.image_pull_policy, puller)
         except ImageError as exc:
@@ -349,82 +357,12 @@ class PodWorker:
                 self._soon = time.time() + 1.0
             log.warning("image_failed", reason=exc.reason, error=exc.message)
             return False
-        if start.attempt > 0:
-            now = time.time()
-            self._backoffs[container.name] = backoff.advance(
-                self._backoffs.get(container.name), now=now
-            )
-        reason = "CreateContainerConfigError"
-        try:
-            if self.env_source is not None:  # env is resolved at each container creation
-                fresh = await self.env_source(self.pod, container.name)
-                if fresh is not None:
-                    container = dataclasses.replace(container, env=fresh)
-            if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
-                self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
-            if any(m.sub_path_expr for m in container.volume_mounts):
-                env = envvars.resolve_env(self.pod, container, _facts(self.ctx, sandbox.ip))
-                container = volumes.expand_sub_path_exprs(container, dict(env))
-            await volumes.prepare_sub_paths(self._volume_paths, container)
-            await self._check_non_root(container)
-            config = specs.container_config(
-                self.pod,
-                container,
-                attempt=start.attempt,
-                facts=_facts(self.ctx, sandbox.ip),
-                volume_paths=self._volume_paths or {},
-                files=await self._pod_files(container, start.attempt, sandbox.ip),
-            )
-            sandbox_config = specs.sandbox_config(
-                self.pod,
-                attempt=sandbox.attempt,
-                pod_log_dir=self.ctx.pod_log_dir,
-                dns=self.ctx.dns,
-            )
-            reason = "CreateContainerError"
-            container_id = await self.ctx.runtime.create_container(
-                sandbox.id, config, sandbox_config
-            )
-            reason = "RunContainerError"
-            await self.ctx.runtime.start_container(container_id)
-        except (RuntimeFailure, KeyError, ValueError, volumes.VolumeError, OSError) as exc:
-            self._waiting[container.name] = Waiting(reason, str(exc))
-            if reason == "RunContainerError":
-                # The failed container itself drives the restart backoff; show this reason
-                # for a moment before the next sync turns it into CrashLoopBackOff.
-                self._soon = time.time() + 1.0
-            else:
-                self._hold_with_backoff(container.name)
-            log.warning("container_start_failed", reason=reason, error=str(exc))
-            return False
-        self._waiting.pop(container.name, None)
-        self._hold.pop(container.name, None)
-        log.info("container_started", attempt=start.attempt, id=container_id[:13])
-        await self._post_start(container, container_id, sandbox, log)
         return True
 
-    async def _check_non_root(self, container: Container) -> None:
-        """runAsNonRoot against the image's user; a ValueError is CreateContainerConfigError."""
-        if not security.wants_non_root(self.pod, container):
-            return
-        user = await self.ctx.runtime.image_user(container.image)
-        problem = security.run_as_non_root_error(self.pod, container, user)
-        if problem:
-            raise ValueError(problem)
-
-    async def _pod_files(self, container: Container, attempt: int, pod_ip: str) -> specs.PodFiles:
-        """Write the pod's /etc/hosts and this instance's empty termination-log file."""
-        pod_dir = volumes.pod_dir(self.ctx.state_dir, self.pod)
-        hosts = await etchosts.write(
-            pod_dir,
-            self.pod,
-            pod_ip,
-            cluster_domain=self.ctx.dns.cluster_domain,
-            node_hosts=NODE_HOSTS,
-        )
-        log = specs.termination_log_path(str(pod_dir), container.name, attempt)
-        await asyncio.to_thread(termination.prepare_file, log)
-        return specs.PodFiles(hosts=hosts, termination_log=log)
+    async def _ensure_volume_paths(self) -> dict[str, str]:
+        if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
+            self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+        return self._volume_paths
 
     async def _read_messages(self, runtime_pod: RuntimePod) -> None:
         """Termination messages of exited instances, read once per instance."""
@@ -474,7 +412,7 @@ class PodWorker:
         self._unhealthy.pop(kill.info.name, None)
 
     def _spec_container(self, name: str) -> Container | None:
-        return next((c for c in self.pod.all_containers() if c.name == name), None)
+        return stopper.spec_container(self.pod, name)
 
     def _grace(self) -> int:
         if self._grace_override is not None:
@@ -484,67 +422,16 @@ class PodWorker:
     async def _stop_container_id(
         self, container: Container | None, container_id: ContainerID, pod_ip: str, *, grace_s: int
     ) -> None:
-        """preStop hook, then TERM, then KILL when the grace period is over."""
-        started = time.monotonic()
-        hook = container.lifecycle.pre_stop if container is not None else None
-        if hook is not None and container is not None and grace_s > 0:
-            target = Target(self.ctx.runtime, container_id, container, pod_ip)
-            outcome = await run_handler(hook, target, timeout_s=grace_s)
-            if not outcome.ok:
-                self.log.warning(
-                    "pre_stop_hook_failed", container=container.name, error=outcome.message
-                )
-        left = grace_s - int(time.monotonic() - started)
-        if hook is not None and left < MIN_KILL_GRACE_S:
-            left = MIN_KILL_GRACE_S
-        with contextlib.suppress(NotFound):
-            await self.ctx.runtime.stop_container(container_id, max(left, 0))
-
-    async def _remove_container(self, info: ContainerInfo) -> None:
-        try:
-            if info.state is not ContainerState.EXITED:
-                # Also for CREATED: one whose start was cut short (an agent killed mid-call)
-                # may still be "starting" in the runtime, which refuses to remove it unstopped.
-                await self.ctx.runtime.stop_container(info.id, 0)
-            await self.ctx.runtime.remove_container(info.id)
-        except NotFound:
-            pass
+        await stopper.stop_container(
+            self.ctx.runtime, container, container_id, pod_ip, grace_s=grace_s, log=self.log
+        )
 
     async def _kill_everything(
         self, runtime_pod: RuntimePod, *, grace_s: int, remove: bool
     ) -> None:
-        sandbox = runtime_pod.ready_sandbox()
-        ip = sandbox.ip if sandbox is not None else ""
-        # App containers first, together; then the sidecars one by one, last one first, in
-        # what is left of the grace period (the kubelet's floor of 2 s each).
-        sidecars = {c.name for c in self.pod.sidecars()}
-        running = runtime_pod.running()
-        began = time.monotonic()
-        await asyncio.gather(
-            *(
-                self._stop_container_id(self._spec_container(c.name), c.id, ip, grace_s=grace_s)
-                for c in running
-                if c.name not in sidecars
-            )
+        await stopper.stop_pod(
+            self.ctx.runtime, self.pod, runtime_pod, grace_s=grace_s, remove=remove, log=self.log
         )
-        for name in stop_order(self.pod, sidecars):
-            for c in (c for c in running if c.name == name):
-                left = grace_s - int(time.monotonic() - began)
-                await self._stop_container_id(
-                    self._spec_container(c.name),
-                    c.id,
-                    ip,
-                    grace_s=max(left, min(grace_s, MIN_KILL_GRACE_S)),
-                )
-        for sb in runtime_pod.sandboxes:
-            if sb.state is SandboxState.READY:
-                await _ignore_missing(self.ctx.runtime.stop_sandbox(sb.id))
-        if not remove:
-            return
-        for c in runtime_pod.containers:
-            await _ignore_missing(self.ctx.runtime.remove_container(c.id))
-        for sb in runtime_pod.sandboxes:
-            await _ignore_missing(self.ctx.runtime.remove_sandbox(sb.id))
 
     async def _terminate(self) -> None:
         runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
@@ -593,23 +480,6 @@ def _serving(status: dict[str, Any] | None) -> tuple[str, str, str]:
     conditions = status.get("conditions") or []
     ready = next((str(c.get("status")) for c in conditions if c.get("type") == "Ready"), "")
     return str(status.get("podIP") or ""), ready, str(status.get("phase") or "")
-
-
-async def _ignore_missing(call: Any) -> None:
-    with contextlib.suppress(NotFound):
-        await call
-
-
-def _facts(ctx: KubeletContext, pod_ip: str) -> PodFacts:
-    """What the downward API reads beyond the spec; allocatable stands in for unset limits."""
-    allocatable = nodestatus.allocatable(0)
-    return PodFacts(
-        ctx.node_name,
-        pod_ip,
-        ctx.host_ip,
-        node_cpu_millis=int(allocatable["cpu"]) * 1000,
-        node_memory_bytes=int(allocatable["memory"].removesuffix("Ki")) * 1024,
-    )
 
 
 def _forbidden_message(errors: list[FieldError]) -> str:
