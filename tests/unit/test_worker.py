@@ -392,7 +392,9 @@ async def test_start_failure_is_run_container_error(rig: Rig) -> None:
     app = rig.container(pod)
     assert "executable file not found" in app["state"]["waiting"]["message"]
     await eventually(lambda: rig.status(pod).get("phase") == "Failed", what="Failed")
-    # Finished: the container shows how it ended, as the kubelet reports a failed start.
+    # Finished: the container shows how it ended, as the kubelet reports a failed start (once
+    # the relist has seen the runtime's exited container).
+    await eventually(lambda: "terminated" in rig.container(pod)["state"], what="terminated")
     ended = rig.container(pod)["state"]["terminated"]
     assert (ended["exitCode"], ended["reason"]) == (128, "StartError")
     assert rig.fake.count("start_container") == 1
