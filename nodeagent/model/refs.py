@@ -105,30 +105,31 @@ def pod_containers(spec: Obj) -> list[Obj]:
     return [c for group in ("initContainers", "containers") for c in spec.get(group) or []]
 
 
+def _env_uses_objects(container: Obj) -> bool:
+    """Whether a container's env (envFrom, valueFrom) takes anything from a ConfigMap or Secret."""
+    if container.get("envFrom"):
+        return True
+    for env in container.get("env") or []:
+        source = env.get("valueFrom") or {}
+        if "configMapKeyRef" in source or "secretKeyRef" in source:
+            return True
+    return False
+
+
 def needs_rewrite(obj: Obj) -> bool:
     spec = obj.get("spec") or {}
-    for c in pod_containers(spec):
-        if c.get("envFrom"):
-            return True
-        for env in c.get("env") or []:
-            source = env.get("valueFrom") or {}
-            if "configMapKeyRef" in source or "secretKeyRef" in source:
-                return True
+    if any(_env_uses_objects(c) for c in pod_containers(spec)):
+        return True
     return any(k in v for v in spec.get("volumes") or [] for k in VOLUME_KINDS)
 
 
 def env_refers(obj: Obj, container: str) -> bool:
     """Whether ``container``'s env takes anything from a ConfigMap or Secret."""
-    for c in pod_containers(obj.get("spec") or {}):
-        if c.get("name") != container:
-            continue
-        if c.get("envFrom"):
-            return True
-        for env in c.get("env") or []:
-            source = env.get("valueFrom") or {}
-            if "configMapKeyRef" in source or "secretKeyRef" in source:
-                return True
-    return False
+    return any(
+        _env_uses_objects(c)
+        for c in pod_containers(obj.get("spec") or {})
+        if c.get("name") == container
+    )
 
 
 def references(obj: Obj) -> Refs:
