@@ -282,6 +282,17 @@ class ApiClient:
             raise ApiFailure(0, "BadResponse", f"{method} {path}: the answer is not an object")
         return answer
 
+    async def delete_pod_now(self, namespace: str, name: str, uid: str) -> None:
+        """The kubelet's final DELETE: no grace left, and a uid precondition, so a namesake
+        that replaced the pod meanwhile is never removed (409 then)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid},
+        }
+        await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
+
     async def list(self, path: str, params: Mapping[str, str]) -> tuple[list[Obj], str]:
         """Every item of a collection (following ``continue``) and the list's version."""
         items: list[Obj] = []

@@ -270,17 +270,10 @@ class ClusterLink:
         await worker.wait_terminated()
         if ran:
             await self._write_terminal_status(pod, worker)
-        path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}"
-        body = {
-            "apiVersion": "v1",
-            "kind": "DeleteOptions",
-            "gracePeriodSeconds": 0,
-            "preconditions": {"uid": pod.uid},
-        }
         backoff = Backoff()
         while True:
             try:
-                await self.client.request("DELETE", path, body=body)
+                await self.client.delete_pod_now(pod.namespace, pod.name, pod.uid)
                 log.info("pod_deleted", pod=pod.key, uid=pod.uid)
                 return
             except ApiFailure as exc:

@@ -177,16 +177,8 @@ class MirrorPods:
     async def _delete(self, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
         namespace, name = meta.get("namespace") or "default", meta.get("name")
-        body = {
-            "apiVersion": "v1",
-            "kind": "DeleteOptions",
-            "gracePeriodSeconds": 0,
-            "preconditions": {"uid": meta.get("uid")},
-        }
         try:
-            await self.client.request(
-                "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body
-            )
+            await self.client.delete_pod_now(namespace, str(name), str(meta.get("uid")))
         except ApiFailure as exc:
             if exc.retryable:
                 raise
