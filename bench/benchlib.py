@@ -60,6 +60,7 @@ def measure_agent(
 
     cpu0 = last_cpu = cpu()
     wall0 = last_wall = time.monotonic()
+    times0 = proc.cpu_times()
     rss: list[int] = []
     per_second: list[float] = []
     while time.monotonic() - wall0 < seconds:
@@ -70,10 +71,13 @@ def measure_agent(
         rss.append(proc.memory_info().rss)
         if every is not None and len(per_second) % 5 == 0:
             every()
+    times1 = proc.cpu_times()
     wall = last_wall - wall0
     return {
         "seconds": round(wall, 1),
         "cpu_percent_of_one_core": round((last_cpu - cpu0) / wall * 100, 2),
+        "cpu_user_percent": round((times1.user - times0.user) / wall * 100, 2),
+        "cpu_system_percent": round((times1.system - times0.system) / wall * 100, 2),
         "cpu_percent_p50_1s": round(statistics.median(per_second), 1),
         "cpu_percent_max_1s": round(max(per_second), 1),
         "rss_mib_avg": round(sum(rss) / len(rss) / MIB, 1),

@@ -30,6 +30,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.benchlib import measure_agent  # noqa: E402
 from nodeagent import localimages  # noqa: E402
 from tests.harness import TestNode, wait_for  # noqa: E402
 from tests.harness.agent import Agent  # noqa: E402
@@ -90,16 +91,8 @@ def probe_totals(snapshot: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def measure(agent: Agent, seconds: float) -> dict[str, Any]:
-    """CPU and RSS of the agent process over ``seconds``, sampled every second."""
-    assert agent.proc is not None
-    proc = psutil.Process(agent.proc.pid)
-    if "nodeagent" not in " ".join(proc.cmdline()):
-        raise SystemExit(f"pid {proc.pid} is not the agent: {proc.cmdline()}")
-
-    def cpu() -> float:
-        t = proc.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-
+    """CPU and RSS of the agent process over ``seconds`` (benchlib's sampler), the probe rate,
+    and what a status read costs meanwhile."""
     status_s: list[float] = []
 
     def timed_status() -> dict[str, Any]:
@@ -109,35 +102,14 @@ def measure(agent: Agent, seconds: float) -> dict[str, Any]:
         return snapshot
 
     first = timed_status()
-    cpu0, wall0 = cpu(), time.monotonic()
-    times0 = proc.cpu_times()
-    rss: list[int] = []
-    per_second: list[float] = []
-    last_cpu, last_wall = cpu0, wall0
-    while time.monotonic() - wall0 < seconds:
-        time.sleep(1.0)
-        now_cpu, now_wall = cpu(), time.monotonic()
-        per_second.append((now_cpu - last_cpu) / (now_wall - last_wall) * 100)
-        last_cpu, last_wall = now_cpu, now_wall
-        rss.append(proc.memory_info().rss)
-        if len(per_second) % 5 == 0:
-            timed_status()
-    cpu1, wall1 = cpu(), time.monotonic()
-    times1 = proc.cpu_times()
+    wall0 = time.monotonic()
+    figures = measure_agent(agent, seconds, every=timed_status)
+    wall = time.monotonic() - wall0
     last = timed_status()
-    wall = wall1 - wall0
     ok0, _, restarts0 = probe_totals(first)
     ok1, failing, restarts1 = probe_totals(last)
-    mib = 1024 * 1024
     return {
-        "seconds": round(wall, 1),
-        "cpu_percent_of_one_core": round((cpu1 - cpu0) / wall * 100, 2),
-        "cpu_user_percent": round((times1.user - times0.user) / wall * 100, 2),
-        "cpu_system_percent": round((times1.system - times0.system) / wall * 100, 2),
-        "cpu_percent_max_1s": round(max(per_second), 1),
-        "cpu_percent_p50_1s": round(statistics.median(per_second), 1),
-        "rss_mib_avg": round(sum(rss) / len(rss) / mib, 1),
-        "rss_mib_max": round(max(rss) / mib, 1),
+        **figures,
         "probes_per_s": round((ok1 - ok0) / wall, 1),
         "failing_probes_at_end": failing,
         "restarts_during": restarts1 - restarts0,
