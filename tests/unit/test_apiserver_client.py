@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -28,21 +28,9 @@ from nodeagent.apiserver.reflector import Backoff, Collection, Reflector
 from nodeagent.kubelet.nodestatus import NodeFacts
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import EVENTS, LEASES, NODES, PODS
+from tests.unit.rig import eventually
 
-T = TypeVar("T")
 NODE = "node-1"
-
-
-async def eventually(predicate: Callable[[], T], within: float = 5.0, what: str = "") -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

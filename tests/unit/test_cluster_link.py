@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,22 +29,10 @@ from nodeagent.runtime.fake import FakeRuntime
 from nodeagent.sources.file import DesiredState, read_file
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import CONFIGMAPS, ENDPOINTSLICES, EVENTS, PODS, SERVICES
+from tests.unit.rig import eventually
 
-T = TypeVar("T")
 NODE = "node-1"
 IMAGE = "busybox:1.36"
-
-
-async def eventually(predicate: Callable[[], T], within: float = 5.0, what: str = "") -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
-        await asyncio.sleep(0.02)
 
 
 def pod_body(name: str, *, grace: int = 5, labels: dict[str, str] | None = None) -> dict[str, Any]:

@@ -5,56 +5,25 @@ condition or phase changed calls the manager's ``on_serving_change`` (the daemon
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
-from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.model.validate import parse_pod
-from nodeagent.runtime.fake import FakeRuntime
-
-T = TypeVar("T")
-IMAGE = "busybox:1.36"
-
-
-async def eventually(predicate: Callable[[], T], within: float = 5.0, what: str = "") -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not (value := predicate()):
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return value
+from tests.unit.rig import IMAGE, eventually, manager_rig
 
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[PodManager]:
-    fake = FakeRuntime(images={IMAGE})
-    holder: list[PodManager] = []
-    cache = RuntimeCache(fake, on_change=lambda uid: holder[0].on_runtime_change(uid))
-    ctx = KubeletContext(
-        node_name="node-1",
-        host_ip="192.168.56.11",
-        state_dir=tmp_path / "state",
-        pod_log_dir=str(tmp_path / "logs"),
-        runtime=fake,
-        runtime_name="containerd",
-        cache=cache,
-        images=ImageManager(fake),
-        prober=ProbeManager(fake),
-    )
-    holder.append(PodManager(ctx))
+    manager, cache = manager_rig(tmp_path, "node-1")
     relister = asyncio.create_task(cache.run())
-    yield holder[0]
+    yield manager
     relister.cancel()
     await asyncio.gather(relister, return_exceptions=True)
-    await holder[0].detach_all()
+    await manager.detach_all()
 
 
 def ready_condition(status: dict[str, Any] | None) -> str:

@@ -15,20 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent.kubelet import specs
-from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
-from nodeagent.kubelet.images import ImageManager
-from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.worker import WorkerState
 from nodeagent.model.pod import Pod, PodUID
 from nodeagent.model.validate import parse_pod
 from nodeagent.runtime.base import ContainerInfo, ContainerState, SandboxInfo
 from nodeagent.runtime.fake import FakeRuntime
-from tests.harness.wait import async_wait_for
-
-IMAGE = "busybox:1.36"
+from tests.unit.rig import IMAGE, eventually, manager_rig
 
 
 def pod_of(name: str, *, containers: int = 1, args: tuple[str, ...] = ()) -> Pod:
@@ -123,31 +117,8 @@ async def test_removed_sandbox_is_forgotten() -> None:
 # -- the manager's worker lookup ------------------------------------------------------------
 
 
-def manager(tmp_path: Path) -> tuple[PodManager, RuntimeCache]:
-    fake = FakeRuntime(images={IMAGE})
-    holder: list[PodManager] = []
-    cache = RuntimeCache(fake, on_change=lambda uid: holder[0].on_runtime_change(uid))
-    ctx = KubeletContext(
-        node_name="n1",
-        host_ip="192.168.56.11",
-        state_dir=tmp_path / "state",
-        pod_log_dir=str(tmp_path / "logs"),
-        runtime=fake,
-        runtime_name="containerd",
-        cache=cache,
-        images=ImageManager(fake),
-        prober=ProbeManager(fake),
-    )
-    holder.append(PodManager(ctx))
-    return holder[0], cache
-
-
-async def eventually(predicate: Any, what: str, within: float = 5.0) -> None:
-    await async_wait_for(predicate, within, 0.01, message=what)
-
-
 async def test_worker_for_follows_replacements_and_removals(tmp_path: Path) -> None:
-    pods, cache = manager(tmp_path)
+    pods, cache = manager_rig(tmp_path, "n1")
     await cache.relist()
     try:
         old, other = pod_of("web"), pod_of("db")
@@ -160,19 +131,19 @@ async def test_worker_for_follows_replacements_and_removals(tmp_path: Path) -> N
         assert new.uid != old.uid
         pods.update({new.key: new, other.key: other})
         assert pods.worker_for(old.uid) is first  # retiring, still found by its uid
-        await eventually(lambda: pods.worker_for(new.uid) is not None, "the new incarnation")
+        await eventually(lambda: pods.worker_for(new.uid) is not None, what="the new incarnation")
         assert first.state is WorkerState.TERMINATED
         assert pods.worker_for(old.uid) is None
 
         pods.update({other.key: other})
-        await eventually(lambda: pods.worker_for(new.uid) is None, "the pod removed")
+        await eventually(lambda: pods.worker_for(new.uid) is None, what="the pod removed")
         assert pods.worker_for(PodUID("no-such-uid")) is None
     finally:
         await pods.detach_all()
 
 
 async def test_runtime_change_wakes_only_that_pods_worker(tmp_path: Path) -> None:
-    pods, cache = manager(tmp_path)
+    pods, cache = manager_rig(tmp_path, "n1")
     await cache.relist()
     try:
         a, b = pod_of("a"), pod_of("b")
