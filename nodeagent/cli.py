@@ -36,6 +36,7 @@ from nodeagent.config import (
     DEFAULT_STATUS_SOCKET,
     LOG_FORMATS,
     LOG_LEVELS,
+    PROXY_MODES,
     RUNTIMES,
     ConfigError,
     env_var,
@@ -116,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--proxy-min-sync-period",
         metavar="SECONDS",
         help="least time between two proxy rule syncs (default: 1)",
+    )
+    run.add_argument(
+        "--proxy-mode",
+        choices=PROXY_MODES,
+        help="service rules through iptables or nftables (default: iptables)",
     )
     run.add_argument("--cni-conf-dir", metavar="DIR", help="default: /etc/cni/net.d")
     run.add_argument("--cni-bin-dir", metavar="DIR", help="default: /opt/cni/bin or /usr/lib/cni")

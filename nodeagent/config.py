@@ -42,10 +42,12 @@ import yaml
 
 RuntimeName: TypeAlias = Literal["cri", "docker"]
 LogFormat: TypeAlias = Literal["console", "json"]
+ProxyMode: TypeAlias = Literal["iptables", "nftables"]
 PodCIDR: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 RUNTIMES: tuple[RuntimeName, ...] = ("cri", "docker")
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
+PROXY_MODES: tuple[ProxyMode, ...] = ("iptables", "nftables")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 DEFAULT_ENDPOINTS: Mapping[RuntimeName, str] = {
@@ -134,6 +136,7 @@ class Config:
     service_cidr: ipaddress.IPv4Network = DEFAULT_SERVICE_CIDR  # standalone clusterIPs
     node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE  # inclusive
     proxy_min_sync_period: float = 1.0  # seconds between two proxy rule syncs, at least
+    proxy_mode: ProxyMode = "iptables"  # as kube-proxy's --proxy-mode
     kubeconfig: Path | None = None  # join the control plane it names; None: standalone
     cluster_dns: tuple[str, ...] = ()  # DNS servers of dnsPolicy ClusterFirst pods
     cluster_domain: str = "cluster.local"
@@ -502,6 +505,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "service_cidr": _service_cidr,
     "node_port_range": _port_range,
     "proxy_min_sync_period": _positive_float,
+    "proxy_mode": _choice(PROXY_MODES),
     "kubeconfig": _optional_file,
     "cluster_dns": _ip_list,
     "cluster_domain": _domain,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -154,9 +155,10 @@ class Node:
                 cluster_cidr=str(config.cluster_cidr or config.pod_cidr),
                 state_dir=config.state_dir,
                 pod_egress_masquerade=config.cluster_cidr is not None,
+                mode=config.proxy_mode,
             ),
             inputs=self._proxy_inputs,
-            connect=connect_host,
+            connect=functools.partial(connect_host, config.proxy_mode),
         )
         self.manager.on_serving_change = self._serving_changed
         self.source = (

@@ -4,7 +4,8 @@
 #
 #   containerd, runc, CNI plugins    the runtime and pod network the agent drives
 #   busybox-static, gcc, libc6-dev   inputs of the local busybox and pause images
-#   iptables, conntrack, iproute2    what the proxy and the test harness call
+#   iptables, nftables, conntrack,   what the proxy (in either mode) and the test harness call
+#   iproute2
 #   docker.io                        the Docker backend (dockerd is started by hand, not here)
 #   vagrant                          `vagrant validate` of the Vagrant lab (no provider: no VMs)
 #
@@ -12,8 +13,8 @@
 set -eu
 
 PYTHON=${PYTHON:-python3}
-PACKAGES="containerd runc containernetworking-plugins busybox-static iptables conntrack
-iproute2 docker.io gcc libc6-dev make util-linux vagrant"
+PACKAGES="containerd runc containernetworking-plugins busybox-static iptables nftables
+conntrack iproute2 docker.io gcc libc6-dev make util-linux vagrant"
 MODULES="overlay br_netfilter nf_conntrack"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 STAMP="$REPO/build/.setup-host.pip"

@@ -238,3 +238,39 @@ class Iptables:
             if f"-A {CANARY} -j RETURN" not in listing:
                 return False
         return True
+
+
+def cleanup_input(saved: Mapping[str, str]) -> str:
+    """Pure: restore input removing every rule and chain of ours from the saved tables:
+    first the jumps into our chains from chains that are not ours, then our chains."""
+    parts: list[str] = []
+    for table, text in saved.items():
+        ours = [line[1:].split()[0] for line in text.splitlines() if line.startswith(":NA-")]
+        if not ours:
+            continue
+        lines = [f"*{table}"]
+        for line in text.splitlines():
+            words = line.split()
+            if line.startswith("-A ") and not words[1].startswith("NA-") and " -j NA-" in line:
+                lines.append(f"-D {line[3:]}")
+        lines += [f":{chain} - [0:0]" for chain in ours]  # with --noflush: flushes it
+        lines += [f"-X {chain}" for chain in ours]
+        parts.append("\n".join([*lines, "COMMIT", ""]))
+    return "".join(parts)
+
+
+async def remove_rules() -> None:
+    """Remove what an earlier run in iptables mode left, in either backend (the nftables
+    mode's start-up, as kube-proxy cleans up its other modes). Failures are only logged."""
+    for backend in Backend:
+        tools = tools_for(backend)
+        if shutil.which(tools.restore) is None:
+            continue
+        try:
+            saved = {t: await _run([tools.save, "-t", t]) for t in (NAT, FILTER)}
+            text = cleanup_input(saved)
+            if text:
+                await _run([tools.restore, "--noflush", "--wait", str(WAIT_S)], text)
+                log.info("proxy_cleaned_up", mode="iptables", backend=backend.value)
+        except IptablesError as exc:
+            log.warning("proxy_cleanup_failed", mode="iptables", error=str(exc))

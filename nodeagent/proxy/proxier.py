@@ -31,7 +31,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nodeagent import metrics
 from nodeagent.log import get_logger
@@ -41,10 +41,13 @@ from nodeagent.proxy import allocator, host
 from nodeagent.proxy.allocator import Allocation, AllocationError, Ranges
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.endpoints import PortMemory, service_endpoints, service_ports, settled
-from nodeagent.proxy.iptables import Iptables, IptablesError
+from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
+from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
+from nodeagent.proxy.nftsync import NftSyncer
 from nodeagent.proxy.rules import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
-from nodeagent.proxy.sync import RuleWriter, Syncer
+from nodeagent.proxy.sync import RuleWriter, Syncer, SyncStats
+from nodeagent.proxy.tracker import ChangeTracker
 
 log = get_logger(__name__)
 
@@ -64,6 +67,7 @@ class ProxySettings:
     cluster_cidr: str  # the pod CIDR: traffic from elsewhere to a service IP is masqueraded
     state_dir: Path
     pod_egress_masquerade: bool = False  # multi-node: see RulesConfig.pod_egress_masquerade
+    mode: str = "iptables"  # or "nftables"
 
     @property
     def allocations_path(self) -> Path:
@@ -84,22 +88,54 @@ class ProxyInputs:
     )
 
 
+class Writer(Protocol):
+    @property
+    def backend_name(self) -> str: ...
+
+    async def canary_ok(self) -> bool: ...
+
+
+class ProxySyncer(Protocol):
+    """What the loop needs of a mode's syncer (``sync.Syncer``, ``nftsync.NftSyncer``)."""
+
+    services: ChangeTracker[ServicePortInfo]
+    endpoints: ChangeTracker[tuple[Endpoint, ...]]
+    need_full: bool
+    stats: SyncStats
+    config: RulesConfig
+
+    @property
+    def writer(self) -> Writer: ...
+
+    def pending(self) -> bool: ...
+
+    async def sync(self, *, full: bool = False) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Connection:
     """The proxy's effects on this node: the rule writer and what the host allows."""
 
-    writer: RuleWriter
+    writer: RuleWriter | Nftables
     conntrack: Conntrack | None
     local_addresses: Callable[[], Iterable[str]]
     localhost_nodeports: bool = True
     warnings: tuple[str, ...] = ()
 
 
-async def connect_host() -> Connection:
-    """Production wiring: set the sysctls, detect the iptables backend, find conntrack."""
+async def connect_host(mode: str = "iptables") -> Connection:
+    """Production wiring: set the sysctls, detect the iptables backend (or nft), find
+    conntrack, and remove what the other mode may have left from an earlier run."""
     localhost_nodeports, warnings = await asyncio.to_thread(host.prepare)
+    writer: RuleWriter | Nftables
+    if mode == "nftables":
+        writer = await Nftables.detect()
+        await remove_rules()
+    else:
+        writer = await Iptables.detect()
+        await remove_table()
     return Connection(
-        writer=await Iptables.detect(),
+        writer=writer,
         conntrack=Conntrack(),
         local_addresses=host.local_addresses,
         localhost_nodeports=localhost_nodeports,
@@ -120,7 +156,7 @@ class ServiceProxy:
         self._connect = connect
         self._ranges = Ranges(settings.service_cidr, settings.node_port_range)
         self._wake = asyncio.Event()
-        self._syncer: Syncer | None = None
+        self._syncer: ProxySyncer | None = None
         self._warnings: tuple[str, ...] = ()
         self._connect_error: str | None = None
         self._services: Mapping[str, Service] = {}
@@ -157,12 +193,22 @@ class ServiceProxy:
             localhost_nodeports=connection.localhost_nodeports,
             pod_egress_masquerade=self.settings.pod_egress_masquerade,
         )
-        self._syncer = syncer = Syncer(
-            writer,
-            config,
-            conntrack=connection.conntrack,
-            local_addresses=connection.local_addresses,
-        )
+        syncer: ProxySyncer
+        if isinstance(writer, Nftables):
+            syncer = NftSyncer(
+                writer,
+                config,
+                conntrack=connection.conntrack,
+                local_addresses=connection.local_addresses,
+            )
+        else:
+            syncer = Syncer(
+                writer,
+                config,
+                conntrack=connection.conntrack,
+                local_addresses=connection.local_addresses,
+            )
+        self._syncer = syncer
         self._allocations = await asyncio.to_thread(allocator.load, self.settings.allocations_path)
         loop = asyncio.get_running_loop()
         first_inputs: float | None = None
@@ -222,8 +268,8 @@ class ServiceProxy:
         while True:
             try:
                 return await self._connect()
-            except (IptablesError, OSError) as exc:
-                self._connect_error = f"cannot set up iptables: {exc}"
+            except (IptablesError, NftablesError, OSError) as exc:
+                self._connect_error = f"cannot set up {self.settings.mode}: {exc}"
                 log.error("proxy_unavailable", error=str(exc), retry_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_S)

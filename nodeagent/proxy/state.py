@@ -23,6 +23,16 @@ class ServicePortName:
     port: str  # the port's name; "" for the single unnamed port of a Service
     protocol: str  # "TCP", "UDP" or "SCTP"
 
+    def __post_init__(self) -> None:
+        # Trackers hash every key on every pass (50k lookups at 5000 services); the
+        # generated __hash__ rebuilds a 4-tuple each time, so compute it once.
+        object.__setattr__(
+            self, "_hash", hash((self.namespace, self.name, self.port, self.protocol))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[no-any-return,attr-defined]
+
     def __str__(self) -> str:
         return self.text
 

@@ -65,6 +65,20 @@ class SyncStats:
     last_error: str | None = None  # of the last attempt; None when it succeeded
     last_kind: str = ""  # "full" or "partial"
 
+    def record(self, started: float, *, full: bool, error: str | None) -> None:
+        """One sync attempt ended (``started``: its monotonic start)."""
+        self.duration_s = time.monotonic() - started
+        self.last_error = error
+        self.last_kind = "full" if full else "partial"
+        if error is not None:
+            self.failures += 1
+            return
+        self.last_sync = time.time()
+        if full:
+            self.full_syncs += 1
+        else:
+            self.partial_syncs += 1
+
     def to_json(self, backend: str) -> dict[str, object]:
         return {
             "lastSync": _rfc3339(self.last_sync) if self.last_sync is not None else None,
@@ -127,7 +141,7 @@ class Syncer:
                 restore = await self._write_partial(rebuild)
         except IptablesError as exc:
             self.need_full = True
-            self._finish(started, full=full, error=str(exc))
+            self.stats.record(started, full=full, error=str(exc))
             log.error("proxy_sync_failed", full=full, error=str(exc))
             return False
         self._written = restore.written
@@ -137,7 +151,7 @@ class Syncer:
         self.stats.rules = sum(r.rule_count for r in self._rules.values()) + sum(
             len(lines) for lines in self._written.shared.values()
         )
-        self._finish(started, full=full, error=None)
+        self.stats.record(started, full=full, error=None)
         log.info(
             "proxy_synced",
             full=full,
@@ -146,7 +160,15 @@ class Syncer:
             chains_deleted=restore.chains_deleted,
             duration_s=round(self.stats.duration_s, 4),
         )
-        await self._clean_conntrack(changed, before)
+        if self._conntrack is not None:
+            await clean_conntrack(
+                self._conntrack,
+                changed,
+                before,
+                self.services.current,
+                self.endpoints.current,
+                self._local_addresses,
+            )
         return True
 
     async def _stream_full(self) -> restore_input.Restore:
@@ -228,36 +250,28 @@ class Syncer:
             shared=self._written.shared if reuse_shared and not full else None,
         )
 
-    def _finish(self, started: float, *, full: bool, error: str | None) -> None:
-        self.stats.duration_s = time.monotonic() - started
-        self.stats.last_error = error
-        self.stats.last_kind = "full" if full else "partial"
-        if error is not None:
-            self.stats.failures += 1
-            return
-        self.stats.last_sync = time.time()
-        if full:
-            self.stats.full_syncs += 1
-        else:
-            self.stats.partial_syncs += 1
 
-    async def _clean_conntrack(
-        self, changed: frozenset[ServicePortName], before: Mapping[ServicePortName, ServicePortInfo]
-    ) -> None:
-        if self._conntrack is None:
-            return
-        infos, endpoints = self.services.current, self.endpoints.current
-        ports: list[tuple[ServicePortInfo, tuple[Endpoint, ...]]] = []
-        for key in changed:
-            if key.protocol != "UDP":
-                continue
-            if key in infos:
-                ports.append((infos[key], endpoints.get(key, ())))
-            elif key in before:  # the service port is gone: every flow to it is stale
-                ports.append((before[key], ()))
-        if not ports:
-            return
-        try:
-            await self._conntrack.clean(ports, self._local_addresses())
-        except OSError as exc:
-            log.warning("conntrack_clean_failed", error=str(exc))
+async def clean_conntrack(
+    conntrack: Conntrack,
+    changed: frozenset[ServicePortName],
+    before: Mapping[ServicePortName, ServicePortInfo],
+    infos: Mapping[ServicePortName, ServicePortInfo],
+    endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
+    local_addresses: Callable[[], Iterable[str]],
+) -> None:
+    """Delete the stale UDP flows of the changed service ports (``before``: the service
+    ports before the sync, for those that are gone). Never fatal."""
+    ports: list[tuple[ServicePortInfo, tuple[Endpoint, ...]]] = []
+    for key in changed:
+        if key.protocol != "UDP":
+            continue
+        if key in infos:
+            ports.append((infos[key], endpoints.get(key, ())))
+        elif key in before:  # the service port is gone: every flow to it is stale
+            ports.append((before[key], ()))
+    if not ports:
+        return
+    try:
+        await conntrack.clean(ports, local_addresses())
+    except OSError as exc:
+        log.warning("conntrack_clean_failed", error=str(exc))

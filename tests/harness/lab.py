@@ -89,6 +89,7 @@ class Lab:
         count: int = 3,
         images: dict[str, Path],
         grace_s: float = DEFAULT_GRACE_S,
+        proxy_mode: str = "iptables",
     ) -> None:
         if not 1 <= count <= 200:
             raise ValueError("a lab has 1 to 200 nodes")
@@ -96,6 +97,7 @@ class Lab:
         self.count = count
         self.images = images
         self.grace_s = grace_s
+        self.proxy_mode = proxy_mode
         n = os.getpid() % 100000
         self.netns = f"na-lab-{n}"
         self.host_dev = f"nalab{n}"
@@ -219,6 +221,7 @@ class Lab:
         return [
             *("--kubeconfig", str(kubeconfig), "--cluster-cidr", CLUSTER_CIDR),
             *("--node-ip", ip),
+            *("--proxy-mode", self.proxy_mode),
         ]
 
     def node(self, name: str) -> LabNode:
@@ -335,13 +338,13 @@ def describe(lab: Lab) -> str:
     return "\n".join(lines)
 
 
-async def _up(root: Path, count: int, grace_s: float) -> None:
+async def _up(root: Path, count: int, grace_s: float, proxy_mode: str) -> None:
     images = localimages.build_all(localimages.BuildOptions(build_dir=REPO / "build" / "images"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Lab(root, count=count, images=images, grace_s=grace_s) as lab:
+    async with Lab(root, count=count, images=images, grace_s=grace_s, proxy_mode=proxy_mode) as lab:
         print(describe(lab), flush=True)
         await stop.wait()
         print("tearing the lab down", flush=True)
@@ -389,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument(
         "--grace", type=float, default=DEFAULT_GRACE_S, help="node monitor grace period, s"
     )
+    up.add_argument(
+        "--proxy-mode", choices=("iptables", "nftables"), default="iptables", help="agents' mode"
+    )
     down = sub.add_parser("down", help="clean up after an `up` that did not exit cleanly")
     down.add_argument("--dir", type=Path, required=True, help="the lab's directory")
     args = parser.parse_args(argv)
@@ -398,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _down(args.dir)
     root = args.dir or Path(tempfile.mkdtemp(prefix="nodeagent-lab-"))
     print(f"lab directory: {root} (`down --dir {root}` cleans up after a crash)", flush=True)
-    asyncio.run(_up(root, args.nodes, args.grace))
+    asyncio.run(_up(root, args.nodes, args.grace, args.proxy_mode))
     return 0
 
 

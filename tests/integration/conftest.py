@@ -56,11 +56,26 @@ def unmet_requirement() -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = unmet_requirement()
+    # The proxy mode does not depend on the runtime: the nftables mode runs on containerd only.
+    dropped = [
+        item
+        for item in items
+        if _params(item).get("proxy_mode", "iptables") != "iptables"
+        and _params(item).get("runtime", "cri") != "cri"
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
     for item in items:
         if HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.integration)
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _params(item: pytest.Item) -> dict[str, object]:
+    callspec = getattr(item, "callspec", None)
+    return dict(callspec.params) if callspec is not None else {}
 
 
 @pytest.fixture(scope="session")

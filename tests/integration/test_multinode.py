@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,11 +46,15 @@ print(json.dumps(answers))
 """
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["iptables", "nftables"])
 async def lab(
-    image_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    image_archives: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Lab]:
-    async with Lab(tmp_path_factory.mktemp("lab"), count=3, images=image_archives) as lab:
+    """Three nodes, once with the agents' proxy in each mode."""
+    root = tmp_path_factory.mktemp("lab")
+    async with Lab(root, count=3, images=image_archives, proxy_mode=request.param) as lab:
         yield lab
 
 
@@ -290,6 +295,9 @@ async def test_external_traffic_policy_local_answers_only_where_an_endpoint_is(
         # The node knows the Service and drops it on purpose (no local endpoint): the
         # refusal below is the policy, not a node that has not caught up.
         def dropping(other: LabNode = other) -> bool:
+            if lab.proxy_mode == "nftables":
+                listing = ["nft", "list", "map", "ip", "nodeagent", "no-endpoint-nodeports"]
+                return f"tcp . {port} : drop" in other.node.run(listing).stdout
             rules = other.node.run(["iptables-save", "-t", "filter"]).stdout
             return f"--dport {port} -j DROP" in rules
 
@@ -391,6 +399,12 @@ async def test_pod_traffic_leaving_the_cluster_cidr_is_masqueraded(
         server.terminate()
         await server.wait()
     assert source == a.ip  # the node's address, not the pod's
+    # ... and by our rule, not by the CNI plugin's ipMasq (which would do the same).
+    if lab.proxy_mode == "nftables":
+        chain = a.node.run(["nft", "list", "chain", "ip", "nodeagent", "pod-egress"]).stdout
+        packets = re.search(r"counter packets (\d+) .* masquerade", chain)
+        assert packets and int(packets.group(1)) > 0, chain
+        return
     counters = a.node.run(["iptables", "-t", "nat", "-L", "NA-POD-EGRESS", "-v", "-x", "-n"])
     masquerade = [line for line in counters.stdout.splitlines() if "MASQUERADE" in line]
     assert masquerade and int(masquerade[0].split()[0]) > 0, counters.stdout

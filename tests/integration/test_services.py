@@ -1,4 +1,6 @@
-"""Services with real packets: the agent's iptables rules in a node's own network namespace.
+"""Services with real packets: the agent's rules in a node's own network namespace.
+
+Each test runs in both proxy modes (iptables, nftables); the nftables mode on containerd only.
 
 Topology (everything in network namespaces; the machine's own rules are never touched)::
 
@@ -229,9 +231,16 @@ def net(module_node: TestNode) -> Iterator[Net]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
+@pytest.fixture(params=["iptables", "nftables"])
+def proxy_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def agent(node: TestNode, net: Net, runtime_target: RuntimeTarget) -> Iterator[Agent]:
-    a = Agent(node, runtime=runtime_target)
+def agent(
+    node: TestNode, net: Net, runtime_target: RuntimeTarget, proxy_mode: str
+) -> Iterator[Agent]:
+    a = Agent(node, runtime=runtime_target, extra=["--proxy-mode", proxy_mode])
     for old in a.manifests.iterdir():
         old.unlink()
     a.start()
@@ -301,7 +310,7 @@ def test_cluster_ip_spreads_over_endpoints(node: TestNode, net: Net, agent: Agen
     answers = spread(net.on_node, f"http://{ip}/", {"web-1", "web-2", "web-3"}, n=40)
     assert len(answers) == 40
     proxy = agent.status()["proxy"]
-    assert proxy["backend"] in ("nft", "legacy") and proxy["lastError"] is None
+    assert proxy["backend"] in ("nft", "legacy", "nftables") and proxy["lastError"] is None
     assert proxy["fullSyncs"] >= 1 and proxy["rules"] > 0
 
 
@@ -454,8 +463,11 @@ def test_external_flush_is_repaired(node: TestNode, net: Net, agent: Agent) -> N
     ip = wait_endpoints(agent, "web", 1)["spec"]["clusterIP"]
     spread(net.on_node, f"http://{ip}/", {"web-1"}, n=2)
     full_before = agent.status()["proxy"]["fullSyncs"]
-    node.run(["iptables", "-t", "nat", "-F"])
-    node.run(["iptables", "-F"])
+    if agent.status()["proxy"]["backend"] == "nftables":
+        node.run(["nft", "delete", "table", "ip", "nodeagent"])
+    else:
+        node.run(["iptables", "-t", "nat", "-F"])
+        node.run(["iptables", "-F"])
     started = time.monotonic()
     spread(net.on_node, f"http://{ip}/", {"web-1"}, n=2)
     assert time.monotonic() - started < 30
@@ -472,3 +484,41 @@ def test_host_port_through_cni_portmap(node: TestNode, net: Net, agent: Agent) -
         message="hostPort",
     )
     assert answer
+
+
+def _rules_of(node: TestNode, mode: str) -> bool:
+    """Whether the node holds rules of the proxy in ``mode``."""
+    if mode == "nftables":
+        return "table ip nodeagent" in node.run(["nft", "list", "tables"]).stdout
+    return ":NA-SERVICES" in node.run(["iptables-save"]).stdout
+
+
+def test_switching_modes_removes_the_other_modes_rules(
+    node: TestNode, net: Net, runtime_target: RuntimeTarget, proxy_mode: str
+) -> None:
+    other = "nftables" if proxy_mode == "iptables" else "iptables"
+    first = Agent(node, runtime=runtime_target, extra=["--proxy-mode", proxy_mode])
+    for old in first.manifests.iterdir():
+        old.unlink()
+    first.start()
+    try:
+        start_pods(first, "web-1")
+        first.write_manifest("svc.yaml", service("web"))
+        ip = wait_endpoints(first, "web", 1)["spec"]["clusterIP"]
+        spread(net.on_node, f"http://{ip}/", {"web-1"}, n=2)
+    finally:
+        first.stop()
+    assert _rules_of(node, proxy_mode)  # a stopped agent leaves its rules, as kube-proxy does
+    second = Agent(node, runtime=runtime_target, extra=["--proxy-mode", other])
+    second.start()
+    try:
+        wait_for(
+            lambda: not _rules_of(node, proxy_mode),
+            30,
+            0.2,
+            message=f"the {proxy_mode} rules removed by the agent in {other} mode",
+        )
+        spread(net.on_node, f"http://{ip}/", {"web-1"}, n=2)
+        assert _rules_of(node, other)
+    finally:
+        second.stop()

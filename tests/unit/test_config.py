@@ -198,6 +198,7 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
         ("pod_cidr: 10.88.0.1/16", "pod_cidr", "host bits set"),
         ("pod_cidr: banana", "pod_cidr", "not a valid CIDR"),
         ("log_format: xml", "log_format", "not one of console, json"),
+        ("proxy_mode: ipvs", "proxy_mode", "'ipvs' is not one of iptables, nftables"),
         ("pause_image: 'a b'", "pause_image", "whitespace"),
         ("runtime_endpoint: localhost", "runtime_endpoint", "not an endpoint URL"),
     ],
@@ -231,6 +232,18 @@ def test_unknown_runtime_from_flag() -> None:
     err = error_of(argparse.Namespace(runtime="podman"))
     assert err.key == "runtime"
     assert err.source == "flag --runtime"
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_proxy_mode_from_file_env_and_flag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mode: str
+) -> None:
+    assert load_config(flags()).proxy_mode == "iptables"
+    path = write(tmp_path, f"proxy_mode: {mode}\n")
+    assert load_config(flags("--config", str(path))).proxy_mode == mode
+    assert load_config(flags("--proxy-mode", mode)).proxy_mode == mode
+    monkeypatch.setenv("NODEAGENT_PROXY_MODE", mode.upper())
+    assert load_config(flags()).proxy_mode == mode
 
 
 def test_flag_wins_even_when_env_is_bad(monkeypatch: pytest.MonkeyPatch) -> None:
