@@ -197,6 +197,7 @@ class Iptables:
         try:
             for n, chunk in enumerate(chunks):
                 if n == 0 and chunk.startswith(f"*{NAT}\n"):
+                    # Read when the first chunk has come: a stream counts its chains as it goes.
                     nat_chains = chains.get(NAT, 0)
                     chunk = with_zero_trick(chunk, backend=self.backend, chains=nat_chains)
                 sent.append(chunk)

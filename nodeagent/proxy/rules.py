@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
@@ -180,7 +181,17 @@ class ServiceRules:
 
     def slim(self) -> ServiceRules:
         """The same without its own rule text (kept only until it has been written)."""
-        return replace(self, rules=()) if self.rules else self
+        if not self.rules:
+            return self
+        return ServiceRules(  # not dataclasses.replace: a full sync slims every port
+            self.chains,
+            (),
+            self.rule_count,
+            self.nat_services,
+            self.nat_nodeports,
+            self.filter_services,
+            self.filter_external,
+        )
 
 
 @dataclass(frozen=True)
@@ -225,7 +236,11 @@ class Plan:
 
 def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
     name = info.name
-    svc, svl, ext = svc_chain(name), svl_chain(name), ext_chain(name)
+    # The chain names' hash input, made once: a full sync names 11000 chains at 1000
+    # services, and on iptables-legacy this pass runs before its stream declares them.
+    base = str(name) + name.protocol.lower()
+    port_hash = _hash16(base)  # svc_chain, svl_chain and ext_chain hash the same text
+    svc, svl, ext = SVC_PREFIX + port_hash, SVL_PREFIX + port_hash, EXT_PREFIX + port_hash
     eps = categorize(info, endpoints)
     chains: list[str] = []
     if eps.any_usable and info.externally_accessible:
@@ -234,9 +249,6 @@ def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
         chains.append(svc)
     if eps.local and info.uses_local_endpoints:
         chains.append(svl)
-    # sep_chain's hash input, its common part made once: at 5000 services this pass runs
-    # before a full sync's stream can start (see restore.FullStream).
-    base = str(name) + name.protocol.lower()
     seps = {ep.address: SEP_PREFIX + _hash16(base + ep.address) for ep in eps.reachable}
     return Plan(eps, svc, svl, ext, seps, (*chains, *seps.values()))
 
@@ -336,7 +348,7 @@ def service_rules(
             f"-A {sep} {comment}-s {ep.ip}/32 -j {MARK_MASQ}",
             f"-A {sep} {comment}{recent}{match} -j DNAT --to-destination {ep}",
         ]
-    rules = tuple(line for lines in chains.values() for line in lines)
+    rules = tuple(itertools.chain.from_iterable(chains.values()))
     return ServiceRules(
         chains=tuple(chains),
         rules=rules,
@@ -385,6 +397,13 @@ def _external_rules(
     return lines
 
 
+@functools.lru_cache(maxsize=4096)
+def _chance(remaining: int) -> str:
+    """The statistic match that picks one of ``remaining`` endpoints (formatting a float
+    is a good part of building a rule: made once per count)."""
+    return f"-m statistic --mode random --probability {1.0 / remaining:0.10f} "
+
+
 def _balance(
     info: ServicePortInfo,
     chain: str,
@@ -408,9 +427,7 @@ def _balance(
     n = len(endpoints)
     for i, ep in enumerate(endpoints):
         sep = seps[ep.address]
-        chance = (
-            f"-m statistic --mode random --probability {1.0 / (n - i):0.10f} " if i < n - 1 else ""
-        )
+        chance = _chance(n - i) if i < n - 1 else ""
         lines.append(f"-A {chain} {comment(ep)}{chance}-j {sep}")
     return lines
 

@@ -6,10 +6,11 @@ memory of what the last successful sync wrote (``restore_input.Written``). A syn
 1. applies both trackers; the union of their results is the set of changed service ports;
 2. partial: rebuilds ``ServiceRules`` for those, keeping the others, renders the restore
    input and hands it to the runner in one ``iptables-restore``;
-3. full: plans every port's chains while ``iptables-save`` of nat and filter runs (to find
-   stale chains of earlier runs and missing jumps from the built-in chains), then streams
-   the input to ``iptables-restore`` while building every port's rules (``FullStream``):
-   the Python work overlaps iptables' parsing instead of adding to it;
+3. full: streams the input to ``iptables-restore`` while building every port's rules
+   (``FullStream``), so the Python work overlaps iptables' parsing instead of adding to
+   it; ``iptables-save`` of nat and filter (stale chains of earlier runs, jumps missing
+   from the built-in chains) runs meanwhile and is waited for only at the end of nat,
+   before anything is committed;
 4. on success adopts the new ``Written`` and drops the rule text it no longer needs; on
    failure marks the next sync full: the trackers' changes are consumed, so the exact delta
    is lost, and a full sync is correct whatever state the kernel was left in;
@@ -25,6 +26,8 @@ the trackers or the rule cache meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -47,7 +50,8 @@ class RuleWriter(Protocol):
 
     async def restore(self, tables: Mapping[str, str], *, chains: Mapping[str, int]) -> None: ...
 
-    async def restore_stream(self, chunks: Iterable[str], *, chains: Mapping[str, int]) -> None: ...
+    async def restore_stream(self, chunks: Iterable[str], *, chains: Mapping[str, int]) -> None:
+        """Iterate ``chunks`` in a worker thread: they may wait for ``save`` on the loop."""
 
     async def save(self, table: str) -> str: ...
 
@@ -172,28 +176,35 @@ class Syncer:
         return True
 
     async def _stream_full(self) -> restore_input.Restore:
-        """Plan every port (names only) while iptables-save runs, then stream: the rules
-        are built in the runner's thread while iptables-restore parses (see restore.py)."""
-        infos, endpoints = self.services.current, self.endpoints.current
-        saving = asyncio.create_task(self._save())
-        try:
-            plans = await asyncio.to_thread(
-                lambda: {k: rules.plan(infos[k], endpoints.get(k, ())) for k in infos}
-            )
-        finally:
-            saved = await saving
-        existing = {t: restore_input.saved_chains(text) for t, text in saved.items()}
+        """Stream every port's rules into iptables-restore while iptables-save runs.
+
+        The save (stale chains of earlier runs, jumps missing from the built-in chains) is
+        needed only at the end of nat: the stream plans and builds every port while the
+        saves run on the event loop, and waits for them there (see restore.FullStream)."""
+        saving = asyncio.run_coroutine_threadsafe(self._save(), asyncio.get_running_loop())
+        loop_thread = threading.get_ident()
+
+        def saved() -> Mapping[str, str]:
+            if not saving.done() and threading.get_ident() == loop_thread:
+                raise RuntimeError("a full sync's stream must be consumed off the event loop")
+            return saving.result()
+
         stream = restore_input.FullStream(
-            infos,
-            endpoints,
-            plans,
+            self.services.current,
+            self.endpoints.current,
             previous=self._written,
             config=self.config,
-            existing=existing,
-            missing_jumps=restore_input.missing_jumps(saved, self.config),
+            saved=saved,
+            # iptables-nft takes chains in any order (see restore.py): no planning pass.
+            interleave=self.writer.backend_name == "nft",
         )
         self._rules = {}  # a failure leaves no half-built cache behind: the next sync is full
-        await self.writer.restore_stream(stream.chunks(), chains=stream.chains_declared)
+        try:
+            await self.writer.restore_stream(stream.chunks(), chains=stream.chains_declared)
+        finally:
+            # A refused stream may end before it asked: no iptables-save outlives the sync.
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(saving)
         self._rules = stream.built
         return stream.result()
 

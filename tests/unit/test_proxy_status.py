@@ -60,7 +60,8 @@ class Recorder:
         self.restores.append(dict(tables))
 
     async def restore_stream(self, chunks: Iterable[str], *, chains: Mapping[str, int]) -> None:
-        await self.restore(split_tables("".join(chunks)), chains=chains)
+        text = await asyncio.to_thread("".join, chunks)  # off the loop, as the runner does
+        await self.restore(split_tables(text), chains=chains)
 
     async def save(self, table: str) -> str:
         return ""

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import rules
+from nodeagent.proxy import restore, rules
 from nodeagent.proxy.iptables import Backend, Iptables, IptablesError, Tools
-from nodeagent.proxy.restore import FullStream, Written, render, saved_chains
-from nodeagent.proxy.rules import Jump, RulesConfig, service_rules
+from nodeagent.proxy.restore import FullStream, Written, missing_jumps, render, saved_chains
+from nodeagent.proxy.rules import RulesConfig, service_rules
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
 CONFIG = RulesConfig(cluster_cidr="10.244.0.0/16", pod_egress_masquerade=True)
@@ -47,21 +48,19 @@ def world() -> tuple[
     return infos, endpoints
 
 
-def stream_for(existing: set[str] | None = None) -> FullStream:
+STALE = ("NA-SEP-STALE00000000000", "NA-SEP-" + "X" * 16)
+SAVED = {  # a leftover chain, a foreign one, and one of the jumps already in place
+    "nat": "".join(f":{c} - [0:0]\n" for c in (*STALE, "CNI-1")),
+    "filter": f'-A FORWARD -m comment --comment "nodeagent forwarding rules" -j {rules.FORWARD}\n',
+}
+
+
+def stream_for(
+    saved: Callable[[], Mapping[str, str]] = dict, *, interleave: bool = False
+) -> FullStream:
     infos, endpoints = world()
-    plans = {k: rules.plan(infos[k], endpoints[k]) for k in infos}
-    jumps = [
-        Jump("nat", "PREROUTING", rules.SERVICES, "x"),
-        Jump("filter", "INPUT", rules.FIREWALL, "y"),
-    ]
     return FullStream(
-        infos,
-        endpoints,
-        plans,
-        previous=Written(),
-        config=CONFIG,
-        existing={"nat": existing or set(), "filter": set()},
-        missing_jumps=jumps,
+        infos, endpoints, previous=Written(), config=CONFIG, saved=saved, interleave=interleave
     )
 
 
@@ -82,9 +81,35 @@ def test_a_plan_names_exactly_the_chains_the_rules_use() -> None:
         )
 
 
-def test_the_stream_writes_what_render_writes_chains_first() -> None:
-    stale = "NA-SEP-STALE00000000000"
-    stream = stream_for(existing={stale, "NA-SEP-" + "X" * 16})
+def declared(chunk: str) -> list[str]:
+    return [line[1:].split(" ")[0] for line in chunk.splitlines() if line.startswith(":")]
+
+
+def used_before_declared(text: str) -> list[str]:
+    """Chains of ours that a nat rule names before their declaration."""
+    seen: set[str] = set()
+    early = []
+    for line in text.split("*filter")[0].splitlines():
+        if line.startswith(":"):
+            seen.add(line[1:].split(" ")[0])
+        elif line.startswith(("-A ", "-I ")):
+            words = line.split()
+            early += [w for w in (words[1], words[-1]) if w.startswith("NA-") and w not in seen]
+    return early
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_the_stream_writes_what_render_writes(
+    interleave: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restore, "STREAM_BATCH", 5)  # several chunks of rules
+    asked: list[int] = []
+
+    def saved() -> Mapping[str, str]:
+        asked.append(len(stream.built))
+        return SAVED
+
+    stream = stream_for(saved, interleave=interleave)
     chunks = list(stream.chunks())
     text = "".join(chunks)
     built = {k: service_rules(i, world()[1][k], CONFIG) for k, i in world()[0].items()}
@@ -94,24 +119,37 @@ def test_the_stream_writes_what_render_writes_chains_first() -> None:
         previous=Written(),
         full=True,
         config=CONFIG,
-        existing={"nat": {stale, "NA-SEP-" + "X" * 16}, "filter": set()},
-        missing_jumps=[
-            Jump("nat", "PREROUTING", rules.SERVICES, "x"),
-            Jump("filter", "INPUT", rules.FIREWALL, "y"),
-        ],
+        existing={t: saved_chains(v) for t, v in SAVED.items()},
+        missing_jumps=missing_jumps(SAVED, CONFIG),
     )
     assert tables(text) == {t: tables(v)[t] for t, v in expected.text.items()}
-    # Every nat chain is declared in the first chunk, before any rule, in descending order.
-    first = chunks[0].splitlines()
-    names = [line[1:].split(" ")[0] for line in first if line.startswith(":")]
-    assert names == sorted(names, reverse=True)
-    assert set(names) == saved_chains(expected.text["nat"])
-    assert not any(
-        line.startswith(":")
-        for c in chunks[1:]
-        for line in c.splitlines()
-        if not c.startswith("*filter")
-    )
+    assert asked == [len(built)]  # the save is needed only once every port is written
+    # The first chunk only opens nat. Every chain is declared before a rule names it; the
+    # stale chains at the end of nat, where the save is known, before their deletion.
+    assert chunks[0] == "*nat\n"
+    assert used_before_declared(text) == []
+    nat_end = next(c for c in chunks if "COMMIT" in c)
+    assert set(STALE) <= set(declared(nat_end))
+    assert nat_end.index(f"-A {rules.SERVICES} ") < nat_end.index(":NA-SEP-X")
+    assert nat_end.index(":NA-SEP-X") < nat_end.index("-X NA-SEP-X")
+    if not interleave:
+        # The second chunk declares every chain the rules use, in descending order.
+        assert set(declared(nat_end)) == set(STALE)
+        names = declared(chunks[1])
+        assert names == sorted(names, reverse=True)
+        assert set(names) | set(STALE) == saved_chains(expected.text["nat"])
+        assert not any(declared(c) for c in chunks[2:] if c is not nat_end and "*filter" not in c)
+    else:  # each chunk declares the chains of its own ports' rules: no planning pass first
+        body = chunks[1 : chunks.index(nat_end)]
+        assert len(body) > 2
+        for chunk in body:
+            written_to = {line.split()[1] for line in chunk.splitlines() if line[:3] == "-A "}
+            assert set(declared(chunk)) - written_to <= set(declared(render_nat())) - {
+                c for r in built.values() for c in r.chains
+            }
+    inserted = [line for line in text.splitlines() if line.startswith("-I ")]
+    assert any(line.startswith("-I PREROUTING ") for line in inserted)
+    assert not any(line.endswith(f"-j {rules.FORWARD}") for line in inserted)  # saved has it
     assert text.index("*nat") < text.index("*filter")
     result = stream.result()
     assert result.written == expected.written
@@ -119,7 +157,24 @@ def test_the_stream_writes_what_render_writes_chains_first() -> None:
         expected.rules_written,
         expected.chains_deleted,
     )
-    assert stream.built == built
+    assert result.chains_declared == expected.chains_declared
+    assert stream.built == {k: r.slim() for k, r in built.items()}  # written: text dropped
+
+
+def test_the_nat_estimate_comes_with_the_first_chunk() -> None:
+    stream = stream_for()
+    chunks = stream.chunks()
+    next(chunks)
+    assert stream.chains_declared["nat"] >= len(world()[0])  # enough for the runner's -Z choice
+    assert declared(next(chunks))
+    assert stream.chains_declared["nat"] == len(declared(render_nat()))  # before any rule
+
+
+def render_nat() -> str:
+    infos, endpoints = world()
+    built = {k: service_rules(i, endpoints[k], CONFIG) for k, i in infos.items()}
+    restore = render(built, write=set(built), previous=Written(), full=True, config=CONFIG)
+    return restore.text["nat"]
 
 
 def test_the_result_waits_for_the_stream() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -47,7 +48,8 @@ class Recorder:
         self.restores.append(dict(tables))
 
     async def restore_stream(self, chunks: Iterable[str], *, chains: Mapping[str, int]) -> None:
-        await self.restore(split_tables("".join(chunks)), chains=chains)
+        text = await asyncio.to_thread("".join, chunks)  # off the loop, as the runner does
+        await self.restore(split_tables(text), chains=chains)
 
     async def save(self, table: str) -> str:
         self.saves.append(table)
@@ -98,6 +100,31 @@ async def test_a_failed_sync_makes_the_next_one_full(writer: Recorder) -> None:
     assert await s.sync()
     assert s.stats.last_kind == "full" and s.stats.last_error is None
     assert "NA-SEP-" in writer.restores[-1]["nat"]  # the lost delta is in the full sync
+
+
+async def test_a_failed_save_fails_the_full_sync(writer: Recorder) -> None:
+    async def failing_save(table: str) -> str:
+        raise IptablesError(f"iptables-save -t {table}: no")
+
+    writer.save = failing_save  # type: ignore[method-assign]
+    s = syncer(writer)
+    s.services.replace({WEB: WEB_INFO})
+    assert not await s.sync()
+    assert s.need_full and "iptables-save" in (s.stats.last_error or "")
+    assert writer.restores == []  # the restore never got its COMMIT
+
+
+async def test_a_stream_consumed_on_the_event_loop_is_refused(writer: Recorder) -> None:
+    """The stream waits for iptables-save, which needs the loop: never a deadlock."""
+
+    async def on_the_loop(chunks: Iterable[str], *, chains: Mapping[str, int]) -> None:
+        "".join(chunks)
+
+    writer.restore_stream = on_the_loop  # type: ignore[method-assign]
+    s = syncer(writer)
+    s.services.replace({WEB: WEB_INFO})
+    with pytest.raises(RuntimeError, match="off the event loop"):
+        await s.sync()
 
 
 async def test_nothing_to_do_writes_nothing(writer: Recorder) -> None:
