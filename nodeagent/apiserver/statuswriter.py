@@ -12,10 +12,23 @@ Follows the kubelet's status manager:
   ``lastTransitionTime``: a restarted agent does not rewrite every pod, and ``startTime``
   is never moved once set.
 - Coalesced: one pass every ``interval_s`` (or sooner, on ``wake``) sends each pod's latest
-  status once, however often it changed in between.
-- Failures: 5xx, 429 and no answer end the pass and retry after a backoff; 409 re-reads the
-  pod (another incarnation, or our copy was stale); 404 drops it (the pod is gone). Any other
-  refusal is logged once per distinct status, not retried in a loop.
+  status once, however often it changed in between. A pass sends its patches concurrently
+  (at most ``MAX_IN_FLIGHT`` at once, one per pod): in a burst of new pods a pod's patch
+  does not queue behind every other pod's round trip to a busy API server (sent one after
+  the other, a 30-pod burst's patches reached the API up to 1 s after their containers
+  started, on 2 cores). One pod never has two patches of one pass in flight, and passes do
+  not overlap, so a pod's patches stay in order.
+- A pass wakes on every pod event (our own patches come back as events too) and on every
+  change of a pod's IP, readiness or phase: in a burst, most passes find most pods in sync.
+  A pod found in sync is remembered with the very objects compared (its wanted status, the
+  API's copy), and skipped while both are the same objects: statuses and API objects are
+  replaced when they change, never changed in place (``compute_status``, the reflector and
+  the patch answers all make new ones). Comparing two statuses field by field is what a
+  pass otherwise spends its time on (2 ms per pass at 30 pods).
+- Failures: 5xx, 429 and no answer end the pass (no further patch of it starts) and retry
+  after a backoff; 409 re-reads the pod (another incarnation, or our copy was stale); 404
+  drops it (the pod is gone). Any other refusal is logged once per distinct status, not
+  retried in a loop.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ log = structlog.get_logger("nodeagent.apiserver.status")
 Obj = dict[str, Any]
 
 INTERVAL_S = 0.5
+MAX_IN_FLIGHT = 8  # patches of one pass sent at once
 _SCALARS = ("phase", "hostIP", "podIP", "qosClass", "reason", "message", "nominatedNodeName")
 _LISTS = ("hostIPs", "podIPs", "initContainerStatuses", "containerStatuses")
 _CONDITION_KEYS = ("status", "reason", "message")
@@ -124,6 +138,8 @@ class PodStatusWriter:
         self._answers: dict[str, Obj] = {}  # uid -> the pod our last patch returned
         self._refused: dict[str, Obj] = {}  # uid -> a status the API refused (not retried)
         self._gone: set[str] = set()  # uids the API no longer has
+        # uid -> (wanted status, the API's copy) last compared and found equal
+        self._in_sync: dict[str, tuple[Obj, Obj | None]] = {}
         self.patches = 0
 
     def wake(self) -> None:
@@ -153,13 +169,40 @@ class PodStatusWriter:
             del self._answers[uid]
         self._refused = {u: s for u, s in self._refused.items() if u in wanted}
         self._gone &= set(wanted)
+        self._in_sync = {u: pair for u, pair in self._in_sync.items() if u in wanted}
+        writes = []
         for uid, item in wanted.items():
             if uid in self._gone or self._refused.get(uid) == item.status:
                 continue
             base = self._base(item)
+            seen = self._in_sync.get(uid)
+            if seen is not None and seen[0] is item.status and seen[1] is base:
+                continue
             patch = status_patch((base or {}).get("status"), item.status)
             if patch:
-                await self._write(item, patch)
+                writes.append((item, patch))
+            else:
+                self._in_sync[uid] = (item.status, base)
+        await self._write_concurrently(writes)
+
+    async def _write_concurrently(self, writes: list[tuple[Wanted, Obj]]) -> None:
+        """Send the patches, ``MAX_IN_FLIGHT`` at a time; after a failure worth retrying no
+        further one starts, and the first such failure is raised once the others are done."""
+        limit = asyncio.Semaphore(MAX_IN_FLIGHT)
+        failures: list[ApiFailure] = []
+
+        async def one(item: Wanted, patch: Obj) -> None:
+            async with limit:
+                if failures:
+                    return
+                try:
+                    await self._write(item, patch)
+                except ApiFailure as exc:
+                    failures.append(exc)
+
+        await asyncio.gather(*(one(item, patch) for item, patch in writes))
+        if failures:
+            raise failures[0]
 
     async def write_now(self, item: Wanted) -> None:
         """Patch ``item`` at once, outside the periodic pass (a deleted pod's final status,
