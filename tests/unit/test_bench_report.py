@@ -104,6 +104,26 @@ def test_proxy_rows_judge_each_size(host: dict[str, str]) -> None:
     }
     rows = list(report.proxy_rows({"backend": "nft", "sizes": [size]}))
     assert [row[3] for row in rows] == ["**missed**", "met"]
+    assert "raw restore 1.000 s" in rows[0][1] and "restore alone 0.040 s" in rows[1][1]
+
+
+def test_proxy_rows_of_the_nftables_mode() -> None:
+    size = {
+        "services": 5000,
+        "endpoints_per_service": 10,
+        "full_s": 5.0,
+        "raw_s": 4.6,
+        "ratio": 1.087,
+        "endpoint_change": {"median_s": 0.12, "max_s": 0.2, "apply_median_s": 0.05},
+    }
+    rows = list(report.proxy_rows({"backend": "nftables", "sizes": [size]}))
+    assert [row[3] for row in rows] == ["met", "**missed**"]
+    assert "raw nft -f 4.600 s" in rows[0][1] and "nft alone 0.050 s" in rows[1][1]
+    assert rows[1][0] == "5000 services x 10 endpoints: one endpoint change (nftables)"
+    assert "proxy_sync_nft" in report.ROWS and any(
+        b.name == "proxy_sync_nft" for b in report.BENCHES
+    )
+    assert report.why_missed("proxy_sync_nft", rows[1][0]).startswith("Each nft -f")
 
 
 def test_hottest_ranks_functions_below_the_trunk() -> None:
