@@ -262,10 +262,7 @@ def _balance(
 def shared_script(config: RulesConfig) -> list[str]:
     """The commands creating every object not owned by one service port (into a new table)."""
     t = TABLE
-    lines = [f"add table {t}", f"add set {t} {CANARY} {{ type ipv4_addr ; }}"]
-    for name in MAPS:
-        lines.append(f"add map {t} {name} {{ type {_KEY_TYPES[name]} : verdict ; }}")
-    lines.append(f"add set {t} {HAIRPIN} {{ type ipv4_addr . ipv4_addr ; }}")
+    lines = [f"add table {t}", *set_declarations()]
     for chain, kind, hook, priority in BASE_CHAINS:
         lines.append(
             f"add chain {t} {chain} {{ type {kind} hook {hook} priority {priority} ; "
@@ -321,6 +318,29 @@ def shared_script(config: RulesConfig) -> list[str]:
     ]
     lines += [f"add rule {t} {chain} {body}" for chain, body in rules]
     return lines
+
+
+def set_declarations() -> list[str]:
+    """The canary, the maps and the hairpin set ("add" of an existing one changes nothing)."""
+    t = TABLE
+    lines = [f"add set {t} {CANARY} {{ type ipv4_addr ; }}"]
+    for name in MAPS:
+        lines.append(f"add map {t} {name} {{ type {_KEY_TYPES[name]} : verdict ; }}")
+    lines.append(f"add set {t} {HAIRPIN} {{ type ipv4_addr . ipv4_addr ; }}")
+    return lines
+
+
+def affinity_set_declaration(name: str, timeout_s: int) -> str:
+    return (
+        f"add set {TABLE} {name} {{ type ipv4_addr ; flags dynamic,timeout ; "
+        f"timeout {timeout_s}s ; }}"
+    )
+
+
+def shared_chains(config: RulesConfig) -> frozenset[str]:
+    return frozenset(
+        line.split()[4] for line in shared_script(config) if line.startswith("add chain ")
+    )
 
 
 def shared_rule_count(config: RulesConfig) -> int:

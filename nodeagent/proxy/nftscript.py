@@ -1,8 +1,13 @@
 """One sync's ``nft -f`` script, full or partial, from every service port's objects. Pure.
 
-Full: ``add table; delete table`` (whatever the kernel holds, it is gone) and the whole
-table again, in the same transaction: the kernel swaps the old table for the new one
-atomically, so packets never meet a half-built table.
+Full: the whole table again, in the same transaction as emptying it, so packets never meet
+a half-built table. At start (nothing known of the kernel) and after a failed sync the old
+table is deleted (``add table; delete table``); otherwise it is emptied in place, keeping
+the affinity sets' entries, as kube-proxy's full syncs keep ClientIP affinity (an hourly
+full sync must not re-balance every sticky client): every rule and map element goes, and
+the chains and sets the last sync wrote that are no longer wanted are deleted. Each of
+those commands works whether or not the object exists, so a table deleted behind our back
+(what a missing canary reports) makes no error.
 
 Partial: only the objects of the service ports that changed, in an order the kernel
 accepts within one transaction:
@@ -28,11 +33,16 @@ from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 
 from nodeagent.proxy.nftrules import (
+    HAIRPIN,
+    MAPS,
     TABLE,
     Element,
     PortObjects,
+    affinity_set_declaration,
     element_lines,
     hairpin_lines,
+    set_declarations,
+    shared_chains,
     shared_script,
 )
 from nodeagent.proxy.rules import RulesConfig, sort_key
@@ -48,6 +58,7 @@ class Written:
     ports: Mapping[ServicePortName, PortObjects] = field(default_factory=dict)
     elements: Mapping[ElementKey, str] = field(default_factory=dict)  # -> verdict
     hairpin: Mapping[str, int] = field(default_factory=dict)  # IP -> ports that reach it
+    shared: frozenset[str] = frozenset()  # the chains not owned by one service port
 
 
 @dataclass(frozen=True)
@@ -75,10 +86,20 @@ def hairpin_counts(ports: Mapping[ServicePortName, PortObjects]) -> dict[str, in
     return counts
 
 
-def full(ports: Mapping[ServicePortName, PortObjects], config: RulesConfig) -> Script:
+def full(
+    ports: Mapping[ServicePortName, PortObjects],
+    config: RulesConfig,
+    previous: Written | None = None,
+) -> Script:
+    """The whole table; ``previous``: what the last sync wrote, when it can be trusted."""
     elements = effective_elements(ports)
     hairpin = hairpin_counts(ports)
-    lines = [f"add table {TABLE}", f"delete table {TABLE}", *shared_script(config)]
+    shared = shared_chains(config)
+    if previous is None:
+        head = [f"add table {TABLE}", f"delete table {TABLE}"]
+    else:
+        head = _emptied(previous, ports, shared)
+    lines = [*head, *shared_script(config)]
     rules = 0
     for name in sorted(ports, key=sort_key):
         port = ports[name]
@@ -88,8 +109,27 @@ def full(ports: Mapping[ServicePortName, PortObjects], config: RulesConfig) -> S
             rules += len(body)
     lines += element_lines("add", _elements(elements), keys_only=False)
     lines += hairpin_lines("add", hairpin)
-    written = Written(ports=dict(ports), elements=elements, hairpin=hairpin)
+    written = Written(ports=dict(ports), elements=elements, hairpin=hairpin, shared=shared)
     return Script(_text(lines), written, rules + len(elements), 0)
+
+
+def _emptied(
+    previous: Written, ports: Mapping[ServicePortName, PortObjects], shared: frozenset[str]
+) -> list[str]:
+    """Commands emptying the table in place (see the module docstring)."""
+    t = TABLE
+    lines = [f"add table {t}", f"flush table {t}", *set_declarations()]
+    lines += [f"flush map {t} {name}" for name in MAPS]
+    lines.append(f"flush set {t} {HAIRPIN}")
+    wanted = shared | {c for p in ports.values() for c in p.chain_names}
+    had = previous.shared | {c for p in previous.ports.values() for c in p.chain_names}
+    for chain in sorted(had - wanted):
+        lines += [f"add chain {t} {chain}", f"delete chain {t} {chain}"]
+    wanted_sets = {s for p in ports.values() for s in p.sets}
+    had_sets = {s for p in previous.ports.values() for s in p.sets}
+    for name, timeout in sorted(had_sets - wanted_sets):
+        lines += [affinity_set_declaration(name, timeout), f"delete set {t} {name}"]
+    return lines
 
 
 def partial(
@@ -155,7 +195,7 @@ def partial(
             kept[name] = ports[name]
         else:
             kept.pop(name, None)
-    written = Written(ports=kept, elements=elements, hairpin=hairpin)
+    written = Written(ports=kept, elements=elements, hairpin=hairpin, shared=previous.shared)
     return Script(_text(lines), written, rules + len(fresh), len(drop_chains))
 
 
@@ -184,11 +224,7 @@ def _hairpin_update(
 
 
 def _declare(port: PortObjects, chains: Iterable[str], sets: Set[str]) -> list[str]:
-    lines = [
-        f"add set {TABLE} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {t}s ; }}"
-        for name, t in port.sets
-        if name in sets
-    ]
+    lines = [affinity_set_declaration(name, t) for name, t in port.sets if name in sets]
     lines += [f"add chain {TABLE} {c}" for c in chains]
     return lines
 

@@ -56,6 +56,9 @@ class NftSyncer:
         self._local_addresses = local_addresses
         self._ports: dict[ServicePortName, nftrules.PortObjects] = {}
         self._written = nftscript.Written()
+        # What the last sync wrote, when it succeeded: a full sync then empties the table in
+        # place (keeping affinity entries) instead of replacing it.
+        self._trusted: nftscript.Written | None = None
         self._config_written: RulesConfig | None = None
 
     def pending(self) -> bool:
@@ -74,10 +77,11 @@ class NftSyncer:
                 await self.writer.apply(script.text)
         except NftablesError as exc:
             self.need_full = True
+            self._trusted = None
             self.stats.record(started, full=full, error=str(exc))
             log.error("proxy_sync_failed", full=full, error=str(exc))
             return False
-        self._written = script.written
+        self._written = self._trusted = script.written
         self._config_written = self.config
         self.need_full = False
         self.stats.rules = sum(p.rule_count for p in self._ports.values()) + (
@@ -113,5 +117,5 @@ class NftSyncer:
             eps = endpoints.get(key, ())
             self._ports[key] = nftrules.port_objects(infos[key], eps, self.config)
         if full:
-            return nftscript.full(self._ports, self.config)
+            return nftscript.full(self._ports, self.config, self._trusted)
         return nftscript.partial(self._ports, changed, self._written)

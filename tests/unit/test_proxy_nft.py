@@ -8,7 +8,7 @@ import random
 import re
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -448,6 +448,8 @@ class Kernel:
         if kind == "table":
             if verb == "delete":
                 self.chains, self.sets, self.elements = {}, set(), {}
+            elif verb == "flush":  # every rule of every chain; chains, sets, elements stay
+                self.chains = {c: [] for c in self.chains}
             self.table = True
             return
         if not self.table:
@@ -456,6 +458,10 @@ class Kernel:
         if kind in ("set", "map"):
             if verb == "add":
                 self.sets.add(name)
+            elif verb == "flush":
+                if name not in self.sets:
+                    raise KernelError(f"line {n}: no set {name}")
+                self.elements = {k: v for k, v in self.elements.items() if k[0] != name}
             elif name not in self.sets or any(f"@{name}" in r for r in self._rules()):
                 raise KernelError(f"line {n}: cannot delete set {name}")
             else:
@@ -893,6 +899,52 @@ async def test_a_config_change_forces_a_full_sync() -> None:
     assert s.stats.rules == (
         nftrules.shared_rule_count(CONFIG) + port_objects(WEB_INFO, (E1,), CONFIG).rule_count
     )
+
+
+async def test_a_full_sync_after_a_good_one_empties_the_table_in_place() -> None:
+    writer = Recorder()
+    s = nft_syncer(writer, CONFIG)
+    sticky = info(B, "10.96.0.2", affinity_timeout_s=600)
+    s.services.replace({A: WEB_INFO, B: sticky})
+    s.endpoints.replace({A: (E1,), B: (E1, E2)})
+    assert await s.sync()
+    gone = nftrules.port_objects(sticky, (E1, E2), CONFIG)
+    s.services.replace({A: WEB_INFO})
+    s.config = replace(CONFIG, pod_egress_masquerade=True)  # the next sync is full
+    assert await s.sync()
+    script = writer.scripts[-1]
+    # Emptied, not deleted: affinity sets that stay keep their entries.
+    assert script.startswith(f"add table {TABLE}\nflush table {TABLE}\n")
+    assert f"delete table {TABLE}" not in script
+    for map_name in (*nftrules.MAPS, nftrules.HAIRPIN):
+        assert (
+            f"flush {'set' if map_name == nftrules.HAIRPIN else 'map'} {TABLE} {map_name}\n"
+            in script
+        )
+    # What B had is deleted; each deletion works whether or not the object is still there.
+    for chain in gone.chain_names:
+        assert f"add chain {TABLE} {chain}\ndelete chain {TABLE} {chain}\n" in script
+    for name, _ in gone.sets:
+        assert f"delete set {TABLE} {name}\n" in script
+    expected = kernel_after(
+        nftscript.full(objects({A: (WEB_INFO, (E1,))}, s.config), s.config).text
+    )
+    assert writer.kernel.snapshot() == expected.snapshot()
+    # The same script applies to a kernel whose table was deleted behind our back.
+    assert kernel_after(script).snapshot() == expected.snapshot()
+
+
+async def test_after_a_failure_a_full_sync_replaces_the_table() -> None:
+    writer = Recorder()
+    s = nft_syncer(writer)
+    s.services.replace({A: WEB_INFO})
+    assert await s.sync()
+    writer.fail = True
+    s.endpoints.replace({A: (E1,)})
+    assert not await s.sync()
+    writer.fail = False
+    assert await s.sync()
+    assert writer.scripts[-1].startswith(f"add table {TABLE}\ndelete table {TABLE}\n")
 
 
 async def test_nothing_to_do_writes_nothing() -> None:
