@@ -43,7 +43,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,34 @@ class TimedIptables(Iptables):
         self.last_restore_s = time.perf_counter() - started
 
 
-async def full_sync(writer: TimedIptables, services: int, endpoints: int) -> dict[str, Any]:
-    """One full sync from emptied tables, through a fresh Syncer (as at agent start)."""
-    empty_tables(writer.backend)
-    syncer = Syncer(writer, CONFIG, conntrack=None, local_addresses=lambda: ())
+@dataclass(frozen=True)
+class Mode:
+    """How the bench drives and times one proxy mode (iptables here; nftables in
+    proxy_sync_nft.py): a full sync through a fresh syncer, the raw tool on the same text."""
+
+    full_sync: Callable[[int, int], Awaitable[dict[str, Any]]]  # -> syncer, eps, seconds
+    raw: Callable[[str], float]  # seconds for the raw tool to apply the text, from empty
+    last_input: Callable[[], str]  # the text the last sync fed the tool
+    last_write_s: Callable[[], float]  # how long the tool took in the last sync
+    words: tuple[str, str] = ("restore_lines", "restore_median_s")  # JSON keys
+
+
+def iptables_mode(writer: TimedIptables) -> Mode:
+    async def full_sync(services: int, endpoints: int) -> dict[str, Any]:
+        """One full sync from emptied tables, through a fresh Syncer (as at agent start)."""
+        empty_tables(writer.backend)
+        syncer = Syncer(writer, CONFIG, conntrack=None, local_addresses=lambda: ())
+        return await timed_full_sync(syncer, services, endpoints)
+
+    return Mode(
+        full_sync=full_sync,
+        raw=lambda text: raw_restore(writer.backend, text),
+        last_input=lambda: writer.last_input,
+        last_write_s=lambda: writer.last_restore_s,
+    )
+
+
+async def timed_full_sync(syncer: Any, services: int, endpoints: int) -> dict[str, Any]:
     infos, eps = state(services, endpoints)
     started = time.perf_counter()
     syncer.services.replace(infos)
@@ -122,23 +147,21 @@ def raw_restore(backend: Backend, text: str) -> float:
     return time.perf_counter() - started
 
 
-async def measure(
-    writer: TimedIptables, services: int, endpoints: int, rounds: int
-) -> dict[str, Any]:
-    """Alternate full syncs and raw restores of the same text; compare the medians."""
+async def measure(mode: Mode, services: int, endpoints: int, rounds: int) -> dict[str, Any]:
+    """Alternate full syncs and raw runs of the same text; compare the best of each."""
     fulls, raws = [], []
     run: dict[str, Any] = {}
     for _ in range(rounds):
-        run = await full_sync(writer, services, endpoints)
+        run = await mode.full_sync(services, endpoints)
         fulls.append(run["seconds"])
-        raws.append(raw_restore(writer.backend, writer.last_input))
+        raws.append(mode.raw(mode.last_input()))
     # Leave the kernel as the last full sync left it, for the endpoint changes.
-    run = await full_sync(writer, services, endpoints)
+    run = await mode.full_sync(services, endpoints)
     full, raw = min(fulls), min(raws)
     run["result"] = {
         "services": services,
         "endpoints_per_service": endpoints,
-        "restore_lines": writer.last_input.count("\n"),
+        mode.words[0]: mode.last_input().count("\n"),
         "rules": run["syncer"].stats.rules,
         "full_s": round(full, 3),
         "raw_s": round(raw, 3),
@@ -150,13 +173,11 @@ async def measure(
     return run
 
 
-async def endpoint_changes(
-    writer: TimedIptables, run: dict[str, Any], changes: int
-) -> dict[str, float]:
-    syncer: Syncer = run["syncer"]
+async def endpoint_changes(mode: Mode, run: dict[str, Any], changes: int) -> dict[str, float]:
+    syncer = run["syncer"]
     eps: dict[ServicePortName, tuple[Endpoint, ...]] = dict(run["eps"])
     keys = sorted(eps)
-    times, restores = [], []
+    times, writes = [], []
     for n in range(changes):
         key = keys[(n * 997) % len(keys)]
         replaced = (*eps[key][:-1], Endpoint(f"10.255.{n // 250}.{n % 250 + 1}", 8080))
@@ -166,11 +187,11 @@ async def endpoint_changes(
         if not await syncer.sync():
             raise SystemExit(f"partial sync failed: {syncer.stats.last_error}")
         times.append(time.perf_counter() - started)
-        restores.append(writer.last_restore_s)
+        writes.append(mode.last_write_s())
     return {
         "median_s": round(statistics.median(times), 4),
         "max_s": round(max(times), 4),
-        "restore_median_s": round(statistics.median(restores), 4),
+        mode.words[1]: round(statistics.median(writes), 4),
     }
 
 
@@ -196,38 +217,49 @@ async def inside(args: argparse.Namespace) -> dict[str, Any]:
     writer = TimedIptables(backend)
     sizes = [int(s) for s in args.sizes.split(",")]
     out: dict[str, Any] = {"backend": writer.backend.value, "sizes": []}
+    mode = iptables_mode(writer)
     for size in sizes:
-        run = await measure(writer, size, args.endpoints, args.rounds)
-        run["result"]["endpoint_change"] = await endpoint_changes(writer, run, args.changes)
+        run = await measure(mode, size, args.endpoints, args.rounds)
+        run["result"]["endpoint_change"] = await endpoint_changes(mode, run, args.changes)
         run["result"]["one_rule"] = one_rule(writer.backend)
         out["sizes"].append(run["result"])
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def main(
+    name: str = "proxy_sync",
+    inside_fn: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]] = inside,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    description: str = __doc__ or "",
+) -> int:
+    parser = argparse.ArgumentParser(description=description.split("\n", 1)[0])
     parser.add_argument("--sizes", default="1000,5000", help="services per run, comma-separated")
     parser.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
     parser.add_argument("--changes", type=int, default=7, help="endpoint changes to time")
     parser.add_argument("--rounds", type=int, default=5, help="full/raw pairs per size")
-    parser.add_argument("--backend", choices=[b.value for b in Backend], default=None)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
     if args.inside:
-        print(json.dumps(asyncio.run(inside(args))))
+        print(json.dumps(asyncio.run(inside_fn(args))))
         return 0
     if os.geteuid() != 0:
-        print("proxy_sync: needs root (it creates a network namespace)", file=sys.stderr)
+        print(f"{name}: needs root (it creates a network namespace)", file=sys.stderr)
         return 2
     netns = f"na-bench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
-        argv = [sys.executable, __file__, "--inside", *sys.argv[1:]]
+        argv = [sys.executable, sys.argv[0], "--inside", *sys.argv[1:]]
         done = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", *argv], check=False)
         return done.returncode
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
+def _backend_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=[b.value for b in Backend], default=None)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(extra=_backend_option))

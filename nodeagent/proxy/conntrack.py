@@ -16,7 +16,6 @@ their exact original tuple.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 from nodeagent.log import get_logger
 from nodeagent.model.service import Protocol
+from nodeagent.proxy import command
 from nodeagent.proxy.rules import categorize
 from nodeagent.proxy.state import Endpoint, ServicePortInfo
 
@@ -95,22 +95,11 @@ class Conntrack:
             log.warning("conntrack_missing", effect="stale UDP flows are not cleaned up")
 
     async def _run(self, *args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            "conntrack",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
         try:
-            async with asyncio.timeout(TIMEOUT_S):
-                out, _ = await proc.communicate()
+            done = await command.run(("conntrack", *args), stdin=None, timeout_s=TIMEOUT_S)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             return -1, ""
-        return proc.returncode or 0, out.decode(errors="replace")
+        return done.code, done.out
 
     async def udp_flows(self) -> list[Flow]:
         if not self.available:

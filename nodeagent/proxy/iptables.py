@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nodeagent.log import get_logger
+from nodeagent.proxy import command
 from nodeagent.proxy.rules import CANARY, FILTER, HINT, NAT
 
 log = get_logger(__name__)
@@ -93,26 +94,15 @@ def with_zero_trick(text: str, *, backend: Backend, chains: int) -> str:
 
 async def _run(argv: Sequence[str], stdin: str | None = None) -> str:
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        done = await command.run(argv, stdin=stdin, timeout_s=TIMEOUT_S)
     except OSError as exc:
         raise IptablesError(f"{argv[0]}: {exc.strerror or exc}") from exc
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
         raise IptablesError(f"{argv[0]} did not finish within {TIMEOUT_S:g} s") from None
-    if proc.returncode != 0:
-        message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+    if done.code != 0:
+        message = done.err.strip() or f"exit status {done.code}"
         raise IptablesError(f"{' '.join(argv[:2])}: {_with_line(message, stdin)}")
-    return out.decode(errors="replace")
+    return done.out
 
 
 def _with_line(message: str, stdin: str | None) -> str:

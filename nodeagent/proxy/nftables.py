@@ -14,11 +14,10 @@ Failures become ``NftablesError`` with nft's own message, which names the offend
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
 
 from nodeagent.log import get_logger
+from nodeagent.proxy import command
 from nodeagent.proxy.nftrules import CANARY, TABLE
 
 log = get_logger(__name__)
@@ -32,29 +31,18 @@ class NftablesError(Exception):
 
 
 async def _run(*args: str, stdin: str | None = None) -> str:
+    what = " ".join((NFT, *args))
     try:
-        proc = await asyncio.create_subprocess_exec(
-            NFT,
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        done = await command.run((NFT, *args), stdin=stdin, timeout_s=TIMEOUT_S)
     except OSError as exc:
         raise NftablesError(f"{NFT}: {exc.strerror or exc}") from exc
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        command = " ".join((NFT, *args))
-        raise NftablesError(f"{command} did not finish within {TIMEOUT_S:g} s") from None
-    if proc.returncode != 0:
-        message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-        raise NftablesError(f"{NFT} {' '.join(args)}: {_first_error(message)}")
-    return out.decode(errors="replace")
+        raise NftablesError(f"{what} did not finish within {TIMEOUT_S:g} s") from None
+    if done.code != 0:
+        raise NftablesError(
+            f"{what}: {_first_error(done.err.strip() or f'exit status {done.code}')}"
+        )
+    return done.out
 
 
 def _first_error(message: str) -> str:

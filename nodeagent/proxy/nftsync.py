@@ -16,16 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from nodeagent.log import get_logger
 from nodeagent.proxy import nftrules, nftscript
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.nftables import NftablesError
 from nodeagent.proxy.rules import RulesConfig
-from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
-from nodeagent.proxy.sync import SyncStats, clean_conntrack
-from nodeagent.proxy.tracker import ChangeTracker
-
-log = get_logger(__name__)
+from nodeagent.proxy.state import ServicePortName
+from nodeagent.proxy.sync import TrackedSync
 
 
 class ScriptWriter(Protocol):
@@ -37,7 +33,7 @@ class ScriptWriter(Protocol):
     async def canary_ok(self) -> bool: ...
 
 
-class NftSyncer:
+class NftSyncer(TrackedSync):
     def __init__(
         self,
         writer: ScriptWriter,
@@ -46,23 +42,14 @@ class NftSyncer:
         conntrack: Conntrack | None,
         local_addresses: Callable[[], Iterable[str]],
     ) -> None:
+        super().__init__(config, conntrack=conntrack, local_addresses=local_addresses)
         self.writer = writer
-        self.config = config
-        self.services: ChangeTracker[ServicePortInfo] = ChangeTracker()
-        self.endpoints: ChangeTracker[tuple[Endpoint, ...]] = ChangeTracker()
-        self.need_full = True
-        self.stats = SyncStats()
-        self._conntrack = conntrack
-        self._local_addresses = local_addresses
         self._ports: dict[ServicePortName, nftrules.PortObjects] = {}
         self._written = nftscript.Written()
         # What the last sync wrote, when it succeeded: a full sync then empties the table in
         # place (keeping affinity entries) instead of replacing it.
         self._trusted: nftscript.Written | None = None
         self._config_written: RulesConfig | None = None
-
-    def pending(self) -> bool:
-        return self.need_full or self.services.pending() or self.endpoints.pending()
 
     async def sync(self, *, full: bool = False) -> bool:
         """Bring the kernel in line with the trackers; True on success."""
@@ -76,36 +63,21 @@ class NftSyncer:
             if script.text:
                 await self.writer.apply(script.text)
         except NftablesError as exc:
-            self.need_full = True
             self._trusted = None
-            self.stats.record(started, full=full, error=str(exc))
-            log.error("proxy_sync_failed", full=full, error=str(exc))
-            return False
+            return self._failed(started, full=full, error=exc)
         self._written = self._trusted = script.written
         self._config_written = self.config
-        self.need_full = False
         self.stats.rules = sum(p.rule_count for p in self._ports.values()) + (
             nftrules.shared_rule_count(self.config)
         )
-        self.stats.record(started, full=full, error=None)
-        log.info(
-            "proxy_synced",
+        return await self._succeeded(
+            started,
             full=full,
-            changed=len(changed),
+            changed=changed,
+            before=before,
             rules_written=script.rules_written,
             chains_deleted=script.chains_deleted,
-            duration_s=round(self.stats.duration_s, 4),
         )
-        if self._conntrack is not None:
-            await clean_conntrack(
-                self._conntrack,
-                changed,
-                before,
-                self.services.current,
-                self.endpoints.current,
-                self._local_addresses,
-            )
-        return True
 
     def _script(self, changed: frozenset[ServicePortName], full: bool) -> nftscript.Script:
         """(In a worker thread.) Rebuild what changed; the script that writes it."""

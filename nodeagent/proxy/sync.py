@@ -101,7 +101,83 @@ def _rfc3339(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-class Syncer:
+class TrackedSync:
+    """What both modes' syncers share: the change trackers, the stats, and how a sync ends
+    (stats, log line, stale UDP flows)."""
+
+    def __init__(
+        self,
+        config: rules.RulesConfig,
+        *,
+        conntrack: Conntrack | None,
+        local_addresses: Callable[[], Iterable[str]],
+    ) -> None:
+        self.config = config
+        self.services: ChangeTracker[ServicePortInfo] = ChangeTracker()
+        self.endpoints: ChangeTracker[tuple[Endpoint, ...]] = ChangeTracker()
+        self.need_full = True  # nothing is known about the kernel before the first sync
+        self.stats = SyncStats()
+        self._conntrack = conntrack
+        self._local_addresses = local_addresses
+
+    def pending(self) -> bool:
+        return self.need_full or self.services.pending() or self.endpoints.pending()
+
+    def _failed(self, started: float, *, full: bool, error: Exception) -> bool:
+        self.need_full = True
+        self.stats.record(started, full=full, error=str(error))
+        log.error("proxy_sync_failed", full=full, error=str(error))
+        return False
+
+    async def _succeeded(
+        self,
+        started: float,
+        *,
+        full: bool,
+        changed: frozenset[ServicePortName],
+        before: Mapping[ServicePortName, ServicePortInfo],
+        rules_written: int,
+        chains_deleted: int,
+    ) -> bool:
+        self.need_full = False
+        self.stats.record(started, full=full, error=None)
+        log.info(
+            "proxy_synced",
+            full=full,
+            changed=len(changed),
+            rules_written=rules_written,
+            chains_deleted=chains_deleted,
+            duration_s=round(self.stats.duration_s, 4),
+        )
+        if self._conntrack is not None:
+            await self._clean_conntrack(changed, before)
+        return True
+
+    async def _clean_conntrack(
+        self, changed: frozenset[ServicePortName], before: Mapping[ServicePortName, ServicePortInfo]
+    ) -> None:
+        """Delete the stale UDP flows of the changed service ports (``before``: the service
+        ports before the sync, for those that are gone). Never fatal."""
+        if self._conntrack is None:
+            return
+        infos, endpoints = self.services.current, self.endpoints.current
+        ports: list[tuple[ServicePortInfo, tuple[Endpoint, ...]]] = []
+        for key in changed:
+            if key.protocol != "UDP":
+                continue
+            if key in infos:
+                ports.append((infos[key], endpoints.get(key, ())))
+            elif key in before:  # the service port is gone: every flow to it is stale
+                ports.append((before[key], ()))
+        if not ports:
+            return
+        try:
+            await self._conntrack.clean(ports, self._local_addresses())
+        except OSError as exc:
+            log.warning("conntrack_clean_failed", error=str(exc))
+
+
+class Syncer(TrackedSync):
     def __init__(
         self,
         writer: RuleWriter,
@@ -110,19 +186,10 @@ class Syncer:
         conntrack: Conntrack | None,
         local_addresses: Callable[[], Iterable[str]],
     ) -> None:
+        super().__init__(config, conntrack=conntrack, local_addresses=local_addresses)
         self.writer = writer
-        self.config = config
-        self.services: ChangeTracker[ServicePortInfo] = ChangeTracker()
-        self.endpoints: ChangeTracker[tuple[Endpoint, ...]] = ChangeTracker()
-        self.need_full = True  # nothing is known about the kernel before the first sync
-        self.stats = SyncStats()
-        self._conntrack = conntrack
-        self._local_addresses = local_addresses
         self._rules: dict[ServicePortName, rules.ServiceRules] = {}
         self._written = restore_input.Written()
-
-    def pending(self) -> bool:
-        return self.need_full or self.services.pending() or self.endpoints.pending()
 
     async def sync(self, *, full: bool = False) -> bool:
         """Bring the kernel in line with the trackers; True on success."""
@@ -144,36 +211,21 @@ class Syncer:
             else:
                 restore = await self._write_partial(rebuild)
         except IptablesError as exc:
-            self.need_full = True
-            self.stats.record(started, full=full, error=str(exc))
-            log.error("proxy_sync_failed", full=full, error=str(exc))
-            return False
+            return self._failed(started, full=full, error=exc)
         self._written = restore.written
         for key in rebuild:
             self._rules[key] = self._rules[key].slim()
-        self.need_full = False
         self.stats.rules = sum(r.rule_count for r in self._rules.values()) + sum(
             len(lines) for lines in self._written.shared.values()
         )
-        self.stats.record(started, full=full, error=None)
-        log.info(
-            "proxy_synced",
+        return await self._succeeded(
+            started,
             full=full,
-            changed=len(changed),
+            changed=changed,
+            before=before,
             rules_written=restore.rules_written,
             chains_deleted=restore.chains_deleted,
-            duration_s=round(self.stats.duration_s, 4),
         )
-        if self._conntrack is not None:
-            await clean_conntrack(
-                self._conntrack,
-                changed,
-                before,
-                self.services.current,
-                self.endpoints.current,
-                self._local_addresses,
-            )
-        return True
 
     async def _stream_full(self) -> restore_input.Restore:
         """Stream every port's rules into iptables-restore while iptables-save runs.
@@ -260,29 +312,3 @@ class Syncer:
             # Nothing a shared chain holds changed: skip re-gathering 5000 services' lines.
             shared=self._written.shared if reuse_shared and not full else None,
         )
-
-
-async def clean_conntrack(
-    conntrack: Conntrack,
-    changed: frozenset[ServicePortName],
-    before: Mapping[ServicePortName, ServicePortInfo],
-    infos: Mapping[ServicePortName, ServicePortInfo],
-    endpoints: Mapping[ServicePortName, tuple[Endpoint, ...]],
-    local_addresses: Callable[[], Iterable[str]],
-) -> None:
-    """Delete the stale UDP flows of the changed service ports (``before``: the service
-    ports before the sync, for those that are gone). Never fatal."""
-    ports: list[tuple[ServicePortInfo, tuple[Endpoint, ...]]] = []
-    for key in changed:
-        if key.protocol != "UDP":
-            continue
-        if key in infos:
-            ports.append((infos[key], endpoints.get(key, ())))
-        elif key in before:  # the service port is gone: every flow to it is stale
-            ports.append((before[key], ()))
-    if not ports:
-        return
-    try:
-        await conntrack.clean(ports, local_addresses())
-    except OSError as exc:
-        log.warning("conntrack_clean_failed", error=str(exc))
