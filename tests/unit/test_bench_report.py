@@ -119,7 +119,7 @@ def test_proxy_rows_of_the_nftables_mode() -> None:
     rows = list(report.proxy_rows({"backend": "nftables", "sizes": [size]}))
     assert [row[3] for row in rows] == ["met", "**missed**"]
     assert "raw nft -f 4.600 s" in rows[0][1] and "nft alone 0.050 s" in rows[1][1]
-    assert rows[1][0] == "5000 services x 10 endpoints: one endpoint change (nftables)"
+    assert rows[1][0] == "5000 services x 10 endpoints: one endpoint change (nftables mode)"
     assert "proxy_sync_nft" in report.ROWS and any(
         b.name == "proxy_sync_nft" for b in report.BENCHES
     )
