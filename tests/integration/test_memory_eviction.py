@@ -92,16 +92,22 @@ def test_memory_pressure_evicts_best_effort_and_keeps_guaranteed(
 
     agent.write_manifest("hog.yaml", BEST_EFFORT)
 
+    pressure_seen: list[str] = []
+
     def evicted() -> dict[str, Any] | None:
-        pod = agent.pod("hog")
+        status = agent.status()
+        pressure_seen.append(node_condition(status, "MemoryPressure"))
+        pod = next((p for p in status["pods"] if p["metadata"]["name"] == "hog"), None)
         return pod if pod is not None and pod["status"].get("reason") == "Evicted" else None
 
     hog = wait_for(evicted, 120, interval=0.2, message=lambda: agent.log_tail())
     assert hog["status"]["phase"] == "Failed"
     assert hog["status"]["qosClass"] == "BestEffort"
     assert "low on resource: memory" in hog["status"]["message"]
+    # The condition was up while the hog held its memory; once the hog is evicted and its
+    # memory freed, the next sample may already show it gone (sampled once a second).
+    assert "True" in pressure_seen, pressure_seen
     status = agent.status()
-    assert node_condition(status, "MemoryPressure") == "True"
     assert status["node"]["eviction"]["evictions"] >= 1
 
     # The hog's memory is freed with its pod; from then on the node is above the threshold
