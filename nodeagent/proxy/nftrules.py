@@ -35,7 +35,6 @@ forwarded service traffic, as with kube-proxy's nftables mode.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from nodeagent.proxy.rules import (
     MULTICAST,
     RulesConfig,
     categorize,
+    hash16,
 )
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
@@ -115,14 +115,13 @@ class PortObjects:
 
 # --- Names ---------------------------------------------------------------------------------
 
-_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _hash8(text: str) -> str:
-    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:5], "big")
-    return "".join(_B32[(n >> shift) & 31] for shift in range(35, -1, -5))
+    # The first 8 characters of the iptables mode's chain hash (kube-proxy's scheme), so
+    # one service port's chains carry the same hash in both modes.
+    return hash16(text)[:8]
 
 
 def _suffix(name: ServicePortName) -> str:
@@ -353,15 +352,16 @@ def element_lines(command: str, elements: Iterable[Element], *, keys_only: bool)
     for e in elements:
         by_map.setdefault(e.map, []).append(e.key if keys_only else f"{e.key} : {e.verdict}")
     return [
-        f"{command} element {TABLE} {name} {{ {', '.join(items[i : i + 4096])} }}"
-        for name, items in sorted(by_map.items())
-        for i in range(0, len(items), 4096)
+        line for name, items in sorted(by_map.items()) for line in _batches(command, name, items)
     ]
 
 
 def hairpin_lines(command: str, ips: Iterable[str]) -> list[str]:
-    items = [f"{ip} . {ip}" for ip in sorted(ips)]
+    return _batches(command, HAIRPIN, [f"{ip} . {ip}" for ip in sorted(ips)])
+
+
+def _batches(command: str, name: str, items: list[str]) -> list[str]:
     return [
-        f"{command} element {TABLE} {HAIRPIN} {{ {', '.join(items[i : i + 4096])} }}"
+        f"{command} element {TABLE} {name} {{ {', '.join(items[i : i + 4096])} }}"
         for i in range(0, len(items), 4096)
     ]

@@ -31,7 +31,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nodeagent import metrics
 from nodeagent.log import get_logger
@@ -46,8 +46,7 @@ from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
 from nodeagent.proxy.rules import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
-from nodeagent.proxy.sync import RuleWriter, Syncer, SyncStats
-from nodeagent.proxy.tracker import ChangeTracker
+from nodeagent.proxy.sync import RuleWriter, Syncer
 
 log = get_logger(__name__)
 
@@ -86,30 +85,6 @@ class ProxyInputs:
     endpoints: Mapping[str, Mapping[ServicePortName, tuple[Endpoint, ...]]] = field(
         default_factory=dict
     )
-
-
-class Writer(Protocol):
-    @property
-    def backend_name(self) -> str: ...
-
-    async def canary_ok(self) -> bool: ...
-
-
-class ProxySyncer(Protocol):
-    """What the loop needs of a mode's syncer (``sync.Syncer``, ``nftsync.NftSyncer``)."""
-
-    services: ChangeTracker[ServicePortInfo]
-    endpoints: ChangeTracker[tuple[Endpoint, ...]]
-    need_full: bool
-    stats: SyncStats
-    config: RulesConfig
-
-    @property
-    def writer(self) -> Writer: ...
-
-    def pending(self) -> bool: ...
-
-    async def sync(self, *, full: bool = False) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -156,7 +131,7 @@ class ServiceProxy:
         self._connect = connect
         self._ranges = Ranges(settings.service_cidr, settings.node_port_range)
         self._wake = asyncio.Event()
-        self._syncer: ProxySyncer | None = None
+        self._syncer: Syncer | NftSyncer | None = None
         self._warnings: tuple[str, ...] = ()
         self._connect_error: str | None = None
         self._services: Mapping[str, Service] = {}
@@ -193,21 +168,12 @@ class ServiceProxy:
             localhost_nodeports=connection.localhost_nodeports,
             pod_egress_masquerade=self.settings.pod_egress_masquerade,
         )
-        syncer: ProxySyncer
+        conntrack, local = connection.conntrack, connection.local_addresses
+        syncer: Syncer | NftSyncer
         if isinstance(writer, Nftables):
-            syncer = NftSyncer(
-                writer,
-                config,
-                conntrack=connection.conntrack,
-                local_addresses=connection.local_addresses,
-            )
+            syncer = NftSyncer(writer, config, conntrack=conntrack, local_addresses=local)
         else:
-            syncer = Syncer(
-                writer,
-                config,
-                conntrack=connection.conntrack,
-                local_addresses=connection.local_addresses,
-            )
+            syncer = Syncer(writer, config, conntrack=conntrack, local_addresses=local)
         self._syncer = syncer
         self._allocations = await asyncio.to_thread(allocator.load, self.settings.allocations_path)
         loop = asyncio.get_running_loop()

@@ -120,7 +120,7 @@ _B32_PAIRS = tuple(_B32[i >> 5] + _B32[i & 31] for i in range(1024))  # 10 bits 
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _hash16(text: str) -> str:
+def hash16(text: str) -> str:
     """The first 16 base32 characters of sha256(text): exactly its first 10 bytes.
 
     Done by table, not ``base64.b32encode`` (pure Python, several times slower): a full sync
@@ -132,19 +132,19 @@ def _hash16(text: str) -> str:
 
 
 def svc_chain(name: ServicePortName) -> str:
-    return SVC_PREFIX + _hash16(str(name) + name.protocol.lower())
+    return SVC_PREFIX + hash16(str(name) + name.protocol.lower())
 
 
 def svl_chain(name: ServicePortName) -> str:
-    return SVL_PREFIX + _hash16(str(name) + name.protocol.lower())
+    return SVL_PREFIX + hash16(str(name) + name.protocol.lower())
 
 
 def ext_chain(name: ServicePortName) -> str:
-    return EXT_PREFIX + _hash16(str(name) + name.protocol.lower())
+    return EXT_PREFIX + hash16(str(name) + name.protocol.lower())
 
 
 def sep_chain(name: ServicePortName, endpoint: Endpoint) -> str:
-    return SEP_PREFIX + _hash16(str(name) + name.protocol.lower() + str(endpoint))
+    return SEP_PREFIX + hash16(str(name) + name.protocol.lower() + str(endpoint))
 
 
 def sort_key(name: ServicePortName) -> tuple[str, str, str, str]:
@@ -239,7 +239,7 @@ def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
     # The chain names' hash input, made once: a full sync names 11000 chains at 1000
     # services, and on iptables-legacy this pass runs before its stream declares them.
     base = str(name) + name.protocol.lower()
-    port_hash = _hash16(base)  # svc_chain, svl_chain and ext_chain hash the same text
+    port_hash = hash16(base)  # svc_chain, svl_chain and ext_chain hash the same text
     svc, svl, ext = SVC_PREFIX + port_hash, SVL_PREFIX + port_hash, EXT_PREFIX + port_hash
     eps = categorize(info, endpoints)
     chains: list[str] = []
@@ -249,7 +249,7 @@ def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
         chains.append(svc)
     if eps.local and info.uses_local_endpoints:
         chains.append(svl)
-    seps = {ep.address: SEP_PREFIX + _hash16(base + ep.address) for ep in eps.reachable}
+    seps = {ep.address: SEP_PREFIX + hash16(base + ep.address) for ep in eps.reachable}
     return Plan(eps, svc, svl, ext, seps, (*chains, *seps.values()))
 
 
