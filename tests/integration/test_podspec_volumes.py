@@ -141,6 +141,18 @@ spec:
         items: [{key: game.properties, path: game.properties}]
 """
 
+# The same pod with no volume. Its `ls` and `cat` fail, and their errors go to stdout: the
+# runtime logs stdout and stderr from two pipes, so a line on stderr may land before an
+# earlier line on stdout and split a section.
+CONFIG_ENV_ONLY_POD = (
+    CONFIG_POD.replace(
+        "      volumeMounts: [{name: config, mountPath: /config, readOnly: true}]\n", ""
+    )
+    .split("  volumes:")[0]
+    .replace("ls /config;", "ls /config 2>&1;")
+    .replace("cat /config/game.properties;", "cat /config/game.properties 2>&1;")
+)
+
 
 def test_configmap_volume_and_env_from_a_configmap_in_the_directory(
     node: TestNode, agent: Agent
@@ -158,10 +170,7 @@ def test_configmap_volume_and_env_from_a_configmap_in_the_directory(
 def test_pod_waits_for_a_missing_configmap_and_starts_when_it_appears(
     node: TestNode, agent: Agent
 ) -> None:
-    body = CONFIG_POD.replace(
-        "      volumeMounts: [{name: config, mountPath: /config, readOnly: true}]\n", ""
-    ).split("  volumes:")[0]
-    agent.write_manifest("pod.yaml", pod_yaml("waits", body))
+    agent.write_manifest("pod.yaml", pod_yaml("waits", CONFIG_ENV_ONLY_POD))
 
     def config_error(pod: dict[str, Any]) -> bool:
         return waiting_reason(pod, "main") == "CreateContainerConfigError"
@@ -179,10 +188,7 @@ def test_pod_waits_for_a_missing_configmap_and_starts_when_it_appears(
 
 
 def test_restarted_container_sees_the_configmap_as_it_is_now(node: TestNode, agent: Agent) -> None:
-    body = CONFIG_POD.replace(
-        "      volumeMounts: [{name: config, mountPath: /config, readOnly: true}]\n", ""
-    ).split("  volumes:")[0]
-    body = body.replace(
+    body = CONFIG_ENV_ONLY_POD.replace(
         "echo \"== end\"; trap 'exit 0' TERM; while true; do sleep 1; done",
         'echo "== end"; sleep 2; exit 1',
     )
