@@ -1,7 +1,10 @@
 """Proxy rule syncs at scale: full syncs of 1000 and 5000 services, one endpoint change.
 
 For each size (services x endpoints, kube-proxy-shaped: every service has a cluster IP and
-a NodePort, every endpoint its own chain):
+a NodePort). A node runs at most 110 pods (the kubelet's default max pods), so 5000 x 10
+endpoints live on hundreds of nodes: here this node runs 110 of them, spread evenly over the
+services, and the rest are elsewhere. Locality matters to the iptables mode only for its
+hairpin chain (one rule per local endpoint IP, rewritten when they change).
 
 - ``full_s``: one full sync through the proxy's real code path (trackers, rule building,
   ``iptables-save`` of nat and filter, rendering, ``iptables-restore``), from empty tables;
@@ -9,8 +12,9 @@ a NodePort, every endpoint its own chain):
   emptied tables again, timed in the same run; ``ratio`` = full_s / raw_s (target <= 1.2).
   Full syncs and raw restores alternate ``--rounds`` times; the best of each is compared
   (medians are printed too), so a busy machine slows both sides alike;
-- ``endpoint_change``: one endpoint of one service replaced by another, from tracker update
-  to rules in the kernel (a partial sync): the median and the worst of ``--changes`` such
+- ``endpoint_change``: one endpoint of one service replaced by a local one (a pod starting
+  here, so the hairpin chain is rewritten too), from tracker update to rules in the kernel
+  (a partial sync): the median and the worst of ``--changes`` such
   changes (target < 0.1 s), and the median of the ``iptables-restore`` part alone. On the
   nft backend that part is mostly the kernel re-validating every rule reachable from the
   built-in chains, which any added rule with a target triggers: it grows with the table,
@@ -59,6 +63,7 @@ from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName  # 
 from nodeagent.proxy.sync import Syncer  # noqa: E402
 
 CONFIG = RulesConfig(cluster_cidr="10.128.0.0/9")
+LOCAL_PODS = 110
 
 
 def state(
@@ -66,6 +71,7 @@ def state(
 ) -> tuple[dict[ServicePortName, ServicePortInfo], dict[ServicePortName, tuple[Endpoint, ...]]]:
     infos: dict[ServicePortName, ServicePortInfo] = {}
     eps: dict[ServicePortName, tuple[Endpoint, ...]] = {}
+    local_every = max(1, services * endpoints // LOCAL_PODS)
     for i in range(services):
         key = ServicePortName(f"ns{i % 50}", f"svc{i}", "http", "TCP")
         ip = f"10.96.{i // 250}.{i % 250 + 1}"
@@ -75,6 +81,7 @@ def state(
                 f"10.{128 + (i * endpoints + j) // 65000}.{(i * endpoints + j) // 250 % 260}"
                 f".{(i * endpoints + j) % 250 + 1}",
                 8080,
+                local=(i * endpoints + j) % local_every == 0,
             )
             for j in range(endpoints)
         )

@@ -37,7 +37,6 @@ from nodeagent.proxy.rules import (
     FIREWALL,
     JUMPS,
     NAT,
-    ChainKey,
     Jump,
     Plan,
     RulesConfig,
@@ -45,9 +44,9 @@ from nodeagent.proxy.rules import (
     is_service_chain,
     plan,
     service_rules,
-    shared_chains,
     sort_key,
 )
+from nodeagent.proxy.shared import ChainKey, shared_chains
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
 STREAM_BATCH = 64  # service ports per chunk: few writes, yet parsing starts early
@@ -223,8 +222,10 @@ class FullStream:
 
     def chunks(self) -> Iterator[str]:
         infos, endpoints, config = self._infos, self._endpoints, self._config
-        # About one chain per service port and one per endpoint: enough to decide on -Z.
-        estimate = len(self._shared[NAT]) + len(infos) + sum(map(len, endpoints.values()))
+        # About one chain per service port (and one per endpoint under ClientIP affinity):
+        # enough to decide on -Z.
+        estimate = len(self._shared[NAT]) + len(infos)
+        estimate += sum(len(endpoints.get(k, ())) for k, i in infos.items() if i.affinity_timeout_s)
         self.chains_declared.update({NAT: estimate, FILTER: len(self._shared[FILTER])})
         yield f"*{NAT}\n"
         ordered = sorted(infos, key=sort_key)

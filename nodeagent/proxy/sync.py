@@ -38,6 +38,7 @@ from nodeagent.proxy import restore as restore_input
 from nodeagent.proxy import rules
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.iptables import IptablesError
+from nodeagent.proxy.shared import shared_chains
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 from nodeagent.proxy.tracker import ChangeTracker
 
@@ -262,11 +263,10 @@ class Syncer(TrackedSync):
 
     async def _write_partial(self, rebuild: set[ServicePortName]) -> restore_input.Restore:
         # Building and rendering run in a thread: the event loop must not stall.
-        shared_changed = await asyncio.to_thread(self._rebuild, rebuild)
-        shared_changed = shared_changed or len(self._rules) != len(self._written.chains)
-        restore = await asyncio.to_thread(
-            self._render, rebuild, None, full=False, reuse_shared=not shared_changed
-        )
+        changed = await asyncio.to_thread(self._rebuild, rebuild)
+        if len(self._rules) != len(self._written.chains):  # a port went: its lines with it
+            changed = rules.SHARED_LINE_FIELDS
+        restore = await asyncio.to_thread(self._render, rebuild, changed)
         if restore.text:  # a change may cancel out in the rules: nothing to write
             await self.writer.restore(restore.text, chains=restore.chains_declared)
         return restore
@@ -277,38 +277,29 @@ class Syncer(TrackedSync):
         )
         return {rules.NAT: nat, rules.FILTER: filter_}
 
-    def _rebuild(self, keys: set[ServicePortName]) -> bool:
-        """Rebuild the rules of ``keys``; whether any line of the shared chains changed."""
+    def _rebuild(self, keys: set[ServicePortName]) -> frozenset[str]:
+        """Rebuild the rules of ``keys``; the fields of their shared-chain lines that changed."""
         infos, endpoints = self.services.current, self.endpoints.current
-        shared_changed = False
+        changed: frozenset[str] = frozenset()
         for key in keys:
-            old = self._rules.get(key)
             new = rules.service_rules(infos[key], endpoints.get(key, ()), self.config)
-            shared_changed = shared_changed or old is None or not new.same_shared_lines(old)
+            changed |= new.changed_shared_lines(self._rules.get(key))
             self._rules[key] = new
-        return shared_changed
+        return changed
 
     def _render(
-        self,
-        rebuild: set[ServicePortName],
-        saved: Mapping[str, str] | None,
-        *,
-        full: bool,
-        reuse_shared: bool,
+        self, rebuild: set[ServicePortName], changed: frozenset[str]
     ) -> restore_input.Restore:
-        existing: dict[str, set[str]] | None = None
-        missing: list[rules.Jump] = []
-        if saved is not None:
-            existing = {t: restore_input.saved_chains(text) for t, text in saved.items()}
-            missing = restore_input.missing_jumps(saved, self.config)
+        """A partial sync's input; only the shared chains of ``changed`` fields are gathered
+        again (5000 services' lines take milliseconds)."""
+        shared = shared_chains(
+            self._rules, self.config, previous=self._written.shared, changed=changed
+        )
         return restore_input.render(
             self._rules,
             write=rebuild,
             previous=self._written,
-            full=full,
+            full=False,
             config=self.config,
-            existing=existing,
-            missing_jumps=missing,
-            # Nothing a shared chain holds changed: skip re-gathering 5000 services' lines.
-            shared=self._written.shared if reuse_shared and not full else None,
+            shared=shared,
         )

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import restore, rules
+from nodeagent.proxy import restore, rules, shared
 from nodeagent.proxy.restore import Written, render
 from nodeagent.proxy.rules import RulesConfig, service_rules
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
@@ -41,22 +41,15 @@ def test_chain_names_are_kube_proxys() -> None:
 def test_cluster_ip_with_two_ready_endpoints() -> None:
     not_ready = Endpoint("10.180.0.3", 80, ready=False, serving=False)
     r = service_rules(web(), (EP1, EP2, not_ready), CONFIG)
-    assert r.chains == (
-        "NA-SVC-XPGD46QRK7WJZT7O",
-        "NA-SEP-SXIVWICOYRO3J4NJ",
-        "NA-SEP-LXVODXWDISEETFEF",
-    )
+    assert r.chains == ("NA-SVC-XPGD46QRK7WJZT7O",)  # no chain per endpoint
     assert "\n".join(r.rules) + "\n" == golden(
         """
         -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41/32 --dport 80 ! -s 10.244.0.0/16 -j NA-MARK-MASQ
-        -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j NA-SEP-SXIVWICOYRO3J4NJ
-        -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -j NA-SEP-LXVODXWDISEETFEF
-        -A NA-SEP-SXIVWICOYRO3J4NJ -m comment --comment "ns1/svc1:p80" -s 10.180.0.1/32 -j NA-MARK-MASQ
-        -A NA-SEP-SXIVWICOYRO3J4NJ -m comment --comment "ns1/svc1:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
-        -A NA-SEP-LXVODXWDISEETFEF -m comment --comment "ns1/svc1:p80" -s 10.180.0.2/32 -j NA-MARK-MASQ
-        -A NA-SEP-LXVODXWDISEETFEF -m comment --comment "ns1/svc1:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80
+        -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
+        -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80
         """  # noqa: E501
     )
+    assert r.hairpin == ("10.180.0.1", "10.180.0.2")
     assert r.nat_services == lines(
         '-A NA-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp '
         "-d 172.30.0.41/32 --dport 80 -j NA-SVC-XPGD46QRK7WJZT7O"
@@ -115,7 +108,7 @@ def test_node_port_external_ip_and_load_balancer_go_through_ext_chain() -> None:
 def test_external_traffic_policy_local_keeps_source_and_short_circuits_local_traffic() -> None:
     r = service_rules(web(node_port=30080, external_policy_local=True), (EP1,), CONFIG)
     ext, svc, svl = "NA-EXT-XPGD46QRK7WJZT7O", "NA-SVC-XPGD46QRK7WJZT7O", "NA-SVL-XPGD46QRK7WJZT7O"
-    assert set(r.chains) == {ext, svc, svl, "NA-SEP-SXIVWICOYRO3J4NJ"}
+    assert set(r.chains) == {ext, svc, svl}
     assert [line for line in r.rules if line.startswith(f"-A {ext}")] == [
         f'-A {ext} -m comment --comment "pod traffic for ns1/svc1:p80 external destinations" '
         f"-s 10.244.0.0/16 -j {svc}",
@@ -137,12 +130,31 @@ def test_internal_traffic_policy_local_without_local_endpoints_drops() -> None:
     )
     local = service_rules(web(internal_policy_local=True), (remote, EP1), CONFIG)
     assert local.nat_services[0].endswith("-j NA-SVL-XPGD46QRK7WJZT7O")
-    assert local.chains == ("NA-SVL-XPGD46QRK7WJZT7O", "NA-SEP-SXIVWICOYRO3J4NJ")
+    assert local.chains == ("NA-SVL-XPGD46QRK7WJZT7O",)
+
+
+def test_only_local_endpoints_hairpin() -> None:
+    # A pod's service traffic is NATed on its own node: only here can it reach itself.
+    remote = Endpoint("10.180.9.9", 80, local=False)
+    r = service_rules(web(), (remote, EP2, EP1), CONFIG)
+    assert r.hairpin == ("10.180.0.1", "10.180.0.2")
+    chains = shared.shared_chains({WEB: r, DNS: service_rules(web(), (EP1,), CONFIG)}, CONFIG)
+    assert chains[("nat", "NA-HAIRPIN")] == (
+        "-A NA-HAIRPIN -s 10.180.0.1/32 -d 10.180.0.1/32 -j MASQUERADE --random-fully",
+        "-A NA-HAIRPIN -s 10.180.0.2/32 -d 10.180.0.2/32 -j MASQUERADE --random-fully",
+    )
+    # Ahead of pod egress's "pod to pod keeps its source", which would let it through as is.
+    egress = RulesConfig(cluster_cidr="10.244.0.0/16", pod_egress_masquerade=True)
+    postrouting = shared.shared_chains({}, egress)[("nat", "NA-POSTROUTING")]
+    assert postrouting[0].endswith("-m conntrack --ctstate DNAT -j NA-HAIRPIN")
+    assert postrouting[1].endswith("-j NA-POD-EGRESS")
 
 
 def test_session_affinity_checks_then_sets_recent_lists() -> None:
     r = service_rules(web(affinity_timeout_s=600), (EP1, EP2), CONFIG)
     svc, sep1 = "NA-SVC-XPGD46QRK7WJZT7O", "NA-SEP-SXIVWICOYRO3J4NJ"
+    # The recent lists are named after each endpoint's chain, so affinity keeps them.
+    assert r.chains == (svc, sep1, "NA-SEP-LXVODXWDISEETFEF")
     assert r.rules[1] == (
         f'-A {svc} -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m recent --name {sep1} '
         f"--rcheck --seconds 600 --reap -j {sep1}"
@@ -156,11 +168,13 @@ def test_session_affinity_checks_then_sets_recent_lists() -> None:
 def test_serving_terminating_endpoints_are_the_fallback() -> None:
     leaving = Endpoint("10.180.0.1", 80, ready=False, serving=True, terminating=True)
     gone = Endpoint("10.180.0.2", 80, ready=False, serving=False, terminating=True)
-    r = service_rules(web(), (leaving, gone), CONFIG)
-    assert r.chains == ("NA-SVC-XPGD46QRK7WJZT7O", "NA-SEP-SXIVWICOYRO3J4NJ")
+
+    def destinations(r: rules.ServiceRules) -> list[str]:
+        return [line.split("--to-destination ")[1] for line in r.rules if "DNAT" in line]
+
+    assert destinations(service_rules(web(), (leaving, gone), CONFIG)) == ["10.180.0.1:80"]
     fresh = Endpoint("10.180.0.3", 80)
-    r = service_rules(web(), (leaving, fresh), CONFIG)
-    assert [c for c in r.chains if c.startswith("NA-SEP-")] == [rules.sep_chain(WEB, fresh)]
+    assert destinations(service_rules(web(), (leaving, fresh), CONFIG)) == ["10.180.0.3:80"]
 
 
 def test_no_masquerade_rule_without_cluster_cidr() -> None:
@@ -193,29 +207,27 @@ COMMIT
 :NA-SVC-XPGD46QRK7WJZT7O - [0:0]
 :NA-SVC-OLD0000000000000 - [0:0]
 :NA-SERVICES - [0:0]
-:NA-SEP-SXIVWICOYRO3J4NJ - [0:0]
-:NA-SEP-LXVODXWDISEETFEF - [0:0]
 :NA-PROXY-CANARY - [0:0]
 :NA-POSTROUTING - [0:0]
 :NA-NODEPORTS - [0:0]
 :NA-MARK-MASQ - [0:0]
+:NA-HAIRPIN - [0:0]
 -I PREROUTING -m comment --comment "nodeagent service portals" -j NA-SERVICES
 -I OUTPUT -m comment --comment "nodeagent service portals" -j NA-SERVICES
 -I POSTROUTING -m comment --comment "nodeagent postrouting rules" -j NA-POSTROUTING
 -A NA-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41/32 --dport 80 -j NA-SVC-XPGD46QRK7WJZT7O
 -A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j NA-NODEPORTS
+-A NA-HAIRPIN -s 10.180.0.1/32 -d 10.180.0.1/32 -j MASQUERADE --random-fully
+-A NA-HAIRPIN -s 10.180.0.2/32 -d 10.180.0.2/32 -j MASQUERADE --random-fully
+-A NA-POSTROUTING -m comment --comment "a pod reaching itself through a service" -m conntrack --ctstate DNAT -j NA-HAIRPIN
 -A NA-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
 -A NA-POSTROUTING -j MARK --xor-mark 0x4000
 -A NA-POSTROUTING -m comment --comment "nodeagent service traffic requiring SNAT" -j MASQUERADE --random-fully
 -A NA-MARK-MASQ -j MARK --or-mark 0x4000
 -A NA-PROXY-CANARY -j RETURN
 -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41/32 --dport 80 ! -s 10.244.0.0/16 -j NA-MARK-MASQ
--A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j NA-SEP-SXIVWICOYRO3J4NJ
--A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -j NA-SEP-LXVODXWDISEETFEF
--A NA-SEP-SXIVWICOYRO3J4NJ -m comment --comment "ns1/svc1:p80" -s 10.180.0.1/32 -j NA-MARK-MASQ
--A NA-SEP-SXIVWICOYRO3J4NJ -m comment --comment "ns1/svc1:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
--A NA-SEP-LXVODXWDISEETFEF -m comment --comment "ns1/svc1:p80" -s 10.180.0.2/32 -j NA-MARK-MASQ
--A NA-SEP-LXVODXWDISEETFEF -m comment --comment "ns1/svc1:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80
+-A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
+-A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80
 -X NA-SVC-OLD0000000000000
 COMMIT
 """  # noqa: E501
@@ -245,7 +257,7 @@ def test_full_sync_golden() -> None:
     )
     assert out.text["filter"] + out.text["nat"] == FULL.lstrip("\n")
     assert out.chains_deleted == 1  # the old service chain; never CNI's
-    assert out.chains_declared == {"filter": 5, "nat": 9}
+    assert out.chains_declared == {"filter": 5, "nat": 8}
     assert set(out.written.chains) == {WEB, DNS}
 
 
@@ -254,24 +266,37 @@ def synced() -> Written:
 
 
 def test_partial_sync_of_an_endpoint_change_writes_only_that_service() -> None:
-    state = two_services((EP1,))
-    out = render(state, write={WEB}, previous=synced(), full=False, config=CONFIG)
+    remote = Endpoint("10.180.9.9", 80, local=False)
+    before = render(
+        two_services((EP1, remote)), write=set(), previous=Written(), full=True, config=CONFIG
+    )
+    out = render(
+        two_services((EP1,)), write={WEB}, previous=before.written, full=False, config=CONFIG
+    )
     assert "filter" not in out.text  # nothing there changed
     assert out.text["nat"] == golden(
         """
         *nat
         :NA-SVC-XPGD46QRK7WJZT7O - [0:0]
-        :NA-SEP-SXIVWICOYRO3J4NJ - [0:0]
-        :NA-SEP-LXVODXWDISEETFEF - [0:0]
         -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41/32 --dport 80 ! -s 10.244.0.0/16 -j NA-MARK-MASQ
-        -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -j NA-SEP-SXIVWICOYRO3J4NJ
-        -A NA-SEP-SXIVWICOYRO3J4NJ -m comment --comment "ns1/svc1:p80" -s 10.180.0.1/32 -j NA-MARK-MASQ
-        -A NA-SEP-SXIVWICOYRO3J4NJ -m comment --comment "ns1/svc1:p80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
-        -X NA-SEP-LXVODXWDISEETFEF
+        -A NA-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
         COMMIT
         """  # noqa: E501
     )
-    assert out.chains_deleted == 1
+    assert out.chains_deleted == 0
+
+
+def test_partial_sync_of_a_local_endpoint_change_rewrites_the_hairpin_chain() -> None:
+    out = render(two_services((EP1,)), write={WEB}, previous=synced(), full=False, config=CONFIG)
+    assert out.text["nat"].splitlines()[:4] == [
+        "*nat",
+        ":NA-SVC-XPGD46QRK7WJZT7O - [0:0]",
+        ":NA-HAIRPIN - [0:0]",
+        "-A NA-HAIRPIN -s 10.180.0.1/32 -d 10.180.0.1/32 -j MASQUERADE --random-fully",
+    ]
+    assert out.written.shared[("nat", "NA-HAIRPIN")] == (
+        "-A NA-HAIRPIN -s 10.180.0.1/32 -d 10.180.0.1/32 -j MASQUERADE --random-fully",
+    )
 
 
 def test_partial_sync_of_a_removed_service_rewrites_shared_chains_and_deletes_its_own() -> None:
@@ -279,20 +304,14 @@ def test_partial_sync_of_a_removed_service_rewrites_shared_chains_and_deletes_it
     del state[WEB]
     out = render(state, write={WEB}, previous=synced(), full=False, config=CONFIG)
     nat = out.text["nat"].splitlines()
-    assert nat[:5] == [
+    assert nat[:4] == [
         "*nat",
         ":NA-SVC-XPGD46QRK7WJZT7O - [0:0]",
         ":NA-SERVICES - [0:0]",
-        ":NA-SEP-SXIVWICOYRO3J4NJ - [0:0]",
-        ":NA-SEP-LXVODXWDISEETFEF - [0:0]",
+        ":NA-HAIRPIN - [0:0]",  # emptied: its endpoints' IPs went with it
     ]
-    assert nat[5].startswith('-A NA-SERVICES -m comment --comment "nodeagent service nodeports')
-    assert nat[6:] == [
-        "-X NA-SEP-LXVODXWDISEETFEF",
-        "-X NA-SEP-SXIVWICOYRO3J4NJ",
-        "-X NA-SVC-XPGD46QRK7WJZT7O",
-        "COMMIT",
-    ]
+    assert nat[4].startswith('-A NA-SERVICES -m comment --comment "nodeagent service nodeports')
+    assert nat[5:] == ["-X NA-SVC-XPGD46QRK7WJZT7O", "COMMIT"]
     assert set(out.written.chains) == {DNS}
 
 
@@ -336,9 +355,9 @@ def test_missing_jumps_are_read_from_save_output() -> None:
 
 
 def test_localhost_node_ports_off_excludes_loopback() -> None:
-    shared = rules.shared_chains({}, RulesConfig(localhost_nodeports=False))
-    assert "! -d 127.0.0.0/8 -j NA-NODEPORTS" in shared[("nat", "NA-SERVICES")][-1]
-    assert shared[("filter", "NA-FIREWALL")] == ()
+    chains = shared.shared_chains({}, RulesConfig(localhost_nodeports=False))
+    assert "! -d 127.0.0.0/8 -j NA-NODEPORTS" in chains[("nat", "NA-SERVICES")][-1]
+    assert chains[("filter", "NA-FIREWALL")] == ()
 
 
 def test_saved_chains_and_rule_count() -> None:
@@ -349,7 +368,7 @@ def test_saved_chains_and_rule_count() -> None:
         "NA-X",
     }
     state = two_services()
-    assert restore.rule_count(state, CONFIG) == 7 + 13  # own + shared (13 fixed and REJECTs)
+    assert restore.rule_count(state, CONFIG) == 3 + 16  # own + shared (fixed, REJECTs, 2 hairpins)
 
 
 def test_large_clusters_drop_per_endpoint_comments() -> None:

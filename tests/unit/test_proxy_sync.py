@@ -10,7 +10,8 @@ import pytest
 from nodeagent.model.service import Protocol
 from nodeagent.proxy import conntrack, iptables
 from nodeagent.proxy.iptables import Backend, IptablesError
-from nodeagent.proxy.rules import RulesConfig
+from nodeagent.proxy.rules import RulesConfig, is_service_chain
+from nodeagent.proxy.shared import shared_chains
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 from nodeagent.proxy.sync import Syncer
 
@@ -99,7 +100,42 @@ async def test_a_failed_sync_makes_the_next_one_full(writer: Recorder) -> None:
     assert s.need_full and s.pending()
     assert await s.sync()
     assert s.stats.last_kind == "full" and s.stats.last_error is None
-    assert "NA-SEP-" in writer.restores[-1]["nat"]  # the lost delta is in the full sync
+    assert "--to-destination 10.0.0.1:80" in writer.restores[-1]["nat"]  # the lost delta
+
+
+async def test_partial_syncs_gather_again_only_the_shared_chains_that_changed(
+    writer: Recorder,
+) -> None:
+    s = syncer(writer)
+    remote = Endpoint("10.0.9.9", 80, local=False)
+    s.services.replace({WEB: WEB_INFO, DNS: DNS_INFO})
+    s.endpoints.replace({WEB: (EP1,)})
+    await s.sync()
+    steps: list[
+        tuple[
+            dict[ServicePortName, ServicePortInfo],
+            dict[ServicePortName, tuple[Endpoint, ...]],
+            set[str],
+        ]
+    ] = [
+        ({WEB: WEB_INFO, DNS: DNS_INFO}, {WEB: (EP1, remote)}, set()),  # remote: no hairpin
+        ({WEB: WEB_INFO, DNS: DNS_INFO}, {WEB: (EP2, remote)}, {"NA-HAIRPIN"}),
+        (
+            {WEB: WEB_INFO, DNS: DNS_INFO},
+            {WEB: (EP2,), DNS: (EP1,)},
+            {"NA-HAIRPIN", "NA-SERVICES", "NA-NODEPORTS"},
+        ),
+        ({WEB: WEB_INFO}, {WEB: (EP2,)}, {"NA-HAIRPIN", "NA-SERVICES", "NA-NODEPORTS"}),
+    ]
+    for services, endpoints, rewritten in steps:
+        s.services.replace(services)
+        s.endpoints.replace(endpoints)
+        assert await s.sync() and s.stats.last_kind == "partial"
+        nat = writer.restores[-1]["nat"]
+        declared = {line[1:].split()[0] for line in nat.splitlines() if line.startswith(":")}
+        assert {c for c in declared if not is_service_chain(c)} == rewritten, nat
+        # What the syncer remembers is what gathering every port would give.
+        assert s._written.shared == shared_chains(s._rules, s.config)
 
 
 async def test_a_failed_save_fails_the_full_sync(writer: Recorder) -> None:
@@ -226,5 +262,5 @@ async def test_crossing_the_large_cluster_threshold_forces_a_full_sync(writer: R
     s.endpoints.replace({WEB: many})
     await s.sync()
     assert not s.config.comments and s.stats.last_kind == "full"
-    seps = [line for line in writer.restores[-1]["nat"].splitlines() if "-A NA-SEP-" in line]
-    assert len(seps) == 2 * 1001 and not any("--comment" in line for line in seps)
+    dnats = [line for line in writer.restores[-1]["nat"].splitlines() if "-j DNAT" in line]
+    assert len(dnats) == 1001 and not any("--comment" in line for line in dnats)

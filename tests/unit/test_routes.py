@@ -145,12 +145,14 @@ def test_a_missing_bridge_sysctl_names_the_module(tmp_path: Path) -> None:
 
 
 def test_pod_egress_chain_keeps_pod_to_pod_sources_and_masquerades_the_rest() -> None:
-    from nodeagent.proxy.rules import NAT, POD_EGRESS, POSTROUTING, RulesConfig, shared_chains
+    from nodeagent.proxy.rules import NAT, POD_EGRESS, POSTROUTING, RulesConfig
+    from nodeagent.proxy.shared import shared_chains
 
     config = RulesConfig(cluster_cidr="10.244.0.0/16", pod_egress_masquerade=True)
     chains = shared_chains({}, config)
-    # Unmarked traffic visits the egress chain before the service masquerade returns it.
-    assert chains[(NAT, POSTROUTING)][0] == (
+    # Unmarked traffic visits the egress chain before the service masquerade returns it (and
+    # after the hairpin check, which comes first).
+    assert chains[(NAT, POSTROUTING)][1] == (
         f"-A {POSTROUTING} -m mark ! --mark 0x4000/0x4000 -j {POD_EGRESS}"
     )
     accept, masquerade = chains[(NAT, POD_EGRESS)]
@@ -159,7 +161,8 @@ def test_pod_egress_chain_keeps_pod_to_pod_sources_and_masquerades_the_rest() ->
 
 
 def test_no_pod_egress_chain_unless_asked() -> None:
-    from nodeagent.proxy.rules import NAT, POD_EGRESS, RulesConfig, shared_chains
+    from nodeagent.proxy.rules import NAT, POD_EGRESS, RulesConfig
+    from nodeagent.proxy.shared import shared_chains
 
     assert (NAT, POD_EGRESS) not in shared_chains({}, RulesConfig(cluster_cidr="10.244.0.0/16"))
 
