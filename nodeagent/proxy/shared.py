@@ -56,7 +56,9 @@ def shared_chains(
     ServiceRules fields are gathered again."""
     keys = [k for k, field in GATHERED.items() if field in changed or previous is None]
     chains = dict(previous or {})
-    if keys:
+    if keys == [(NAT, HAIRPIN)]:  # its lines are sorted by IP: no need to sort the ports
+        chains[(NAT, HAIRPIN)] = _gathered((NAT, HAIRPIN), rules.values(), config)
+    elif keys:
         ordered = [rules[k] for k in sorted(rules, key=sort_key)]
         chains.update((key, _gathered(key, ordered, config)) for key in keys)
     if previous is not None:
