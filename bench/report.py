@@ -335,11 +335,12 @@ WHY_MISSED: tuple[tuple[str, str, str], ...] = (
         "",
         "With iptables-nft, any transaction that adds a rule with a target (a jump, a DNAT) "
         "makes nf_tables walk every rule reachable from the built-in chains, once per path "
-        "(the kernel's walk: 0.03-0.05 s at 5000 services x 10 endpoints without endpoint "
-        "chains), and an endpoint change must add such rules; iptables-restore's start and "
-        "its cache add the rest. At 5000 services the iptables mode is within a few tens of "
-        "milliseconds of the target, and the machine's load decides. The nftables mode "
-        "(proxy_sync_nft: services in verdict maps, endpoints in a map) has the margin.",
+        "(the kernel's walk: 0.03-0.07 s at 5000 services x 10 endpoints without endpoint "
+        "chains, varying with the machine's state), and an endpoint change must add such "
+        "rules; iptables-restore's start and its cache add the rest. At 5000 services the "
+        "iptables mode is within a few tens of milliseconds of the target, and the machine's "
+        "load decides. The nftables mode (proxy_sync_nft: services in verdict maps, endpoints "
+        "in a map) has the margin.",
     ),
 )
 

@@ -30,7 +30,7 @@ service chain DNATs itself and the hairpin check moves to postrouting, as in our
 mode: on iptables-nft any transaction that adds a rule with a target makes the kernel walk
 every rule reachable from the built-in chains, once per path (PREROUTING and OUTPUT, cluster
 IP and NodePort), and the endpoint chains were three quarters of that walk (at 5000
-services x 10 endpoints it went from 0.09 s to 0.03-0.04 s, measured). A pod's service
+services x 10 endpoints it went from 0.09 s to 0.03-0.07 s, measured). A pod's service
 traffic is NATed on its own node, so only local endpoints can hairpin: NA-HAIRPIN holds one
 rule per local endpoint IP, bounded by the pods on the node.
 
