@@ -67,7 +67,8 @@ BENCHES = (
 
 
 def run_bench(bench: Bench, *, quick: bool) -> dict[str, Any]:
-    argv = [sys.executable, str(BENCH / bench.argv[0]), *bench.argv[1:]]
+    # Relative to the repository (the bench runs there): the record names no machine's paths.
+    argv = [sys.executable, str((BENCH / bench.argv[0]).relative_to(REPO)), *bench.argv[1:]]
     if quick:
         argv += bench.quick
     print(f"== {bench.name}: {' '.join(argv[1:])}", flush=True)
