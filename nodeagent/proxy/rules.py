@@ -361,9 +361,9 @@ def service_rules(
         )
     seps = p.seps
     if svc in chains:
-        chains[svc] += _balance(info, svc, eps.cluster, seps, config)
+        chains[svc] += _balance(info, svc, eps.cluster, seps, match, config)
     if svl in chains:
-        chains[svl] += _balance(info, svl, eps.local, seps, config)
+        chains[svl] += _balance(info, svl, eps.local, seps, match, config)
     comment = f'-m comment --comment "{spn}" ' if config.comments else ""
     for address, sep in seps.items():
         chains[sep] = [
@@ -432,6 +432,7 @@ def _balance(
     chain: str,
     endpoints: Sequence[Endpoint],
     seps: Mapping[str, str],
+    match: str,
     config: RulesConfig,
 ) -> list[str]:
     spn = str(info.name)
@@ -447,14 +448,12 @@ def _balance(
                 f"-A {chain} {comment(ep)}-m recent --name {sep} "
                 f"--rcheck --seconds {info.affinity_timeout_s} --reap -j {sep}"
             )
-    proto = info.protocol.value.lower()
     n = len(endpoints)
     for i, ep in enumerate(endpoints):
         chance = _chance(n - i) if i < n - 1 else ""
-        if seps:
-            target = seps[ep.address]
+        if info.affinity_timeout_s:
+            action = f"-j {seps[ep.address]}"
         else:
-            target = f"DNAT --to-destination {ep}"
-            chance = f"{chance}-m {proto} -p {proto} "
-        lines.append(f"-A {chain} {comment(ep)}{chance}-j {target}")
+            action = f"{match} -j DNAT --to-destination {ep}"
+        lines.append(f"-A {chain} {comment(ep)}{chance}{action}")
     return lines
