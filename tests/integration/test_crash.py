@@ -11,13 +11,21 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from nodeagent.runtime.base import ContainerInfo, SandboxInfo
+from nodeagent.runtime.base import (
+    ContainerInfo,
+    ContainerState,
+    RuntimeFailure,
+    RuntimeUnavailable,
+    SandboxID,
+    SandboxInfo,
+)
 from nodeagent.runtime.cri import CRIRuntime
-from tests.harness import TestNode, wait_for
+from tests.harness import TestNode, WaitTimeout, wait_for
 from tests.harness.agent import Agent, container_status, is_ready
 
 POD = """apiVersion: v1
@@ -66,38 +74,154 @@ def containerd_errors(node: TestNode, lines: int = 40) -> str:
     return "\n".join(found[-lines:])
 
 
-def assert_exactly(node: TestNode, agent: Agent, desired: set[str]) -> dict[str, Any]:
-    """Wait until the node holds exactly the desired pods, each running once; return them."""
+@dataclass
+class Residue:
+    """The one leftover this test tolerates, recognised by containerd's own words.
+
+    A SIGKILL that lands inside StartContainer cancels the call in containerd 1.6, with two
+    outcomes seen here:
+    - a task containerd calls running for a container CRI reports exited: RemoveContainer
+      fails FAILED_PRECONDITION ("cannot delete running task"). Fixed, and asserted: the CRI
+      client stops it and retries the removal (CRIRuntime.remove_container).
+    - rarely (1 run in 18 here), a start that never finishes: the container stays "starting"
+      (its runc init hangs; upstream containerd issue #11674), and CRI refuses to remove it
+      ("container is in starting state, can't be removed") until containerd restarts. Nothing
+      a CRI client can do. Tolerated: that container, the sandbox that holds it (when it holds
+      no running container) with its IP and veth, and the agent's record of its pod when the
+      pod is no longer desired. Every other promise is still asserted.
+    """
+
+    containers: dict[str, str] = field(default_factory=dict)  # container id -> its name
+    sandboxes: set[str] = field(default_factory=set)
+    uids: set[str] = field(default_factory=set)  # pods of the sandboxes above
+    ips: set[str] = field(default_factory=set)  # the sandboxes' IPs, where CNI still holds them
+
+
+@dataclass(frozen=True)
+class Check:
+    pods: dict[str, Any]
+    problems: list[str]
+
+
+def check(node: TestNode, agent: Agent, desired: set[str], residue: Residue) -> Check:
+    """Whether the node holds exactly the desired pods, each running once: what is wrong."""
+    problems: list[str] = []
+    pods: dict[str, Any] = {}
+    for pod in agent.status()["pods"]:
+        name = pod["metadata"]["name"]
+        if name in desired or pod["metadata"].get("uid") not in residue.uids:
+            pods[name] = pod
+    if set(pods) != desired:
+        problems.append(f"agent reports {sorted(pods)}")
+    not_ready = sorted(name for name, pod in pods.items() if not is_ready(pod))
+    if not_ready:
+        problems.append(f"not ready: {not_ready}")
+    all_sandboxes, all_containers = runtime_state(node)
+    sandboxes = [s for s in all_sandboxes if s.id not in residue.sandboxes]
+    containers = [c for c in all_containers if c.id not in residue.containers]
+    if sorted(s.name for s in sandboxes) != sorted(desired):
+        problems.append("not one sandbox per desired pod")
+    running = sorted(c.uid for c in containers if c.state.value == "running")
+    if running != sorted({c.uid for c in containers}) or len(running) != len(desired):
+        problems.append("not one running container per pod")
+    dead = [c.uid for c in containers if c.state.value != "running"]
+    if len(dead) != len(set(dead)):  # a pod keeps at most its newest dead one, as the kubelet
+        problems.append("a pod keeps more than one dead container")
+    ips = {p["status"].get("podIP") for p in pods.values()}
+    held = ipam_ips(node)
+    if held - residue.ips != ips:
+        problems.append(f"IPAM holds {sorted(held)} for pod IPs {sorted(map(str, ips))}")
+    if veths(node) != len(desired) + len(held & residue.ips):
+        problems.append(f"{veths(node)} veths for {len(desired)} pods")
+    return Check(pods, problems)
+
+
+def starting_containers(node: TestNode) -> dict[str, str]:
+    """Containers CRI refuses to remove because containerd keeps them "starting"."""
+
+    async def go() -> dict[str, str]:
+        runtime = CRIRuntime(node.endpoint)
+        found: dict[str, str] = {}
+        try:
+            for c in await runtime.list_containers():
+                # containerd reports a container whose start never finished as created.
+                if c.state is not ContainerState.CREATED:
+                    continue
+                try:
+                    await runtime.remove_container(c.id)
+                except RuntimeFailure as exc:
+                    if "in starting state" in str(exc):
+                        found[c.id] = f"{c.name} of pod {c.uid}"
+        finally:
+            await runtime.close()
+        return found
+
+    return asyncio.run(go())
+
+
+def note_residue(node: TestNode, residue: Residue, stuck: dict[str, str]) -> None:
+    residue.containers.update(stuck)
+    sandboxes, containers = runtime_state(node)
+    holders = {c.sandbox_id for c in containers if c.id in stuck}
+    live = {c.sandbox_id for c in containers if c.state.value == "running"}
+    for sandbox in sandboxes:
+        if sandbox.id in holders and sandbox.id not in live:
+            residue.sandboxes.add(sandbox.id)
+            residue.uids.add(sandbox.uid)
+            residue.ips.add(sandbox_ip(node, sandbox.id))
+
+
+def sandbox_ip(node: TestNode, sandbox_id: SandboxID) -> str:
+    async def go() -> str:
+        runtime = CRIRuntime(node.endpoint)
+        try:
+            return (await runtime.sandbox_status(sandbox_id)).ip
+        finally:
+            await runtime.close()
+
+    return asyncio.run(go())
+
+
+def assert_exactly(
+    node: TestNode, agent: Agent, desired: set[str], residue: Residue | None = None
+) -> dict[str, Any]:
+    """Wait until the node holds exactly the desired pods, each running once; return them.
+
+    With a residue, a container containerd keeps "starting" is added to it, and tolerated.
+    """
+    known = residue if residue is not None else Residue()
+    last: list[Check] = []
 
     def converged() -> tuple[dict[str, Any]] | None:
-        pods = {p["metadata"]["name"]: p for p in agent.status()["pods"]}
-        if set(pods) != desired or not all(is_ready(p) for p in pods.values()):
-            return None
-        sandboxes, containers = runtime_state(node)
-        if sorted(s.name for s in sandboxes) != sorted(desired):
-            return None
-        running = sorted(c.uid for c in containers if c.state.value == "running")
-        if running != sorted({c.uid for c in containers}) or len(running) != len(desired):
-            return None  # each pod runs exactly one container
-        dead = [c.uid for c in containers if c.state.value != "running"]
-        if len(dead) != len(set(dead)):
-            return None  # and keeps at most its newest dead one, as the kubelet does
-        ips = {p["status"]["podIP"] for p in pods.values()}
-        if ipam_ips(node) != ips or veths(node) != len(desired):
-            return None
-        return (pods,)  # truthy even when no pod is desired
+        last[:] = [check(node, agent, desired, known)]
+        return None if last[0].problems else (last[0].pods,)  # truthy even with no pods
 
     def describe() -> str:
         sandboxes, containers = runtime_state(node)
         return (
-            f"desired {sorted(desired)}; "
+            f"{last[0].problems if last else []}; desired {sorted(desired)}; "
             f"sandboxes {sorted((s.name, s.state.value) for s in sandboxes)}; "
             f"containers {sorted((c.name, c.state.value) for c in containers)}; "
-            f"ipam {sorted(ipam_ips(node))}; veths {veths(node)}\n{agent.log_tail()}"
+            f"ipam {sorted(ipam_ips(node))}; veths {veths(node)}; "
+            f"tolerated {sorted(known.containers.values())}\n{agent.log_tail()}"
             f"\ncontainerd's errors:\n{containerd_errors(node)}"
         )
 
-    return wait_for(converged, 90, interval=0.25, message=describe)[0]
+    try:
+        # A containerd slow to answer on a loaded machine is "not yet", not a failure.
+        unavailable = (RuntimeUnavailable,)
+        return wait_for(converged, 90, interval=0.25, message=describe, ignore=unavailable)[0]
+    except WaitTimeout:
+        if residue is None:
+            raise
+        failure = describe()  # before the probe below removes any leftover it can
+        stuck = starting_containers(node)
+        if not stuck:
+            raise
+        note_residue(node, residue, stuck)
+        result = check(node, agent, desired, residue)
+        assert not result.problems, f"besides {sorted(stuck.values())}: {failure}"
+        return result.pods
 
 
 def fresh_agent(node: TestNode) -> Agent:
@@ -107,26 +231,14 @@ def fresh_agent(node: TestNode) -> Agent:
     return agent.start()
 
 
-# A SIGKILL that lands inside StartContainer cancels the call in containerd 1.6, with two
-# outcomes seen here:
-# - a task containerd calls running for a container CRI reports exited: RemoveContainer fails
-#   FAILED_PRECONDITION ("cannot delete running task"). Fixed: the CRI client stops it and
-#   retries the removal (CRIRuntime.remove_container).
-# - rarely (1 run in 18 here), a start that never finishes: the container stays "starting"
-#   (its runc init hangs; upstream containerd issue #11674), and CRI refuses to remove it
-#   ("container is in starting state, can't be removed") until containerd restarts. Nothing
-#   a CRI client can do. The test runs on a node of its own so such a leftover cannot spill
-#   into other tests, and reports that case rather than failing on it.
-@pytest.mark.xfail(
-    reason="containerd 1.6 may keep a container whose start was cancelled 'starting' for ever",
-    strict=False,
-)
 def test_kill9_at_random_points_leaks_nothing_and_runs_each_pod_once(
     make_node: Callable[[], TestNode],
 ) -> None:
+    # A node of its own, so that a residue (see Residue) cannot spill into other tests.
     node = make_node()
     agent = fresh_agent(node)
     rng = random.Random(20261125)
+    residue = Residue()
     desired: set[str] = set()
     counter = 0
     try:
@@ -142,20 +254,25 @@ def test_kill9_at_random_points_leaks_nothing_and_runs_each_pod_once(
             time.sleep(rng.uniform(0.0, 0.6))  # a random point in the agent's work
             agent.kill9()
             agent.start()
-        before = assert_exactly(node, agent, desired)
+        before = assert_exactly(node, agent, desired, residue)
         ids = {n: container_status(p, "main")["containerID"] for n, p in before.items()}
         agent.kill9()
         agent.start()
-        after = assert_exactly(node, agent, desired)
+        after = assert_exactly(node, agent, desired, residue)
         for name, pod in after.items():
             status = container_status(pod, "main")
             assert status["containerID"] == ids[name], f"{name} was restarted"
             assert status["restartCount"] == container_status(before[name], "main")["restartCount"]
         for path in agent.manifests.iterdir():
             path.unlink()
-        assert_exactly(node, agent, set())
+        assert_exactly(node, agent, set(), residue)
     finally:
         agent.stop()
+    if residue.containers:
+        pytest.xfail(
+            f"every promise held; containerd 1.6 keeps {sorted(residue.containers.values())} "
+            "'starting' (containerd issue 11674)"
+        )
 
 
 def test_churn_in_waves_leaves_nothing_behind(node: TestNode) -> None:

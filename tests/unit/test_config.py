@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -160,8 +161,10 @@ def test_empty_manifests_means_none(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_unknown_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    without = load_config(flags())
     monkeypatch.setenv("NODEAGENT_SOMETHING_ELSE", "x")
-    load_config(flags())
+    monkeypatch.setenv("NODEAGENT_LOG_LEVEL", "debug")  # a known one, read in the same pass
+    assert load_config(flags()) == dataclasses.replace(without, log_level="debug")
 
 
 # --- Errors name the key and the source --------------------------------------------------
