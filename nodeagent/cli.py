@@ -32,13 +32,9 @@ from pathlib import Path
 
 from nodeagent import podlogs
 from nodeagent.config import (
-    DEFAULT_METRICS_BIND,
     DEFAULT_STATUS_SOCKET,
-    LOG_FORMATS,
-    LOG_LEVELS,
-    PROXY_MODES,
-    RUNTIMES,
     ConfigError,
+    add_flags,
     env_var,
     load_config,
 )
@@ -73,74 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the agent. Every option can also be set in the --config file or as "
         "NODEAGENT_<OPTION> in the environment (e.g. NODEAGENT_NODE_NAME); flags win.",
     )
-    # Every default is None: "not given" must stay distinguishable from a value, so an absent
-    # flag never overrides the file or the environment. The real defaults live in Config.
     run.add_argument("--config", metavar="FILE", help="YAML file with settings (keys as below)")
-    run.add_argument("--node-name", help="this node's name (default: the host name)")
-    run.add_argument("--runtime", choices=RUNTIMES, help="container runtime (default: cri)")
-    run.add_argument("--runtime-endpoint", metavar="URL", help="runtime socket, unix:///...")
-    run.add_argument("--manifests", metavar="DIR", help="directory of pod/service manifests")
-    run.add_argument(
-        "--kubeconfig", metavar="FILE", help="join the control plane this kubeconfig names"
-    )
-    run.add_argument(
-        "--cluster-dns", metavar="IP[,IP]", help="DNS servers for ClusterFirst pods (default: none)"
-    )
-    run.add_argument(
-        "--cluster-domain", metavar="DOMAIN", help="the cluster's DNS domain (cluster.local)"
-    )
-    run.add_argument(
-        "--eviction-hard",
-        metavar="memory.available<X",
-        help="evict pods below this available memory, quantity or %% (default: 100Mi)",
-    )
-    run.add_argument("--state-dir", metavar="DIR", help="default: /var/lib/nodeagent")
-    run.add_argument(
-        "--status-socket",
-        metavar="PATH",
-        help=f"status endpoint (default: {DEFAULT_STATUS_SOCKET})",
-    )
-    run.add_argument("--pod-cidr", metavar="CIDR", help="pod address range (default: 10.88.0.0/16)")
-    run.add_argument(
-        "--cluster-cidr",
-        metavar="CIDR",
-        help="the cluster's pod network: routes to other nodes' pods, masquerade beyond it",
-    )
-    run.add_argument("--node-ip", metavar="IP", help="this node's InternalIP (default: first)")
-    run.add_argument(
-        "--service-cidr", metavar="CIDR", help="service clusterIP range (default: 10.96.0.0/16)"
-    )
-    run.add_argument(
-        "--node-port-range", metavar="LOW-HIGH", help="NodePort range (default: 30000-32767)"
-    )
-    run.add_argument(
-        "--proxy-min-sync-period",
-        metavar="SECONDS",
-        help="least time between two proxy rule syncs (default: 1)",
-    )
-    run.add_argument(
-        "--proxy-mode",
-        choices=PROXY_MODES,
-        help="service rules through iptables or nftables (default: iptables)",
-    )
-    run.add_argument("--cni-conf-dir", metavar="DIR", help="default: /etc/cni/net.d")
-    run.add_argument("--cni-bin-dir", metavar="DIR", help="default: /opt/cni/bin or /usr/lib/cni")
-    run.add_argument("--pod-log-dir", metavar="DIR", help="default: /var/log/pods")
-    run.add_argument("--pause-image", metavar="IMAGE", help="sandbox image (default: pause:3.6)")
-    run.add_argument(
-        "--metrics-bind",
-        metavar="HOST:PORT",
-        help=f"serve /metrics and /healthz here; empty: off (default: {DEFAULT_METRICS_BIND})",
-    )
-    run.add_argument(
-        "--allow-privileged",
-        nargs="?",
-        const="true",
-        metavar="BOOL",
-        help="allow privileged containers, hostNetwork/PID/IPC, hostPath (default: false)",
-    )
-    run.add_argument("--log-format", choices=LOG_FORMATS, help="default: console")
-    run.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
+    add_flags(run)  # one per setting, from its declaration in Config
     run.set_defaults(handler=_cmd_run)
 
     status = commands.add_parser("status", help="show the running agent's node and pods")

@@ -9,19 +9,24 @@ value is parsed and checked exactly once. An error therefore names both the key 
 to fix it ("pod_cidr: ... (from environment variable NODEAGENT_POD_CIDR)"), which is what an
 operator staring at a systemd unit, an EnvironmentFile and a YAML file needs to know.
 
+Each setting is declared once, as a field of ``Config``: its type, its default, and (through
+``setting``) its parser, and its flag's help when it has a flag. The environment variable,
+the file key, the flag and its "(default: ...)" text all derive from that one declaration;
+``add_flags`` builds ``nodeagent run``'s options from it. Adding a setting is adding a field.
+
 The defaults live on the dataclass itself, so ``Config(node_name="n1")`` is a complete
 configuration for code and tests that do not parse a command line (direct construction skips
 validation: it is for trusted callers). Three defaults are computed: ``node_name`` from the
 host name, ``cni_bin_dir`` from what this machine has installed, and ``runtime_endpoint``
 from the chosen runtime (filled in ``__post_init__`` when left empty).
 
-Types are strict where the source has types (YAML: ``max_pods: "110"`` is an error, not a
-guess) and parsed where the source is text (environment and flags are strings by nature).
-Relative paths in the file are relative to the file's directory, as kubeconfig does, so a
-config file and the manifests next to it can move together; elsewhere they are relative to
-the working directory. Unknown keys in the file are errors: a typo must not silently fall
-back to a default. Unknown ``NODEAGENT_*`` variables are ignored, because the environment is
-shared with things we do not own.
+The parsers (``nodeagent.configparse``) are strict about types where the source has types
+(YAML: ``max_pods: "110"`` is an error, not a guess) and parse where the source is text
+(environment and flags are strings by nature). Relative paths in the file are relative to the
+file's directory, as kubeconfig does, so a config file and the manifests next to it can move
+together; elsewhere they are relative to the working directory. Unknown keys in the file are
+errors: a typo must not silently fall back to a default. Unknown ``NODEAGENT_*`` variables are
+ignored, because the environment is shared with things we do not own.
 """
 
 from __future__ import annotations
@@ -29,21 +34,23 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
-import math
 import os
-import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
 import yaml
 
+from nodeagent import configparse as parse
+from nodeagent.configparse import EVICTION_SIGNAL, EvictionThreshold, PodCIDR, Raw
+
+__all__ = ["EVICTION_SIGNAL", "Config", "ConfigError", "EvictionThreshold", "load_config"]
+
 RuntimeName: TypeAlias = Literal["cri", "docker"]
 LogFormat: TypeAlias = Literal["console", "json"]
 ProxyMode: TypeAlias = Literal["iptables", "nftables"]
-PodCIDR: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 RUNTIMES: tuple[RuntimeName, ...] = ("cri", "docker")
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
@@ -64,14 +71,6 @@ ENV_PREFIX = "NODEAGENT_"
 # Upstream's CNI default first, then Debian's containernetworking-plugins location.
 CNI_BIN_CANDIDATES: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
 
-# sun_path is 108 bytes on Linux including the terminating NUL. A longer path fails at bind
-# time with an unhelpful "AF_UNIX path too long", so it is caught here instead.
-MAX_SOCKET_PATH_BYTES = 107
-
-# RFC 1123 subdomain, as Kubernetes requires of node names.
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
-
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or contradictory; the message says where it came from.
@@ -86,25 +85,6 @@ class ConfigError(ValueError):
         super().__init__(text)
 
 
-@dataclass(frozen=True)
-class EvictionThreshold:
-    """``--eviction-hard memory.available<X``: an absolute quantity or a share of memory.
-
-    Exactly one of ``quantity_bytes`` and ``percent`` is set. Upstream's default is 100Mi.
-    """
-
-    quantity_bytes: int | None = 100 * 1024 * 1024
-    percent: float | None = None
-
-    def __str__(self) -> str:
-        if self.percent is not None:
-            return f"{EVICTION_SIGNAL}<{self.percent:g}%"
-        return f"{EVICTION_SIGNAL}<{self.quantity_bytes}"
-
-
-EVICTION_SIGNAL = "memory.available"
-
-
 def default_node_name() -> str:
     return socket.gethostname().lower()
 
@@ -113,46 +93,162 @@ def default_cni_bin_dir() -> Path:
     return next((p for p in CNI_BIN_CANDIDATES if p.is_dir()), CNI_BIN_CANDIDATES[0])
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How one Config field is read: its parser, and its flag (none when ``help`` is "")."""
+
+    parse: Callable[[Raw], object]
+    help: str = ""  # the flag's help; "": settable in the file and environment only
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    shown_default: str | None = None  # the help's "(default: ...)" when str(default) won't do
+    bare: str | None = None  # the value of the flag given without one (--allow-privileged)
+
+
+def setting(
+    parser: Callable[[Raw], object],
+    help: str = "",
+    default: Any = MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    shown: str | None = None,
+    bare: str | None = None,
+) -> Any:
+    """A Config field with its default and how it is read; see Setting."""
+    meta = {"setting": Setting(parser, help, metavar, choices, shown, bare)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    node_name: str = field(default_factory=default_node_name)
-    runtime: RuntimeName = "cri"
+    node_name: str = setting(
+        parse.node_name, "this node's name", factory=default_node_name, shown="the host name"
+    )
+    runtime: RuntimeName = setting(
+        parse.choice(RUNTIMES), "container runtime", "cri", choices=RUNTIMES
+    )
     # Empty means "the chosen runtime's default socket"; never empty after construction.
-    runtime_endpoint: str = ""
-    manifests: Path | None = None  # static pod and service manifests; None: no file source
-    state_dir: Path = Path("/var/lib/nodeagent")
-    status_socket: Path = DEFAULT_STATUS_SOCKET
-    pod_cidr: PodCIDR = DEFAULT_POD_CIDR
-    cni_conf_dir: Path = Path("/etc/cni/net.d")
-    cni_bin_dir: Path = field(default_factory=default_cni_bin_dir)
-    pod_log_dir: Path = Path("/var/log/pods")
-    pause_image: str = "registry.k8s.io/pause:3.6"
-    log_format: LogFormat = "console"
-    log_level: str = "info"
-    file_check_interval_s: float = 1.0  # how often the manifest directory is rescanned
-    relist_interval_s: float = 1.0  # how often runtime state is relisted
-    runtime_timeout_s: float = 10.0  # upper bound on any one runtime call
-    max_pods: int = 110
-    service_cidr: ipaddress.IPv4Network = DEFAULT_SERVICE_CIDR  # standalone clusterIPs
-    node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE  # inclusive
-    proxy_min_sync_period: float = 1.0  # seconds between two proxy rule syncs, at least
-    proxy_mode: ProxyMode = "iptables"  # as kube-proxy's --proxy-mode
-    kubeconfig: Path | None = None  # join the control plane it names; None: standalone
-    cluster_dns: tuple[str, ...] = ()  # DNS servers of dnsPolicy ClusterFirst pods
-    cluster_domain: str = "cluster.local"
+    runtime_endpoint: str = setting(
+        parse.endpoint, "runtime socket", "", metavar="URL", shown="the runtime's own socket"
+    )
+    # Static pod and service manifests; None: no file source.
+    manifests: Path | None = setting(
+        parse.optional_path, "directory of pod/service manifests", None, metavar="DIR"
+    )
+    state_dir: Path = setting(
+        parse.path, "the agent's own state", Path("/var/lib/nodeagent"), metavar="DIR"
+    )
+    status_socket: Path = setting(
+        parse.socket_path, "status endpoint", DEFAULT_STATUS_SOCKET, metavar="PATH"
+    )
+    pod_cidr: PodCIDR = setting(parse.cidr, "pod address range", DEFAULT_POD_CIDR, metavar="CIDR")
+    cni_conf_dir: Path = setting(
+        parse.path, "where the CNI conflist goes", Path("/etc/cni/net.d"), metavar="DIR"
+    )
+    cni_bin_dir: Path = setting(
+        parse.path,
+        "CNI plugins",
+        factory=default_cni_bin_dir,
+        metavar="DIR",
+        shown=" or ".join(map(str, CNI_BIN_CANDIDATES)),
+    )
+    pod_log_dir: Path = setting(parse.path, "container logs", Path("/var/log/pods"), metavar="DIR")
+    pause_image: str = setting(
+        parse.image, "sandbox image", "registry.k8s.io/pause:3.6", metavar="IMAGE"
+    )
+    log_format: LogFormat = setting(
+        parse.choice(LOG_FORMATS), "log lines", "console", choices=LOG_FORMATS
+    )
+    log_level: str = setting(
+        parse.choice(LOG_LEVELS), "least level logged", "info", choices=LOG_LEVELS
+    )
+    # How often the manifest directory is rescanned.
+    file_check_interval_s: float = setting(parse.positive_float, default=1.0)
+    relist_interval_s: float = setting(parse.positive_float, default=1.0)  # runtime relists
+    runtime_timeout_s: float = setting(parse.positive_float, default=10.0)  # any runtime call
+    max_pods: int = setting(parse.positive_int, default=110)
+    # Standalone clusterIPs; in cluster mode it must be the cluster's.
+    service_cidr: ipaddress.IPv4Network = setting(
+        parse.service_cidr, "service clusterIP range", DEFAULT_SERVICE_CIDR, metavar="CIDR"
+    )
+    node_port_range: tuple[int, int] = setting(  # inclusive
+        parse.port_range,
+        "NodePort range",
+        DEFAULT_NODE_PORT_RANGE,
+        metavar="LOW-HIGH",
+        shown="{}-{}".format(*DEFAULT_NODE_PORT_RANGE),
+    )
+    proxy_min_sync_period: float = setting(
+        parse.positive_float,
+        "least time between two proxy rule syncs",
+        1.0,
+        metavar="SECONDS",
+        shown="1",
+    )
+    proxy_mode: ProxyMode = setting(  # as kube-proxy's --proxy-mode
+        parse.choice(PROXY_MODES),
+        "service rules through iptables or nftables",
+        "iptables",
+        choices=PROXY_MODES,
+    )
+    # Join the control plane it names; None: standalone.
+    kubeconfig: Path | None = setting(
+        parse.optional_file, "join the control plane this kubeconfig names", None, metavar="FILE"
+    )
+    cluster_dns: tuple[str, ...] = setting(
+        parse.ip_list, "DNS servers of ClusterFirst pods", (), metavar="IP[,IP]", shown="none"
+    )
+    cluster_domain: str = setting(
+        parse.domain, "the cluster's DNS domain", "cluster.local", metavar="DOMAIN"
+    )
     # The whole cluster's pod network (every node's pod CIDR lies in it). Set: host-gw routes
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
-    cluster_cidr: ipaddress.IPv4Network | None = None
+    cluster_cidr: ipaddress.IPv4Network | None = setting(
+        parse.optional_v4_cidr,
+        "the cluster's pod network: routes to other nodes' pods, masquerade beyond it",
+        None,
+        metavar="CIDR",
+    )
     # The address other nodes reach this one at (the Node's InternalIP, the host-gw gateway).
     # "": the first global IPv4 address, which on a VM with a NAT interface is the wrong one.
-    node_ip: str = ""
+    node_ip: str = setting(
+        parse.optional_ipv4,
+        "this node's InternalIP",
+        "",
+        metavar="IP",
+        shown="the first global IPv4",
+    )
     # Node-pressure eviction: below this much available memory, pods are evicted.
-    eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
-    eviction_interval_s: float = 10.0  # how often memory is checked (the kubelet's 10 s)
-    max_manifest_bytes: int = 1024 * 1024  # a larger manifest file is an error, not read
-    metrics_bind: str = DEFAULT_METRICS_BIND  # host:port of /metrics and /healthz; "": off
+    eviction_hard: EvictionThreshold = setting(
+        parse.eviction_hard,
+        "evict pods below this available memory, a quantity or a %",
+        factory=EvictionThreshold,
+        metavar=f"{EVICTION_SIGNAL}<X",
+        shown="100Mi",
+    )
+    eviction_interval_s: float = setting(parse.positive_float, default=10.0)  # the kubelet's
+    # A larger manifest file is an error, not read.
+    max_manifest_bytes: int = setting(parse.positive_int, default=1024 * 1024)
+    # host:port of /metrics and /healthz; "": off.
+    metrics_bind: str = setting(
+        parse.bind,
+        "serve /metrics and /healthz here; empty: off",
+        DEFAULT_METRICS_BIND,
+        metavar="HOST:PORT",
+    )
     # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
-    allow_privileged: bool = False
+    allow_privileged: bool = setting(
+        parse.boolean,
+        "allow privileged containers, hostNetwork/PID/IPC, hostPath",
+        False,
+        metavar="BOOL",
+        shown="false",
+        bare="true",
+    )
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -160,7 +256,8 @@ class Config:
             object.__setattr__(self, "runtime_endpoint", DEFAULT_ENDPOINTS[self.runtime])
 
 
-KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
+SETTINGS: Mapping[str, Setting] = {f.name: f.metadata["setting"] for f in fields(Config)}
+KEYS: tuple[str, ...] = tuple(SETTINGS)
 
 
 def env_var(key: str) -> str:
@@ -172,20 +269,34 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """``nodeagent run``'s options: one per setting that has a flag, in declaration order.
+
+    Every default is None: "not given" must stay distinguishable from a value, so an absent
+    flag never overrides the file or the environment. The real defaults live in Config.
+    """
+    for f in fields(Config):
+        s: Setting = f.metadata["setting"]
+        if not s.help:
+            continue
+        text = s.help.replace("%", "%%")  # argparse formats help with %
+        if (shown := s.shown_default if s.shown_default is not None else _shown(f)) is not None:
+            text += f" (default: {shown})"
+        options: dict[str, Any] = {"help": text, "metavar": s.metavar, "choices": s.choices}
+        if s.bare is not None:
+            options.update(nargs="?", const=s.bare)
+        parser.add_argument(flag_name(f.name), **options)
+
+
+def _shown(f: Field[Any]) -> str | None:
+    default = f.default
+    return None if default is MISSING or default is None or default == "" else str(default)
+
+
 # --- Sources -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Raw:
-    """One unparsed value and where it came from."""
-
-    value: object
-    source: str  # human-readable, ends up in error messages
-    base_dir: Path  # what a relative path in this value is relative to
-    typed: bool  # True for YAML (has types), False for text sources (env, flags)
-
-
-def _file_layer(path: Path) -> dict[str, _Raw]:
+def _file_layer(path: Path) -> dict[str, Raw]:
     source = f"config file {path}"
     try:
         text = path.read_text(encoding="utf-8")
@@ -203,11 +314,11 @@ def _file_layer(path: Path) -> dict[str, _Raw]:
         got = type(doc).__name__
         raise ConfigError(f"must be a mapping of settings, got {got}", key=None, source=source)
     base_dir = path.absolute().parent
-    layer: dict[str, _Raw] = {}
+    layer: dict[str, Raw] = {}
     for key, value in doc.items():
         if not isinstance(key, str) or key not in KEYS:
             raise ConfigError(_unknown_key_message(key), key=str(key), source=source)
-        layer[key] = _Raw(value, source, base_dir, typed=True)
+        layer[key] = Raw(value, source, base_dir, typed=True)
     return layer
 
 
@@ -221,311 +332,30 @@ def _unknown_key_message(key: object) -> str:
     return message
 
 
-def _env_layer(environ: Mapping[str, str]) -> dict[str, _Raw]:
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Raw]:
     cwd = Path.cwd()
-    layer: dict[str, _Raw] = {}
+    layer: dict[str, Raw] = {}
     for key in KEYS:
         name = env_var(key)
         if name in environ:
-            layer[key] = _Raw(environ[name], f"environment variable {name}", cwd, typed=False)
+            layer[key] = Raw(environ[name], f"environment variable {name}", cwd, typed=False)
     return layer
 
 
-def _flag_layer(args: argparse.Namespace) -> dict[str, _Raw]:
+def _flag_layer(args: argparse.Namespace) -> dict[str, Raw]:
     cwd = Path.cwd()
-    layer: dict[str, _Raw] = {}
+    layer: dict[str, Raw] = {}
     for key in KEYS:
         # Flags default to None in the parser, so an absent flag never masks the file or env.
         value = getattr(args, key, None)
         if value is not None:
-            layer[key] = _Raw(value, f"flag {flag_name(key)}", cwd, typed=False)
+            layer[key] = Raw(value, f"flag {flag_name(key)}", cwd, typed=False)
     return layer
 
 
-# --- Parsing: one function per kind of value ---------------------------------------------
-# Each takes the raw value and returns the typed one, or raises ValueError with a message
-# that _parse wraps into a ConfigError naming the key and the source.
-
-
-def _string(raw: _Raw) -> str:
-    if not isinstance(raw.value, str):
-        raise ValueError(f"must be a string, got {_type_name(raw.value)}")
-    value = raw.value.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def _path(raw: _Raw) -> Path:
-    path = Path(_string(raw)).expanduser()
-    return path if path.is_absolute() else raw.base_dir / path
-
-
-def _optional_path(raw: _Raw) -> Path | None:
-    # null in YAML, or an empty string anywhere, switches an optional path off explicitly.
-    if raw.value is None or raw.value == "":
-        return None
-    return _path(raw)
-
-
-def _optional_file(raw: _Raw) -> Path | None:
-    path = _optional_path(raw)
-    if path is not None and not path.is_file():
-        raise ValueError(f"{str(path)!r} is not a readable file")
-    return path
-
-
-def _ip_list(raw: _Raw) -> tuple[str, ...]:
-    value = raw.value
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-    elif isinstance(value, list) and raw.typed:
-        items = [v for v in value if isinstance(v, str)]
-        if len(items) != len(value):
-            raise ValueError("must be a list of IP addresses")
-    else:
-        raise ValueError(f"must be IP addresses, got {_type_name(value)}")
-    for item in items:
-        try:
-            ipaddress.ip_address(item)
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address") from None
-    return tuple(items)
-
-
-def _domain(raw: _Raw) -> str:
-    value = _string(raw).lower().rstrip(".")
-    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
-        raise ValueError(f"{value!r} is not a DNS domain")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[_Raw], str]:
-    def parse(raw: _Raw) -> str:
-        value = _string(raw).lower()
-        if value not in options:
-            raise ValueError(f"{raw.value!r} is not one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _positive_float(raw: _Raw) -> float:
-    value: float
-    if isinstance(raw.value, bool):  # bool is an int subclass; yes/no is never a duration
-        raise ValueError(f"must be a number of seconds, got {_type_name(raw.value)}")
-    if isinstance(raw.value, int | float):
-        value = float(raw.value)
-    elif isinstance(raw.value, str) and not raw.typed:
-        try:
-            value = float(raw.value)
-        except ValueError:
-            raise ValueError(f"{raw.value!r} is not a number of seconds") from None
-    else:
-        raise ValueError(f"must be a number of seconds, got {_type_name(raw.value)}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a positive number of seconds, got {value}")
-    return value
-
-
-def _positive_int(raw: _Raw) -> int:
-    value: int
-    if isinstance(raw.value, int) and not isinstance(raw.value, bool):
-        value = raw.value
-    elif isinstance(raw.value, str) and not raw.typed:
-        try:
-            value = int(raw.value)
-        except ValueError:
-            raise ValueError(f"{raw.value!r} is not an integer") from None
-    else:
-        raise ValueError(f"must be an integer, got {_type_name(raw.value)}")
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def _cidr(raw: _Raw) -> PodCIDR:
-    text = _string(raw)
+def _parse(key: str, raw: Raw) -> object:
     try:
-        # strict: 10.88.0.1/16 is almost certainly a mistake for 10.88.0.0/16, so say so.
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as e:
-        raise ValueError(f"{text!r} is not a valid CIDR: {e}") from None
-
-
-def _service_cidr(raw: _Raw) -> ipaddress.IPv4Network:
-    network = _cidr(raw)
-    if not isinstance(network, ipaddress.IPv4Network):
-        raise ValueError(f"{raw.value!r}: only an IPv4 service CIDR is supported")
-    if network.num_addresses < 4:
-        raise ValueError(f"{raw.value!r} is too small for services (at least a /30)")
-    return network
-
-
-def _optional_v4_cidr(raw: _Raw) -> ipaddress.IPv4Network | None:
-    if raw.value is None or raw.value == "":
-        return None
-    network = _cidr(raw)
-    if not isinstance(network, ipaddress.IPv4Network):
-        raise ValueError(f"{raw.value!r}: only an IPv4 cluster CIDR is supported")
-    return network
-
-
-def _optional_ipv4(raw: _Raw) -> str:
-    if raw.value is None or raw.value == "":
-        return ""
-    text = _string(raw)
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 address") from None
-
-
-def _port_range(raw: _Raw) -> tuple[int, int]:
-    text = _string(raw) if isinstance(raw.value, str) else raw.value
-    if not isinstance(text, str):
-        raise ValueError(f"must be a range like 30000-32767, got {_type_name(raw.value)}")
-    low, sep, high = text.partition("-")
-    try:
-        first, last = int(low), int(high if sep else low)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a port range like 30000-32767") from None
-    if not 1 <= first <= last <= 65535:
-        raise ValueError(f"{text!r} is not a port range within 1-65535, low to high")
-    return first, last
-
-
-def _node_name(raw: _Raw) -> str:
-    value = _string(raw)
-    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a valid node name (lowercase RFC 1123 subdomain: "
-            "letters, digits, '-' and '.', at most 253 characters)"
-        )
-    return value
-
-
-def _endpoint(raw: _Raw) -> str:
-    value = _string(raw)
-    if value.startswith("/"):  # a bare socket path is what people type; grpc wants a URL
-        return "unix://" + value
-    if "://" not in value:
-        raise ValueError(f"{value!r} is not an endpoint URL (e.g. unix:///path/to.sock)")
-    return value
-
-
-def _socket_path(raw: _Raw) -> Path:
-    path = _path(raw)
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
-        raise ValueError(
-            f"{str(path)!r} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a unix socket "
-            "path may have"
-        )
-    return path
-
-
-def _bind(raw: _Raw) -> str:
-    """``host:port`` (``[v6]:port`` too), or empty to switch the listener off."""
-    if not isinstance(raw.value, str):
-        raise ValueError(f"must be host:port or empty, got {_type_name(raw.value)}")
-    value = raw.value.strip()
-    if not value:
-        return ""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:10255), nor empty")
-    return value
-
-
-def _boolean(raw: _Raw) -> bool:
-    if isinstance(raw.value, bool):
-        return raw.value
-    if isinstance(raw.value, str) and not raw.typed and raw.value.lower() in ("true", "false"):
-        return raw.value.lower() == "true"
-    raise ValueError(f"must be true or false, got {raw.value!r}")
-
-
-def _image(raw: _Raw) -> str:
-    value = _string(raw)
-    if any(c.isspace() for c in value):
-        raise ValueError(f"{value!r} is not an image reference (contains whitespace)")
-    return value
-
-
-def _eviction_hard(raw: _Raw) -> EvictionThreshold:
-    text = _string(raw).replace(" ", "")
-    signal, sep, value = text.partition("<")
-    if not sep or not value:
-        raise ValueError(f"{text!r} is not a threshold like {EVICTION_SIGNAL}<100Mi")
-    if signal != EVICTION_SIGNAL:
-        raise ValueError(f"{signal!r}: only {EVICTION_SIGNAL} is supported")
-    if value.endswith("%"):
-        try:
-            percent = float(value[:-1])
-        except ValueError:
-            raise ValueError(f"{value!r} is not a percentage") from None
-        if not (math.isfinite(percent) and 0 < percent < 100):
-            raise ValueError(f"{value!r} must be a percentage between 0 and 100")
-        return EvictionThreshold(quantity_bytes=None, percent=percent)
-    match = _MEMORY_QUANTITY.fullmatch(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a memory quantity like 100Mi or a percentage")
-    number, suffix = match.groups()
-    quantity = int(float(number) * _MEMORY_UNITS[suffix or ""])
-    return EvictionThreshold(quantity_bytes=quantity, percent=None)
-
-
-# The Kubernetes quantity suffixes a memory threshold uses (the model's parser is a layer up).
-_MEMORY_UNITS: Mapping[str, int] = {
-    "": 1,
-    **{s: 1000 ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
-    **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
-}
-_MEMORY_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(" + "|".join(k for k in _MEMORY_UNITS if k) + ")?")
-
-
-_PARSERS: Mapping[str, Callable[[_Raw], object]] = {
-    "node_name": _node_name,
-    "runtime": _choice(RUNTIMES),
-    "runtime_endpoint": _endpoint,
-    "manifests": _optional_path,
-    "state_dir": _path,
-    "status_socket": _socket_path,
-    "pod_cidr": _cidr,
-    "cni_conf_dir": _path,
-    "cni_bin_dir": _path,
-    "pod_log_dir": _path,
-    "pause_image": _image,
-    "log_format": _choice(LOG_FORMATS),
-    "log_level": _choice(LOG_LEVELS),
-    "file_check_interval_s": _positive_float,
-    "relist_interval_s": _positive_float,
-    "runtime_timeout_s": _positive_float,
-    "max_pods": _positive_int,
-    "service_cidr": _service_cidr,
-    "node_port_range": _port_range,
-    "proxy_min_sync_period": _positive_float,
-    "proxy_mode": _choice(PROXY_MODES),
-    "kubeconfig": _optional_file,
-    "cluster_dns": _ip_list,
-    "cluster_domain": _domain,
-    "cluster_cidr": _optional_v4_cidr,
-    "node_ip": _optional_ipv4,
-    "eviction_hard": _eviction_hard,
-    "eviction_interval_s": _positive_float,
-    "max_manifest_bytes": _positive_int,
-    "metrics_bind": _bind,
-    "allow_privileged": _boolean,
-}
-
-
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _parse(key: str, raw: _Raw) -> object:
-    try:
-        return _PARSERS[key](raw)
+        return SETTINGS[key].parse(raw)
     except ValueError as e:
         raise ConfigError(str(e), key=key, source=raw.source) from None
 
@@ -539,7 +369,7 @@ def load_config(args: argparse.Namespace) -> Config:
     ``args`` is the parsed command line; attributes named like Config keys are flags, and
     None means "not given". Raises ConfigError naming the key and where it came from.
     """
-    merged: dict[str, _Raw] = {}
+    merged: dict[str, Raw] = {}
     config_file = getattr(args, "config", None)
     if config_file is not None:
         merged.update(_file_layer(Path(config_file).expanduser()))
@@ -551,7 +381,7 @@ def load_config(args: argparse.Namespace) -> Config:
         # The default comes from the machine, so it can be invalid too (an underscore in a
         # hostname); say so now, pointing at the flag that fixes it.
         source = f"the host name; set {flag_name('node_name')} or {env_var('node_name')}"
-        fallback = _Raw(default_node_name(), source, Path.cwd(), typed=False)
+        fallback = Raw(default_node_name(), source, Path.cwd(), typed=False)
         values["node_name"] = _parse("node_name", fallback)
     # The parsers produced exactly the types the fields declare; mypy cannot see through the
     # table, hence the cast.

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodeagent.fsutil import open_atomic
+
 BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.6"
 DEFAULT_BUILD_DIR = Path("build/images")
@@ -302,22 +304,18 @@ def write_archive(specs: Sequence[ImageSpec], out: Path) -> list[BuiltImage]:
     dirs = sorted({os.path.dirname(p) for p in files if os.path.dirname(p)} | {"blobs"})
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-            for d in dirs:
-                info = tarfile.TarInfo(d)
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, EPOCH
-                tar.addfile(info)
-            for path in sorted(files):
-                info = tarfile.TarInfo(path)
-                info.size, info.mode, info.mtime = len(files[path]), 0o644, EPOCH
-                tar.addfile(info, io.BytesIO(files[path]))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        open_atomic(out, mode=0o644, fsync=False) as raw,
+        tarfile.open(fileobj=raw, mode="w") as tar,
+    ):
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, EPOCH
+            tar.addfile(info)
+        for path in sorted(files):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(files[path]), 0o644, EPOCH
+            tar.addfile(info, io.BytesIO(files[path]))
     return built
 
 

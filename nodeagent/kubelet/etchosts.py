@@ -10,11 +10,9 @@ A host-network pod sees the node's own /etc/hosts instead, with the aliases appe
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
+from nodeagent.fsutil import write_file_atomic
 from nodeagent.model.pod import HostAlias, Pod
 
 HEADER = "# Kubernetes-managed hosts file.\n"
@@ -76,20 +74,11 @@ async def write(
     else:
         text = managed_text(pod, pod_ip, cluster_domain=cluster_domain)
     target = pod_dir / FILE_NAME
-    await asyncio.to_thread(_atomic_write, target, text)
+    await asyncio.to_thread(_write, target, text)
     return str(target)
 
 
-def _atomic_write(target: Path, text: str) -> None:
+def _write(target: Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary name of its own: the containers of a pod start concurrently.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # No fsync: the file is written again at every start of the pod.
+    write_file_atomic(target, text, mode=0o644, fsync=False)

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from nodeagent.fsutil import write_file_atomic
 
 CNI_VERSION = "1.0.0"
 CONFLIST_NAME = "10-nodeagent.conflist"
@@ -82,17 +82,5 @@ def write_conflist(conf_dir: Path | str, conflist: dict[str, Any]) -> Path:
     directory = Path(conf_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CONFLIST_NAME
-    # The temporary name must not end in .conflist/.conf/.json, or containerd may load it.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CONFLIST_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(conflist, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(target, json.dumps(conflist, indent=2, sort_keys=True) + "\n", mode=0o644)
     return target

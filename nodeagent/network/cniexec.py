@@ -40,11 +40,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nodeagent.fsutil import write_file_atomic
 
 CACHE_KIND = "cniCacheV1"
 DEFAULT_IFNAME = "eth0"
@@ -381,16 +382,7 @@ class CNIExec:
         directory = self._results_dir()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self._path(record.net.name, record.container_id)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record.to_json(), f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_file_atomic(target, json.dumps(record.to_json(), sort_keys=True))
 
     def _forget(self, container_id: str) -> None:
         path = self._find(container_id)

@@ -28,12 +28,11 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeagent.fsutil import write_file_atomic
 from nodeagent.model.service import Service
 
 FILE_VERSION = 1
@@ -283,14 +282,4 @@ def load(path: Path) -> dict[str, Allocation]:
 def save(path: Path, allocations: Mapping[str, Allocation]) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_json(allocations), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, json.dumps(to_json(allocations), indent=2) + "\n")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -104,3 +104,21 @@ async def async_wait_for(
         if expired:
             raise WaitTimeout(_describe(message, timeout, last, error)) from error
         await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
+
+
+async def first_items(stream: AsyncIterable[T], count: int, timeout: float = 5.0) -> list[T]:  # noqa: ASYNC109
+    """The first ``count`` items of an async stream (a watch, say), read within ``timeout``.
+
+    Fails when fewer arrive, by the deadline or because the stream ended: a check written
+    inside ``async for`` would pass unseen on a stream that yields nothing.
+    """
+    items: list[T] = []
+    try:
+        async with asyncio.timeout(timeout):
+            async for item in stream:
+                items.append(item)
+                if len(items) == count:
+                    return items
+    except TimeoutError as exc:
+        raise WaitTimeout(f"{len(items)} of {count} items within {timeout:g} s: {items!r}") from exc
+    raise WaitTimeout(f"the stream ended after {len(items)} of {count} items: {items!r}")

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +36,7 @@ from tests.harness import TestNode, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
 
 NODE_ADDR, CLIENT_ADDR = "192.168.77.1", "192.168.77.2"
+REPO = Path(__file__).resolve().parents[2]
 
 WEB = """
 apiVersion: v1
@@ -522,3 +525,15 @@ def test_switching_modes_removes_the_other_modes_rules(
         assert _rules_of(node, other)
     finally:
         second.stop()
+
+
+def test_the_examples_serve_through_their_service(node: TestNode, net: Net, agent: Agent) -> None:
+    # What the README's quick start promises of `make run`: the web pod behind its Service.
+    for example in ("web.yaml", "web-service.yaml"):
+        shutil.copy(REPO / "examples" / example, agent.manifests / example)
+    agent.wait_pod("web", is_ready, timeout=30, what="ready")
+    wait_endpoints(agent, "web", 1)
+    page = "hello from web on node-a"
+    spread(net.on_node, "http://10.96.0.80/", {page}, n=3)
+    spread(net.on_node, "http://127.0.0.1:30080/", {page}, n=3)
+    spread(net.client, f"http://{NODE_ADDR}:30080/", {page}, n=3)

@@ -31,6 +31,7 @@ from lightkube.types import PatchType
 
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import PODS
+from tests.harness.wait import first_items
 
 Obj = dict[str, Any]
 
@@ -196,9 +197,8 @@ async def test_watch_resumes_from_a_resource_version(client: AsyncClient, api: A
 
 async def test_watch_without_version_starts_with_the_current_state(client: AsyncClient) -> None:
     await client.create(new_pod("a"))
-    async for kind, obj in client.watch(Pod, namespace="default"):
-        assert (kind, obj.metadata.name) == ("ADDED", "a")
-        break
+    [(kind, obj)] = await first_items(client.watch(Pod, namespace="default"), 1)
+    assert (kind, obj.metadata.name) == ("ADDED", "a")
 
 
 async def test_410_gone_after_the_history_is_dropped(client: AsyncClient, api: ApiServer) -> None:
@@ -319,17 +319,17 @@ async def test_endpointslices_follow_pods(client: AsyncClient, api: ApiServer) -
     rv = str(api.store.rv)
     status = {"podIP": "10.244.1.2", "conditions": [{"type": "Ready", "status": "True"}]}
     await client.patch(PodStatus, "web-1", {"status": status})
-    async for kind, eps in client.watch(
+    watch = client.watch(
         EndpointSlice,
         namespace="default",
         labels={"kubernetes.io/service-name": "web"},
         resource_version=rv,
-    ):
-        assert kind == "MODIFIED"
-        [ep] = eps.endpoints
-        assert ep.addresses == ["10.244.1.2"] and ep.conditions.ready and ep.nodeName == "n1"
-        assert eps.ports[0].port == 8080 and eps.ports[0].name == "http"
-        break
+    )
+    [(kind, eps)] = await first_items(watch, 1)
+    assert kind == "MODIFIED"
+    [ep] = eps.endpoints
+    assert ep.addresses == ["10.244.1.2"] and ep.conditions.ready and ep.nodeName == "n1"
+    assert eps.ports[0].port == 8080 and eps.ports[0].name == "http"
 
 
 async def test_tls_and_authentication(api: ApiServer, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, PodStatus
 
 from tests.apiserver.process import ApiServerProcess
+from tests.harness.wait import first_items
 
 
 @pytest.fixture
@@ -51,9 +52,8 @@ async def test_process_serves_and_keeps_state_across_restarts(proc: ApiServerPro
         with contextlib.suppress(httpx2.TransportError):
             await client.get(Pod, "p")  # a pooled connection may still be the cut one
         await client.create(ConfigMap(metadata=ObjectMeta(name="after")))
-        async for kind, cm in client.watch(ConfigMap, resource_version=rv):
-            assert (kind, cm.metadata.name) == ("ADDED", "after")
-            break
+        [(kind, cm)] = await first_items(client.watch(ConfigMap, resource_version=rv), 1)
+        assert (kind, cm.metadata.name) == ("ADDED", "after")
 
         await proc.drop_history()
         with pytest.raises(ApiError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from nodeagent import config as config_module
 from nodeagent.cli import build_parser
-from nodeagent.config import KEYS, Config, ConfigError, load_config
+from nodeagent.config import KEYS, SETTINGS, Config, ConfigError, flag_name, load_config
 
 
 @pytest.fixture(autouse=True)
@@ -63,8 +64,32 @@ def test_cni_bin_dir_falls_back_to_first_candidate(
     assert load_config(flags()).cni_bin_dir == tmp_path / "a"
 
 
-def test_every_key_has_a_parser() -> None:
-    assert set(config_module._PARSERS) == set(KEYS)
+FILE_ONLY = {
+    "file_check_interval_s",
+    "relist_interval_s",
+    "runtime_timeout_s",
+    "max_pods",
+    "eviction_interval_s",
+    "max_manifest_bytes",
+}
+
+
+def test_each_setting_is_declared_once_and_has_its_flag() -> None:
+    assert set(SETTINGS) == set(KEYS) == {f.name for f in dataclasses.fields(Config)}
+    given = set(vars(flags())) - {"command", "handler", "config"}
+    assert given == set(KEYS) - FILE_ONLY
+    assert all(value is None for key, value in vars(flags()).items() if key in KEYS)
+
+
+def test_flag_help_shows_the_declared_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = Config(node_name="n1")
+    for key in ("state_dir", "status_socket", "pod_cidr", "service_cidr", "pause_image"):
+        assert f"{flag_name(key)} " in text and f"(default: {getattr(defaults, key)})" in text
+    assert "(default: 30000-32767)" in text and "(default: 100Mi)" in text
+    assert "--max-pods" not in text  # a file and environment setting only
 
 
 def test_config_is_frozen() -> None:
@@ -160,8 +185,10 @@ def test_empty_manifests_means_none(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_unknown_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    without = load_config(flags())
     monkeypatch.setenv("NODEAGENT_SOMETHING_ELSE", "x")
-    load_config(flags())
+    monkeypatch.setenv("NODEAGENT_LOG_LEVEL", "debug")  # a known one, read in the same pass
+    assert load_config(flags()) == dataclasses.replace(without, log_level="debug")
 
 
 # --- Errors name the key and the source --------------------------------------------------

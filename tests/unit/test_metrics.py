@@ -64,9 +64,15 @@ def test_each_agent_has_its_own_registry() -> None:
 
 
 def test_hooks_do_nothing_without_an_installed_registry() -> None:
+    before = Metrics()
+    metrics.install(before)
     metrics.install(None)
-    metrics.probe_result("readiness", True)  # must not raise
+    assert metrics.installed() is None
+    metrics.probe_result("readiness", True)
     metrics.pod_status("u", 0.0, {"containerStatuses": []})
+    # The registry installed before saw nothing: the hooks went nowhere, without raising.
+    count = "nodeagent_probe_results_total"
+    assert sample(before, count, probe_type="readiness", result="successful") is None
 
 
 def test_probe_results_by_type_and_result(installed: Metrics) -> None:

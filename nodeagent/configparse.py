@@ -1,0 +1,300 @@
+"""Setting values: one raw value (with where it came from) in, one typed value out.
+
+The parsers of ``nodeagent.config``, one per kind of value. Each takes a ``Raw`` and returns
+the typed value, or raises ValueError with a message that the config wraps into a
+ConfigError naming the key and the source. Types are strict where the source has types (a
+YAML ``max_pods: "110"`` is an error, not a guess) and parsed where the source is text
+(environment and flags are strings by nature). Relative paths are relative to the raw
+value's ``base_dir``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PodCIDR = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One unparsed value and where it came from."""
+
+    value: object
+    source: str  # human-readable, ends up in error messages
+    base_dir: Path  # what a relative path in this value is relative to
+    typed: bool  # True for YAML (has types), False for text sources (env, flags)
+
+
+@dataclass(frozen=True)
+class EvictionThreshold:
+    """``--eviction-hard memory.available<X``: an absolute quantity or a share of memory.
+
+    Exactly one of ``quantity_bytes`` and ``percent`` is set. Upstream's default is 100Mi.
+    """
+
+    quantity_bytes: int | None = 100 * 1024 * 1024
+    percent: float | None = None
+
+    def __str__(self) -> str:
+        if self.percent is not None:
+            return f"{EVICTION_SIGNAL}<{self.percent:g}%"
+        return f"{EVICTION_SIGNAL}<{self.quantity_bytes}"
+
+
+EVICTION_SIGNAL = "memory.available"
+
+
+# sun_path is 108 bytes on Linux including the terminating NUL. A longer path fails at bind
+# time with an unhelpful "AF_UNIX path too long", so it is caught here instead.
+MAX_SOCKET_PATH_BYTES = 107
+
+# RFC 1123 subdomain, as Kubernetes requires of node names.
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+
+
+def string(raw: Raw) -> str:
+    if not isinstance(raw.value, str):
+        raise ValueError(f"must be a string, got {_type_name(raw.value)}")
+    value = raw.value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def path(raw: Raw) -> Path:
+    path = Path(string(raw)).expanduser()
+    return path if path.is_absolute() else raw.base_dir / path
+
+
+def optional_path(raw: Raw) -> Path | None:
+    # null in YAML, or an empty string anywhere, switches an optional path off explicitly.
+    if raw.value is None or raw.value == "":
+        return None
+    return path(raw)
+
+
+def optional_file(raw: Raw) -> Path | None:
+    path = optional_path(raw)
+    if path is not None and not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a readable file")
+    return path
+
+
+def ip_list(raw: Raw) -> tuple[str, ...]:
+    value = raw.value
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list) and raw.typed:
+        items = [v for v in value if isinstance(v, str)]
+        if len(items) != len(value):
+            raise ValueError("must be a list of IP addresses")
+    else:
+        raise ValueError(f"must be IP addresses, got {_type_name(value)}")
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    return tuple(items)
+
+
+def domain(raw: Raw) -> str:
+    value = string(raw).lower().rstrip(".")
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DNS domain")
+    return value
+
+
+def choice(options: tuple[str, ...]) -> Callable[[Raw], str]:
+    def parse(raw: Raw) -> str:
+        value = string(raw).lower()
+        if value not in options:
+            raise ValueError(f"{raw.value!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def positive_float(raw: Raw) -> float:
+    value: float
+    if isinstance(raw.value, bool):  # bool is an int subclass; yes/no is never a duration
+        raise ValueError(f"must be a number of seconds, got {_type_name(raw.value)}")
+    if isinstance(raw.value, int | float):
+        value = float(raw.value)
+    elif isinstance(raw.value, str) and not raw.typed:
+        try:
+            value = float(raw.value)
+        except ValueError:
+            raise ValueError(f"{raw.value!r} is not a number of seconds") from None
+    else:
+        raise ValueError(f"must be a number of seconds, got {_type_name(raw.value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+def positive_int(raw: Raw) -> int:
+    value: int
+    if isinstance(raw.value, int) and not isinstance(raw.value, bool):
+        value = raw.value
+    elif isinstance(raw.value, str) and not raw.typed:
+        try:
+            value = int(raw.value)
+        except ValueError:
+            raise ValueError(f"{raw.value!r} is not an integer") from None
+    else:
+        raise ValueError(f"must be an integer, got {_type_name(raw.value)}")
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def cidr(raw: Raw) -> PodCIDR:
+    text = string(raw)
+    try:
+        # strict: 10.88.0.1/16 is almost certainly a mistake for 10.88.0.0/16, so say so.
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not a valid CIDR: {e}") from None
+
+
+def service_cidr(raw: Raw) -> ipaddress.IPv4Network:
+    network = cidr(raw)
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{raw.value!r}: only an IPv4 service CIDR is supported")
+    if network.num_addresses < 4:
+        raise ValueError(f"{raw.value!r} is too small for services (at least a /30)")
+    return network
+
+
+def optional_v4_cidr(raw: Raw) -> ipaddress.IPv4Network | None:
+    if raw.value is None or raw.value == "":
+        return None
+    network = cidr(raw)
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{raw.value!r}: only an IPv4 cluster CIDR is supported")
+    return network
+
+
+def optional_ipv4(raw: Raw) -> str:
+    if raw.value is None or raw.value == "":
+        return ""
+    text = string(raw)
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+def port_range(raw: Raw) -> tuple[int, int]:
+    text = string(raw) if isinstance(raw.value, str) else raw.value
+    if not isinstance(text, str):
+        raise ValueError(f"must be a range like 30000-32767, got {_type_name(raw.value)}")
+    low, sep, high = text.partition("-")
+    try:
+        first, last = int(low), int(high if sep else low)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port range like 30000-32767") from None
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"{text!r} is not a port range within 1-65535, low to high")
+    return first, last
+
+
+def node_name(raw: Raw) -> str:
+    value = string(raw)
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid node name (lowercase RFC 1123 subdomain: "
+            "letters, digits, '-' and '.', at most 253 characters)"
+        )
+    return value
+
+
+def endpoint(raw: Raw) -> str:
+    value = string(raw)
+    if value.startswith("/"):  # a bare socket path is what people type; grpc wants a URL
+        return "unix://" + value
+    if "://" not in value:
+        raise ValueError(f"{value!r} is not an endpoint URL (e.g. unix:///path/to.sock)")
+    return value
+
+
+def socket_path(raw: Raw) -> Path:
+    value = path(raw)
+    if len(os.fsencode(value)) > MAX_SOCKET_PATH_BYTES:
+        raise ValueError(
+            f"{str(value)!r} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a unix socket "
+            "path may have"
+        )
+    return value
+
+
+def bind(raw: Raw) -> str:
+    """``host:port`` (``[v6]:port`` too), or empty to switch the listener off."""
+    if not isinstance(raw.value, str):
+        raise ValueError(f"must be host:port or empty, got {_type_name(raw.value)}")
+    value = raw.value.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:10255), nor empty")
+    return value
+
+
+def boolean(raw: Raw) -> bool:
+    if isinstance(raw.value, bool):
+        return raw.value
+    if isinstance(raw.value, str) and not raw.typed and raw.value.lower() in ("true", "false"):
+        return raw.value.lower() == "true"
+    raise ValueError(f"must be true or false, got {raw.value!r}")
+
+
+def image(raw: Raw) -> str:
+    value = string(raw)
+    if any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an image reference (contains whitespace)")
+    return value
+
+
+def eviction_hard(raw: Raw) -> EvictionThreshold:
+    text = string(raw).replace(" ", "")
+    signal, sep, value = text.partition("<")
+    if not sep or not value:
+        raise ValueError(f"{text!r} is not a threshold like {EVICTION_SIGNAL}<100Mi")
+    if signal != EVICTION_SIGNAL:
+        raise ValueError(f"{signal!r}: only {EVICTION_SIGNAL} is supported")
+    if value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage") from None
+        if not (math.isfinite(percent) and 0 < percent < 100):
+            raise ValueError(f"{value!r} must be a percentage between 0 and 100")
+        return EvictionThreshold(quantity_bytes=None, percent=percent)
+    match = _MEMORY_QUANTITY.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a memory quantity like 100Mi or a percentage")
+    number, suffix = match.groups()
+    quantity = int(float(number) * _MEMORY_UNITS[suffix or ""])
+    return EvictionThreshold(quantity_bytes=quantity, percent=None)
+
+
+# The Kubernetes quantity suffixes a memory threshold uses (the model's parser is a layer up).
+_MEMORY_UNITS: Mapping[str, int] = {
+    "": 1,
+    **{s: 1000 ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+_MEMORY_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(" + "|".join(k for k in _MEMORY_UNITS if k) + ")?")
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
