@@ -43,6 +43,9 @@ class StatusInput:
     start_time: float | None = None
     messages: Mapping[ContainerID, str] = field(default_factory=dict)  # termination messages
     forbidden: str = ""  # why the node's policy refuses the pod ("" if it does not)
+    # The pod is being stopped: its IPs outlive its sandbox, so the final status the API is
+    # told still names them (upstream's preserveDataFromBeforeStopping).
+    terminating: bool = False
 
 
 def rfc3339(seconds: float) -> str:
@@ -70,6 +73,8 @@ def compute_status(inp: StatusInput) -> Json:
     ip = sandbox.ip if sandbox is not None else ""
     if pod.spec.host_network and inp.host_ip:
         ip = inp.host_ip  # the node's network: its IP is the pod's, sandbox or not (upstream)
+    elif not ip and inp.terminating:
+        ip = str((inp.previous or {}).get("podIP") or "")
     status: Json = {"phase": phase}
     if inp.forbidden:
         # The kubelet's soft admission: the pod stays Pending, its status says why.

@@ -104,6 +104,8 @@ def test_memory_pressure_evicts_best_effort_and_keeps_guaranteed(
     assert hog["status"]["phase"] == "Failed"
     assert hog["status"]["qosClass"] == "BestEffort"
     assert "low on resource: memory" in hog["status"]["message"]
+    assert condition(hog, "DisruptionTarget") == "True"
+    assert container_status(hog, "main")["state"].get("terminated") is not None
     # The condition was up while the hog held its memory; once the hog is evicted and its
     # memory freed, the next sample may already show it gone (sampled once a second).
     assert "True" in pressure_seen, pressure_seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -400,3 +401,15 @@ def test_a_host_network_pod_reports_the_node_ip_as_its_own() -> None:
         assert result["podIPs"] == [{"ip": "192.168.56.11"}]
         assert result["hostIPs"] == [{"ip": "192.168.56.11"}]
     assert status(base, info("app"))["podIP"] == SANDBOX.ip
+
+
+def test_a_terminating_pod_keeps_the_ip_of_its_stopped_sandbox() -> None:
+    before = status(make_pod(), info("app"))
+    stopped = StatusInput(
+        pod=make_pod(),
+        runtime=RuntimePod(UID, (), (info("app", state=EXITED, code=137),)),
+        now=NOW,
+        previous=before,
+    )
+    assert compute_status(dataclasses.replace(stopped, terminating=True))["podIP"] == SANDBOX.ip
+    assert "podIP" not in compute_status(stopped)  # a sandbox being replaced: no IP meanwhile
