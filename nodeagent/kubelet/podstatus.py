@@ -4,6 +4,9 @@ The output is a ``PodStatus`` in the API's own JSON shape (phase, conditions,
 containerStatuses ...) so that the local status endpoint, the CLI and, in cluster mode, the
 API server all see the same document. Phase follows the kubelet's ``getPhase``; condition
 transition times are carried over from the previous status while a condition's value holds.
+A hostNetwork pod's IP is the node's; a terminating pod keeps the IP of its stopped sandbox.
+``qosClass`` is upstream's ComputePodQOS; in cluster mode the API's own value (set at
+creation, immutable) is what the status writer keeps.
 """
 
 from __future__ import annotations
