@@ -100,8 +100,8 @@ def omit_empty(value: Any) -> Any:
 def status_patch(api: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> Obj:
     """The strategic merge patch of ``status`` that turns the API's status into
     ``merge_status(api, ours)``; {} when there is nothing to send."""
-    base = omit_empty(api or {})
-    return two_way_patch(base, omit_empty(merge_status(base, ours)))
+    wanted = merge_status(api or {}, ours)
+    return two_way_patch(omit_empty(api or {}), omit_empty(wanted), wanted)
 
 
 def merge_status(api: Mapping[str, Any], ours: Mapping[str, Any]) -> Obj:
@@ -139,58 +139,65 @@ def _merge_conditions(api: Mapping[str, Any], ours: Mapping[str, Any]) -> list[O
     return result
 
 
-def two_way_patch(original: Mapping[str, Any], modified: Mapping[str, Any]) -> Obj:
-    """``CreateTwoWayMergePatch(original, modified)`` for a PodStatus (both in omitempty form)."""
+def two_way_patch(
+    original: Mapping[str, Any], modified: Mapping[str, Any], values: Mapping[str, Any]
+) -> Obj:
+    """``CreateTwoWayMergePatch(original, modified)`` for a PodStatus. ``original`` and
+    ``modified`` are compared in omitempty form; what is sent comes from ``values`` (the
+    modified status as it is): fields Go always encodes, such as a container's empty
+    ``imageID``, must reach the server, whose decoders require them."""
     patch: Obj = {}
     for key, new in modified.items():
         if key not in original:
-            patch[key] = new
+            patch[key] = _wire(values[key])
             continue
         old = original[key]
         if isinstance(old, dict) and isinstance(new, dict):
-            sub = _diff_maps(old, new)
+            sub = _diff_maps(old, new, values[key])
             if sub:
                 patch[key] = sub
         elif isinstance(old, list) and isinstance(new, list) and key in MERGE_KEYS:
-            patch.update(_diff_merge_list(key, old, new, MERGE_KEYS[key]))
+            patch.update(_diff_merge_list(key, old, new, values[key], MERGE_KEYS[key]))
         elif old != new:
-            patch[key] = new
+            patch[key] = _wire(values[key])
     for key in original:
         if key not in modified:
             patch[key] = None
     return patch
 
 
-def _diff_maps(original: Mapping[str, Any], modified: Mapping[str, Any]) -> Obj:
+def _diff_maps(original: Mapping[str, Any], modified: Mapping[str, Any], values: Any) -> Obj:
     """A map below the status: changed and added fields, removed ones as null; lists in it
     carry no merge strategy (atomic)."""
     patch: Obj = {}
     for key, new in modified.items():
         old = original.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            sub = _diff_maps(old, new)
+            sub = _diff_maps(old, new, values[key])
             if sub:
                 patch[key] = sub
         elif key not in original or old != new:
-            patch[key] = new
+            patch[key] = _wire(values[key])
     for key in original:
         if key not in modified:
             patch[key] = None
     return patch
 
 
-def _diff_merge_list(field: str, original: list[Any], modified: list[Any], key: str) -> Obj:
+def _diff_merge_list(
+    field: str, original: list[Any], modified: list[Any], values: list[Any], key: str
+) -> Obj:
     """The patch entries for one merge list: ``field`` (changes, then deletions) and
     ``$setElementOrder/field``, as upstream's diffLists emits them for lists of maps."""
     before = {_ident(item, key): item for item in original}
-    after = {_ident(item, key): item for item in modified}
+    after = {_ident(item, key): (item, value) for item, value in zip(modified, values, strict=True)}
     changes: list[Obj] = []
-    for ident, item in after.items():  # modified's order (normalizeSliceOrder)
+    for ident, (item, value) in after.items():  # modified's order (normalizeSliceOrder)
         prior = before.get(ident)
         if prior is None:
-            changes.append(item)
+            changes.append(_wire(value))
             continue
-        sub = _diff_maps(prior, item)
+        sub = _diff_maps(prior, item, value)
         if sub:
             changes.append({**sub, key: item[key]})
     # Deletions follow, in the merge keys' sorted order (upstream sorts both lists to diff).
@@ -205,6 +212,15 @@ def _diff_merge_list(field: str, original: list[Any], modified: list[Any], key: 
     if items or not same_order:
         out[ORDER_PREFIX + field] = [{key: item[key]} for item in modified]
     return out
+
+
+def _wire(value: Any) -> Any:
+    """A value as sent: without None (Go encodes an unset pointer as nothing, or null)."""
+    if isinstance(value, Mapping):
+        return {k: _wire(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    return value
 
 
 def _ident(item: Any, key: str) -> str:

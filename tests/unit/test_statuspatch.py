@@ -264,10 +264,20 @@ def test_container_statuses_are_atomic_and_sent_whole() -> None:
     ours = running(OLD)
     ours["containerStatuses"] = [
         {"name": "c", "ready": False, "restartCount": 1, "lastState": {"terminated": {}}},
-        {"name": "d", "ready": True, "restartCount": 0},
+        {"name": "d", "imageID": "", "ready": True, "restartCount": 0, "lastState": {}},
     ]
     patch = status_patch(running(OLD), ours)
-    assert patch == {"containerStatuses": omit_empty(ours["containerStatuses"])}
+    # Sent as they are: Go encodes an empty imageID, and the server's decoders require it.
+    assert patch == {"containerStatuses": ours["containerStatuses"]}
+
+
+def test_values_are_sent_without_nulls_but_with_their_empty_fields() -> None:
+    ours = running(OLD)
+    ours["conditions"] = [*ours["conditions"], cond("Initialized", lastProbeTime=None)]
+    ours["containerStatuses"] = [{"name": "c", "imageID": "", "ready": False, "restartCount": 0}]
+    patch = status_patch(running(OLD), ours)
+    assert patch["conditions"] == [cond("Initialized")]
+    assert patch["containerStatuses"][0]["imageID"] == ""
 
 
 def test_qos_class_and_start_time_are_the_apis_once_set() -> None:
