@@ -38,7 +38,7 @@ from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.podstatus import qos_class, rfc3339
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
-from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, WorkerState
+from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, PodWorker, WorkerState
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import cni, sysctl
@@ -120,6 +120,7 @@ class Node:
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
         self.evicted: dict[PodUID, dict[str, Any]] = {}  # uid -> the pod's final entry
+        self._reporting: set[asyncio.Task[None]] = set()  # evictions whose kill is awaited
         self.eviction = eviction.EvictionMonitor(
             config.eviction_hard,
             read=nodestatus.memory_reading,
@@ -246,19 +247,30 @@ class Node:
         if worker is None:
             return asyncio.sleep(0)
         pod = worker.pod
-        status = eviction.evicted_status(worker.status, message)
+        now = rfc3339(time.time())
         entry: dict[str, Any] = {
             "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
-            "status": status,
+            "status": eviction.evicted_status(worker.status, message, now=now),
             "probes": [],
             "worker": WorkerState.TERMINATED.value,
         }
         self.evicted[pod.uid] = entry
-        if self.cluster is not None:  # the API learns it as the kubelet tells it: Failed/Evicted
-            self.cluster.record_final(pod.uid, status)
         stopping = self.manager.terminate(pod, MIN_KILL_GRACE_S)  # a hard threshold: no grace
         self.proxy.wake()
-        return stopping.wait_terminated()
+        # The monitor stops waiting after a while; the final status is told all the same.
+        task = asyncio.create_task(self._report_evicted(stopping, entry, message))
+        self._reporting.add(task)
+        task.add_done_callback(self._reporting.discard)
+        return asyncio.shield(task)
+
+    async def _report_evicted(self, worker: PodWorker, entry: dict[str, Any], message: str) -> None:
+        """Once the evicted pod's containers have stopped: its final status (their exit codes,
+        Failed/Evicted) locally and, as the kubelet tells it, to the API."""
+        await worker.wait_terminated()
+        status = eviction.evicted_status(worker.status, message, now=rfc3339(time.time()))
+        entry["status"] = status
+        if self.cluster is not None:
+            self.cluster.record_final(worker.pod.uid, status)
 
     def _proxy_inputs(self) -> ProxyInputs | None:
         if not (self._desired_loaded and self.cache.synced.is_set()):

@@ -483,6 +483,8 @@ def _held_status(obj: Obj, hold: Hold) -> Obj:
         ]
 
     status: Obj = {"phase": "Pending", "containerStatuses": statuses("containers")}
+    # The API's conditions as they are: a two-way patch would delete the ones left out.
+    status["conditions"] = (obj.get("status") or {}).get("conditions") or []
     if spec.get("initContainers"):
         status["initContainerStatuses"] = statuses("initContainers")
     return status

@@ -1,16 +1,16 @@
 """Pod status to the API server: ``PATCH pods/<name>/status``, only what changed.
 
 Follows the kubelet's status manager:
-- The patch is a strategic merge patch carrying ``metadata.uid`` as a precondition (a pod
-  replaced by a namesake answers 409 instead of receiving a stranger's status).
-  ``conditions`` merge by ``type``, so only changed conditions are sent and conditions other
-  writers own (DisruptionTarget, say) are left alone; ``containerStatuses`` and
-  ``initContainerStatuses`` are atomic lists and are sent whole.
+- The patch is the two-way strategic merge patch ``statusutil.PatchPodStatus`` sends (see
+  ``statuspatch``: ``$setElementOrder`` and ``$patch: delete`` directives, so a new pod IP
+  replaces the old one), carrying ``metadata.uid`` as a precondition (a pod replaced by a
+  namesake answers 409 instead of receiving a stranger's status).
 - "Changed" is judged against the API's own copy (from the watch, or from our last patch's
   answer, whichever is newer), compared as Go's ``omitempty`` would: a missing field and an
-  empty one are the same. A condition whose status, reason and message hold keeps the API's
-  ``lastTransitionTime``: a restarted agent does not rewrite every pod, and ``startTime``
-  is never moved once set.
+  empty one are the same. A condition whose status holds keeps the API's
+  ``lastTransitionTime`` (a restarted agent does not rewrite every pod), ``startTime`` is
+  never moved once set, ``qosClass`` is never changed, and what other writers own
+  (conditions of readiness gates, say) is left alone.
 - Coalesced: one pass every ``interval_s`` (or sooner, on ``wake``) sends each pod's latest
   status once, however often it changed in between. A pass sends its patches concurrently
   (at most ``MAX_IN_FLIGHT`` at once, one per pod): in a burst of new pods a pod's patch
@@ -45,6 +45,9 @@ from lightkube.types import PatchType
 
 from nodeagent.apiserver.client import ApiClient, ApiFailure, api_errors
 from nodeagent.apiserver.reflector import Backoff
+from nodeagent.apiserver.statuspatch import omit_empty, status_patch
+
+__all__ = ["PodStatusWriter", "Wanted", "omit_empty", "status_patch"]
 
 log = structlog.get_logger("nodeagent.apiserver.status")
 
@@ -52,9 +55,6 @@ Obj = dict[str, Any]
 
 INTERVAL_S = 0.5
 MAX_IN_FLIGHT = 8  # patches of one pass sent at once
-_SCALARS = ("phase", "hostIP", "podIP", "qosClass", "reason", "message", "nominatedNodeName")
-_LISTS = ("hostIPs", "podIPs", "initContainerStatuses", "containerStatuses")
-_CONDITION_KEYS = ("status", "reason", "message")
 
 
 @dataclass(frozen=True)
@@ -70,43 +70,6 @@ class Wanted:
     uid: str
     status: Obj
     observed: Obj | None = None
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == {} or value == []
-
-
-def omit_empty(value: Any) -> Any:
-    """``value`` without None, "", {} and [] anywhere: Go's omitempty view of a document."""
-    if isinstance(value, Mapping):
-        out = {k: omit_empty(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if not _empty(v)}
-    if isinstance(value, list):
-        return [omit_empty(v) for v in value]
-    return value
-
-
-def status_patch(base: Obj | None, new: Obj) -> Obj:
-    """The part of ``new`` that ``base`` lacks, as a strategic merge patch of ``status``."""
-    old = omit_empty(base or {})
-    cur = omit_empty(new)
-    patch: Obj = {}
-    for key in (*_SCALARS, *_LISTS):
-        if key in cur and cur[key] != old.get(key):
-            patch[key] = new[key]
-    if "startTime" in cur and "startTime" not in old:
-        patch["startTime"] = new["startTime"]
-    before = {c.get("type"): c for c in old.get("conditions") or []}
-    changed = []
-    for cond in cur.get("conditions") or []:
-        prior = before.get(cond.get("type"))
-        if prior is None or any(prior.get(k) != cond.get(k) for k in _CONDITION_KEYS):
-            # A merged condition keeps the fields the patch leaves out: null clears them.
-            cleared = {k: None for k in _CONDITION_KEYS if k in (prior or {}) and k not in cond}
-            changed.append({**cond, **cleared})
-    if changed:
-        patch["conditions"] = changed
-    return patch
 
 
 def _newer(a: str, b: str) -> bool:

@@ -15,7 +15,10 @@ Facts matched (upstream's node-pressure eviction):
 - ranking: pods whose memory use exceeds their requests first, then lower priority first,
   then larger use above requests first. A BestEffort pod requests nothing, so any use
   exceeds it; Guaranteed and Burstable pods within their requests come last;
-- an evicted pod ends ``Failed`` with reason ``Evicted`` and a message naming the resource;
+- an evicted pod ends ``Failed`` with reason ``Evicted`` and a message naming the resource,
+  a ``DisruptionTarget`` condition (reason ``TerminationByKubelet``) and its containers
+  terminated; the API is told once they have stopped (a pod is never reported terminal
+  while its containers still run);
 - the MemoryPressure condition stays True for the pressure transition period (5 minutes)
   after the last reading below the threshold, so that it does not flap; evictions follow the
   readings themselves.
@@ -41,6 +44,8 @@ from nodeagent.model.pod import Pod, PodUID
 log = structlog.get_logger("nodeagent.eviction")
 
 EVICTED_REASON = "Evicted"
+DISRUPTION_TARGET = "DisruptionTarget"  # the condition upstream adds to a pod it evicts
+DISRUPTION_REASON = "TerminationByKubelet"
 PRESSURE_TRANSITION_S = 300.0  # upstream's --eviction-pressure-transition-period
 POD_CLEANUP_TIMEOUT_S = 30.0  # how long a pass waits for its victim to be gone (upstream's)
 _QOS_ORDER = {"BestEffort": 0, "Burstable": 1, "Guaranteed": 2}
@@ -216,18 +221,47 @@ class EvictionMonitor:
             await asyncio.sleep(self.interval_s)
 
 
-def evicted_status(last: Mapping[str, Any] | None, message: str) -> dict[str, Any]:
-    """An evicted pod's final PodStatus: Failed, reason Evicted, nothing ready any more."""
+def evicted_status(last: Mapping[str, Any] | None, message: str, *, now: str) -> dict[str, Any]:
+    """An evicted pod's final PodStatus, from its last one (after the kill: the stopped
+    containers as the runtime reported them), as upstream's eviction manager writes it:
+    Failed, reason Evicted, the message naming the resource; nothing ready; a
+    ``DisruptionTarget`` condition (reason TerminationByKubelet, the same message); every
+    container terminated (one never seen stopped as upstream's ContainerStatusUnknown)."""
     status = dict(last or {})
     status.update(phase="Failed", reason=EVICTED_REASON, message=message)
     conditions = []
     for cond in status.get("conditions") or []:
-        if cond.get("type") in ("Ready", "ContainersReady"):
-            cond = {**cond, "status": "False", "reason": "PodFailed"}
+        if cond.get("type") == DISRUPTION_TARGET:
+            continue
+        if cond.get("type") in ("Ready", "ContainersReady") and cond.get("status") != "False":
+            cond = {**cond, "status": "False", "reason": "PodFailed", "lastTransitionTime": now}
         conditions.append(cond)
-    if conditions:
-        status["conditions"] = conditions
+    conditions.append(
+        {
+            "type": DISRUPTION_TARGET,
+            "status": "True",
+            "reason": DISRUPTION_REASON,
+            "message": message,
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+        }
+    )
+    status["conditions"] = conditions
     for key in ("containerStatuses", "initContainerStatuses"):
         if key in status:
-            status[key] = [{**c, "ready": False} for c in status[key]]
+            status[key] = [_stopped(c) for c in status[key]]
     return status
+
+
+def _stopped(container: Mapping[str, Any]) -> dict[str, Any]:
+    state = container.get("state") or {}
+    stopped = {**container, "ready": False, "started": False}
+    if "terminated" not in state:
+        stopped["state"] = {
+            "terminated": {
+                "exitCode": 137,
+                "reason": "ContainerStatusUnknown",
+                "message": "The container could not be located when the pod was terminated",
+            }
+        }
+    return stopped

@@ -4,6 +4,9 @@ The output is a ``PodStatus`` in the API's own JSON shape (phase, conditions,
 containerStatuses ...) so that the local status endpoint, the CLI and, in cluster mode, the
 API server all see the same document. Phase follows the kubelet's ``getPhase``; condition
 transition times are carried over from the previous status while a condition's value holds.
+A hostNetwork pod's IP is the node's; a terminating pod keeps the IP of its stopped sandbox.
+``qosClass`` is upstream's ComputePodQOS; in cluster mode the API's own value (set at
+creation, immutable) is what the status writer keeps.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class StatusInput:
     start_time: float | None = None
     messages: Mapping[ContainerID, str] = field(default_factory=dict)  # termination messages
     forbidden: str = ""  # why the node's policy refuses the pod ("" if it does not)
+    # The pod is being stopped: its IPs outlive its sandbox, so the final status the API is
+    # told still names them (upstream's preserveDataFromBeforeStopping).
+    terminating: bool = False
 
 
 def rfc3339(seconds: float) -> str:
@@ -68,6 +74,10 @@ def compute_status(inp: StatusInput) -> Json:
     if deadline:
         phase = "Failed"
     ip = sandbox.ip if sandbox is not None else ""
+    if pod.spec.host_network and inp.host_ip:
+        ip = inp.host_ip  # the node's network: its IP is the pod's, sandbox or not (upstream)
+    elif not ip and inp.terminating:
+        ip = str((inp.previous or {}).get("podIP") or "")
     status: Json = {"phase": phase}
     if inp.forbidden:
         # The kubelet's soft admission: the pod stays Pending, its status says why.
@@ -261,20 +271,32 @@ def _conditions(
 
 
 def qos_class(pod: Pod) -> str:
-    resources = [c.resources for c in pod.all_containers()]
-    if all(
-        r.cpu_limit_millis is None
-        and r.memory_limit_bytes is None
-        and r.cpu_request_millis is None
-        and r.memory_request_bytes is None
-        for r in resources
-    ):
+    """The pod's QoS class as upstream's ComputePodQOS: only cpu and memory count, zero
+    quantities count as unset, requests and limits are summed over every container (init
+    containers and sidecars too); Guaranteed needs a cpu and a memory limit on every
+    container and the pod's summed requests equal to its summed limits. An unset request is
+    its limit, as the API server defaults it (static pods are defaulted the same way)."""
+    requests: dict[str, int] = {}
+    limits: dict[str, int] = {}
+    guaranteed = True
+    for r in (c.resources for c in pod.all_containers()):
+        cpu_request = r.cpu_limit_millis if r.cpu_request_millis is None else r.cpu_request_millis
+        memory_request = (
+            r.memory_limit_bytes if r.memory_request_bytes is None else r.memory_request_bytes
+        )
+        _add_positive(requests, cpu=cpu_request, memory=memory_request)
+        found = _add_positive(limits, cpu=r.cpu_limit_millis, memory=r.memory_limit_bytes)
+        guaranteed = guaranteed and found == {"cpu", "memory"}
+    if not requests and not limits:
         return "BestEffort"
-    guaranteed = all(
-        r.cpu_limit_millis is not None
-        and r.memory_limit_bytes is not None
-        and (r.cpu_request_millis in (None, r.cpu_limit_millis))
-        and (r.memory_request_bytes in (None, r.memory_limit_bytes))
-        for r in resources
-    )
-    return "Guaranteed" if guaranteed else "Burstable"
+    return "Guaranteed" if guaranteed and requests == limits else "Burstable"
+
+
+def _add_positive(total: dict[str, int], **quantities: int | None) -> set[str]:
+    """Adds the positive quantities to ``total``; the names of those added."""
+    added = set()
+    for name, value in quantities.items():
+        if value is not None and value > 0:
+            total[name] = total.get(name, 0) + value
+            added.add(name)
+    return added

@@ -467,6 +467,7 @@ class PodWorker:
                 start_time=start,
                 messages=self._messages,
                 forbidden=_forbidden_message(self._forbidden),
+                terminating=self.state is not WorkerState.SYNCING,
             )
         )
         metrics.pod_status(self.pod.uid, self._first_seen, self.status)

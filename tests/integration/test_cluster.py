@@ -11,6 +11,7 @@ writes through the admin kubeconfig.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from lightkube.resources.core_v1 import Event, Node, Pod, Service
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
-from tests.harness.agent import Agent
+from tests.harness.agent import Agent, RuntimeTarget
 
 NODE_NAME = "node-a"
 CLUSTER_DNS = "10.96.0.10"
@@ -439,3 +440,75 @@ async def test_image_pulls_and_a_missing_config_map_are_told_in_events(
     assert ("Failed", "Error: ErrImagePull") in seen["pulling"]
     assert any(r == "Failed" and '"absent" not found' in m for r, m in seen["waiting"])
     assert ("Pulled", 'Container image "busybox" already present on machine') in seen["present"]
+
+
+# --- pod status the API accepts, on both runtimes ------------------------------------------
+
+
+@pytest.fixture
+def runtime_agent(
+    node: TestNode, api: ApiServerProcess, link: Link, runtime_target: RuntimeTarget
+) -> Iterator[Agent]:
+    """An agent of the test API server on the module's runtime: containerd, then Docker."""
+    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
+    extra = ["--kubeconfig", kubeconfig, "--node-ip", link.node_ip]
+    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target)
+    for old in a.manifests.iterdir():
+        old.unlink()
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+async def test_a_replaced_sandbox_shows_its_new_ip_in_the_api(
+    node: TestNode, admin: AsyncClient, runtime_agent: Agent, runtime_target: RuntimeTarget
+) -> None:
+    agent = runtime_agent
+    uid = await create(admin, pod_manifest("moved", SLEEP, grace=2))
+    first = await wait_ready(admin, agent, "moved")
+    old_ip = first["status"]["podIP"]
+    assert first["status"]["podIPs"] == [{"ip": old_ip}]
+    # The runtime helpers run their own event loop: in a thread, beside this test's.
+    [sandbox] = [s for s in await asyncio.to_thread(runtime_target.sandboxes) if s.uid == uid]
+    runtime_target.kill(sandbox.id)  # the pause process dies: the agent makes a new sandbox
+
+    async def moved() -> dict[str, Any] | None:
+        pod = await get_pod(admin, "moved")
+        ip = ((pod or {}).get("status") or {}).get("podIP")
+        return pod if ready(pod) and ip and ip != old_ip else None
+
+    pod = await async_wait_for(
+        moved, 60, interval=0.2, message=lambda: f"a new pod IP in the API\n{agent.log_tail()}"
+    )
+    new_ip = pod["status"]["podIP"]
+    assert pod["status"]["podIPs"] == [{"ip": new_ip}]  # the old IP gone, not listed first
+    sandboxes = await asyncio.to_thread(runtime_target.sandboxes)
+    live = [s.id for s in sandboxes if s.uid == uid and s.state.value == "ready"]
+    assert len(live) == 1 and live != [sandbox.id]
+    # The new IP is one the CNI hands out: from the node's pod CIDR.
+    assert ipaddress.ip_address(new_ip) in ipaddress.ip_network(node.pod_cidr)
+
+    # The status keeps reaching the API: a container killed now shows up restarted there.
+    before = container_id(pod)
+    runtime_target.kill(before.split("://", 1)[1])
+
+    async def restarted() -> dict[str, Any] | None:
+        pod = await get_pod(admin, "moved")
+        return pod if ready(pod) and container_id(pod or {}) != before else None
+
+    pod = await async_wait_for(
+        restarted, 60, interval=0.2, message=lambda: f"the restart in the API\n{agent.log_tail()}"
+    )
+    assert pod["status"]["podIP"] == new_ip and pod["status"]["podIPs"] == [{"ip": new_ip}]
+
+
+async def test_a_host_network_pod_reports_the_node_ip(
+    admin: AsyncClient, runtime_agent: Agent, link: Link
+) -> None:
+    await create(admin, pod_manifest("hostnet", SLEEP, grace=2, hostNetwork=True))
+    pod = await wait_ready(admin, runtime_agent, "hostnet")
+    status = pod["status"]
+    assert status["hostIP"] == link.node_ip and status["hostIPs"] == [{"ip": link.node_ip}]
+    assert status["podIP"] == link.node_ip and status["podIPs"] == [{"ip": link.node_ip}]

@@ -15,6 +15,7 @@ import pytest
 from nodeagent.apiserver.client import ApiClient
 from nodeagent.apiserver.cluster import ClusterLink
 from nodeagent.apiserver.reflector import Backoff
+from nodeagent.kubelet import eviction
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
@@ -27,6 +28,7 @@ from nodeagent.runtime.base import ContainerState
 from nodeagent.runtime.fake import FakeRuntime
 from nodeagent.sources.file import DesiredState, read_file
 from tests.apiserver import ApiServer
+from tests.apiserver.patch import STRATEGIC
 from tests.apiserver.resources import CONFIGMAPS, ENDPOINTSLICES, EVENTS, PODS, SERVICES
 from tests.unit.rig import eventually
 
@@ -167,6 +169,33 @@ async def test_an_api_pod_runs_and_its_status_reaches_the_api(rig: Rig) -> None:
     assert rig.status_patches("web") == patches
     patch = next(r for r in rig.api.requests if r.method == "PATCH" and r.path.endswith("/status"))
     assert patch.content_type == "application/strategic-merge-patch+json"
+
+
+async def test_an_evicted_pod_ends_with_disruption_target_and_keeps_others_conditions(
+    rig: Rig,
+) -> None:
+    uid = rig.create(pod_body("victim"))["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "victim"), what="Ready in the API")
+    gate = {
+        "type": "example.com/gate",
+        "status": "True",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    body = {"status": {"conditions": [gate]}}
+    rig.api.store.patch(PODS, "default", "victim", STRATEGIC, body, subresource="status")
+    worker = rig.manager.worker_for(PodUID(uid))
+    assert worker is not None
+    message = "The node was low on resource: memory."
+    rig.link.record_final(PodUID(uid), eviction.evicted_status(worker.status, message, now="t"))
+    await eventually(lambda: phase(rig, "victim") == "Failed", what="Failed in the API")
+    status = rig.api_status("victim")
+    assert status["reason"] == "Evicted" and status["message"] == message
+    kinds = [c["type"] for c in status["conditions"]]
+    assert kinds.count("DisruptionTarget") == 1 and gate in status["conditions"]
+    target = next(c for c in status["conditions"] if c["type"] == "DisruptionTarget")
+    assert target["reason"] == "TerminationByKubelet" and target["status"] == "True"
+    (container,) = status["containerStatuses"]
+    assert "terminated" in container["state"] and not container["ready"]
 
 
 async def test_status_follows_a_container_exit_and_survives_5xx(rig: Rig) -> None:

@@ -107,18 +107,40 @@ def test_candidate_request_defaults_to_the_limit() -> None:
 
 
 def test_evicted_status_is_failed_with_reason_and_nothing_ready() -> None:
+    exited = {"terminated": {"exitCode": 137, "reason": "Error"}}
     last = {
         "phase": "Running",
-        "conditions": [{"type": "Ready", "status": "True"}, {"type": "Initialized"}],
-        "containerStatuses": [{"name": "c0", "ready": True}],
+        "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "t0"},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": "t0"},
+        ],
+        "containerStatuses": [
+            {"name": "c0", "ready": True, "started": True, "state": exited},
+            {"name": "c1", "ready": True, "started": True, "state": {"running": {}}},
+        ],
     }
-    status = eviction.evicted_status(last, "The node was low on resource: memory.")
+    message = "The node was low on resource: memory."
+    status = eviction.evicted_status(last, message, now="t1")
     assert status["phase"] == "Failed"
     assert status["reason"] == "Evicted"
     assert "memory" in status["message"]
-    assert status["conditions"][0]["status"] == "False"
-    assert status["containerStatuses"][0]["ready"] is False
+    ready, initialized, target = status["conditions"]
+    assert ready == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "PodFailed",
+        "lastTransitionTime": "t1",
+    }
+    assert initialized == last["conditions"][1]
+    assert target["type"] == "DisruptionTarget" and target["status"] == "True"
+    assert target["reason"] == "TerminationByKubelet" and target["message"] == message
+    c0, c1 = status["containerStatuses"]
+    assert c0["state"] == exited  # as the runtime reported it stopping
+    assert c1["state"]["terminated"]["reason"] == "ContainerStatusUnknown"  # never seen stopped
+    assert not any(c["ready"] or c["started"] for c in (c0, c1))
     assert last["phase"] == "Running"  # the worker's status is not mutated
+    again = eviction.evicted_status(status, message, now="t2")
+    assert [c["type"] for c in again["conditions"]].count("DisruptionTarget") == 1
 
 
 async def test_monitor_evicts_one_pod_per_pass_and_reports_pressure() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -350,3 +351,65 @@ def test_qos_classes() -> None:
     assert qos_class(with_resources(lower)) == "Burstable"
     assert qos_class(with_resources(guaranteed, Resources())) == "Burstable"
     assert status(with_resources(guaranteed))["qosClass"] == "Guaranteed"
+
+
+def test_qos_zero_quantities_count_as_unset() -> None:
+    zero = Resources(cpu_limit_millis=0, memory_limit_bytes=0, cpu_request_millis=0)
+    assert qos_class(with_resources(zero)) == "BestEffort"
+    # A zero cpu limit is no limit: a memory limit alone cannot make the pod Guaranteed.
+    half = Resources(cpu_limit_millis=0, memory_limit_bytes=1 << 26)
+    assert qos_class(with_resources(half)) == "Burstable"
+
+
+def test_qos_sums_requests_and_limits_over_the_pod_and_counts_init_containers() -> None:
+    guaranteed = Resources(cpu_limit_millis=500, memory_limit_bytes=1 << 26)
+    # Each container's request differs from its limit, the pod's sums agree (upstream).
+    low = Resources(
+        cpu_limit_millis=500,
+        memory_limit_bytes=1 << 26,
+        cpu_request_millis=400,
+        memory_request_bytes=1 << 26,
+    )
+    high = Resources(
+        cpu_limit_millis=500,
+        memory_limit_bytes=1 << 26,
+        cpu_request_millis=600,
+        memory_request_bytes=1 << 26,
+    )
+    assert qos_class(with_resources(low, high)) == "Guaranteed"
+    init = Container("init", "busybox", resources=Resources(memory_request_bytes=1 << 20))
+    assert qos_class(make_pod(Container("c", "busybox"), inits=(init,))) == "Burstable"
+    unlimited_init = Container("init", "busybox")
+    pod = make_pod(Container("c", "busybox", resources=guaranteed), inits=(unlimited_init,))
+    assert qos_class(pod) == "Burstable"  # every container needs both limits
+
+
+# --- host network ------------------------------------------------------------------------------
+
+
+def test_a_host_network_pod_reports_the_node_ip_as_its_own() -> None:
+    base = make_pod()
+    pod = Pod(
+        uid=base.uid,
+        name=base.name,
+        namespace=base.namespace,
+        spec=PodSpec(containers=base.spec.containers, host_network=True),
+    )
+    for sandbox in (SANDBOX, None):
+        result = status(pod, info("app"), sandbox=sandbox)
+        assert result["podIP"] == "192.168.56.11"
+        assert result["podIPs"] == [{"ip": "192.168.56.11"}]
+        assert result["hostIPs"] == [{"ip": "192.168.56.11"}]
+    assert status(base, info("app"))["podIP"] == SANDBOX.ip
+
+
+def test_a_terminating_pod_keeps_the_ip_of_its_stopped_sandbox() -> None:
+    before = status(make_pod(), info("app"))
+    stopped = StatusInput(
+        pod=make_pod(),
+        runtime=RuntimePod(UID, (), (info("app", state=EXITED, code=137),)),
+        now=NOW,
+        previous=before,
+    )
+    assert compute_status(dataclasses.replace(stopped, terminating=True))["podIP"] == SANDBOX.ip
+    assert "podIP" not in compute_status(stopped)  # a sandbox being replaced: no IP meanwhile
