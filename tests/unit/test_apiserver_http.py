@@ -118,7 +118,8 @@ async def test_crud_list_and_status_patch(client: AsyncClient, api: ApiServer) -
     await client.patch(PodStatus, "web", patch, patch_type=PatchType.STRATEGIC)
     patch2 = {"status": {"conditions": [{"type": "Initialized", "status": "True"}]}}
     out = await client.patch(PodStatus, "web", patch2, patch_type=PatchType.STRATEGIC)
-    assert [c.type for c in out.status.conditions] == ["Ready", "Initialized"]
+    # A condition new to the list goes before the live ones (strategicpatch mergeSlice).
+    assert [c.type for c in out.status.conditions] == ["Initialized", "Ready"]
     out = await client.patch(
         PodStatus, "web", {"status": {"conditions": []}}, patch_type=PatchType.MERGE
     )
