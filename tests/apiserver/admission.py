@@ -86,6 +86,12 @@ class Admission:
         self.service_account_admission = service_account_admission
 
     def check_name(self, rt: ResourceType, name: str) -> None:
+        if rt.group == "rbac.authorization.k8s.io":  # path segment names: "system:node-proxier"
+            if name in (".", "..") or "/" in name or "%" in name:
+                raise errors.invalid(
+                    rt, name, f"metadata.name: Invalid value: {name!r}: may not contain '/'"
+                )
+            return
         if rt is SERVICES:
             pattern, what = _LABEL_1035, "a DNS-1035 label"
         elif rt.name_is_label:

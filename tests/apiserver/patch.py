@@ -213,9 +213,7 @@ def _scalar_ident(v: Any) -> Any:
     return json.dumps(v, sort_keys=True)
 
 
-def _enforce_order(
-    merged: list[Any], order: list[Any], live: list[Any], ident: Any
-) -> list[Any]:
+def _enforce_order(merged: list[Any], order: list[Any], live: list[Any], ident: Any) -> list[Any]:
     """strategicpatch's normalizeElementOrder + mergeSortedSlice: the items ``order`` names,
     sorted by it; the live-only items, in live order; then merged, taking the live-only item
     first only when both items are live and it stands before the other there (so an item new

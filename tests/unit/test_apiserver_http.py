@@ -18,7 +18,6 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import (
     ConfigMap,
-    Namespace,
     Node,
     NodeStatus,
     Pod,
@@ -347,7 +346,7 @@ async def test_tls_and_authentication(api: ApiServer, tmp_path: Path) -> None:
         KubeConfig.from_file(api.node_kubeconfig(tmp_path / "n1.kubeconfig", "n1"))
     )
     try:
-        assert [n.metadata.name async for n in node_client.list(Namespace)]
+        assert [s.metadata.name async for s in node_client.list(Service)]
     finally:
         await node_client.close()
     assert api.requests[-1].user == "system:node:n1"
@@ -420,7 +419,11 @@ async def test_discovery_version_and_pagination(client: AsyncClient, api: ApiSer
     names = {r["name"] for r in body["resources"]}
     assert {"pods", "pods/status", "nodes/status", "serviceaccounts/token", "events"} <= names
     _, body = await raw.request("GET", "/apis")
-    assert {g["name"] for g in body["groups"]} == {"coordination.k8s.io", "discovery.k8s.io"}
+    assert {g["name"] for g in body["groups"]} == {
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+        "rbac.authorization.k8s.io",
+    }
     _, body = await raw.request("GET", "/apis/discovery.k8s.io/v1")
     assert body["resources"][0]["kind"] == "EndpointSlice"
     _, body = await raw.request("GET", "/version")
