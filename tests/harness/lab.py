@@ -90,7 +90,10 @@ class Lab:
         images: dict[str, Path],
         grace_s: float = DEFAULT_GRACE_S,
         proxy_mode: str = "iptables",
+        node_proxier: bool = True,
     ) -> None:
+        """``node_proxier=False``: the nodes get only what the Node authorizer grants (no
+        system:node-proxier binding, so no Node or EndpointSlice lists)."""
         if not 1 <= count <= 200:
             raise ValueError("a lab has 1 to 200 nodes")
         self.root = root.resolve()
@@ -98,6 +101,7 @@ class Lab:
         self.images = images
         self.grace_s = grace_s
         self.proxy_mode = proxy_mode
+        self.node_proxier = node_proxier
         n = os.getpid() % 100000
         self.netns = f"na-lab-{n}"
         self.host_dev = f"nalab{n}"
@@ -126,7 +130,7 @@ class Lab:
                 extra_args=("--node-monitor-grace-period", str(self.grace_s)),
             )
             for name in names:
-                api.node_kubeconfig(name)
+                api.node_kubeconfig(name, node_proxier=self.node_proxier)
             await api.start()
             self.api = api
             for i, name in enumerate(names):
