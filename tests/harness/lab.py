@@ -8,7 +8,9 @@
     root netns: only the test API server's end of one veth ("up0"'s peer, a link-local /30),
                 as in test_cluster.py; nothing else of the machine's network is touched
 
-Every node's agent joins the test API server with its own node kubeconfig, and the lab sets
+Every node's agent joins the test API server with its own node kubeconfig (system:node:<name>,
+bound to system:node-proxier as docs/rbac.md asks; ``node_proxier=False`` leaves the binding
+out), and the lab sets
 each Node's ``spec.podCIDR`` to the node's pod CIDR, as the controller-manager's node IPAM
 would. The agents then route to each other's pod CIDRs (host-gw) over lab0. The API server
 runs with a short ``--node-monitor-grace-period`` so a stopped agent's node turns NotReady
