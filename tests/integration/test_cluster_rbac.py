@@ -3,7 +3,8 @@ refuses its lists of Nodes and EndpointSlices (403), and the agent says so in ``
 while its API pods, its static pods and the manifest directory's Services keep working.
 
 Uses the cluster suite's veth link; the test API server runs as strict as kube-apiserver
-(Node authorizer, NodeRestriction) with the node's credential left unbound.
+(Node authorizer, NodeRestriction) with the node's credential left unbound. Runs once per
+runtime (containerd over CRI, Docker).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lightkube import AsyncClient, KubeConfig
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent
+from tests.harness.agent import Agent, RuntimeTarget
 from tests.integration import test_cluster as cluster
 from tests.integration.test_cli_views import cli
 from tests.integration.test_cluster import (
@@ -68,12 +69,12 @@ async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
 
 
 @pytest.fixture
-def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) -> Iterator[Agent]:
     kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
     extra = ["--kubeconfig", kubeconfig, "--cluster-dns", CLUSTER_DNS]
     # --cluster-cidr: the agent watches all Nodes for host-gw routes (refused here).
     extra += ["--cluster-cidr", "10.244.0.0/16"]
-    a = Agent(node, name=NODE_NAME, extra=extra)
+    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target)
     for old in a.manifests.iterdir():
         old.unlink()
     a.start()
