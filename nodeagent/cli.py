@@ -53,7 +53,7 @@ STATUS_VIEWS = ("pods", "services", "node")
 _VIEW_KEYS = {
     "pods": ("pods", "events"),
     "services": ("services", "proxy"),
-    "node": ("agent", "node", "cluster", "proxy"),
+    "node": ("agent", "node", "cluster", "network", "proxy"),
 }
 
 

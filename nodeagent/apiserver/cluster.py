@@ -59,7 +59,7 @@ from nodeagent.apiserver.pods import (
     static_pod,
     terminal_status,
 )
-from nodeagent.apiserver.reflector import Backoff, Collection, Reflector
+from nodeagent.apiserver.reflector import NODE_PROXIER, Backoff, Collection, Reflector
 from nodeagent.apiserver.services import Endpoints, read_services, slice_endpoints
 from nodeagent.apiserver.statuswriter import PodStatusWriter, Wanted
 from nodeagent.kubelet import nodestatus
@@ -110,11 +110,13 @@ class ClusterLink:
             on_change=self._pods_changed,
         )
         self.service_objects = Reflector(
-            client, Collection("/api/v1/services"), on_change=self._services_changed
+            client,
+            Collection("/api/v1/services", needs=NODE_PROXIER),
+            on_change=self._services_changed,
         )
         self.slice_objects = Reflector(
             client,
-            Collection("/apis/discovery.k8s.io/v1/endpointslices"),
+            Collection("/apis/discovery.k8s.io/v1/endpointslices", needs=NODE_PROXIER),
             on_change=self._services_changed,
         )
         self.services: dict[str, Service] = {}
@@ -221,8 +223,13 @@ class ClusterLink:
 
     @property
     def services_ready(self) -> bool:
-        """Services and EndpointSlices listed once: the proxy may write rules."""
-        return self.service_objects.synced.is_set() and self.slice_objects.synced.is_set()
+        """Services and EndpointSlices listed once, or refused (403): the proxy may write
+        rules. A refusal is an answer: the manifest directory's Services must not wait for a
+        ClusterRole nobody may ever bind (the API's Services then get no endpoints)."""
+        return all(
+            r.synced.is_set() or bool(r.forbidden)
+            for r in (self.service_objects, self.slice_objects)
+        )
 
     def _publish(self) -> None:
         if self._files is None:
@@ -444,7 +451,13 @@ class ClusterLink:
             "eventsDropped": self.events.dropped,
             "lastHeartbeat": rfc3339(self.lease.last_renewed) if self.lease.last_renewed else None,
             "watchRestarts": self.watch_restarts(),
+            "forbidden": self.forbidden(),
         }
+
+    def forbidden(self) -> list[dict[str, str]]:
+        """The collections the API refuses this node (403), with the ClusterRole they need."""
+        reflectors = (self.pods, self.service_objects, self.slice_objects)
+        return [r.report() for r in reflectors if r.forbidden]
 
     def watch_restarts(self) -> dict[str, int]:
         """Per collection, the watches opened again after the first (metrics, status)."""

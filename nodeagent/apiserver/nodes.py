@@ -11,6 +11,10 @@ bad CIDR or address is reported by node and field, and the other nodes' routes s
 before the first list: an agent restarted while the API is down keeps the pod network up,
 as the reflector's invariant keeps pods running.
 
+Since 1.32 a node may read only its own Node: listing them all needs a ClusterRole such as
+``system:node-proxier`` (docs/rbac.md). Without it the reflector reports the 403 (``report``
+-> ``forbidden``), keeps asking slowly, and no route is ever removed or added meanwhile.
+
 Readiness is deliberately ignored: a NotReady node's pods may still run (an agent restart, a
 network blip to the API), and its routes cost nothing while they are wrong.
 """
@@ -26,7 +30,7 @@ from typing import Any
 import structlog
 
 from nodeagent.apiserver.client import ApiClient
-from nodeagent.apiserver.reflector import Collection, Reflector
+from nodeagent.apiserver.reflector import NODE_PROXIER, Collection, Reflector
 from nodeagent.network.routes import Route, RouteTable, normalise
 
 log = structlog.get_logger("nodeagent.apiserver.nodes")
@@ -90,7 +94,9 @@ class NodeRoutes:
         self.problems: list[str] = []
         self.syncs = 0
         self._changed = asyncio.Event()
-        self.nodes = Reflector(client, Collection("/api/v1/nodes"), on_change=self._changed.set)
+        self.nodes = Reflector(
+            client, Collection("/api/v1/nodes", needs=NODE_PROXIER), on_change=self._changed.set
+        )
 
     def loops(self) -> dict[str, Any]:
         return {"api-nodes": self.nodes.run, "node-routes": self.run}
@@ -109,4 +115,10 @@ class NodeRoutes:
                 await asyncio.wait_for(self._changed.wait(), RESYNC_S)
 
     def report(self) -> dict[str, Any]:
-        return {**self.table.report(), "nodeErrors": list(self.problems), "syncs": self.syncs}
+        forbidden = [self.nodes.report()] if self.nodes.forbidden else []
+        return {
+            **self.table.report(),
+            "nodeErrors": list(self.problems),
+            "syncs": self.syncs,
+            "forbidden": forbidden,
+        }

@@ -5,6 +5,7 @@
       |                 |            +--broken connection,   timeoutSeconds)
       |                 |               5xx, 429 --> jittered backoff --> watch again from rv
       +--410 Gone-------+
+      +--403 Forbidden --> ``forbidden`` set, logged once --> slow retry --> relist
       +--other ERROR event or failure --> jittered backoff --> relist
 
 Invariants:
@@ -17,6 +18,13 @@ Invariants:
   server, a compacted history) the reflector relists, and the relist shows deletions too.
 - ``on_change`` runs after each relist and each event that changed ``objects``; it is a
   plain callback, called on the event loop, and must not block.
+- A 403 is not an outage but missing RBAC (since 1.32 a node may not list all Nodes, nor
+  EndpointSlices, without a ClusterRole such as ``system:node-proxier``; see docs/rbac.md).
+  ``forbidden`` then holds the server's message until a list succeeds: it is logged once (with
+  the ClusterRole the collection ``needs``), shown by ``nodeagent status node``, and retried
+  every ``FORBIDDEN_RETRY_S`` (a binding added later takes effect without a restart). Whoever
+  waits on ``synced`` for this collection must also accept ``forbidden`` as an answer, or
+  wait for ever.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ log = structlog.get_logger("nodeagent.apiserver.reflector")
 Obj = dict[str, Any]
 
 WATCH_TIMEOUT_MIN_S = 300.0  # client-go asks for 5-10 minutes, at random, per watch
+FORBIDDEN_RETRY_S = 60.0  # RBAC changes by hand: no point asking more often
+NODE_PROXIER = "system:node-proxier"  # the ClusterRole kube-proxy has (bootstrap policy)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Collection:
     path: str  # e.g. /api/v1/pods (all namespaces)
     field_selector: str = ""
     label_selector: str = ""
+    needs: str = ""  # the ClusterRole that grants it when a node's own rights do not
 
     def params(self) -> dict[str, str]:
         params = {}
@@ -89,6 +100,7 @@ class Reflector:
         on_change: Callable[[], None],
         backoff: Backoff | None = None,
         watch_timeout_s: float = WATCH_TIMEOUT_MIN_S,
+        forbidden_retry_s: float = FORBIDDEN_RETRY_S,
     ) -> None:
         self.client = client
         self.collection = collection
@@ -97,10 +109,12 @@ class Reflector:
         self.synced = asyncio.Event()  # set by the first successful relist, never cleared
         self.connected = False  # a watch is open (for status and tests)
         self.relists = 0
+        self.forbidden = ""  # the server's 403 message while this collection is refused
         self.watches = 0  # watches opened; all but the first are restarts (metrics)
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._watch_timeout_s = watch_timeout_s
+        self._forbidden_retry_s = forbidden_retry_s
         self.log = log.bind(collection=collection.path)
 
     async def run(self) -> None:
@@ -119,6 +133,11 @@ class Reflector:
                     self.log.info("watch_expired", resource_version=self.resource_version)
                     need_list = True
                     continue
+                if exc.code == 403:
+                    self._refused(exc)
+                    need_list = True
+                    await asyncio.sleep(self._forbidden_retry_s * (1.0 + 0.2 * random.random()))
+                    continue
                 # A server that refused this watch (an ERROR event: "too large resource
                 # version" after a restart, say) or the request wants a fresh list.
                 need_list = need_list or isinstance(exc, WatchEventError) or not exc.retryable
@@ -128,8 +147,31 @@ class Reflector:
                 )
             await asyncio.sleep(delay)
 
+    def _refused(self, exc: ApiFailure) -> None:
+        if not self.forbidden:
+            self.log.error(
+                "watch_forbidden",
+                error=exc.message,
+                needs=self.collection.needs or None,
+                hint="bind the ClusterRole to this node's user or to system:nodes (docs/rbac.md)",
+            )
+        self.forbidden = exc.message or "forbidden"
+
+    def report(self) -> dict[str, str]:
+        """What a forbidden collection needs, for the status endpoint (empty if allowed)."""
+        if not self.forbidden:
+            return {}
+        return {
+            "resource": self.collection.path,
+            "message": self.forbidden,
+            "clusterRole": self.collection.needs,
+        }
+
     async def _relist(self) -> None:
         items, version = await self.client.list(self.collection.path, self.collection.params())
+        if self.forbidden:
+            self.log.info("watch_allowed")
+            self.forbidden = ""
         self.objects = {object_key(item): item for item in items}
         self.resource_version = version
         self.relists += 1

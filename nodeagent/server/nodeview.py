@@ -16,7 +16,11 @@ Pure: a function of the snapshot and the clock, like the other views. Layout::
     PROXY: iptables (nft)   LAST SYNC: 3s ago (partial, 0.042 s)   RULES: 57   ...
 
 In cluster mode the API line names the server, whether the pod watch is open, and how long
-ago the API last accepted this node's lease renewal (the heartbeat).
+ago the API last accepted this node's lease renewal (the heartbeat). Each collection the API
+refuses to list (403: missing RBAC) gets a warning line under it, naming the ClusterRole::
+
+    WARNING:      API refuses /api/v1/nodes (403 Forbidden): bind ClusterRole
+                  system:node-proxier to this node (docs/rbac.md)          (one line)
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def render_node(snapshot: Mapping[str, Any], now: datetime) -> str:
             or NONE,
         ),
         _field("API", _api(snapshot, now)),
+        *_forbidden(snapshot),
         "CONDITIONS:",
         _indent(_conditions(node)),
         _field("CAPACITY", _resources(as_map(node.get("capacity")))),
@@ -81,6 +86,21 @@ def _api(snapshot: Mapping[str, Any], now: datetime) -> str:
     beat = timestamp(cluster.get("lastHeartbeat"))
     parts.append(f"last heartbeat {human_duration(now - beat)} ago" if beat else "no heartbeat yet")
     return "   ".join(parts)
+
+
+def _forbidden(snapshot: Mapping[str, Any]) -> list[str]:
+    entries = [
+        *as_list(as_map(snapshot.get("cluster")).get("forbidden")),
+        *as_list(as_map(snapshot.get("network")).get("forbidden")),
+    ]
+    lines = []
+    for entry in (as_map(e) for e in entries):
+        role = as_str(entry.get("clusterRole"))
+        fix = f"bind ClusterRole {role} to this node" if role else "grant this node access"
+        resource = as_str(entry.get("resource")) or "a collection"
+        text = f"API refuses {resource} (403 Forbidden): {fix} (docs/rbac.md)"
+        lines.append(_field("WARNING", text))
+    return lines
 
 
 def _conditions(node: Mapping[str, Any]) -> str:

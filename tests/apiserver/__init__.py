@@ -8,6 +8,9 @@ upstream documents it follows and what it simplifies:
     resources.py    served kinds, discovery documents
     store.py        objects, resourceVersion, conflicts, subresources, graceful deletion
     admission.py    defaults, validation, ServiceAccount admission, pod immutability
+    podstatus.py    pod status IP conversion and ValidatePodStatusUpdate
+    authz.py        Node authorizer, RBAC ClusterRoles/Bindings (system:node-proxier)
+    noderestriction.py  what a node credential may write (NodeRestriction)
     allocators.py   ClusterIPs and NodePorts
     watch.py        history, watch streams, bookmarks, 410 Gone
     selectors.py    label and field selectors
@@ -17,7 +20,7 @@ upstream documents it follows and what it simplifies:
     handlers.py     the verbs over HTTP
     faults.py       fault injection
     tls.py          CA, certificates, kubeconfig files
-    server.py       the server: lifecycle, authentication, routing, test hooks
+    server.py       the server: lifecycle, authentication, authorization, routing, test hooks
 """
 
 from tests.apiserver.faults import FaultRule, Faults

@@ -1,7 +1,8 @@
 """Run the test API server as a process, e.g. for agents in other network namespaces.
 
     python -m tests.apiserver --host 10.200.0.1 --port 6443 --kubeconfig-out admin.kubeconfig \\
-        [--node-kubeconfig n1=n1.kubeconfig ...] [--plain-http] [--state-dir DIR] \\
+        [--node-kubeconfig n1=n1.kubeconfig ...] [--bare-node-kubeconfig n2=n2.kubeconfig ...]
+        [--plain-http] [--state-dir DIR] \\
         [--history N] [--bookmark-interval S] [--token T] [--min-token-seconds S]
 
 When it serves, it prints one JSON line on stdout: ``url``, ``port``, ``kubeconfig``, ``ca``
@@ -41,7 +42,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NODE=PATH",
-        help="write a client-certificate kubeconfig for system:node:NODE",
+        help="write a client-certificate kubeconfig for system:node:NODE, bound to "
+        "system:node-proxier",
+    )
+    p.add_argument(
+        "--bare-node-kubeconfig",
+        action="append",
+        default=[],
+        metavar="NODE=PATH",
+        help="the same without the system:node-proxier binding (the Node authorizer alone)",
     )
     p.add_argument("--plain-http", action="store_true", help="serve HTTP instead of HTTPS")
     p.add_argument("--no-auth", action="store_true", help="let anonymous requests through")
@@ -86,6 +95,9 @@ async def serve(args: argparse.Namespace) -> None:
         for spec in args.node_kubeconfig:
             node, _, path = spec.partition("=")
             api.node_kubeconfig(Path(path), node)
+        for spec in args.bare_node_kubeconfig:
+            node, _, path = spec.partition("=")
+            api.node_kubeconfig(Path(path), node, node_proxier=False)
         ready = {
             "url": api.url,
             "port": api.port,

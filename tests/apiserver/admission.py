@@ -11,6 +11,7 @@ Follows, per kind:
   alone); DefaultTolerationSeconds (not-ready/unreachable NoExecute for 300 s); and pod update
   validation (the spec is immutable but for images, activeDeadlineSeconds, tolerations and
   scheduling gates). The graceful-deletion period rules live in ``deletion_grace``.
+- Pod status writes: the IP conversion and ``ValidatePodStatusUpdate`` (``podstatus.py``).
 - Services: type, ports, ``targetPort`` and policy defaults, then ``allocators.assign``.
 - Namespaces: the ``kubernetes`` finalizer, ``phase: Active`` and the
   ``kubernetes.io/metadata.name`` label. Secrets: ``type: Opaque``, ``stringData`` folded into
@@ -24,7 +25,7 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from tests.apiserver import errors
+from tests.apiserver import errors, podstatus
 from tests.apiserver.allocators import AllocationError, assign
 from tests.apiserver.resources import (
     CONFIGMAPS,
@@ -85,6 +86,12 @@ class Admission:
         self.service_account_admission = service_account_admission
 
     def check_name(self, rt: ResourceType, name: str) -> None:
+        if rt.group == "rbac.authorization.k8s.io":  # path segment names: "system:node-proxier"
+            if name in (".", "..") or "/" in name or "%" in name:
+                raise errors.invalid(
+                    rt, name, f"metadata.name: Invalid value: {name!r}: may not contain '/'"
+                )
+            return
         if rt is SERVICES:
             pattern, what = _LABEL_1035, "a DNS-1035 label"
         elif rt.name_is_label:
@@ -111,7 +118,13 @@ class Admission:
             self._secret(obj)
 
     def on_update(self, rt: ResourceType, old: Obj, new: Obj, subresource: str | None) -> None:
+        if rt is PODS and "status" in new:
+            podstatus.convert(new["status"])
         if subresource == "status":
+            if rt is PODS:
+                found = podstatus.validate_update(old, new)
+                if found:
+                    raise errors.invalid_fields(PODS, old["metadata"]["name"], found)
             return
         if rt is PODS:
             self._pod_update(old, new)
@@ -191,6 +204,7 @@ class Admission:
                     }
                 )
         pod["status"] = {"phase": "Pending", "qosClass": qos_class(spec)}
+        podstatus.convert(pod["status"])
 
     def _service_account(self, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod["spec"]

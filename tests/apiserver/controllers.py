@@ -19,8 +19,11 @@ creates a Pod and a Service can read the EndpointSlice right away.
   ``targetPort`` resolved per pod (named ports from the pod's containerPorts); pods with
   different resolved ports land in different slices, as upstream. A Service with no endpoints
   keeps one empty placeholder slice. Slices are rewritten only when they change.
-- The ``kubernetes`` Service in ``default`` (ClusterIP 10.96.0.1, port 443) and its
-  EndpointSlice pointing at the API server's own address, as the apiserver reconciles them.
+- The ``kubernetes`` Service in ``default`` (the service CIDR's first IP, 10.96.0.1; port 443
+  named ``https``, targetPort the server's own port; labels component=apiserver,
+  provider=kubernetes) and its EndpointSlice ``kubernetes`` (label
+  ``kubernetes.io/service-name``, IPv4, the server's advertised address, ready, port
+  ``https``), as the apiserver's reconciler and endpoints adapter keep them.
 
 Simplified: IPv4 only; no 100-endpoint limit per slice; no Endpoints (core/v1) objects; no
 garbage collector beyond slices of deleted Services.
@@ -307,6 +310,14 @@ def _ports_key(ports: list[Obj]) -> str:
 def ensure_kubernetes_service(store: Store, address: str, port: int) -> None:
     """The ``default/kubernetes`` Service and its EndpointSlice at ``address:port``."""
     svc = store.find(SERVICES, "default", "kubernetes")
+    if svc is not None and (svc["spec"].get("ports") or [{}])[0].get("targetPort") != port:
+        # Served on another port now (a restart from saved state): the apiserver's
+        # reconciler rewrites the ports, as it does the EndpointSlice below.
+        fixed = copy.deepcopy(svc)
+        fixed["spec"]["ports"] = [
+            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}
+        ]
+        store.replace(SERVICES, fixed)
     if svc is None:
         store.create(
             SERVICES,

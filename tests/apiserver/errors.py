@@ -87,6 +87,16 @@ def invalid(rt: ResourceType, name: str, why: str) -> ApiError:
     return ApiError(422, "Invalid", msg, details=_details(rt, name))
 
 
+def invalid_fields(rt: ResourceType, name: str, errs: list[Any]) -> ApiError:
+    """NewInvalid: one message for all field errors (bracketed when more than one), each
+    also a ``details.causes`` entry. ``errs`` are podstatus.FieldError-like objects."""
+    text = str(errs[0]) if len(errs) == 1 else "[" + ", ".join(str(e) for e in errs) + "]"
+    details: dict[str, Any] = {"name": name, "kind": rt.kind, "causes": [e.cause() for e in errs]}
+    if rt.group:
+        details["group"] = rt.group
+    return ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: {text}', details=details)
+
+
 def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
     msg = f'{_qualified(rt)} "{name}" is forbidden: {why}'
     return ApiError(403, "Forbidden", msg, details=_details(rt, name))

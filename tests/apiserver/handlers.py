@@ -27,11 +27,12 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.apiserver import errors
+from tests.apiserver import errors, noderestriction
+from tests.apiserver.authz import Identity
 from tests.apiserver.patch import PATCH_TYPES
 from tests.apiserver.resources import NAMESPACES, PODS, ResourceType
 from tests.apiserver.selectors import parse_fields, parse_labels
-from tests.apiserver.store import Store
+from tests.apiserver.store import Guard, Store
 from tests.apiserver.subresources import Tokens, bind, token_request
 from tests.apiserver.watch import (
     Expired,
@@ -53,6 +54,25 @@ class Target:
     namespace: str | None
     name: str | None
     subresource: str | None
+    who: Identity | None = None  # the authenticated user (None: no admission by user)
+
+
+def _guard(store: Store, target: Target) -> Guard | None:
+    """NodeRestriction for a node's writes; nothing for other users."""
+    node = target.who.node if target.who is not None else None
+    if node is None:
+        return None
+    rt, sub = target.rt, target.subresource
+
+    def check(old: Obj | None, new: Obj) -> None:
+        if old is None:
+            noderestriction.admit_create(store, node, rt, new)
+        elif old is new:
+            noderestriction.admit_delete(node, rt, old)
+        else:
+            noderestriction.admit_update(node, rt, old, new, sub)
+
+    return check
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -224,8 +244,14 @@ class ResourceHandlers:
             raise errors.bad_request("the body must be a JSON object")
         rt, ns = target.rt, target.namespace
         if target.name is None:
-            return json_response(self.store.create(rt, ns, body), 201)
+            return json_response(
+                self.store.create(rt, ns, body, guard=_guard(self.store, target)), 201
+            )
         if target.subresource == "token" and target.subresource in rt.actions:
+            if target.who is not None and target.who.node is not None:
+                noderestriction.admit_token(
+                    self.store, target.who.node, rt, ns or "", target.name, body
+                )
             return json_response(
                 token_request(self.store, self.tokens, ns or "", target.name, body), 201
             )
@@ -247,7 +273,12 @@ class ResourceHandlers:
         body = await read_body(request)
         existed = self.store.find(target.rt, target.namespace, name) is not None
         obj = self.store.update(
-            target.rt, target.namespace, name, body, subresource=target.subresource
+            target.rt,
+            target.namespace,
+            name,
+            body,
+            subresource=target.subresource,
+            guard=_guard(self.store, target),
         )
         return json_response(obj, 200 if existed else 201)
 
@@ -258,7 +289,13 @@ class ResourceHandlers:
             raise errors.unsupported_media_type(", ".join(PATCH_TYPES))
         body = await read_body(request)
         obj = self.store.patch(
-            target.rt, target.namespace, name, ctype, body, subresource=target.subresource
+            target.rt,
+            target.namespace,
+            name,
+            ctype,
+            body,
+            subresource=target.subresource,
+            guard=_guard(self.store, target),
         )
         return json_response(obj)
 
@@ -295,7 +332,12 @@ class ResourceHandlers:
                 }
             )
         obj, gone = self.store.delete(
-            rt, ns, target.name, grace_period=grace, preconditions=body.get("preconditions")
+            rt,
+            ns,
+            target.name,
+            grace_period=grace,
+            preconditions=body.get("preconditions"),
+            guard=_guard(self.store, target),
         )
         if not gone or rt in (PODS, NAMESPACES):
             return json_response(obj)

@@ -12,6 +12,13 @@
   hand copy of k8s.io/api for the kinds served here. Every other list is atomic and replaced,
   as upstream: ``status.containerStatuses`` carries no patch strategy (``+listType=atomic``),
   so a status patch must send the whole list, as the kubelet does.
+  The order of a merged list is upstream's (strategicpatch ``mergeSlice``, "enforce the
+  order", then ``mergeSortedSlice``): the items the patch names (or ``$setElementOrder``
+  lists) in the patch's order, the live-only items in their live order, the two interleaved
+  by live position where both are live, and an item new to the list placed BEFORE the live
+  ones it meets. So ``podIPs: [{ip: NEW}]`` onto ``[{ip: OLD}]`` gives ``[NEW, OLD]``, and only
+  a ``$patch: delete`` of OLD (the kubelet's two-way diff) replaces it. Lists of primitives
+  (finalizers) keep the live items first, as upstream's scalar merge does.
 - ``application/json-patch+json``: RFC 6902 (add, remove, replace, move, copy, test).
 - ``application/apply-patch+yaml`` (server-side apply) is not supported: 415.
 """
@@ -116,13 +123,14 @@ def _smp_map(
     orders: dict[str, list[Any]] = {}
     retain: list[str] | None = None
     for key, value in patch.items():
-        if key == "$patch":
-            continue
-        if key == "$retainKeys":
-            retain = list(value)
-            continue
         if key.startswith("$setElementOrder/"):
-            orders[key.split("/", 1)[1]] = list(value)
+            if not isinstance(value, list):
+                raise PatchError(f"{key}: the element order must be a list")
+            orders[key.split("/", 1)[1]] = value
+        elif key == "$retainKeys":
+            retain = list(value)
+    for key, value in patch.items():
+        if key == "$patch" or key == "$retainKeys" or key.startswith("$setElementOrder/"):
             continue
         if key.startswith("$deleteFromPrimitiveList/"):
             field = key.split("/", 1)[1]
@@ -141,19 +149,24 @@ def _smp_map(
             else:
                 result[key] = merged
         elif isinstance(value, list):
-            result[key] = _smp_list(cur if isinstance(cur, list) else [], value, sub, keys)
+            live = cur if isinstance(cur, list) else []
+            result[key] = _smp_list(live, value, sub, keys, orders.pop(key, None))
         else:
             result[key] = value
-    for field, order in orders.items():
+    for field, order in orders.items():  # an order with no list patch: reorder only
         if isinstance(result.get(field), list):
-            result[field] = _reorder(result[field], order, keys.get(".".join((*path, field))))
+            result[field] = _smp_list(result[field], [], (*path, field), keys, order)
     if retain is not None:
         result = {k: v for k, v in result.items() if k in retain}
     return result
 
 
 def _smp_list(
-    orig: list[Any], patch: list[Any], path: tuple[str, ...], keys: dict[str, str]
+    orig: list[Any],
+    patch: list[Any],
+    path: tuple[str, ...],
+    keys: dict[str, str],
+    order: list[Any] | None = None,
 ) -> list[Any]:
     strategy = keys.get(".".join(path))
     if strategy is None:
@@ -161,8 +174,12 @@ def _smp_list(
     if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
         return [_strip(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
     if strategy == MERGE:
-        return list(orig) + [v for v in patch if v not in orig]
+        merged = list(orig) + [v for v in patch if v not in orig]
+        if order is None:
+            return merged
+        return _enforce_order(merged, order, orig, _scalar_ident)
     result = copy.deepcopy(orig)
+    named: list[Any] = []
     for item in patch:
         if not isinstance(item, dict) or strategy not in item:
             raise PatchError(f"{'.'.join(path)}: every item needs the merge key {strategy!r}")
@@ -178,23 +195,53 @@ def _smp_list(
             if idx is not None:
                 del result[idx]
             continue
+        named.append(item)
         if idx is None:
             result.append(_strip(item))
         else:
-            merged = _smp_map(result[idx], item, path, keys)
-            if merged is not None:
-                result[idx] = merged
-    return result
+            merged_item = _smp_map(result[idx], item, path, keys)
+            if merged_item is not None:
+                result[idx] = merged_item
 
-
-def _reorder(items: list[Any], order: list[Any], strategy: str | None) -> list[Any]:
     def ident(v: Any) -> Any:
-        if strategy not in (None, MERGE) and isinstance(v, dict):
-            return v.get(strategy)
-        return json.dumps(v, sort_keys=True)
+        return v.get(strategy) if isinstance(v, dict) else json.dumps(v, sort_keys=True)
 
+    return _enforce_order(result, named if order is None else order, orig, ident)
+
+
+def _scalar_ident(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True)
+
+
+def _enforce_order(merged: list[Any], order: list[Any], live: list[Any], ident: Any) -> list[Any]:
+    """strategicpatch's normalizeElementOrder + mergeSortedSlice: the items ``order`` names,
+    sorted by it; the live-only items, in live order; then merged, taking the live-only item
+    first only when both items are live and it stands before the other there (so an item new
+    to the list goes before the live ones)."""
     rank = {ident(v): i for i, v in enumerate(order)}
-    return sorted(items, key=lambda v: rank.get(ident(v), len(rank)))
+    live_rank = {ident(v): i for i, v in enumerate(live)}
+    named = sorted((v for v in merged if ident(v) in rank), key=lambda v: rank[ident(v)])
+    server = sorted(
+        (v for v in merged if ident(v) not in rank), key=lambda v: live_rank.get(ident(v), 0)
+    )
+    out: list[Any] = []
+    i = j = 0
+    while i < len(server) or j < len(named):
+        if j >= len(named):
+            out.append(server[i])
+            i += 1
+        elif i >= len(server):
+            out.append(named[j])
+            j += 1
+        else:
+            left, right = live_rank.get(ident(server[i])), live_rank.get(ident(named[j]))
+            if left is not None and right is not None and left < right:
+                out.append(server[i])
+                i += 1
+            else:
+                out.append(named[j])
+                j += 1
+    return out
 
 
 def _pointer(path: str) -> list[str]:

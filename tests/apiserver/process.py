@@ -49,17 +49,19 @@ class ApiServerProcess:
         self.state_dir = workdir / "state"
         self.info: dict[str, Any] = {}
         self._proc: asyncio.subprocess.Process | None = None
-        self._node_configs: list[str] = []
+        self._node_configs: list[tuple[str, str]] = []
 
     @property
     def url(self) -> str:
         return str(self.info["url"])
 
-    def node_kubeconfig(self, node_name: str) -> Path:
+    def node_kubeconfig(self, node_name: str, *, node_proxier: bool = True) -> Path:
         """Path of a client-cert kubeconfig for ``system:node:<node_name>`` (written at start,
-        so ask before ``start`` or restart after)."""
+        so ask before ``start`` or restart after). ``node_proxier=False`` leaves out the
+        system:node-proxier binding: the node gets what the Node authorizer alone grants."""
         path = self.workdir / f"{node_name}.kubeconfig"
-        spec = f"{node_name}={path}"
+        flag = "--node-kubeconfig" if node_proxier else "--bare-node-kubeconfig"
+        spec = (flag, f"{node_name}={path}")
         if spec not in self._node_configs:
             self._node_configs.append(spec)
         return path
@@ -81,7 +83,7 @@ class ApiServerProcess:
             # One argument: a random token may start with "-", which argparse takes for a flag.
             f"--token={self.token}",
             *(["--plain-http"] if self.plain_http else []),
-            *[arg for spec in self._node_configs for arg in ("--node-kubeconfig", spec)],
+            *[arg for spec in self._node_configs for arg in spec],
             *self.extra_args,
         ]
         env = {**os.environ, "PYTHONPATH": str(REPO)}

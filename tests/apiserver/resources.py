@@ -145,6 +145,10 @@ LEASES = ResourceType(
 ENDPOINTSLICES = ResourceType(
     "discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, allow_create_on_update=True
 )
+CLUSTERROLES = ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False)
+CLUSTERROLEBINDINGS = ResourceType(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False
+)
 
 ALL: tuple[ResourceType, ...] = (
     PODS,
@@ -157,6 +161,8 @@ ALL: tuple[ResourceType, ...] = (
     SERVICEACCOUNTS,
     LEASES,
     ENDPOINTSLICES,
+    CLUSTERROLES,
+    CLUSTERROLEBINDINGS,
 )
 BY_KIND: dict[str, ResourceType] = {rt.kind: rt for rt in ALL}
 

@@ -7,8 +7,13 @@ process, reachable from network namespaces).
 
 - Authentication (upstream "Authenticating"): a bearer token (the server's own, or one issued
   by TokenRequest) or a client certificate signed by the server's CA (user = CN); otherwise
-  401. ``/healthz``, ``/livez``, ``/readyz`` and ``/version`` are open, as upstream's
-  system:public-info-viewer makes them. No authorization: every user may do everything.
+  401. The certificate's O entries are the user's groups; the admin token is in
+  ``system:masters``. ``/healthz``, ``/livez``, ``/readyz`` and ``/version`` are open, as
+  upstream's system:public-info-viewer makes them.
+- Authorization (``authz.py``, ``noderestriction.py``): a node credential gets what the Node
+  authorizer, RBAC ClusterRoleBindings and NodeRestriction give it; ``node_kubeconfig`` binds
+  ``system:node-proxier`` to the node's user unless told not to (the access our docs ask
+  users to grant). Other users may do everything.
 - Discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``.
 - Test hooks: ``faults`` (next N requests fail), ``drop_history()`` / ``set_history(n)``
   (force 410 Gone), ``stop()`` / ``start()`` / ``restart()`` on the same port (open connections
@@ -36,7 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.apiserver import errors, resources
+from tests.apiserver import authz, errors, resources
+from tests.apiserver.authz import Attributes, Identity
 from tests.apiserver.controllers import (
     DEFAULT_NODE_MONITOR_GRACE_S,
     EndpointSliceController,
@@ -65,6 +71,7 @@ VERSION = {
 }
 HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 ADMIN_USER = "kubernetes-admin"
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +85,27 @@ class RequestRecord:
     code: int
     user: str | None
     time: float
+
+
+def _attributes(request: web.BaseRequest, target: Target) -> Attributes:
+    """The authorizer's view of a request (verb from method, name and ``watch``)."""
+    method = request.method
+    if method == "GET":
+        verb = "get" if target.name else ("watch" if _watching(request) else "list")
+    elif method == "DELETE":
+        verb = "delete" if target.name else "deletecollection"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    terms: dict[str, str] = {}
+    for term in (request.query.get("fieldSelector") or "").split(","):
+        key, sep, value = term.partition("==") if "==" in term else term.partition("=")
+        if sep and not key.endswith("!"):
+            terms[key.strip()] = value.strip()
+    return Attributes(verb, target.rt, target.namespace, target.name, target.subresource, terms)
+
+
+def _watching(request: web.BaseRequest) -> bool:
+    return str(request.query.get("watch", "")) in ("1", "t", "T", "true", "TRUE", "True")
 
 
 def _unspecified(host: str) -> bool:
@@ -134,6 +162,7 @@ class ApiServer:
         self.node_lifecycle = NodeLifecycleController(self.store, grace_s=node_monitor_grace_s)
         self.store.add_hook(self.node_lifecycle.on_change)
         self.namespaces.bootstrap()
+        authz.bootstrap(self.store)
         self._handlers = ResourceHandlers(
             self.store, self.tokens, bookmark_interval=lambda: self.bookmark_interval
         )
@@ -254,11 +283,25 @@ class ApiServer:
             path, server=self.url, ca_pem=ca, token=token or self.token, namespace=namespace
         )
 
-    def node_kubeconfig(self, path: Path, node_name: str) -> Path:
-        """What a kubelet gets from TLS bootstrap: a client cert for system:node:<name>."""
+    def node_kubeconfig(self, path: Path, node_name: str, *, node_proxier: bool = True) -> Path:
+        """What a kubelet gets from TLS bootstrap: a client cert for system:node:<name>.
+        With ``node_proxier`` (the default, as docs/rbac.md asks of users) the node's user is
+        also bound to ``system:node-proxier``, so it may list Nodes and EndpointSlices."""
+        if node_proxier:
+            self.bind_node_proxier(node_name)
         return self.write_kubeconfig(
-            path, cert_user=f"system:node:{node_name}", cert_groups=("system:nodes",)
+            path, cert_user=f"{authz.NODE_PREFIX}{node_name}", cert_groups=(authz.NODES_GROUP,)
         )
+
+    def bind_node_proxier(self, node_name: str) -> str:
+        """A ClusterRoleBinding of system:node-proxier to ``system:node:<node_name>``; its name."""
+        name = f"nodeagent:node-proxier:{node_name}"
+        if self.store.find(resources.CLUSTERROLEBINDINGS, None, name) is None:
+            body = authz.binding_body(
+                name, authz.NODE_PROXIER, [("User", f"{authz.NODE_PREFIX}{node_name}")]
+            )
+            self.store.create(resources.CLUSTERROLEBINDINGS, None, body)
+        return name
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -291,23 +334,38 @@ class ApiServer:
                 )
             )
 
-    def _authenticate(self, request: web.BaseRequest) -> str:
+    def _authenticate(self, request: web.BaseRequest) -> Identity:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             user = self.tokens.authenticate(header[len("Bearer ") :].strip())
             if user is None:
                 raise errors.unauthorized()  # a bad token fails even with a good cert
-            return user
+            if user == ADMIN_USER:
+                return Identity(user, (authz.MASTERS, "system:authenticated"))
+            namespace = user.split(":")[2] if user.startswith("system:serviceaccount:") else ""
+            return Identity(
+                user,
+                (
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{namespace}",
+                    "system:authenticated",
+                ),
+            )
         transport = request.transport
         peer = transport.get_extra_info("peercert") if transport is not None else None
         if peer:
+            user, groups = "", []
             for rdn in peer.get("subject", ()):
                 for key, value in rdn:
                     if key == "commonName":
-                        return str(value)
+                        user = str(value)
+                    elif key == "organizationName":
+                        groups.append(str(value))
+            if user:
+                return Identity(user, (*groups, "system:authenticated"))
         if self.require_auth:
             raise errors.unauthorized()
-        return "system:anonymous"
+        return Identity("system:anonymous", ("system:unauthenticated",))
 
     async def _route(self, request: web.BaseRequest, seen: dict[str, str]) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -315,7 +373,8 @@ class ApiServer:
             return web.Response(text="ok", content_type="text/plain")
         if path == "/version":
             return json_response(VERSION)
-        seen["user"] = self._authenticate(request)
+        who = self._authenticate(request)
+        seen["user"] = who.user
         parts = path.strip("/").split("/")
         if parts[0] == "fake":
             return await self._control(request, parts[1:])
@@ -335,8 +394,9 @@ class ApiServer:
             raise errors.path_not_found()
         if not rest:
             return self._discovery(resources.api_resource_list(group, version))
-        target = self._target(group, version, rest)
+        target = dataclasses.replace(self._target(group, version, rest), who=who)
         method = request.method
+        authz.authorize(self.store, who, _attributes(request, target))
         if method in WRITES or method == "GET":
             fault = self.faults.check(method, target.rt.plural, target.subresource)
             if fault is not None:

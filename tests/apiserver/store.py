@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Hook = Callable[[Change], None]
+# An admission check of the request's user (NodeRestriction): (old or None, new) -> None or raise.
+Guard = Callable[[Obj | None, Obj], None]
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # upstream's utilrand alphabet
 
 
@@ -188,7 +190,9 @@ class Store:
                 return name
         raise errors.internal("could not generate a unique name")
 
-    def create(self, rt: ResourceType, namespace: str | None, body: Obj) -> Obj:
+    def create(
+        self, rt: ResourceType, namespace: str | None, body: Obj, *, guard: Guard | None = None
+    ) -> Obj:
         obj = copy.deepcopy(body)
         if not isinstance(obj, dict):
             raise errors.bad_request("the body must be a JSON object")
@@ -217,6 +221,8 @@ class Store:
         if rt.kind == "Pod":  # pods track generation (PodObservedGenerationTracking)
             meta["generation"] = 1
         self.admission.on_create(rt, obj)
+        if guard is not None:
+            guard(None, obj)
         return copy.deepcopy(self._commit(rt, ADDED, obj, None))
 
     def _check_type(self, rt: ResourceType, obj: Obj) -> None:
@@ -265,6 +271,7 @@ class Store:
         body: Obj,
         *,
         subresource: str | None = None,
+        guard: Guard | None = None,
     ) -> Obj:
         cur = self.find(rt, namespace, name)
         new = copy.deepcopy(body)
@@ -281,13 +288,15 @@ class Store:
             if rt.allow_create_on_update and subresource is None:
                 meta["name"] = name
                 meta.pop("resourceVersion", None)
-                return self.create(rt, namespace, new)
+                return self.create(rt, namespace, new, guard=guard)
             raise errors.not_found(rt, name)
         self._check_type(rt, new)
         self._place(rt, namespace, meta)
         self._check_preconditions(rt, cur, meta.get("uid"), meta.get("resourceVersion"))
         merged = self._merge_update(rt, cur, new, subresource)
         self.admission.on_update(rt, cur, merged, subresource)
+        if guard is not None:
+            guard(cur, merged)
         if _same(merged, cur):
             return copy.deepcopy(cur)
         mmeta = merged["metadata"]
@@ -353,6 +362,7 @@ class Store:
         body: Any,
         *,
         subresource: str | None = None,
+        guard: Guard | None = None,
     ) -> Obj:
         cur = self.find(rt, namespace, name)
         if cur is None:
@@ -361,7 +371,7 @@ class Store:
             patched = apply(content_type, copy.deepcopy(cur), body, rt.kind)
         except (PatchError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise errors.invalid(rt, name, f"the patch does not apply: {exc}") from exc
-        return self.update(rt, namespace, name, patched, subresource=subresource)
+        return self.update(rt, namespace, name, patched, subresource=subresource, guard=guard)
 
     def delete(
         self,
@@ -371,11 +381,14 @@ class Store:
         *,
         grace_period: int | None = None,
         preconditions: Obj | None = None,
+        guard: Guard | None = None,
     ) -> tuple[Obj, bool]:
         """Delete or start deleting; returns (object, whether it is gone)."""
         cur = self.find(rt, namespace, name)
         if cur is None:
             raise errors.not_found(rt, name)
+        if guard is not None:
+            guard(cur, cur)
         pre = preconditions or {}
         meta = cur["metadata"]
         if pre.get("uid") and pre["uid"] != meta["uid"]:

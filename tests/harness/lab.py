@@ -8,7 +8,9 @@
     root netns: only the test API server's end of one veth ("up0"'s peer, a link-local /30),
                 as in test_cluster.py; nothing else of the machine's network is touched
 
-Every node's agent joins the test API server with its own node kubeconfig, and the lab sets
+Every node's agent joins the test API server with its own node kubeconfig (system:node:<name>,
+bound to system:node-proxier as docs/rbac.md asks; ``node_proxier=False`` leaves the binding
+out), and the lab sets
 each Node's ``spec.podCIDR`` to the node's pod CIDR, as the controller-manager's node IPAM
 would. The agents then route to each other's pod CIDRs (host-gw) over lab0. The API server
 runs with a short ``--node-monitor-grace-period`` so a stopped agent's node turns NotReady
@@ -90,7 +92,10 @@ class Lab:
         images: dict[str, Path],
         grace_s: float = DEFAULT_GRACE_S,
         proxy_mode: str = "iptables",
+        node_proxier: bool = True,
     ) -> None:
+        """``node_proxier=False``: the nodes get only what the Node authorizer grants (no
+        system:node-proxier binding, so no Node or EndpointSlice lists)."""
         if not 1 <= count <= 200:
             raise ValueError("a lab has 1 to 200 nodes")
         self.root = root.resolve()
@@ -98,6 +103,7 @@ class Lab:
         self.images = images
         self.grace_s = grace_s
         self.proxy_mode = proxy_mode
+        self.node_proxier = node_proxier
         n = os.getpid() % 100000
         self.netns = f"na-lab-{n}"
         self.host_dev = f"nalab{n}"
@@ -126,7 +132,7 @@ class Lab:
                 extra_args=("--node-monitor-grace-period", str(self.grace_s)),
             )
             for name in names:
-                api.node_kubeconfig(name)
+                api.node_kubeconfig(name, node_proxier=self.node_proxier)
             await api.start()
             self.api = api
             for i, name in enumerate(names):

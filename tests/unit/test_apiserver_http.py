@@ -18,7 +18,6 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import (
     ConfigMap,
-    Namespace,
     Node,
     NodeStatus,
     Pod,
@@ -119,7 +118,8 @@ async def test_crud_list_and_status_patch(client: AsyncClient, api: ApiServer) -
     await client.patch(PodStatus, "web", patch, patch_type=PatchType.STRATEGIC)
     patch2 = {"status": {"conditions": [{"type": "Initialized", "status": "True"}]}}
     out = await client.patch(PodStatus, "web", patch2, patch_type=PatchType.STRATEGIC)
-    assert [c.type for c in out.status.conditions] == ["Ready", "Initialized"]
+    # A condition new to the list goes before the live ones (strategicpatch mergeSlice).
+    assert [c.type for c in out.status.conditions] == ["Initialized", "Ready"]
     out = await client.patch(
         PodStatus, "web", {"status": {"conditions": []}}, patch_type=PatchType.MERGE
     )
@@ -346,7 +346,7 @@ async def test_tls_and_authentication(api: ApiServer, tmp_path: Path) -> None:
         KubeConfig.from_file(api.node_kubeconfig(tmp_path / "n1.kubeconfig", "n1"))
     )
     try:
-        assert [n.metadata.name async for n in node_client.list(Namespace)]
+        assert [s.metadata.name async for s in node_client.list(Service)]
     finally:
         await node_client.close()
     assert api.requests[-1].user == "system:node:n1"
@@ -419,7 +419,11 @@ async def test_discovery_version_and_pagination(client: AsyncClient, api: ApiSer
     names = {r["name"] for r in body["resources"]}
     assert {"pods", "pods/status", "nodes/status", "serviceaccounts/token", "events"} <= names
     _, body = await raw.request("GET", "/apis")
-    assert {g["name"] for g in body["groups"]} == {"coordination.k8s.io", "discovery.k8s.io"}
+    assert {g["name"] for g in body["groups"]} == {
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+        "rbac.authorization.k8s.io",
+    }
     _, body = await raw.request("GET", "/apis/discovery.k8s.io/v1")
     assert body["resources"][0]["kind"] == "EndpointSlice"
     _, body = await raw.request("GET", "/version")

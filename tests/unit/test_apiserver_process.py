@@ -11,7 +11,7 @@ import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, PodStatus
+from lightkube.resources.core_v1 import ConfigMap, Pod, PodStatus, Service
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness.wait import first_items
@@ -33,7 +33,7 @@ async def test_process_serves_and_keeps_state_across_restarts(proc: ApiServerPro
     client = _client(proc.kubeconfig)
     node = _client(proc.workdir / "n1.kubeconfig")
     try:
-        assert "kube-node-lease" in [n.metadata.name async for n in node.list(Namespace)]
+        assert "kubernetes" in [s.metadata.name async for s in node.list(Service)]
         pod = Pod(
             metadata=ObjectMeta(name="p"),
             spec=PodSpec(nodeName="n1", containers=[Container(name="c", image="busybox")]),

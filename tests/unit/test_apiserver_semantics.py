@@ -124,10 +124,12 @@ def test_strategic_merge_patch_merges_conditions_by_type_and_replaces_container_
         }
     }
     out = smp(target, patch, "Pod")["status"]
+    # Upstream's order: Ready (named, live before PodScheduled), Initialized (new to the
+    # list: before the live-only PodScheduled), then PodScheduled.
     assert out["conditions"] == [
         {"type": "Ready", "status": "True"},
-        {"type": "PodScheduled", "status": "True"},
         {"type": "Initialized", "status": "True"},
+        {"type": "PodScheduled", "status": "True"},
     ]
     # containerStatuses is atomic upstream (no patchStrategy): replaced, not merged.
     assert out["containerStatuses"] == [{"name": "a", "ready": True}]
@@ -148,9 +150,9 @@ def test_strategic_merge_patch_directives() -> None:
     out = smp(copy.deepcopy(target), patch, "Pod")
     assert out["metadata"] == {"finalizers": ["a", "b", "c"], "labels": {"y": "2"}}
     assert out["status"]["conditions"] == [{"type": "Ready"}]
-    assert out["spec"]["containers"][0]["env"] == [
-        {"name": "A", "value": "1"},
+    assert out["spec"]["containers"][0]["env"] == [  # new items first, as upstream
         {"name": "B", "value": "2"},
+        {"name": "A", "value": "1"},
     ]
     replaced = smp(
         target, {"status": {"conditions": [{"$patch": "replace"}, {"type": "New"}]}}, "Pod"

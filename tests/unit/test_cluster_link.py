@@ -50,7 +50,9 @@ def pod_body(name: str, *, grace: int = 5, labels: dict[str, str] | None = None)
 class Rig:
     """The kubelet's parts and a ClusterLink, wired as the daemon wires them."""
 
-    def __init__(self, tmp_path: Path, api: ApiServer, *, with_files: bool = False) -> None:
+    def __init__(
+        self, tmp_path: Path, api: ApiServer, *, with_files: bool = False, node_proxier: bool = True
+    ) -> None:
         self.api = api
         self.fake = FakeRuntime(images={IMAGE})
         self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
@@ -66,7 +68,9 @@ class Rig:
             prober=ProbeManager(self.fake),
         )
         self.manager = PodManager(self.ctx)
-        self.client = ApiClient.from_file(api.node_kubeconfig(tmp_path / "node.kubeconfig", NODE))
+        self.client = ApiClient.from_file(
+            api.node_kubeconfig(tmp_path / "node.kubeconfig", NODE, node_proxier=node_proxier)
+        )
         self.desired: DesiredState | None = None
         self.updates = 0
         self.link = ClusterLink(
@@ -631,3 +635,23 @@ async def test_services_and_endpoint_slices_feed_the_proxy(rig: Rig, api: ApiSer
     assert rig.desired is not None
     assert {"default/web", "default/kubernetes"} <= set(rig.desired.services)
     assert rig.desired.services["default/web"].spec.cluster_ip.startswith("10.96.")
+
+
+async def test_forbidden_endpoint_slices_are_reported_and_do_not_hold_the_services(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    """Without system:node-proxier (the Node authorizer alone), Services still list but
+    EndpointSlices are refused: the proxy must not wait for them, and the refusal shows."""
+    rig = Rig(tmp_path, api, node_proxier=False)
+    await rig.start()
+    try:
+        await eventually(lambda: rig.link.services_ready, what="services ready despite the 403")
+        assert rig.link.service_objects.synced.is_set()
+        assert not rig.link.slice_objects.synced.is_set()
+        assert "kubernetes" in {s.name for s in rig.link.services.values()}
+        [refusal] = rig.link.report()["forbidden"]
+        assert refusal["resource"] == "/apis/discovery.k8s.io/v1/endpointslices"
+        assert refusal["clusterRole"] == "system:node-proxier"
+        assert 'cannot list resource "endpointslices"' in refusal["message"]
+    finally:
+        await rig.close()
