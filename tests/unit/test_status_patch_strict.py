@@ -3,24 +3,17 @@
 A pod whose sandbox is recreated gets a new IP. kube-apiserver merges a ``podIPs`` list by
 ``ip`` and puts an IP new to the list BEFORE the live one, then refuses two IPv4 podIPs (422),
 so the patch must delete the old IP (``$patch: delete`` with ``$setElementOrder``, as the
-kubelet's two-way diff does) or the pod's API status freezes.
+kubelet's two-way diff does) or the pod's API status freezes. The status writer sends that diff
+(``nodeagent.apiserver.statuspatch``).
 """
 
 from __future__ import annotations
-
-import pytest
 
 from nodeagent.apiserver.statuswriter import status_patch
 from tests.apiserver.patch import strategic_merge_patch
 from tests.apiserver.podstatus import convert, validate_update
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: statuswriter.status_patch sends podIPs as a plain list (no "
-    "$setElementOrder, no $patch: delete), so the new IP is merged before the old one and the "
-    "server answers 422 (the status patch computation is being rewritten)",
-)
 def test_a_new_pod_ip_replaces_the_old_one_on_a_strict_server() -> None:
     old = {
         "phase": "Running",
