@@ -15,8 +15,14 @@ static pods as soon as the directory is read, but does not remove pods that noth
 down therefore keeps every pod running; so does a running agent, because the reflector
 keeps its last state through an outage.
 
+Admission (``admission.py``) reads the node as its own Node object shows it, watched
+(``fieldSelector=metadata.name=<node>``): labels an operator adds with ``kubectl label`` and
+taints count at once. A pod the runtime already runs when the agent starts (an agent restart)
+counts as admitted and is never judged again.
+
 Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
-desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; when the
+desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; a later,
+shorter period (a second DELETE) shortens the termination under way; when the
 worker has stopped everything, its final status (phase Succeeded or Failed, containers
 terminated with their exit codes) is written, then the pod is deleted for good with
 ``gracePeriodSeconds: 0`` and a uid precondition (never a namesake created meanwhile).
@@ -56,6 +62,7 @@ from nodeagent.apiserver.pods import (
     is_mirror,
     merge,
     read_pods,
+    shortened,
     static_pod,
     terminal_status,
 )
@@ -109,6 +116,12 @@ class ClusterLink:
             Collection("/api/v1/pods", field_selector=f"spec.nodeName={node_name}"),
             on_change=self._pods_changed,
         )
+        # Our own Node, fresh: its labels and taints are what admission judges by.
+        self.own_node = Reflector(
+            client,
+            Collection("/api/v1/nodes", field_selector=f"metadata.name={node_name}"),
+            on_change=lambda: None,
+        )
         self.service_objects = Reflector(
             client, Collection("/api/v1/services"), on_change=self._services_changed
         )
@@ -148,6 +161,7 @@ class ClusterLink:
             ready=lambda: self.registration.registered.is_set() and self.pods.synced.is_set(),
         )
         self._deleting: dict[PodUID, asyncio.Task[None]] = {}
+        self._deleting_grace: dict[PodUID, int] = {}  # uid -> the grace period it stops with
         self._final: dict[str, Obj] = {}  # uid -> terminal status of a deleted pod
         self._runtime_synced = runtime_synced
         manager.sources_ready = False  # no orphan removal before the first list
@@ -155,6 +169,7 @@ class ClusterLink:
     def loops(self) -> dict[str, Loop]:
         return {
             "api-pods": self._run_pods,
+            "api-own-node": self.own_node.run,
             "api-services": self.service_objects.run,
             "api-endpointslices": self.slice_objects.run,
             "node-status": self.registration.run,
@@ -188,7 +203,7 @@ class ClusterLink:
         self.api = read_pods(
             self.pods.objects.values(),
             node_name=self.node_name,
-            running=lambda uid: self.manager.worker_for(uid) is not None,
+            running=self._running,
             admit=self._admit,
             rejected=self._rejected,
             preparer=self.refs,
@@ -201,12 +216,17 @@ class ClusterLink:
         for gone in set(self._status_at_start) - set(self.api.objects):
             del self._status_at_start[gone]
         self.manager.held = set(self.api.hold)
+        for uid, deletion in shortened(self._deleting_grace, self.api.delete).items():
+            log.info("pod_deletion_shortened", pod=deletion.pod.key, grace_s=deletion.grace_s)
+            self._deleting_grace[uid] = deletion.grace_s
+            self.manager.terminate(deletion.pod, deletion.grace_s)
         for uid, deletion in self.api.delete.items():
             if uid not in self._deleting:
                 self._start_deletion(deletion)
         for uid in [u for u, t in self._deleting.items() if t.done()]:
             if uid not in self.api.objects:
                 del self._deleting[uid]
+                self._deleting_grace.pop(uid, None)
         self._final = {u: s for u, s in self._final.items() if u in self.api.objects}
         self._publish()
         self.status.wake()
@@ -238,12 +258,28 @@ class ClusterLink:
         self.manager.sources_ready = synced
         self._on_desired(desired)
 
-    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | None:
-        facts = self._facts()
-        labels = self.registration.labels or node_labels(self.node_name, self.registration.host)
-        node = admission.NodeView.from_allocatable(
-            self.node_name, labels, nodestatus.allocatable(facts.max_pods)
+    def _running(self, uid: PodUID) -> bool:
+        """A worker has the pod, or the runtime runs it (found there at an agent restart,
+        before any worker): either way it was admitted once, and is never judged again."""
+        if self.manager.worker_for(uid) is not None:
+            return True
+        found = self.manager.ctx.cache.get(uid)
+        return found.ready_sandbox() is not None or bool(found.running())
+
+    def _own_node(self) -> Obj | None:
+        """Our Node as the API shows it now (watched), else as we last wrote it."""
+        return next(iter(self.own_node.objects.values()), None) or self.registration.node
+
+    def _node_view(self) -> admission.NodeView:
+        return admission.NodeView.from_node(
+            self.node_name,
+            self._own_node(),
+            default_labels=node_labels(self.node_name, self.registration.host),
+            allocatable=nodestatus.allocatable(self._facts().max_pods),
         )
+
+    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | None:
+        node = self._node_view()
         statics = [p for p, _ in (self._static_pods() or {}).values()]
         refusal = admission.check(pod, obj, node, [*statics, *admitted])
         if refusal is not None:
@@ -255,6 +291,7 @@ class ClusterLink:
     def _start_deletion(self, deletion: Deletion) -> None:
         pod = deletion.pod
         log.info("pod_deleting", pod=pod.key, uid=pod.uid, grace_s=deletion.grace_s)
+        self._deleting_grace[pod.uid] = deletion.grace_s
         ran = self.manager.worker_for(pod.uid) is not None
         worker = self.manager.terminate(pod, deletion.grace_s)
         if ran:
@@ -432,6 +469,7 @@ class ClusterLink:
         return {
             "server": self.client.server,
             "registered": self.registration.registered.is_set(),
+            "nodeLabels": admission.labels_of(self._own_node()),
             "podCIDR": self.registration.pod_cidr,
             "watching": self.pods.connected,
             "podsListed": self.pods.synced.is_set(),

@@ -27,13 +27,14 @@ from typing import Any, Protocol
 
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod, PodSpec, PodUID
+from nodeagent.model.security import API_SOURCE
 from nodeagent.model.service import Service
 from nodeagent.model.validate import parse_pod
 from nodeagent.sources.file import DesiredState, SourceError
 
 Obj = dict[str, Any]
 
-SOURCE = "api"
+SOURCE = API_SOURCE
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 CONFIG_SOURCE_ANNOTATION = "kubernetes.io/config.source"
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -73,6 +74,19 @@ class Preparer(Protocol):
 class Deletion:
     pod: Pod
     grace_s: int
+
+
+def shortened(
+    started: Mapping[PodUID, int], deletions: Mapping[PodUID, Deletion]
+) -> dict[PodUID, Deletion]:
+    """The deletions under way (``started``: uid -> grace period they began with, or were
+    last shortened to) whose pod the API now gives a shorter grace period: a second DELETE
+    may only shorten it (kube-apiserver refuses to lengthen it), and the shorter one wins."""
+    return {
+        uid: deletion
+        for uid, deletion in deletions.items()
+        if uid in started and deletion.grace_s < started[uid]
+    }
 
 
 @dataclass(frozen=True)
