@@ -2,7 +2,8 @@
 the real agent on both runtimes: a DaemonSet-shaped pod (privileged on containerd,
 hostNetwork, hostPath, ``matchFields``, the DaemonSet tolerations) runs on a node tainted
 not-ready, without ``--allow-privileged``; a label added to our Node admits a pod that
-selects it; the second pod on a host port fails ``NodePorts``; a second DELETE with a
+selects it, and one removed while the agent is down does not evict a pod that runs; the
+second pod on a host port fails ``NodePorts``; a second DELETE with a
 shorter grace period hurries a termination under way; a mirror pod deleted with
 ``kubectl delete`` comes back; the Node reports a Kubernetes ``kubeletVersion``.
 
@@ -31,6 +32,7 @@ from tests.integration.test_cluster import (
     CLUSTER_DNS,
     NODE_NAME,
     SLEEP,
+    container_id,
     create,
     get_pod,
     pod_manifest,
@@ -157,6 +159,32 @@ async def test_a_label_added_to_our_node_admits_a_pod_that_selects_it(
     await wait_ready(admin, agent, "picky")
     pod = await failed(admin, agent, "pickier")
     assert pod["status"]["reason"] == "NodeAffinity"
+
+
+async def test_a_running_pod_is_not_judged_again_when_the_agent_restarts(
+    admin: AsyncClient, agent: Agent
+) -> None:
+    await our_node(admin, agent)
+    label = {"metadata": {"labels": {"zone-role": "edge"}}}
+    await admin.patch(Node, NODE_NAME, label, patch_type=PatchType.MERGE)
+
+    def seen(value: str | None) -> bool:
+        cluster_view = agent.status().get("cluster") or {}
+        return (cluster_view.get("nodeLabels") or {}).get("zone-role") == value
+
+    await async_wait_for(lambda: seen("edge"), 20, message=lambda: agent.log_tail())
+    await create(admin, pod_manifest("edge", SLEEP, grace=1, nodeSelector={"zone-role": "edge"}))
+    before = container_id(await wait_ready(admin, agent, "edge"))
+    agent.stop()  # its pods keep running
+    unlabel = {"metadata": {"labels": {"zone-role": None}}}
+    await admin.patch(Node, NODE_NAME, unlabel, patch_type=PatchType.MERGE)
+    agent.start()
+    await async_wait_for(lambda: seen(None), 20, message=lambda: agent.log_tail())
+    # A new pod is judged by today's labels; the running one was admitted once, for good.
+    await create(admin, pod_manifest("later", SLEEP, grace=1, nodeSelector={"zone-role": "edge"}))
+    assert (await failed(admin, agent, "later"))["status"]["reason"] == "NodeAffinity"
+    pod = await wait_ready(admin, agent, "edge")
+    assert container_id(pod) == before
 
 
 async def test_the_second_pod_on_a_host_port_fails(
