@@ -10,6 +10,7 @@ What a kubelet (and kube-proxy's watch) does against the API server, one role pe
                     with the static pods
     admission.py    (pure) the kubelet's admission: resources, pod count, node affinity,
                     host ports, NoExecute taints
+    ownnode.py      our own Node as admission reads it: watched, read again on demand
     refs.py         (pure) ConfigMap, Secret, downward API and token references -> a pod the
                     pod manager can run, and the files of its volumes
     podrefs.py      fetching those references, writing the files, keeping them current

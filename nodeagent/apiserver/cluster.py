@@ -17,8 +17,10 @@ keeps its last state through an outage.
 
 Admission (``admission.py``) reads the node as its own Node object shows it, watched
 (``fieldSelector=metadata.name=<node>``): labels an operator adds with ``kubectl label`` and
-taints count at once. A pod the runtime already runs when the agent starts (an agent restart)
-counts as admitted and is never judged again.
+taints count at once. A pod refused for node affinity alone waits while the Node is read
+again (a GET: the watch may lag a label added just before the pod), then is judged once more,
+as upstream's predicate admit handler does. A pod the runtime already runs when the agent
+starts (an agent restart) counts as admitted and is never judged again.
 
 Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
 desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; a later,
@@ -51,6 +53,7 @@ from nodeagent.apiserver.events import (
 )
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
+from nodeagent.apiserver.ownnode import OwnNode
 from nodeagent.apiserver.podrefs import PodReferences
 from nodeagent.apiserver.pods import (
     MIRROR_ANNOTATION,
@@ -116,12 +119,6 @@ class ClusterLink:
             Collection("/api/v1/pods", field_selector=f"spec.nodeName={node_name}"),
             on_change=self._pods_changed,
         )
-        # Our own Node, fresh: its labels and taints are what admission judges by.
-        self.own_node = Reflector(
-            client,
-            Collection("/api/v1/nodes", field_selector=f"metadata.name={node_name}"),
-            on_change=lambda: None,
-        )
         self.service_objects = Reflector(
             client, Collection("/api/v1/services"), on_change=self._services_changed
         )
@@ -137,6 +134,13 @@ class ClusterLink:
             client, name=node_name, facts=facts, on_pod_cidr=on_pod_cidr
         )
         self.lease = LeaseHeartbeat(client, self.registration)
+        # Our own Node, fresh: its labels and taints are what admission judges by.
+        self.own_node = OwnNode(
+            client,
+            node_name=node_name,
+            registered=lambda: self.registration.node,
+            on_read=self._pods_changed,
+        )
         self.status = PodStatusWriter(client, wanted=self._wanted)
         self.events = EventRecorder(client, node_name=node_name)
         manager.ctx.images.listeners.append(lambda note: self.events.record([pull_event(note)]))
@@ -188,6 +192,7 @@ class ClusterLink:
     async def close(self) -> None:
         for task in self._deleting.values():
             task.cancel()
+        await self.own_node.close()
         await asyncio.gather(*self._deleting.values(), return_exceptions=True)
         await self.refs.close()
         await self.client.close()
@@ -210,6 +215,7 @@ class ClusterLink:
             cache=self._parsed,
         )
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
+        self.own_node.keep(set(self.api.objects))
         self.refs.keep(set(self.api.objects))
         for uid, obj in self.api.objects.items():
             self._status_at_start.setdefault(uid, obj.get("status") or {})
@@ -266,22 +272,21 @@ class ClusterLink:
         found = self.manager.ctx.cache.get(uid)
         return found.ready_sandbox() is not None or bool(found.running())
 
-    def _own_node(self) -> Obj | None:
-        """Our Node as the API shows it now (watched), else as we last wrote it."""
-        return next(iter(self.own_node.objects.values()), None) or self.registration.node
-
     def _node_view(self) -> admission.NodeView:
         return admission.NodeView.from_node(
             self.node_name,
-            self._own_node(),
+            self.own_node.current(),
             default_labels=node_labels(self.node_name, self.registration.host),
             allocatable=nodestatus.allocatable(self._facts().max_pods),
         )
 
-    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | None:
+    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | Hold | None:
         node = self._node_view()
         statics = [p for p, _ in (self._static_pods() or {}).values()]
         refusal = admission.check(pod, obj, node, [*statics, *admitted])
+        affinity = refusal is not None and refusal.reason == admission.AFFINITY_REASON
+        if affinity and self.own_node.recheck(pod.uid):
+            return Hold(admission.AFFINITY_REASON, "reading the Node again", error=False)
         if refusal is not None:
             log.warning("pod_rejected", pod=pod.key, reason=refusal.reason, message=refusal.message)
         return refusal
@@ -469,7 +474,7 @@ class ClusterLink:
         return {
             "server": self.client.server,
             "registered": self.registration.registered.is_set(),
-            "nodeLabels": admission.labels_of(self._own_node()),
+            "nodeLabels": self.own_node.labels(),
             "podCIDR": self.registration.pod_cidr,
             "watching": self.pods.connected,
             "podsListed": self.pods.synced.is_set(),

@@ -104,7 +104,8 @@ class ApiPods:
 
 
 # Asked about a pod not admitted yet: (pod, its API document, the pods admitted before it).
-Admit = Callable[[Pod, Obj, Sequence[Pod]], Rejection | None]
+# A Hold: not decided yet (the node is being read again); the pod waits, asked again later.
+Admit = Callable[[Pod, Obj, Sequence[Pod]], Rejection | Hold | None]
 
 
 def is_mirror(obj: Obj) -> bool:
@@ -172,7 +173,9 @@ def read_pods(
         admitted = list(run.values())
         for uid, pod, obj in pending:
             refusal = admit(pod, obj, admitted)
-            if refusal is not None:
+            if isinstance(refusal, Hold):
+                hold[uid] = refusal
+            elif refusal is not None:
                 reject[uid] = refusal
             else:
                 run[pod.key] = pod

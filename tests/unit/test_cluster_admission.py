@@ -56,6 +56,24 @@ async def test_a_label_added_to_our_node_admits_a_pod_that_selects_it(
     assert phase(rig, "early") == "Failed"  # a rejection stays final
 
 
+async def test_a_pod_refused_for_affinity_waits_for_a_fresh_read_of_the_node(
+    rig: Rig, api: ApiServer
+) -> None:
+    await registered(api)
+    await eventually(lambda: rig.link.own_node.current(), what="our Node watched")
+    # The watch lags (here: it stops); the label is in the API before the pod is.
+    own_watch = rig.tasks[1 + list(rig.link.loops()).index("api-own-node")]
+    own_watch.cancel()
+    api.store.patch(NODES, None, NODE, MERGE, {"metadata": {"labels": {"disk": "ssd"}}})
+    rig.create(selecting("quick", disk="ssd"))
+    rig.create(selecting("wrong", disk="hdd"))
+    await eventually(lambda: ready(rig, "quick"), what="quick Ready after a read of the Node")
+    await eventually(lambda: phase(rig, "wrong") == "Failed", what="wrong rejected")
+    reads = [r for r in api.requests if r.method == "GET" and r.path == f"/api/v1/nodes/{NODE}"]
+    assert reads  # the Node was read again, not guessed
+    assert node_labels(rig)["disk"] == "ssd"
+
+
 async def test_a_no_execute_taint_rejects_pods_that_do_not_tolerate_it(
     rig: Rig, api: ApiServer
 ) -> None:
@@ -65,7 +83,7 @@ async def test_a_no_execute_taint_rejects_pods_that_do_not_tolerate_it(
     api.store.patch(NODES, None, NODE, MERGE, {"spec": {"taints": [taint]}})
 
     def taints_seen() -> bool:
-        return any(n.get("spec", {}).get("taints") for n in rig.link.own_node.objects.values())
+        return bool(((rig.link.own_node.current() or {}).get("spec") or {}).get("taints"))
 
     await eventually(taints_seen, what="the taint seen")
     tolerant = pod_body("tolerant")
