@@ -27,10 +27,9 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
-from nodeagent import podlogs
+from nodeagent import podlogs, version
 from nodeagent.config import (
     DEFAULT_STATUS_SOCKET,
     ConfigError,
@@ -45,8 +44,7 @@ from nodeagent.server.describe import PodNotFound, find_pod, render_pod
 from nodeagent.server.nodeview import render_node
 from nodeagent.server.render import in_namespace, render_status
 
-PROG = "nodeagent"
-FALLBACK_VERSION = "0.1.0"
+PROG = version.PROG
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STATUS_VIEWS = ("pods", "services", "node")
 # The snapshot keys each subview shows with --json (the overview prints everything).
@@ -105,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _socket_flag(logs)
     logs.set_defaults(handler=_cmd_logs)
 
-    version = commands.add_parser("version", help="print the version")
-    version.set_defaults(handler=_cmd_version)
+    version_cmd = commands.add_parser("version", help="print the version")
+    version_cmd.set_defaults(handler=_cmd_version)
     return parser
 
 
@@ -265,9 +263,5 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    try:
-        version = metadata.version(PROG)
-    except metadata.PackageNotFoundError:  # running from a source tree, not installed
-        version = FALLBACK_VERSION
-    print(f"{PROG} {version}")
+    print(f"{PROG} {version.agent_version()} (kubelet {version.kubelet_version()})")
     return EXIT_OK

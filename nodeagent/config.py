@@ -243,7 +243,8 @@ class Config:
     # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
     allow_privileged: bool = setting(
         parse.boolean,
-        "allow privileged containers, hostNetwork/PID/IPC, hostPath",
+        "allow privileged containers, hostNetwork/PID/IPC, hostPath in manifest-directory pods "
+        "(API pods: the API server admits them)",
         False,
         metavar="BOOL",
         shown="false",

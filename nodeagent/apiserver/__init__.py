@@ -8,7 +8,9 @@ What a kubelet (and kube-proxy's watch) does against the API server, one role pe
     reflector.py    list+watch one collection into a local copy: resume, bookmarks, 410, backoff
     pods.py         (pure) the API's pods for this node -> run, delete, reject, hold; merge
                     with the static pods
-    admission.py    (pure) the kubelet's admission: resources, pod count, nodeSelector/affinity
+    admission.py    (pure) the kubelet's admission: resources, pod count, node affinity,
+                    host ports, NoExecute taints
+    ownnode.py      our own Node as admission reads it: watched, read again on demand
     refs.py         (pure) ConfigMap, Secret, downward API and token references -> a pod the
                     pod manager can run, and the files of its volumes
     podrefs.py      fetching those references, writing the files, keeping them current

@@ -15,8 +15,16 @@ static pods as soon as the directory is read, but does not remove pods that noth
 down therefore keeps every pod running; so does a running agent, because the reflector
 keeps its last state through an outage.
 
+Admission (``admission.py``) reads the node as its own Node object shows it, watched
+(``fieldSelector=metadata.name=<node>``): labels an operator adds with ``kubectl label`` and
+taints count at once. A pod refused for node affinity alone waits while the Node is read
+again (a GET: the watch may lag a label added just before the pod), then is judged once more,
+as upstream's predicate admit handler does. A pod the runtime already runs when the agent
+starts (an agent restart) counts as admitted and is never judged again.
+
 Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
-desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; when the
+desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; a later,
+shorter period (a second DELETE) shortens the termination under way; when the
 worker has stopped everything, its final status (phase Succeeded or Failed, containers
 terminated with their exit codes) is written, then the pod is deleted for good with
 ``gracePeriodSeconds: 0`` and a uid precondition (never a namesake created meanwhile).
@@ -45,6 +53,7 @@ from nodeagent.apiserver.events import (
 )
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
+from nodeagent.apiserver.ownnode import OwnNode
 from nodeagent.apiserver.podrefs import PodReferences
 from nodeagent.apiserver.pods import (
     MIRROR_ANNOTATION,
@@ -56,6 +65,7 @@ from nodeagent.apiserver.pods import (
     is_mirror,
     merge,
     read_pods,
+    shortened,
     static_pod,
     terminal_status,
 )
@@ -126,6 +136,13 @@ class ClusterLink:
             client, name=node_name, facts=facts, on_pod_cidr=on_pod_cidr
         )
         self.lease = LeaseHeartbeat(client, self.registration)
+        # Our own Node, fresh: its labels and taints are what admission judges by.
+        self.own_node = OwnNode(
+            client,
+            node_name=node_name,
+            registered=lambda: self.registration.node,
+            on_read=self._pods_changed,
+        )
         self.status = PodStatusWriter(client, wanted=self._wanted)
         self.events = EventRecorder(client, node_name=node_name)
         manager.ctx.images.listeners.append(lambda note: self.events.record([pull_event(note)]))
@@ -150,6 +167,7 @@ class ClusterLink:
             ready=lambda: self.registration.registered.is_set() and self.pods.synced.is_set(),
         )
         self._deleting: dict[PodUID, asyncio.Task[None]] = {}
+        self._deleting_grace: dict[PodUID, int] = {}  # uid -> the grace period it stops with
         self._final: dict[str, Obj] = {}  # uid -> terminal status of a deleted pod
         self._runtime_synced = runtime_synced
         manager.sources_ready = False  # no orphan removal before the first list
@@ -157,6 +175,7 @@ class ClusterLink:
     def loops(self) -> dict[str, Loop]:
         return {
             "api-pods": self._run_pods,
+            "api-own-node": self.own_node.run,
             "api-services": self.service_objects.run,
             "api-endpointslices": self.slice_objects.run,
             "node-status": self.registration.run,
@@ -175,6 +194,7 @@ class ClusterLink:
     async def close(self) -> None:
         for task in self._deleting.values():
             task.cancel()
+        await self.own_node.close()
         await asyncio.gather(*self._deleting.values(), return_exceptions=True)
         await self.refs.close()
         await self.client.close()
@@ -190,25 +210,31 @@ class ClusterLink:
         self.api = read_pods(
             self.pods.objects.values(),
             node_name=self.node_name,
-            running=lambda uid: self.manager.worker_for(uid) is not None,
+            running=self._running,
             admit=self._admit,
             rejected=self._rejected,
             preparer=self.refs,
             cache=self._parsed,
         )
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
+        self.own_node.keep(set(self.api.objects))
         self.refs.keep(set(self.api.objects))
         for uid, obj in self.api.objects.items():
             self._status_at_start.setdefault(uid, obj.get("status") or {})
         for gone in set(self._status_at_start) - set(self.api.objects):
             del self._status_at_start[gone]
         self.manager.held = set(self.api.hold)
+        for uid, deletion in shortened(self._deleting_grace, self.api.delete).items():
+            log.info("pod_deletion_shortened", pod=deletion.pod.key, grace_s=deletion.grace_s)
+            self._deleting_grace[uid] = deletion.grace_s
+            self.manager.terminate(deletion.pod, deletion.grace_s)
         for uid, deletion in self.api.delete.items():
             if uid not in self._deleting:
                 self._start_deletion(deletion)
         for uid in [u for u, t in self._deleting.items() if t.done()]:
             if uid not in self.api.objects:
                 del self._deleting[uid]
+                self._deleting_grace.pop(uid, None)
         self._final = {u: s for u, s in self._final.items() if u in self.api.objects}
         self._publish()
         self.status.wake()
@@ -245,14 +271,29 @@ class ClusterLink:
         self.manager.sources_ready = synced
         self._on_desired(desired)
 
-    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | None:
-        facts = self._facts()
-        labels = self.registration.labels or node_labels(self.node_name, self.registration.host)
-        node = admission.NodeView.from_allocatable(
-            self.node_name, labels, nodestatus.allocatable(facts.max_pods)
+    def _running(self, uid: PodUID) -> bool:
+        """A worker has the pod, or the runtime runs it (found there at an agent restart,
+        before any worker): either way it was admitted once, and is never judged again."""
+        if self.manager.worker_for(uid) is not None:
+            return True
+        found = self.manager.ctx.cache.get(uid)
+        return found.ready_sandbox() is not None or bool(found.running())
+
+    def _node_view(self) -> admission.NodeView:
+        return admission.NodeView.from_node(
+            self.node_name,
+            self.own_node.current(),
+            default_labels=node_labels(self.node_name, self.registration.host),
+            allocatable=nodestatus.allocatable(self._facts().max_pods),
         )
+
+    def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | Hold | None:
+        node = self._node_view()
         statics = [p for p, _ in (self._static_pods() or {}).values()]
         refusal = admission.check(pod, obj, node, [*statics, *admitted])
+        affinity = refusal is not None and refusal.reason == admission.AFFINITY_REASON
+        if affinity and self.own_node.recheck(pod.uid):
+            return Hold(admission.AFFINITY_REASON, "reading the Node again", error=False)
         if refusal is not None:
             log.warning("pod_rejected", pod=pod.key, reason=refusal.reason, message=refusal.message)
         return refusal
@@ -262,6 +303,7 @@ class ClusterLink:
     def _start_deletion(self, deletion: Deletion) -> None:
         pod = deletion.pod
         log.info("pod_deleting", pod=pod.key, uid=pod.uid, grace_s=deletion.grace_s)
+        self._deleting_grace[pod.uid] = deletion.grace_s
         ran = self.manager.worker_for(pod.uid) is not None
         worker = self.manager.terminate(pod, deletion.grace_s)
         if ran:
@@ -439,6 +481,7 @@ class ClusterLink:
         return {
             "server": self.client.server,
             "registered": self.registration.registered.is_set(),
+            "nodeLabels": self.own_node.labels(),
             "podCIDR": self.registration.pod_cidr,
             "watching": self.pods.connected,
             "podsListed": self.pods.synced.is_set(),

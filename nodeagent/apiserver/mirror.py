@@ -9,9 +9,11 @@ pod's (the status writer patches it); deleting it only makes the agent create it
 ``MirrorPods.sync`` converges, each time something changed and every ``RESYNC_S``:
 - a static pod without a mirror gets one (its spec read again from its manifest file, and
   used only if it still parses to the same pod: an edited file waits for the file source);
-- a mirror whose hash is not its static pod's (the manifest changed) is deleted, and made
-  again on the next pass; so is a mirror whose static pod is gone;
-- a mirror being deleted (``deletionTimestamp``) is left alone until it is gone.
+- a mirror whose hash is not its static pod's (the manifest changed) is deleted for good
+  and made again at once; a mirror whose static pod is gone is only deleted;
+- a mirror being deleted (``deletionTimestamp``: someone ran ``kubectl delete`` on it) is
+  deleted for good (grace 0) and made again at once, as upstream ``tryReconcileMirrorPods``:
+  the static pod never stops for it, and the API never shows it Terminating for long.
 Deletes carry the mirror's uid as a precondition, so a namesake is never removed.
 """
 
@@ -144,16 +146,16 @@ class MirrorPods:
         if static is None:
             return
         mirrors = {k: o for k, o in self._mirrors().items() if is_mirror(o)}
+        gone: set[str] = set()
         for key, obj in mirrors.items():
             meta = obj.get("metadata") or {}
-            if meta.get("deletionTimestamp"):
-                continue
             entry = static.get(key)
             mirrored = (meta.get("annotations") or {}).get(MIRROR_ANNOTATION)
-            if entry is None or mirrored != entry[0].uid:
-                await self._delete(obj)
+            stale = entry is None or mirrored != entry[0].uid
+            if (stale or meta.get("deletionTimestamp")) and await self._delete(obj):
+                gone.add(key)
         for key, (pod, manifest_name) in static.items():
-            if key in mirrors:
+            if key in mirrors and key not in gone:
                 continue
             doc = await asyncio.to_thread(
                 manifest_doc, pod, self.node_name, manifest_name=manifest_name
@@ -174,7 +176,8 @@ class MirrorPods:
             self.created += 1
             log.info("mirror_created", pod=key, hash=pod.uid)
 
-    async def _delete(self, obj: Obj) -> None:
+    async def _delete(self, obj: Obj) -> bool:
+        """Delete a mirror for good; whether it is gone (a namesake's conflict: no)."""
         meta = obj.get("metadata") or {}
         namespace, name = meta.get("namespace") or "default", meta.get("name")
         try:
@@ -184,6 +187,7 @@ class MirrorPods:
                 raise
             if not (exc.not_found or exc.conflict):
                 log.warning("mirror_delete_refused", pod=f"{namespace}/{name}", error=str(exc))
-            return
+            return exc.not_found
         self.deleted += 1
         log.info("mirror_deleted", pod=f"{namespace}/{name}")
+        return True

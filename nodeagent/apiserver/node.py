@@ -41,6 +41,7 @@ from lightkube.resources.core_v1 import Node as NodeResource
 from lightkube.resources.core_v1 import NodeStatus as NodeStatusResource
 from lightkube.types import PatchType
 
+from nodeagent import version
 from nodeagent.apiserver.client import ApiClient, ApiFailure, api_errors
 from nodeagent.apiserver.reflector import Backoff
 from nodeagent.kubelet import nodestatus
@@ -55,8 +56,7 @@ STATUS_REPORT_S = 300.0
 LEASE_RENEW_S = 10.0
 LEASE_DURATION_S = 40
 LEASE_NAMESPACE = "kube-node-lease"
-AGENT_VERSION = "0.1.0"
-KUBELET_VERSION = f"v{AGENT_VERSION}-nodeagent"
+KUBELET_VERSION = version.kubelet_version()
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 _HEARTBEAT_KEYS = ("lastHeartbeatTime",)
 # Upstream's fixed condition messages. The local status shows live numbers ("812 MiB
@@ -161,7 +161,7 @@ def node_status(
             "osImage": host.os_image,
             "containerRuntimeVersion": runtime,
             "kubeletVersion": KUBELET_VERSION,
-            "kubeProxyVersion": "",  # deprecated and no longer set upstream, but required
+            "kubeProxyVersion": "",  # deprecated (KEP-4004): the kubelet leaves it empty
             "operatingSystem": "linux",
             "architecture": host.architecture,
         },

@@ -27,13 +27,14 @@ from typing import Any, Protocol
 
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod, PodSpec, PodUID
+from nodeagent.model.security import API_SOURCE
 from nodeagent.model.service import Service
 from nodeagent.model.validate import parse_pod
 from nodeagent.sources.file import DesiredState, SourceError
 
 Obj = dict[str, Any]
 
-SOURCE = "api"
+SOURCE = API_SOURCE
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 CONFIG_SOURCE_ANNOTATION = "kubernetes.io/config.source"
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -75,6 +76,19 @@ class Deletion:
     grace_s: int
 
 
+def shortened(
+    started: Mapping[PodUID, int], deletions: Mapping[PodUID, Deletion]
+) -> dict[PodUID, Deletion]:
+    """The deletions under way (``started``: uid -> grace period they began with, or were
+    last shortened to) whose pod the API now gives a shorter grace period: a second DELETE
+    may only shorten it (kube-apiserver refuses to lengthen it), and the shorter one wins."""
+    return {
+        uid: deletion
+        for uid, deletion in deletions.items()
+        if uid in started and deletion.grace_s < started[uid]
+    }
+
+
 @dataclass(frozen=True)
 class ApiPods:
     run: Mapping[str, Pod]
@@ -90,7 +104,8 @@ class ApiPods:
 
 
 # Asked about a pod not admitted yet: (pod, its API document, the pods admitted before it).
-Admit = Callable[[Pod, Obj, Sequence[Pod]], Rejection | None]
+# A Hold: not decided yet (the node is being read again); the pod waits, asked again later.
+Admit = Callable[[Pod, Obj, Sequence[Pod]], Rejection | Hold | None]
 
 
 def is_mirror(obj: Obj) -> bool:
@@ -158,7 +173,9 @@ def read_pods(
         admitted = list(run.values())
         for uid, pod, obj in pending:
             refusal = admit(pod, obj, admitted)
-            if refusal is not None:
+            if isinstance(refusal, Hold):
+                hold[uid] = refusal
+            elif refusal is not None:
                 reject[uid] = refusal
             else:
                 run[pod.key] = pod

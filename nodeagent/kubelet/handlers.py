@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from nodeagent import version
 from nodeagent.kubelet import grpchealth
 from nodeagent.model.pod import (
     Container,
@@ -24,7 +25,7 @@ from nodeagent.model.pod import (
 )
 from nodeagent.runtime.base import ContainerID, Runtime, RuntimeFailure
 
-USER_AGENT = "kube-probe/1.30"
+USER_AGENT = f"kube-probe/{version.kubernetes_minor()}"
 _MAX_RESPONSE_HEAD = 16 * 1024
 
 

@@ -3,8 +3,9 @@
 A module of its own because how a stop is paced is one concern, shared by a worker's kill
 actions, its stop of a refused pod and its final termination: app containers together, then
 the sidecars one by one, last one first, each in what is left of the grace period, and never
-under the kubelet's 2 s floor once a preStop hook ran. These are runtime effects; which
-containers to stop, and in what order, is decided in plan.py.
+under the kubelet's 2 s floor (upstream ``minimumGracePeriodInSeconds``: even a grace period
+of 0, or one a preStop hook used up, leaves a container 2 s between TERM and KILL). These
+are runtime effects; which containers to stop, and in what order, is decided in plan.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from nodeagent.runtime.base import (
     SandboxState,
 )
 
-MIN_KILL_GRACE_S = 2  # the kubelet's floor when a preStop hook used up the grace period
+MIN_KILL_GRACE_S = 2  # the kubelet's floor between TERM and KILL
 
 
 def spec_container(pod: Pod, name: str) -> Container | None:
@@ -58,10 +59,8 @@ async def stop_container(
         if not outcome.ok:
             log.warning("pre_stop_hook_failed", container=container.name, error=outcome.message)
     left = grace_s - int(time.monotonic() - started)
-    if hook is not None and left < MIN_KILL_GRACE_S:
-        left = MIN_KILL_GRACE_S
     with contextlib.suppress(NotFound):
-        await runtime.stop_container(container_id, max(left, 0))
+        await runtime.stop_container(container_id, max(left, MIN_KILL_GRACE_S))
 
 
 async def remove_container(runtime: Runtime, info: ContainerInfo) -> None:

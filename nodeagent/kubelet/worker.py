@@ -64,6 +64,7 @@ class PodWorker:
         self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._grace_override: int | None = None
+        self._hurry: asyncio.Task[None] | None = None  # a stop sped up by a shorter grace
         self._waiting: dict[str, Waiting] = {}
         self._backoffs: dict[str, backoff.Backoff] = {}
         self._hold: dict[str, float] = {}  # container -> wall time before which no retry
@@ -94,12 +95,37 @@ class PodWorker:
         self._wake.set()
 
     def terminate(self, grace_s: int | None = None) -> None:
+        """Stop the pod within ``grace_s`` (None: its spec's). Asked again with a shorter
+        period while stopping (a second DELETE), the shorter one wins, as upstream's
+        calculateEffectiveGracePeriod: the containers still running are stopped again
+        with it (no second preStop hook)."""
         if self.state is WorkerState.SYNCING:
             self._grace_override = grace_s
             self.state = WorkerState.TERMINATING
             self.log.info("pod_terminating")
             self.ctx.prober.remove_pod(self.pod.uid)
+        elif (
+            self.state is WorkerState.TERMINATING
+            and grace_s is not None
+            and grace_s < self._grace()
+        ):
+            self._grace_override = grace_s
+            self.log.info("pod_grace_shortened", grace_s=grace_s)
+            self._hurry = asyncio.create_task(self._stop_sooner(grace_s))
         self._wake.set()
+
+    async def _stop_sooner(self, grace_s: int) -> None:
+        try:
+            runtime_pod = await self.ctx.cache.refresh(self.pod.uid)
+            sandbox = runtime_pod.ready_sandbox()
+            ip = sandbox.ip if sandbox is not None else ""
+            stops = (
+                self._stop_container_id(None, c.id, ip, grace_s=grace_s)
+                for c in runtime_pod.running()
+            )
+            await asyncio.gather(*stops)
+        except RuntimeFailure as exc:  # the termination under way still stops them
+            self.log.warning("pod_grace_shortening_failed", error=str(exc))
 
     async def wait_terminated(self) -> None:
         await self._done.wait()
@@ -107,6 +133,8 @@ class PodWorker:
     async def detach(self) -> None:
         """Stop working on the pod without touching it (agent shutdown)."""
         self.ctx.prober.remove_pod(self.pod.uid)
+        if self._hurry is not None:
+            self._hurry.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -7,8 +7,11 @@ and sysctls are limited to the kubelet's safe set, because the others reach outs
 
 The privilege policy (``--allow-privileged``) is a separate check of an already valid pod: it
 is node configuration, not API validation, so the same pod may run on one node and be
-refused on another. A hostPath that reaches the agent's own state or status socket is refused
-on every node: a pod that can write there can forge what the agent believes it runs.
+refused on another. It applies to the manifest directory's pods only: an API pod was let in
+by the API server (Pod Security admission decides there what a namespace may run), so
+privileged, hostNetwork and hostPath DaemonSet pods run on a node without the flag. A
+hostPath that reaches the agent's own state or status socket is refused on every node: a
+pod that can write there can forge what the agent believes it runs.
 """
 
 from __future__ import annotations
@@ -197,9 +200,12 @@ def host_aliases(spec: Node) -> tuple[HostAlias, ...]:
 # --- the node's privilege policy -----------------------------------------------------------
 
 
+API_SOURCE = "api"  # ``Pod.source`` of the API's pods
+
+
 @dataclass(frozen=True)
 class PrivilegePolicy:
-    allow_privileged: bool = False  # --allow-privileged
+    allow_privileged: bool = False  # --allow-privileged (manifest-directory pods only)
     protected_paths: tuple[str, ...] = ()  # the agent's state dir and status socket
 
 
@@ -224,8 +230,8 @@ def privilege_errors(pod: Pod, policy: PrivilegePolicy, *, own_dir: str = "") ->
         if hit:
             path = f"spec.volumes[{index}].hostPath.path"
             errors.append(FieldError(path, f"volume {name!r} would expose the agent's own {hit}"))
-    if policy.allow_privileged:
-        return errors
+    if policy.allow_privileged or pod.source == API_SOURCE:
+        return errors  # the API server's admission decided for its pods
     reason = "is not allowed on this node (--allow-privileged is false)"
     for key, used in (
         ("hostNetwork", pod.spec.host_network),

@@ -217,7 +217,13 @@ async def stream(
             wait = min(wait, max(0.0, next_bookmark - now))
         event: WatchEvent | None
         try:
-            event = await asyncio.wait_for(sub.queue.get(), timeout=wait)
+            # A queued event is taken at once: on 3.11 wait_for(timeout=0), what an overdue
+            # bookmark asks for, cancels the get before it runs, and the stream would spin
+            # on a full queue for ever.
+            if sub.queue.empty():
+                event = await asyncio.wait_for(sub.queue.get(), timeout=wait)
+            else:
+                event = sub.queue.get_nowait()
         except TimeoutError:
             # The queue may have filled between the timeout and this line: drain first, so
             # a bookmark never claims a version whose events are still queued.

@@ -248,6 +248,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["version"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("nodeagent ") and out.count("\n") == 1
+    assert "(kubelet v1." in out and "-nodeagent." in out  # what the Node reports
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from nodeagent.model.pod import (
     SeccompProfile,
     TerminationMessagePolicy,
 )
-from nodeagent.model.security import PrivilegePolicy, privilege_errors
+from nodeagent.model.security import API_SOURCE, PrivilegePolicy, privilege_errors
 from nodeagent.model.validate import parse_pod
 
 Doc = dict[str, Any]
@@ -292,6 +292,16 @@ def test_privileged_fields_are_refused_by_default_each_by_name() -> None:
 def test_allow_privileged_allows_them() -> None:
     assert privilege_errors(parse(PRIVILEGED), PrivilegePolicy(allow_privileged=True)) == []
     assert privilege_errors(parse(doc()), PrivilegePolicy()) == []
+
+
+def test_api_pods_are_the_api_servers_to_admit() -> None:
+    # Pod Security admission let it in; --allow-privileged is about manifest pods only.
+    api_pod = parse_pod(PRIVILEGED, source=API_SOURCE, node_name="n1")
+    assert privilege_errors(api_pod, PrivilegePolicy()) == []
+    agents_own = doc({"volumes": [{"name": "v", "hostPath": {"path": "/var/lib/nodeagent"}}]})
+    own = parse_pod(agents_own, source=API_SOURCE, node_name="n1")
+    protected = PrivilegePolicy(protected_paths=("/var/lib/nodeagent",))
+    assert [e.path for e in privilege_errors(own, protected)] == ["spec.volumes[0].hostPath.path"]
 
 
 @pytest.mark.parametrize(
