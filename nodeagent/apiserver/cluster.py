@@ -100,6 +100,7 @@ class ClusterLink:
         self.manager = manager
         self._facts = facts
         self._rejected: dict[PodUID, Rejection] = {}  # final: a rejected pod stays rejected
+        self._warned_future: set[PodUID] = set()  # pods whose ignored fields were logged
         self._on_desired = on_desired
         self._files: DesiredState | None = None if with_files else DesiredState()
         self.api = NO_PODS
@@ -195,6 +196,7 @@ class ClusterLink:
             cache=self._parsed,
         )
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
+        self._warn_future_fields()
         self.refs.keep(set(self.api.objects))
         for uid, obj in self.api.objects.items():
             self._status_at_start.setdefault(uid, obj.get("status") or {})
@@ -211,6 +213,15 @@ class ClusterLink:
         self._publish()
         self.status.wake()
         self.mirrors.wake()
+
+    def _warn_future_fields(self) -> None:
+        """Fields newer than the API we track are ignored, as the kubelet's lenient decoding
+        drops them: said once per pod, not at every event of it."""
+        for pod in self.api.run.values():
+            if pod.future_fields and pod.uid not in self._warned_future:
+                self._warned_future.add(pod.uid)
+                log.warning("pod_fields_ignored", pod=pod.key, fields=list(pod.future_fields))
+        self._warned_future &= set(self.api.objects)
 
     def _services_changed(self) -> None:
         self.services, self._service_errors = read_services(self.service_objects.objects.values())

@@ -6,7 +6,11 @@
 - ``delete``: pods with a ``deletionTimestamp``: terminate them with their
   ``deletionGracePeriodSeconds``, then delete them for good (``cluster.py`` does both);
 - ``reject``: pods the kubelet would refuse, to be marked ``Failed`` with a reason (a field
-  nodeagent cannot honour, or an admission failure; see ``admission.py``);
+  nodeagent cannot honour, or an admission failure; see ``admission.py``). Pods are parsed
+  leniently (``model.validate``): a field the API accepts fails a pod only when it asks for
+  what this node cannot do (a Windows ``os``, ``hostUsers: false``, a RuntimeClass,
+  ``resourceClaims``); a field newer than the API we track is ignored
+  (``Pod.future_fields``, which the caller warns about once per pod);
 - nothing at all: mirror pods (the API's copies of our own static pods, see ``mirror.py``)
   and pods already in a terminal phase that do not run here. Upstream never restarts a pod
   the API shows Succeeded or Failed; one that still runs here (it just finished) stays, so
@@ -245,7 +249,7 @@ def _parsed(
 def _parse(obj: Obj, node_name: str) -> Pod | list[SourceError]:
     name = _key(obj)
     try:
-        pod = parse_pod(obj, source=SOURCE, node_name=node_name)
+        pod = parse_pod(obj, source=SOURCE, node_name=node_name, lenient=True)
     except ValidationError as exc:
         return [SourceError(SOURCE, f"Pod {name}", e.path, e.message) for e in exc.errors]
     except RecursionError:
