@@ -114,7 +114,10 @@ _SPEC_IGNORED = (
     "ephemeralContainers",
 )
 # The rest of v1.PodSpec (Kubernetes 1.32): defined upstream, not honoured here.
-_SPEC_UPSTREAM = ("resources",)
+_SPEC_UPSTREAM = (
+    "resources",
+    "hostnameOverride",  # 1.34 alpha: named here, so a hostname is never silently other
+)
 _ROOT_KNOWN = ("apiVersion", "kind", "metadata", "spec")
 OS_LINUX = "linux"
 
