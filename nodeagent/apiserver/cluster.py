@@ -35,6 +35,7 @@ import structlog
 from nodeagent.apiserver import admission
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.events import (
+    Event,
     EventRecorder,
     PodRef,
     hold_events,
@@ -53,6 +54,7 @@ from nodeagent.apiserver.pods import (
     Hold,
     ParseCache,
     Rejection,
+    RuntimeClasses,
     is_mirror,
     merge,
     read_pods,
@@ -118,6 +120,11 @@ class ClusterLink:
             Collection("/apis/discovery.k8s.io/v1/endpointslices"),
             on_change=self._services_changed,
         )
+        # The handler a pod's runtimeClassName names, as the kubelet's RuntimeClass manager.
+        self.runtime_class_objects = Reflector(
+            client, Collection("/apis/node.k8s.io/v1/runtimeclasses"), on_change=self._pods_changed
+        )
+        self._rejection_events: set[PodUID] = set()  # pods whose rejection was told
         self.services: dict[str, Service] = {}
         self.endpoints: dict[str, Endpoints] = {}
         self._service_errors: list[SourceError] = []
@@ -158,6 +165,7 @@ class ClusterLink:
             "api-pods": self._run_pods,
             "api-services": self.service_objects.run,
             "api-endpointslices": self.slice_objects.run,
+            "api-runtimeclasses": self.runtime_class_objects.run,
             "node-status": self.registration.run,
             "node-lease": self.lease.run,
             "pod-status": self.status.run,
@@ -194,9 +202,14 @@ class ClusterLink:
             rejected=self._rejected,
             preparer=self.refs,
             cache=self._parsed,
+            runtime_classes=RuntimeClasses.read(
+                self.runtime_class_objects.objects.values(),
+                listed=self.runtime_class_objects.synced.is_set(),
+            ),
         )
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
         self._warn_future_fields()
+        self._record_rejection_events()
         self.refs.keep(set(self.api.objects))
         for uid, obj in self.api.objects.items():
             self._status_at_start.setdefault(uid, obj.get("status") or {})
@@ -397,6 +410,20 @@ class ClusterLink:
             )
         self._seen_holds = {u: h for u, h in self._seen_holds.items() if u in holds}
         return set(holds)
+
+    def _record_rejection_events(self) -> None:
+        """A pod refused here (a field it needs that this node lacks, admission) gets one
+        Warning event with the reason and message its status shows, as rejectPod records.
+        Told when refused: once its status says Failed, the pod is no longer sorted at all."""
+        for uid, rejection in self.api.reject.items():
+            obj = self.api.objects.get(uid)
+            if obj is None or uid in self._rejection_events:
+                continue
+            self._rejection_events.add(uid)
+            meta = obj.get("metadata") or {}
+            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
+            self.events.record([Event(ref, "", "Warning", rejection.reason, rejection.message)])
+        self._rejection_events &= set(self.api.objects)
 
     # -- outputs ----------------------------------------------------------------------------
 

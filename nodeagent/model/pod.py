@@ -258,6 +258,7 @@ class PodSpec:
     # Condition types that must also be True for the pod to be Ready (others set them).
     readiness_gates: tuple[str, ...] = ()
     set_hostname_as_fqdn: bool = False  # the kernel hostname is the pod's FQDN (if it has one)
+    runtime_class_name: str = ""  # API pods only; the cluster link checks its handler
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def parse_pod(doc: Mapping[str, Any], *, source: str, node_name: str, lenient: b
     name, namespace = _identity(meta)
     labels = meta.string_map("labels")
     annotations = meta.string_map("annotations")
-    spec = _pod_spec(root.child("spec"))
+    spec = _pod_spec(root.child("spec"), lenient=lenient)
     if errors:
         raise ValidationError(object_name(doc), errors)
     uid = meta.string("uid") or _content_uid(doc, node_name)
@@ -244,9 +244,9 @@ def _identity(meta: Node) -> tuple[str, str]:
     return name, namespace
 
 
-def _pod_spec(spec: Node) -> PodSpec:
+def _pod_spec(spec: Node, *, lenient: bool) -> PodSpec:
     spec.reject_unknown(_SPEC_KNOWN, _SPEC_IGNORED, upstream=_SPEC_UPSTREAM)
-    _check_platform(spec)
+    _check_platform(spec, api=lenient)
     volumes = tuple(_volume(v) for v in spec.items("volumes"))
     volume_names = {v.name for v in volumes}
     containers = tuple(parse_container(c, volume_names) for c in spec.items("containers"))
@@ -287,10 +287,11 @@ def _pod_spec(spec: Node) -> PodSpec:
         enable_service_links=spec.boolean("enableServiceLinks", default=True),
         readiness_gates=_readiness_gates(spec),
         set_hostname_as_fqdn=spec.boolean("setHostnameAsFQDN"),
+        runtime_class_name=spec.string("runtimeClassName"),
     )
 
 
-def _check_platform(spec: Node) -> None:
+def _check_platform(spec: Node, *, api: bool) -> None:
     """Fields the API accepts that ask for something this node does not offer: each a
     clear error naming the field (the pod fails with it), never a silent run without it."""
     if spec.present("os"):
@@ -301,11 +302,12 @@ def _check_platform(spec: Node) -> None:
             os_node.error(f"{os_name!r} pods cannot run on this linux node", "name")
     if not spec.boolean("hostUsers", default=True):
         spec.error("user namespaces (false) are not supported by nodeagent", "hostUsers")
-    runtime_class = spec.string("runtimeClassName")
-    if runtime_class:
+    if spec.string("runtimeClassName") and not api:
+        # A manifest has no RuntimeClass objects to name (in a cluster the link looks the
+        # handler up: see apiserver.pods).
         spec.error(
-            f"RuntimeClass {runtime_class!r}: nodeagent runs only the default handler (runc); "
-            "leave runtimeClassName unset",
+            "RuntimeClasses come from an API server; a manifest's pod runs the default "
+            "handler (runc): leave runtimeClassName unset",
             "runtimeClassName",
         )
     if spec.present("resourceClaims"):

@@ -145,6 +145,8 @@ LEASES = ResourceType(
 ENDPOINTSLICES = ResourceType(
     "discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, allow_create_on_update=True
 )
+# Which runtime handler a pod's runtimeClassName names (the kubelet watches them).
+RUNTIMECLASSES = ResourceType("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", False)
 
 ALL: tuple[ResourceType, ...] = (
     PODS,
@@ -157,6 +159,7 @@ ALL: tuple[ResourceType, ...] = (
     SERVICEACCOUNTS,
     LEASES,
     ENDPOINTSLICES,
+    RUNTIMECLASSES,
 )
 BY_KIND: dict[str, ResourceType] = {rt.kind: rt for rt in ALL}
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from lightkube import AsyncClient
-from lightkube.resources.core_v1 import PodStatus, Service
+from lightkube.resources.core_v1 import Event, PodStatus, Service
+from lightkube.resources.node_v1 import RuntimeClass
 from lightkube.types import PatchType
 
 from tests.apiserver.process import ApiServerProcess
@@ -198,6 +199,34 @@ async def test_a_windows_pod_fails_with_a_message_naming_the_field(
     )
     assert "spec.os.name" in pod["status"]["message"]
     assert "windows" in pod["status"]["message"]
+
+
+async def test_runtime_classes_of_runc_run_and_another_handler_fails_the_pod_with_an_event(
+    admin: AsyncClient, cluster_agent: Agent
+) -> None:
+    for name, handler in (("plain", "runc"), ("sandboxed", "kata")):
+        body = {"metadata": {"name": name}, "handler": handler}
+        await admin.create(RuntimeClass.from_dict(body))  # type: ignore[call-overload]
+    await create(admin, pod_manifest("runc-pod", HOLD, grace=1, runtimeClassName="plain"))
+    await create(admin, pod_manifest("kata-pod", HOLD, grace=1, runtimeClassName="sandboxed"))
+    await cluster.wait_ready(admin, cluster_agent, "runc-pod")
+
+    async def refused() -> tuple[dict[str, Any], list[str]] | None:
+        pod = await get_pod(admin, "kata-pod")
+        if ((pod or {}).get("status") or {}).get("phase") != "Failed":
+            return None
+        told = [
+            e.message or ""
+            async for e in admin.list(Event, namespace="default")
+            if e.involvedObject.name == "kata-pod" and e.type == "Warning"
+        ]
+        return (pod, told) if pod is not None and told else None
+
+    pod, told = await async_wait_for(
+        refused, 30, interval=0.2, message=lambda: f"kata-pod refused\n{cluster_agent.log_tail()}"
+    )
+    for message in (pod["status"]["message"], *told):
+        assert 'spec.runtimeClassName: RuntimeClass "sandboxed" has handler "kata"' in message
 
 
 SERVICE_YAML = """apiVersion: v1

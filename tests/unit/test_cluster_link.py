@@ -265,6 +265,11 @@ async def test_a_pod_we_cannot_run_fails_with_the_reason(rig: Rig) -> None:
     await eventually(lambda: phase(rig, "odd") == "Failed", what="Failed")
     status = rig.api_status("odd")
     assert status["reason"] == "UnsupportedPodSpec" and "nfs" in status["message"]
+    # ... and says so in one Warning event, as the kubelet's rejectPod does.
+    await eventually(lambda: events_of(rig.api, "odd"), what="an event")
+    (event,) = events_of(rig.api, "odd")
+    assert (event["type"], event["reason"]) == ("Warning", "UnsupportedPodSpec")
+    assert event["message"] == status["message"]
 
 
 async def test_terminal_pods_from_the_api_do_not_run(tmp_path: Path, api: ApiServer) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.apiserver.pods import UNSUPPORTED_REASON, read_pods
+from nodeagent.apiserver.pods import UNSUPPORTED_REASON, Hold, RuntimeClasses, read_pods
 from nodeagent.kubelet.etchosts import kernel_hostname
 from nodeagent.kubelet.podstatus import StatusInput, compute_status, gate_problems
 from nodeagent.kubelet.runtimepod import RuntimePod
@@ -80,7 +80,6 @@ def test_defaults() -> None:
         ({"os": {"name": "windows"}}, "spec.os.name", "cannot run on this linux node"),
         ({"os": {}}, "spec.os.name", "is required"),
         ({"hostUsers": False}, "spec.hostUsers", "user namespaces"),
-        ({"runtimeClassName": "kata"}, "spec.runtimeClassName", "'kata'"),
         ({"resourceClaims": [{"name": "gpu"}]}, "spec.resourceClaims", "dynamic resource"),
         ({"readinessGates": [{}]}, "spec.readinessGates[0].conditionType", "is required"),
         ({"readinessGates": [{"conditionType": "a"}] * 2}, "spec.readinessGates", "duplicate"),
@@ -220,3 +219,62 @@ def test_an_fqdn_too_long_for_the_kernel_is_an_error() -> None:
     pod = parse(api_doc(hostname="h" * 40, subdomain="sub", setHostnameAsFQDN=True))
     with pytest.raises(ValueError, match="too long"):
         kernel_hostname(pod, cluster_domain="cluster.local")
+
+
+# --- runtimeClassName -----------------------------------------------------------------------
+
+
+def test_a_manifest_pod_may_not_name_a_runtime_class() -> None:
+    found = errors(api_doc(runtimeClassName="runc"), lenient=False)
+    assert "RuntimeClasses come from an API server" in found["spec.runtimeClassName"]
+
+
+def classed(name: str, uid: str, runtime_class: str) -> Doc:
+    doc = api_doc(runtimeClassName=runtime_class)
+    doc["metadata"].update(name=name, uid=uid)
+    return doc
+
+
+def test_runtime_classes_of_the_default_handler_run_others_are_refused_by_field() -> None:
+    docs = [
+        classed("plain", "u-1", "runc-class"),
+        classed("empty", "u-2", "default-class"),
+        classed("kata", "u-3", "kata-class"),
+        classed("missing", "u-4", "nowhere"),
+    ]
+    classes = RuntimeClasses({"runc-class": "runc", "default-class": "", "kata-class": "kata"})
+    api = read_pods(docs, node_name="n1", running=lambda uid: False, runtime_classes=classes)
+    assert set(api.run) == {"shop/plain", "shop/empty"}
+    assert api.run["shop/plain"].spec.runtime_class_name == "runc-class"
+    refusal = api.reject[PodUID("u-3")]
+    assert refusal.reason == UNSUPPORTED_REASON
+    assert 'spec.runtimeClassName: RuntimeClass "kata-class" has handler "kata"' in refusal.message
+    # Not found: held (it may be created next), and said (an error), not failed.
+    held = api.hold[PodUID("u-4")]
+    assert held.error and 'RuntimeClass "nowhere" not found' in held.message
+
+
+def test_before_the_first_list_a_runtime_class_pod_waits_quietly() -> None:
+    doc = classed("plain", "u-1", "runc-class")
+    classes = RuntimeClasses(listed=False)
+    api = read_pods([doc], node_name="n1", running=lambda uid: False, runtime_classes=classes)
+    assert api.hold[PodUID("u-1")] == Hold(
+        "CreateContainerConfigError", 'RuntimeClass "runc-class" not listed yet', error=False
+    )
+
+
+def test_a_running_pod_is_not_judged_again_when_its_runtime_class_goes() -> None:
+    doc = classed("plain", "u-1", "runc-class")
+    api = read_pods(
+        [doc], node_name="n1", running=lambda uid: True, runtime_classes=RuntimeClasses()
+    )
+    assert set(api.run) == {"shop/plain"}
+
+
+def test_runtime_classes_read_from_api_objects() -> None:
+    objects = [
+        {"metadata": {"name": "plain"}, "handler": "runc"},
+        {"metadata": {"name": "odd"}},
+    ]
+    classes = RuntimeClasses.read(objects, listed=True)
+    assert classes == RuntimeClasses({"plain": "runc", "odd": ""}, listed=True)
