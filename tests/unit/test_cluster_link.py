@@ -258,6 +258,33 @@ async def test_a_label_change_does_not_restart_the_pod(rig: Rig) -> None:
     assert rig.running_containers(uid) == [before]
 
 
+async def test_a_readiness_gate_holds_ready_until_its_condition_is_set(rig: Rig) -> None:
+    body = pod_body("gated")
+    body["spec"]["readinessGates"] = [{"conditionType": "example.com/gate"}]
+    uid = rig.create(body)["metadata"]["uid"]
+
+    def ready_condition() -> dict[str, Any]:
+        conditions = rig.api_status("gated").get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), {})
+
+    await eventually(
+        lambda: ready_condition().get("reason") == "ReadinessGatesNotReady", what="gate holds"
+    )
+    (before,) = rig.running_containers(uid)
+    gate = {"type": "example.com/gate", "status": "True"}
+    rig.api.store.patch(
+        PODS,
+        "default",
+        "gated",
+        "application/strategic-merge-patch+json",
+        {"status": {"conditions": [gate]}},
+        subresource="status",
+    )
+    await eventually(lambda: ready_condition().get("status") == "True", what="Ready")
+    assert gate in rig.api_status("gated")["conditions"]  # our patches left it alone
+    assert rig.running_containers(uid) == [before]  # nothing restarted
+
+
 async def test_a_pod_we_cannot_run_fails_with_the_reason(rig: Rig) -> None:
     body = pod_body("odd")
     body["spec"]["volumes"] = [{"name": "v", "nfs": {"server": "x", "path": "/"}}]
