@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from nodeagent.apiserver.client import ApiClient
 from nodeagent.apiserver.cluster import ClusterLink
@@ -283,6 +285,23 @@ async def test_a_readiness_gate_holds_ready_until_its_condition_is_set(rig: Rig)
     await eventually(lambda: ready_condition().get("status") == "True", what="Ready")
     assert gate in rig.api_status("gated")["conditions"]  # our patches left it alone
     assert rig.running_containers(uid) == [before]  # nothing restarted
+
+
+async def test_fields_newer_than_our_api_are_ignored_with_one_warning(rig: Rig) -> None:
+    body = pod_body("newer")
+    body["spec"]["futureKnob"] = {"on": True}
+    with structlog.testing.capture_logs() as logs:
+        uid = rig.create(body)["metadata"]["uid"]
+        await eventually(lambda: ready(rig, "newer"), what="Ready")
+        for tier in ("a", "b"):  # more events of the same pod
+            patch = {"metadata": {"labels": {"tier": tier}}}
+            rig.api.store.patch(PODS, "default", "newer", "application/merge-patch+json", patch)
+        await eventually(
+            lambda: rig.manager.worker_for(PodUID(uid)).pod.labels.get("tier") == "b",  # type: ignore[union-attr]
+            what="the last labels",
+        )
+    warned = [e for e in logs if e["event"] == "pod_fields_ignored"]
+    assert [(e["pod"], e["fields"]) for e in warned] == [("default/newer", ["spec.futureKnob"])]
 
 
 async def test_a_pod_we_cannot_run_fails_with_the_reason(rig: Rig) -> None:
