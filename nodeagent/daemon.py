@@ -32,6 +32,7 @@ from nodeagent.events import EventRing, PodEventFeed, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
+from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
@@ -116,6 +117,7 @@ class Node:
                 allow_privileged=config.allow_privileged,
                 protected_paths=(str(config.state_dir), str(config.status_socket)),
             ),
+            services=self._service_view,
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
@@ -202,6 +204,11 @@ class Node:
         _write_cni(self.config, pod_cidr)
         if self.config.cluster_cidr is None:  # the proxy's cluster is this node's pods
             self.proxy.set_cluster_cidr(pod_cidr)
+
+    def _service_view(self) -> ServiceView:
+        """The Services the proxy is given, for the pods' Service variables: one view, no
+        second watch (a Service the proxy has not allocated an IP for yet has none here)."""
+        return ServiceView(self.desired.services, self.proxy.cluster_ips())
 
     def _runtime_changed(self, uid: PodUID) -> None:
         self.manager.on_runtime_change(uid)

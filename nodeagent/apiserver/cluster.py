@@ -43,6 +43,7 @@ import structlog
 from nodeagent.apiserver import admission
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.events import (
+    Event,
     EventRecorder,
     PodRef,
     hold_events,
@@ -62,6 +63,7 @@ from nodeagent.apiserver.pods import (
     Hold,
     ParseCache,
     Rejection,
+    RuntimeClasses,
     is_mirror,
     merge,
     read_pods,
@@ -110,6 +112,7 @@ class ClusterLink:
         self.manager = manager
         self._facts = facts
         self._rejected: dict[PodUID, Rejection] = {}  # final: a rejected pod stays rejected
+        self._warned_future: set[PodUID] = set()  # pods whose ignored fields were logged
         self._on_desired = on_desired
         self._files: DesiredState | None = None if with_files else DesiredState()
         self.api = NO_PODS
@@ -129,6 +132,11 @@ class ClusterLink:
             Collection("/apis/discovery.k8s.io/v1/endpointslices", needs=NODE_PROXIER),
             on_change=self._services_changed,
         )
+        # The handler a pod's runtimeClassName names, as the kubelet's RuntimeClass manager.
+        self.runtime_class_objects = Reflector(
+            client, Collection("/apis/node.k8s.io/v1/runtimeclasses"), on_change=self._pods_changed
+        )
+        self._rejection_events: set[PodUID] = set()  # pods whose rejection was told
         self.services: dict[str, Service] = {}
         self.endpoints: dict[str, Endpoints] = {}
         self._service_errors: list[SourceError] = []
@@ -178,6 +186,7 @@ class ClusterLink:
             "api-own-node": self.own_node.run,
             "api-services": self.service_objects.run,
             "api-endpointslices": self.slice_objects.run,
+            "api-runtimeclasses": self.runtime_class_objects.run,
             "node-status": self.registration.run,
             "node-lease": self.lease.run,
             "pod-status": self.status.run,
@@ -215,9 +224,15 @@ class ClusterLink:
             rejected=self._rejected,
             preparer=self.refs,
             cache=self._parsed,
+            runtime_classes=RuntimeClasses.read(
+                self.runtime_class_objects.objects.values(),
+                listed=self.runtime_class_objects.synced.is_set(),
+            ),
         )
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
         self.own_node.keep(set(self.api.objects))
+        self._warn_future_fields()
+        self._record_rejection_events()
         self.refs.keep(set(self.api.objects))
         for uid, obj in self.api.objects.items():
             self._status_at_start.setdefault(uid, obj.get("status") or {})
@@ -239,6 +254,15 @@ class ClusterLink:
         self._publish()
         self.status.wake()
         self.mirrors.wake()
+
+    def _warn_future_fields(self) -> None:
+        """Fields newer than the API we track are ignored, as the kubelet's lenient decoding
+        drops them: said once per pod, not at every event of it."""
+        for pod in self.api.run.values():
+            if pod.future_fields and pod.uid not in self._warned_future:
+                self._warned_future.add(pod.uid)
+                log.warning("pod_fields_ignored", pod=pod.key, fields=list(pod.future_fields))
+        self._warned_future &= set(self.api.objects)
 
     def _services_changed(self) -> None:
         self.services, self._service_errors = read_services(self.service_objects.objects.values())
@@ -435,6 +459,20 @@ class ClusterLink:
             )
         self._seen_holds = {u: h for u, h in self._seen_holds.items() if u in holds}
         return set(holds)
+
+    def _record_rejection_events(self) -> None:
+        """A pod refused here (a field it needs that this node lacks, admission) gets one
+        Warning event with the reason and message its status shows, as rejectPod records.
+        Told when refused: once its status says Failed, the pod is no longer sorted at all."""
+        for uid, rejection in self.api.reject.items():
+            obj = self.api.objects.get(uid)
+            if obj is None or uid in self._rejection_events:
+                continue
+            self._rejection_events.add(uid)
+            meta = obj.get("metadata") or {}
+            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
+            self.events.record([Event(ref, "", "Warning", rejection.reason, rejection.message)])
+        self._rejection_events &= set(self.api.objects)
 
     # -- outputs ----------------------------------------------------------------------------
 

@@ -6,7 +6,14 @@
 - ``delete``: pods with a ``deletionTimestamp``: terminate them with their
   ``deletionGracePeriodSeconds``, then delete them for good (``cluster.py`` does both);
 - ``reject``: pods the kubelet would refuse, to be marked ``Failed`` with a reason (a field
-  nodeagent cannot honour, or an admission failure; see ``admission.py``);
+  nodeagent cannot honour, or an admission failure; see ``admission.py``). Pods are parsed
+  leniently (``model.validate``): a field the API accepts fails a pod only when it asks for
+  what this node cannot do (a Windows ``os``, ``hostUsers: false``, a RuntimeClass,
+  ``resourceClaims``); a field newer than the API we track is ignored
+  (``Pod.future_fields``, which the caller warns about once per pod). A pod's
+  ``runtimeClassName`` is looked up in the API's RuntimeClasses (``RuntimeClasses``): a
+  handler other than the default (runc) is refused naming the field; a RuntimeClass not
+  found holds the pod (it may be created just after the pod, as upstream retries);
 - nothing at all: mirror pods (the API's copies of our own static pods, see ``mirror.py``)
   and pods already in a terminal phase that do not run here. Upstream never restarts a pod
   the API shows Succeeded or Failed; one that still runs here (it just finished) stays, so
@@ -27,6 +34,7 @@ from typing import Any, Protocol
 
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod, PodSpec, PodUID
+from nodeagent.model.refs import CONFIG_ERROR
 from nodeagent.model.security import API_SOURCE
 from nodeagent.model.service import Service
 from nodeagent.model.validate import parse_pod
@@ -39,6 +47,8 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 CONFIG_SOURCE_ANNOTATION = "kubernetes.io/config.source"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 UNSUPPORTED_REASON = "UnsupportedPodSpec"
+# The handlers this node runs: the runtime's default, which is runc for containerd and Docker.
+DEFAULT_HANDLERS = ("", "runc")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,20 @@ class Preparer(Protocol):
 
     def prepare(self, obj: Obj) -> Obj | Hold:
         """The document to run, or why not yet; starts the work if need be."""
+
+
+@dataclass(frozen=True)
+class RuntimeClasses:
+    """The API's RuntimeClasses, name -> handler; ``listed`` is False before the first list."""
+
+    handlers: Mapping[str, str] = field(default_factory=dict)
+    listed: bool = True
+
+    @classmethod
+    def read(cls, objects: Iterable[Obj], *, listed: bool) -> RuntimeClasses:
+        return cls(
+            {str(_meta(o).get("name")): str(o.get("handler") or "") for o in objects}, listed
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,7 @@ def read_pods(
     rejected: Mapping[PodUID, Rejection] | None = None,
     preparer: Preparer | None = None,
     cache: ParseCache | None = None,
+    runtime_classes: RuntimeClasses | None = None,
 ) -> ApiPods:
     """Sort the API's pods (see the module docstring). ``running(uid)``: a worker has it.
 
@@ -163,7 +188,13 @@ def read_pods(
             if phase not in TERMINAL_PHASES:
                 reject[uid] = Rejection(UNSUPPORTED_REASON, _describe(problems))
             continue
-        if uid in rejected:
+        fresh = not running(uid) and phase not in TERMINAL_PHASES and uid not in rejected
+        verdict = runtime_class_verdict(pod, runtime_classes) if fresh else None
+        if isinstance(verdict, Hold):
+            hold[uid] = verdict
+        elif verdict is not None:
+            reject[uid] = verdict
+        elif uid in rejected:
             reject[uid] = rejected[uid]
         elif admit is None or running(uid) or phase in TERMINAL_PHASES:
             run[pod.key] = pod
@@ -181,6 +212,26 @@ def read_pods(
                 run[pod.key] = pod
                 admitted.append(pod)
     return ApiPods(run, delete, reject, by_uid, tuple(errors), hold)
+
+
+def runtime_class_verdict(pod: Pod, classes: RuntimeClasses | None) -> Hold | Rejection | None:
+    """Whether this node runs ``pod``'s RuntimeClass: None if it does (or names none)."""
+    name = pod.spec.runtime_class_name
+    if not name:
+        return None
+    classes = classes or RuntimeClasses()
+    if not classes.listed:
+        return Hold(CONFIG_ERROR, f'RuntimeClass "{name}" not listed yet', error=False)
+    handler = classes.handlers.get(name)
+    if handler is None:
+        return Hold(CONFIG_ERROR, f'spec.runtimeClassName: RuntimeClass "{name}" not found')
+    if handler in DEFAULT_HANDLERS:
+        return None
+    return Rejection(
+        UNSUPPORTED_REASON,
+        f'nodeagent cannot run this pod: spec.runtimeClassName: RuntimeClass "{name}" has '
+        f'handler "{handler}"; this node runs only the default handler (runc)',
+    )
 
 
 def merge(
@@ -262,7 +313,7 @@ def _parsed(
 def _parse(obj: Obj, node_name: str) -> Pod | list[SourceError]:
     name = _key(obj)
     try:
-        pod = parse_pod(obj, source=SOURCE, node_name=node_name)
+        pod = parse_pod(obj, source=SOURCE, node_name=node_name, lenient=True)
     except ValidationError as exc:
         return [SourceError(SOURCE, f"Pod {name}", e.path, e.message) for e in exc.errors]
     except RecursionError:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.kubelet.dns import DNSSettings
+from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
@@ -29,3 +31,6 @@ class KubeletContext:
     dns: DNSSettings = field(default_factory=DNSSettings)
     # --allow-privileged and the paths no hostPath may reach
     privilege: PrivilegePolicy = field(default_factory=PrivilegePolicy)
+    # The Services as the proxy has them (API and manifest directory): read at each
+    # container creation for the pod's Service variables.
+    services: Callable[[], ServiceView] = ServiceView

@@ -34,6 +34,24 @@ def pod_hostname(pod: Pod) -> str:
     return (pod.spec.hostname or pod.name)[:63]
 
 
+FQDN_MAX = 64  # the kernel's nodename field (65 bytes with its terminating NUL)
+
+
+def kernel_hostname(pod: Pod, *, cluster_domain: str) -> str:
+    """The container's hostname: with ``setHostnameAsFQDN`` and a subdomain, the pod's FQDN
+    (as upstream's GetNodenameForKernel); a ValueError if that is too long for the kernel."""
+    hostname = pod_hostname(pod)
+    if not (pod.spec.set_hostname_as_fqdn and pod.spec.subdomain):
+        return hostname
+    fqdn = f"{hostname}.{pod.spec.subdomain}.{pod.namespace}.svc.{cluster_domain}"
+    if len(fqdn) > FQDN_MAX:
+        raise ValueError(
+            f"failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is "
+            f"too long ({FQDN_MAX} characters is the max, {len(fqdn)} characters requested)"
+        )
+    return fqdn
+
+
 def aliases_text(aliases: tuple[HostAlias, ...]) -> str:
     if not aliases:
         return ""

@@ -55,7 +55,12 @@ class PodManager:
             if pod is None or pod.uid != worker.pod.uid or pod.spec != worker.pod.spec:
                 self._retire(key)
             elif pod != worker.pod:
-                worker.pod = pod  # labels or annotations of an API pod: nothing to restart
+                # Labels, annotations or readiness-gate conditions of an API pod: nothing
+                # to restart, but the status (Ready) is computed again.
+                gates_changed = pod.gate_conditions != worker.pod.gate_conditions
+                worker.pod = pod
+                if gates_changed:
+                    worker.wake()
         if self.ctx.cache.synced.is_set():
             self.cleanup_orphans()
         for key, pod in self._desired.items():

@@ -246,6 +246,9 @@ def _conditions(
         ("ContainersReady", containers_ready, "" if containers_ready else "ContainersNotReady"),
         ("PodScheduled", True, ""),
     ]
+    gates = gate_problems(inp.pod) if containers_ready else ""
+    if gates:
+        values[2] = ("Ready", False, READINESS_GATES_NOT_READY)
     if phase == "Succeeded":
         values[1] = ("Initialized", True, "PodCompleted")
         values[2] = ("Ready", False, "PodCompleted")
@@ -266,8 +269,30 @@ def _conditions(
         }
         if reason:
             condition["reason"] = reason
+        if reason == READINESS_GATES_NOT_READY:
+            condition["message"] = gates
         result.append(condition)
     return result
+
+
+READINESS_GATES_NOT_READY = "ReadinessGatesNotReady"
+
+
+def gate_problems(pod: Pod) -> str:
+    """Why the readiness gates hold Ready back ("" if they do not), worded as upstream's
+    GeneratePodReadyCondition: every gate's condition must exist and be True."""
+    problems = []
+    for gate in pod.spec.readiness_gates:
+        status = pod.gate_conditions.get(gate)
+        if status is None:
+            problems.append(
+                f'corresponding condition of pod readiness gate "{gate}" does not exist.'
+            )
+        elif status != "True":
+            problems.append(
+                f'the status of pod readiness gate "{gate}" is not "True", but {status}'
+            )
+    return ", ".join(problems)
 
 
 def qos_class(pod: Pod) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nodeagent.kubelet import envvars, security
 from nodeagent.kubelet.dns import DNSSettings, sandbox_dns
-from nodeagent.kubelet.etchosts import pod_hostname
+from nodeagent.kubelet.etchosts import kernel_hostname
 from nodeagent.model.pod import Container, Pod
 from nodeagent.runtime.base import (
     ContainerConfig,
@@ -60,7 +60,7 @@ def sandbox_config(
         namespace=pod.namespace,
         uid=pod.uid,
         attempt=attempt,
-        hostname=pod_hostname(pod),
+        hostname=kernel_hostname(pod, cluster_domain=(dns or DNSSettings()).cluster_domain),
         log_directory=log_directory(pod_log_dir, pod),
         labels=dict(pod.labels),
         annotations=dict(pod.annotations),

@@ -53,8 +53,9 @@ async def create_and_start(
             if fresh is not None:
                 container = dataclasses.replace(container, env=fresh)
         paths = await volume_paths()
+        pod_facts = facts(ctx, sandbox.ip, pod)
         if any(m.sub_path_expr for m in container.volume_mounts):
-            env = envvars.resolve_env(pod, container, facts(ctx, sandbox.ip))
+            env = envvars.resolve_env(pod, container, pod_facts)
             container = volumes.expand_sub_path_exprs(container, dict(env))
         await volumes.prepare_sub_paths(paths, container)
         await check_non_root(ctx, pod, container)
@@ -62,7 +63,7 @@ async def create_and_start(
             pod,
             container,
             attempt=attempt,
-            facts=facts(ctx, sandbox.ip),
+            facts=pod_facts,
             volume_paths=paths,
             files=await pod_files(ctx, pod, container, attempt, sandbox.ip),
         )
@@ -105,13 +106,16 @@ async def pod_files(
     return specs.PodFiles(hosts=hosts, termination_log=log)
 
 
-def facts(ctx: KubeletContext, pod_ip: str) -> PodFacts:
-    """What the downward API reads beyond the spec; allocatable stands in for unset limits."""
+def facts(ctx: KubeletContext, pod_ip: str, pod: Pod) -> PodFacts:
+    """What the downward API reads beyond the spec (allocatable stands in for unset limits),
+    and the Service variables as the Services are now."""
     allocatable = nodestatus.allocatable(0)
+    links = pod.spec.enable_service_links
     return PodFacts(
         ctx.node_name,
         pod_ip,
         ctx.host_ip,
         node_cpu_millis=int(allocatable["cpu"]) * 1000,
         node_memory_bytes=int(allocatable["memory"].removesuffix("Ki")) * 1024,
+        service_env=envvars.service_env(ctx.services(), pod.namespace, links=links),
     )

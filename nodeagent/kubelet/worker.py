@@ -315,7 +315,7 @@ class PodWorker:
             )
             await asyncio.to_thread(os.makedirs, config.log_directory, 0o755, True)
             sandbox_id = await self.ctx.runtime.run_sandbox(config)
-        except (volumes.VolumeError, RuntimeFailure, OSError) as exc:
+        except (volumes.VolumeError, RuntimeFailure, OSError, ValueError) as exc:
             self._fail_all("ContainerCreating", f"failed to create pod sandbox: {exc}")
             self.log.warning("sandbox_create_failed", error=str(exc))
             self._hold_with_backoff("")

@@ -71,12 +71,18 @@ _CONTAINER_KNOWN = (
     "terminationMessagePath",
     "terminationMessagePolicy",
 )
-_CONTAINER_IGNORED: tuple[str, ...] = ()
+_CONTAINER_IGNORED = (
+    "stdinOnce",  # attach sessions end when the client leaves; nothing for the kubelet to do
+    "resizePolicy",  # how to apply an in-place resize; resources are fixed here
+)
+# The rest of v1.Container (Kubernetes 1.32), not honoured here. envFrom is resolved into
+# env before a pod reaches this module (``model.refs``); one left over is an error.
+_CONTAINER_UPSTREAM = ("envFrom", "volumeDevices")
 
 
 def parse_container(c: Node, volume_names: set[str], *, init: bool = False) -> Container:
     """``volume_names`` are the pod's, for mounts; ``init`` allows restartPolicy (sidecars)."""
-    c.reject_unknown(_CONTAINER_KNOWN, _CONTAINER_IGNORED)
+    c.reject_unknown(_CONTAINER_KNOWN, _CONTAINER_IGNORED, upstream=_CONTAINER_UPSTREAM)
     name = c.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):
         c.error(f"{name!r} is not a valid DNS-1123 label", "name")

@@ -4,6 +4,13 @@ Validation reads every field through a ``Node``, which knows the field's path
 (``spec.containers[1].image``) and records a ``FieldError`` instead of raising on the first
 problem, so one pass reports every mistake in a manifest. Type confusion (a list where a map
 belongs, a bool where an int belongs) is an error, never an exception.
+
+A reader is strict or lenient about fields it does not know. Strict (manifest files): every
+unknown field is an error. Lenient (the API's pods, which kube-apiserver validated already):
+at a level whose complete upstream field list is declared (``reject_unknown(..., upstream=)``),
+a field Kubernetes does not know either is a newer API's field and is only collected in
+``future``, as the kubelet's lenient decoding drops it; a field Kubernetes knows but we do not
+honour stays an error at every level.
 """
 
 from __future__ import annotations
@@ -38,10 +45,14 @@ class ValidationError(ValueError):
 class Node:
     """One position in a document: a value plus its path, sharing one error list."""
 
-    def __init__(self, value: Any, path: str, errors: list[FieldError]) -> None:
+    def __init__(
+        self, value: Any, path: str, errors: list[FieldError], future: list[str] | None = None
+    ) -> None:
         self.value = value
         self.path = path
         self.errors = errors
+        # None: strict. Else the paths of fields newer than the API we track, ignored.
+        self.future = future
 
     def error(self, message: str, key: str | None = None) -> None:
         self.errors.append(FieldError(self._join(key) if key else self.path, message))
@@ -55,7 +66,7 @@ class Node:
     def child(self, key: str) -> Node:
         """The field ``key`` of a map; an absent field reads as an empty map."""
         raw = self.value.get(key) if isinstance(self.value, Mapping) else None
-        node = Node({} if raw is None else raw, self._join(key), self.errors)
+        node = Node({} if raw is None else raw, self._join(key), self.errors, self.future)
         if raw is not None and not isinstance(raw, Mapping):
             node.error("must be an object")
             node.value = {}
@@ -73,7 +84,7 @@ class Node:
         if len(raw) > MAX_LIST:
             self.errors.append(FieldError(path, f"more than {MAX_LIST} items"))
             return []
-        return [Node(item, f"{path}[{i}]", self.errors) for i, item in enumerate(raw)]
+        return [Node(item, f"{path}[{i}]", self.errors, self.future) for i, item in enumerate(raw)]
 
     def _get(self, key: str) -> Any:
         return self.value.get(key) if isinstance(self.value, Mapping) else None
@@ -154,11 +165,25 @@ class Node:
             return default
         return value
 
-    def reject_unknown(self, known: Iterable[str], ignored: Iterable[str] = ()) -> None:
-        """Fail on fields we neither honour nor can safely ignore."""
+    def reject_unknown(
+        self,
+        known: Iterable[str],
+        ignored: Iterable[str] = (),
+        *,
+        upstream: Iterable[str] | None = None,
+    ) -> None:
+        """Fail on fields we neither honour nor can safely ignore.
+
+        ``upstream``: the other fields Kubernetes defines here (all unsupported). Given it,
+        a lenient reader sets aside a field outside all three lists as a newer API's."""
         if not isinstance(self.value, Mapping):
             return
         allowed = set(known) | set(ignored)
+        unsupported = None if upstream is None else set(upstream)
         for key in self.value:
-            if key not in allowed:
-                self.error("field is not supported by nodeagent", str(key))
+            if key in allowed:
+                continue
+            if self.future is not None and unsupported is not None and key not in unsupported:
+                self.future.append(self._join(str(key)))
+                continue
+            self.error("field is not supported by nodeagent", str(key))

@@ -253,6 +253,12 @@ class PodSpec:
     share_process_namespace: bool = False
     host_aliases: tuple[HostAlias, ...] = ()
     security_context: PodSecurityContext = PodSecurityContext()
+    # The docker-links variables of the namespace's Services (KUBERNETES_* come regardless).
+    enable_service_links: bool = True
+    # Condition types that must also be True for the pod to be Ready (others set them).
+    readiness_gates: tuple[str, ...] = ()
+    set_hostname_as_fqdn: bool = False  # the kernel hostname is the pod's FQDN (if it has one)
+    runtime_class_name: str = ""  # API pods only; the cluster link checks its handler
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,10 @@ class Pod:
     annotations: Mapping[str, str] = field(default_factory=dict)
     source: str = ""  # file path (standalone) or "api"
     creation_timestamp: str = ""
+    # The readiness gates' conditions in the API's copy of the pod: type -> status.
+    gate_conditions: Mapping[str, str] = field(default_factory=dict)
+    # Paths of fields newer than the API we track, ignored (API pods only; warned once).
+    future_fields: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:

@@ -5,6 +5,17 @@ periods ...). Fields fall in three groups per object: those we honour, those tha
 to ignore on a single node (scheduling hints, for example), and the rest, which are rejected
 by name: a pod must never run with a field silently dropped. This module is the entry
 point and holds the document- and pod-level rules; ``model.containers`` reads each container.
+
+Two strictness levels (``parse_pod(lenient=)``, see ``model.fields``):
+- manifest files are strict: any field we do not know is an error naming it. The kubelet
+  decodes static pods leniently, but there a typo ("imagePulPolicy") is silently dropped;
+  in a cluster the API server's strict field validation (kubectl's default since 1.27)
+  catches it first, while a manifest directory has nothing in front of it, so we do that
+  check here;
+- the API's pods are lenient: kube-apiserver has validated them, so a field of the pod,
+  its metadata or a container that Kubernetes itself does not define is a newer API's,
+  and is ignored (``Pod.future_fields``; the caller warns once per pod), as the kubelet
+  does. Fields Kubernetes defines that we cannot honour stay errors either way.
 """
 
 from __future__ import annotations
@@ -76,6 +87,13 @@ _SPEC_KNOWN = (
     "shareProcessNamespace",
     "hostAliases",
     "securityContext",
+    "enableServiceLinks",
+    "readinessGates",
+    "setHostnameAsFQDN",
+    "os",
+    "hostUsers",
+    "runtimeClassName",
+    "resourceClaims",
 )
 # Scheduling and admission hints that have no effect on a pod already bound to this node.
 _SPEC_IGNORED = (
@@ -85,11 +103,23 @@ _SPEC_IGNORED = (
     "nodeSelector",
     "affinity",
     "preemptionPolicy",
-    "enableServiceLinks",
     "serviceAccount",
     "automountServiceAccountToken",
     "topologySpreadConstraints",
+    "schedulingGates",  # a pod that has them is never bound to a node
+    "overhead",  # RuntimeClass admission's figure; only the default handler runs here
+    # Pulls do not use registry credentials yet; images pull anonymously or are local.
+    "imagePullSecrets",
+    # Accepted: a pod never fails for them; running them is the debug containers' work.
+    "ephemeralContainers",
 )
+# The rest of v1.PodSpec (Kubernetes 1.32): defined upstream, not honoured here.
+_SPEC_UPSTREAM = (
+    "resources",
+    "hostnameOverride",  # 1.34 alpha: named here, so a hostname is never silently other
+)
+_ROOT_KNOWN = ("apiVersion", "kind", "metadata", "spec")
+OS_LINUX = "linux"
 
 
 # The name the sources use for a validated Service (nodeagent.model.service has the model).
@@ -136,16 +166,18 @@ def parse_service(doc: Mapping[str, Any], *, source: str) -> ServiceDoc:
     return service
 
 
-def parse_pod(doc: Mapping[str, Any], *, source: str, node_name: str) -> Pod:
+def parse_pod(doc: Mapping[str, Any], *, source: str, node_name: str, lenient: bool = False) -> Pod:
+    """``lenient``: the API's pods (see the module docstring); manifest files are strict."""
     errors: list[FieldError] = []
-    root = Node(doc, "", errors)
-    root.reject_unknown(("apiVersion", "kind", "metadata", "spec"), ("status",))
+    future: list[str] | None = [] if lenient else None
+    root = Node(doc, "", errors, future)
+    root.reject_unknown(_ROOT_KNOWN, ("status",), upstream=())
     meta = root.child("metadata")
-    meta.reject_unknown(_METADATA_KNOWN, _METADATA_IGNORED)
+    meta.reject_unknown(_METADATA_KNOWN, _METADATA_IGNORED, upstream=())
     name, namespace = _identity(meta)
     labels = meta.string_map("labels")
     annotations = meta.string_map("annotations")
-    spec = _pod_spec(root.child("spec"))
+    spec = _pod_spec(root.child("spec"), lenient=lenient)
     if errors:
         raise ValidationError(object_name(doc), errors)
     uid = meta.string("uid") or _content_uid(doc, node_name)
@@ -158,7 +190,24 @@ def parse_pod(doc: Mapping[str, Any], *, source: str, node_name: str) -> Pod:
         annotations=annotations,
         source=source,
         creation_timestamp=meta.string("creationTimestamp"),
+        gate_conditions=_gate_conditions(doc, spec.readiness_gates),
+        future_fields=tuple(future or ()),
     )
+
+
+def _gate_conditions(doc: Mapping[str, Any], gates: tuple[str, ...]) -> dict[str, str]:
+    """The status of each readiness gate's condition the document shows. Others
+    (controllers, load balancers) write those conditions through the API; the status is
+    theirs, so a malformed entry is skipped, not an error of the pod."""
+    status = doc.get("status")
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    if not gates or not isinstance(conditions, list):
+        return {}
+    return {
+        c["type"]: str(c.get("status"))
+        for c in conditions
+        if isinstance(c, Mapping) and c.get("type") in gates
+    }
 
 
 def _content_uid(doc: Mapping[str, Any], node_name: str) -> str:
@@ -195,8 +244,9 @@ def _identity(meta: Node) -> tuple[str, str]:
     return name, namespace
 
 
-def _pod_spec(spec: Node) -> PodSpec:
-    spec.reject_unknown(_SPEC_KNOWN, _SPEC_IGNORED)
+def _pod_spec(spec: Node, *, lenient: bool) -> PodSpec:
+    spec.reject_unknown(_SPEC_KNOWN, _SPEC_IGNORED, upstream=_SPEC_UPSTREAM)
+    _check_platform(spec, api=lenient)
     volumes = tuple(_volume(v) for v in spec.items("volumes"))
     volume_names = {v.name for v in volumes}
     containers = tuple(parse_container(c, volume_names) for c in spec.items("containers"))
@@ -234,7 +284,45 @@ def _pod_spec(spec: Node) -> PodSpec:
         share_process_namespace=_share_process_namespace(spec),
         host_aliases=security.host_aliases(spec),
         security_context=security.pod_security_context(spec),
+        enable_service_links=spec.boolean("enableServiceLinks", default=True),
+        readiness_gates=_readiness_gates(spec),
+        set_hostname_as_fqdn=spec.boolean("setHostnameAsFQDN"),
+        runtime_class_name=spec.string("runtimeClassName"),
     )
+
+
+def _check_platform(spec: Node, *, api: bool) -> None:
+    """Fields the API accepts that ask for something this node does not offer: each a
+    clear error naming the field (the pod fails with it), never a silent run without it."""
+    if spec.present("os"):
+        os_node = spec.child("os")
+        os_node.reject_unknown(("name",))
+        os_name = os_node.string("name", required=True)
+        if os_name and os_name != OS_LINUX:
+            os_node.error(f"{os_name!r} pods cannot run on this linux node", "name")
+    if not spec.boolean("hostUsers", default=True):
+        spec.error("user namespaces (false) are not supported by nodeagent", "hostUsers")
+    if spec.string("runtimeClassName") and not api:
+        # A manifest has no RuntimeClass objects to name (in a cluster the link looks the
+        # handler up: see apiserver.pods).
+        spec.error(
+            "RuntimeClasses come from an API server; a manifest's pod runs the default "
+            "handler (runc): leave runtimeClassName unset",
+            "runtimeClassName",
+        )
+    if spec.present("resourceClaims"):
+        spec.error("dynamic resource allocation is not supported by nodeagent", "resourceClaims")
+
+
+def _readiness_gates(spec: Node) -> tuple[str, ...]:
+    gates = []
+    for gate in spec.items("readinessGates"):
+        gate.reject_unknown(("conditionType",))
+        kind = gate.string("conditionType", required=True)
+        if kind:
+            gates.append(kind)
+    _check_unique(spec, "readinessGates", gates)
+    return tuple(gates)
 
 
 def _share_process_namespace(spec: Node) -> bool:

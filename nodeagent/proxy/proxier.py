@@ -136,6 +136,7 @@ class ServiceProxy:
         self._connect_error: str | None = None
         self._services: Mapping[str, Service] = {}
         self._allocations: dict[str, Allocation] = {}
+        self._cluster_ips: dict[str, str] = {}  # the allocations' IPs, for cluster_ips()
         self._allocation_errors: list[AllocationError] = []
         self._ports: dict[ServicePortName, ServicePortInfo] = {}
         self._endpoints: dict[str, dict[ServicePortName, tuple[Endpoint, ...]]] = {}
@@ -248,6 +249,7 @@ class ServiceProxy:
             if allocations != self._allocations:
                 await asyncio.to_thread(allocator.save, self.settings.allocations_path, allocations)
             self._allocations, self._allocation_errors = allocations, errors
+            self._cluster_ips = {k: a.cluster_ip for k, a in allocations.items() if a.cluster_ip}
             for error in errors:
                 log.warning(
                     "service_allocation_failed",
@@ -279,6 +281,10 @@ class ServiceProxy:
                     if k in self._ports
                 }
             )
+
+    def cluster_ips(self) -> Mapping[str, str]:
+        """``namespace/name`` -> the cluster IP allocated (standalone) or checked (API)."""
+        return self._cluster_ips
 
     # -- status ------------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ NodeRestriction admission plugin (plugin/pkg/admission/noderestriction):
   - get, list and watch (by name) the Secrets and ConfigMaps its pods reference; create
     tokens for the service accounts its pods run as, bound to such a pod;
   - its own Lease in ``kube-node-lease``;
-  - get, list and watch Services; get Endpoints; create, update and patch Events (the
-    static "node rules").
+  - get, list and watch Services and RuntimeClasses; get Endpoints; create, update and
+    patch Events (the static "node rules").
   Everything else (listing all Nodes, EndpointSlices, Endpoints) needs RBAC: a
   ClusterRoleBinding to a ClusterRole such as ``system:node-proxier`` (bootstrapped here as
   upstream has it: list/watch Services and Endpoints, get/list/watch Nodes, events, list/watch
@@ -112,6 +112,7 @@ NODE_RULES: list[Obj] = [
     _rule([""], ["services"], ["get", "list", "watch"]),
     _rule([""], ["endpoints"], ["get"]),
     _events_rule(),
+    _rule(["node.k8s.io"], ["runtimeclasses"], ["get", "list", "watch"]),
     _rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
     _rule(
         ["authorization.k8s.io"], ["subjectaccessreviews", "localsubjectaccessreviews"], ["create"]

@@ -149,6 +149,8 @@ CLUSTERROLES = ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "
 CLUSTERROLEBINDINGS = ResourceType(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False
 )
+# Which runtime handler a pod's runtimeClassName names (the kubelet watches them).
+RUNTIMECLASSES = ResourceType("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", False)
 
 ALL: tuple[ResourceType, ...] = (
     PODS,
@@ -163,6 +165,7 @@ ALL: tuple[ResourceType, ...] = (
     ENDPOINTSLICES,
     CLUSTERROLES,
     CLUSTERROLEBINDINGS,
+    RUNTIMECLASSES,
 )
 BY_KIND: dict[str, ResourceType] = {rt.kind: rt for rt in ALL}
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from nodeagent.apiserver.client import ApiClient
 from nodeagent.apiserver.cluster import ClusterLink
@@ -290,6 +292,50 @@ async def test_a_label_change_does_not_restart_the_pod(rig: Rig) -> None:
     assert rig.running_containers(uid) == [before]
 
 
+async def test_a_readiness_gate_holds_ready_until_its_condition_is_set(rig: Rig) -> None:
+    body = pod_body("gated")
+    body["spec"]["readinessGates"] = [{"conditionType": "example.com/gate"}]
+    uid = rig.create(body)["metadata"]["uid"]
+
+    def ready_condition() -> dict[str, Any]:
+        conditions = rig.api_status("gated").get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), {})
+
+    await eventually(
+        lambda: ready_condition().get("reason") == "ReadinessGatesNotReady", what="gate holds"
+    )
+    (before,) = rig.running_containers(uid)
+    gate = {"type": "example.com/gate", "status": "True"}
+    rig.api.store.patch(
+        PODS,
+        "default",
+        "gated",
+        "application/strategic-merge-patch+json",
+        {"status": {"conditions": [gate]}},
+        subresource="status",
+    )
+    await eventually(lambda: ready_condition().get("status") == "True", what="Ready")
+    assert gate in rig.api_status("gated")["conditions"]  # our patches left it alone
+    assert rig.running_containers(uid) == [before]  # nothing restarted
+
+
+async def test_fields_newer_than_our_api_are_ignored_with_one_warning(rig: Rig) -> None:
+    body = pod_body("newer")
+    body["spec"]["futureKnob"] = {"on": True}
+    with structlog.testing.capture_logs() as logs:
+        uid = rig.create(body)["metadata"]["uid"]
+        await eventually(lambda: ready(rig, "newer"), what="Ready")
+        for tier in ("a", "b"):  # more events of the same pod
+            patch = {"metadata": {"labels": {"tier": tier}}}
+            rig.api.store.patch(PODS, "default", "newer", "application/merge-patch+json", patch)
+        await eventually(
+            lambda: rig.manager.worker_for(PodUID(uid)).pod.labels.get("tier") == "b",  # type: ignore[union-attr]
+            what="the last labels",
+        )
+    warned = [e for e in logs if e["event"] == "pod_fields_ignored"]
+    assert [(e["pod"], e["fields"]) for e in warned] == [("default/newer", ["spec.futureKnob"])]
+
+
 async def test_a_pod_we_cannot_run_fails_with_the_reason(rig: Rig) -> None:
     body = pod_body("odd")
     body["spec"]["volumes"] = [{"name": "v", "nfs": {"server": "x", "path": "/"}}]
@@ -297,6 +343,11 @@ async def test_a_pod_we_cannot_run_fails_with_the_reason(rig: Rig) -> None:
     await eventually(lambda: phase(rig, "odd") == "Failed", what="Failed")
     status = rig.api_status("odd")
     assert status["reason"] == "UnsupportedPodSpec" and "nfs" in status["message"]
+    # ... and says so in one Warning event, as the kubelet's rejectPod does.
+    await eventually(lambda: events_of(rig.api, "odd"), what="an event")
+    (event,) = events_of(rig.api, "odd")
+    assert (event["type"], event["reason"]) == ("Warning", "UnsupportedPodSpec")
+    assert event["message"] == status["message"]
 
 
 async def test_terminal_pods_from_the_api_do_not_run(tmp_path: Path, api: ApiServer) -> None:

@@ -318,7 +318,7 @@ def _containers(doc: Doc) -> list[Doc]:
             lambda d: _containers(d)[0].update(securityContextX={}),
             "spec.containers[0].securityContextX",
         ),
-        (lambda d: d["spec"].update(ephemeralContainers=[]), "spec.ephemeralContainers"),
+        (lambda d: d["spec"].update(resources={}), "spec.resources"),
         (lambda d: d.update(extra=1), "extra"),
         (lambda d: d["metadata"].update(labels=["app", "web"]), "metadata.labels"),
         (lambda d: d["metadata"].update(labels={"app": 1}), "metadata.labels"),
