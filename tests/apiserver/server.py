@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.apiserver import errors, resources
+from tests.apiserver import errors, ipam, resources
 from tests.apiserver.controllers import (
     DEFAULT_NODE_MONITOR_GRACE_S,
     EndpointSliceController,
@@ -104,6 +104,8 @@ class ApiServer:
         kubernetes_service: bool = True,
         service_account_admission: bool = True,
         node_monitor_grace_s: float = DEFAULT_NODE_MONITOR_GRACE_S,
+        node_ipam: tuple[ipaddress.IPv4Network, int] | None = None,
+        node_ipam_delay_s: float = ipam.DEFAULT_DELAY_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -133,6 +135,15 @@ class ApiServer:
         self.store.add_hook(self.endpointslices.on_change)
         self.node_lifecycle = NodeLifecycleController(self.store, grace_s=node_monitor_grace_s)
         self.store.add_hook(self.node_lifecycle.on_change)
+        # Node IPAM (ipam.py), when given a cluster CIDR and node mask size: off by default,
+        # as a control plane without --allocate-node-cidrs.
+        self.node_ipam: ipam.NodeIPAM | None = None
+        if node_ipam is not None:
+            cidr, mask = node_ipam
+            self.node_ipam = ipam.NodeIPAM(
+                self.store, cluster_cidr=cidr, mask_size=mask, delay_s=node_ipam_delay_s
+            )
+            self.store.add_hook(self.node_ipam.on_change)
         self.namespaces.bootstrap()
         self._handlers = ResourceHandlers(
             self.store, self.tokens, bookmark_interval=lambda: self.bookmark_interval
@@ -173,6 +184,10 @@ class ApiServer:
         self.starts += 1
         if not any(t.get_name() == "node-lifecycle" for t in self._background):
             self._in_background(self.node_lifecycle.run(), name="node-lifecycle")
+        if self.node_ipam is not None and not any(
+            t.get_name() == "node-ipam" for t in self._background
+        ):
+            self._in_background(self.node_ipam.run(), name="node-ipam")
         if self.port == 0:
             self.port = int(runner.addresses[0][1])
         if self.kubernetes_service:
