@@ -100,13 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"status endpoint (default: {DEFAULT_STATUS_SOCKET})",
     )
-    run.add_argument("--pod-cidr", metavar="CIDR", help="pod address range (default: 10.88.0.0/16)")
+    run.add_argument(
+        "--pod-cidr",
+        metavar="CIDR",
+        help="pod address range (default: the Node's spec.podCIDR; standalone 10.88.0.0/16)",
+    )
     run.add_argument(
         "--cluster-cidr",
         metavar="CIDR",
         help="the cluster's pod network: routes to other nodes' pods, masquerade beyond it",
     )
-    run.add_argument("--node-ip", metavar="IP", help="this node's InternalIP (default: first)")
+    run.add_argument(
+        "--node-ip",
+        metavar="IP",
+        help="this node's InternalIP (default: the address of the default route's interface)",
+    )
     run.add_argument(
         "--service-cidr", metavar="CIDR", help="service clusterIP range (default: 10.96.0.0/16)"
     )

@@ -122,7 +122,8 @@ class Config:
     manifests: Path | None = None  # static pod and service manifests; None: no file source
     state_dir: Path = Path("/var/lib/nodeagent")
     status_socket: Path = DEFAULT_STATUS_SOCKET
-    pod_cidr: PodCIDR = DEFAULT_POD_CIDR
+    # None: standalone serves DEFAULT_POD_CIDR; cluster mode waits for the Node's spec.podCIDR.
+    pod_cidr: PodCIDR | None = None
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     cni_bin_dir: Path = field(default_factory=default_cni_bin_dir)
     pod_log_dir: Path = Path("/var/log/pods")
@@ -144,7 +145,8 @@ class Config:
     # to the other nodes' pod CIDRs, and pod traffic leaving it is masqueraded.
     cluster_cidr: ipaddress.IPv4Network | None = None
     # The address other nodes reach this one at (the Node's InternalIP, the host-gw gateway).
-    # "": the first global IPv4 address, which on a VM with a NAT interface is the wrong one.
+    # "": the address of the interface holding the default route (network/nodeip.py), which
+    # on a VM whose default route is a NAT interface is the wrong one: set it there.
     node_ip: str = ""
     # Node-pressure eviction: below this much available memory, pods are evicted.
     eviction_hard: EvictionThreshold = field(default_factory=EvictionThreshold)
@@ -353,6 +355,10 @@ def _cidr(raw: _Raw) -> PodCIDR:
         raise ValueError(f"{text!r} is not a valid CIDR: {e}") from None
 
 
+def _optional_cidr(raw: _Raw) -> PodCIDR | None:
+    return None if raw.value is None or raw.value == "" else _cidr(raw)
+
+
 def _service_cidr(raw: _Raw) -> ipaddress.IPv4Network:
     network = _cidr(raw)
     if not isinstance(network, ipaddress.IPv4Network):
@@ -491,7 +497,7 @@ _PARSERS: Mapping[str, Callable[[_Raw], object]] = {
     "manifests": _optional_path,
     "state_dir": _path,
     "status_socket": _socket_path,
-    "pod_cidr": _cidr,
+    "pod_cidr": _optional_cidr,
     "cni_conf_dir": _path,
     "cni_bin_dir": _path,
     "pod_log_dir": _path,

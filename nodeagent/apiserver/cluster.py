@@ -158,6 +158,7 @@ class ClusterLink:
             "api-services": self.service_objects.run,
             "api-endpointslices": self.slice_objects.run,
             "node-status": self.registration.run,
+            "node-watch": self.registration.watch,
             "node-lease": self.lease.run,
             "pod-status": self.status.run,
             "mirror-pods": self.mirrors.run,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,3 +30,5 @@ class KubeletContext:
     dns: DNSSettings = field(default_factory=DNSSettings)
     # --allow-privileged and the paths no hostPath may reach
     privilege: PrivilegePolicy = field(default_factory=PrivilegePolicy)
+    # Why a sandbox on the pod network may not start now ("" when it may): no podCIDR yet.
+    network_problem: Callable[[], str] = field(default=lambda: "")

@@ -2,6 +2,13 @@
 
 MemoryPressure comes from the eviction monitor when one runs (``NodeFacts.memory_pressure``:
 the same threshold that evicts pods), and from the upstream default threshold otherwise.
+
+Ready is False with reason ``KubeletNotReady`` while the runtime is down or the pod network is
+not ready (``NodeFacts.pod_network``: no podCIDR yet), with the kubelet's messages ("container
+runtime is down", "container runtime network not ready: NetworkReady=false reason:... message:
+..."), several joined as upstream's error aggregate does. Where the agent is the node's pod
+network (``pod_network`` given) it also reports NetworkUnavailable, as a CNI daemon does: True
+only while a changed podCIDR waits for the pods of the old range to go (see network/podnet.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import psutil
 
 from nodeagent.kubelet.eviction import MemoryReading
 from nodeagent.kubelet.podstatus import rfc3339
+from nodeagent.network.podnet import PodNetworkStatus
 
 # Kept back from allocatable so that the agent and the system keep room to breathe.
 RESERVED_MEMORY_BYTES = 100 * 1024 * 1024
@@ -34,6 +42,8 @@ class NodeFacts:
     state_dir: str
     now: float
     memory_pressure: bool | None = None  # the eviction monitor's verdict; None: not known yet
+    pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
+    node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
 
 
 def memory_reading() -> MemoryReading:
@@ -86,11 +96,9 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
     disk = psutil.disk_usage(facts.state_dir)
     pids = len(psutil.pids())
     pid_max = _pid_max()
-    ready_message = (
-        "nodeagent is posting ready status"
-        if facts.runtime_healthy
-        else f"container runtime is down: {facts.runtime_error}"
-    )
+    problems = ready_problems(facts)
+    ready = not problems
+    ready_message = "nodeagent is posting ready status" if ready else _aggregate(problems)
     low_memory = (
         memory.available < MEMORY_PRESSURE_BYTES
         if facts.memory_pressure is None
@@ -98,11 +106,11 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
     )
     low_disk = disk.free < disk.total * DISK_PRESSURE_FRACTION
     low_pids = pid_max - pids < pid_max * PID_PRESSURE_FRACTION
-    return [
+    found = [
         _condition(
             "Ready",
-            facts.runtime_healthy,
-            "KubeletReady" if facts.runtime_healthy else "KubeletNotReady",
+            ready,
+            "KubeletReady" if ready else "KubeletNotReady",
             ready_message,
             facts.now,
         ),
@@ -128,6 +136,37 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
             facts.now,
         ),
     ]
+    if facts.pod_network is not None:
+        found.append(network_condition(facts.pod_network, facts.now))
+    return found
+
+
+def ready_problems(facts: NodeFacts) -> list[str]:
+    """Why the node is not Ready, in the kubelet's words; empty when it is."""
+    problems = []
+    if not facts.runtime_healthy:
+        problems.append(f"container runtime is down: {facts.runtime_error}")
+    if facts.pod_network is not None and facts.pod_network.error:
+        problems.append(facts.pod_network.error)
+    return problems
+
+
+def _aggregate(problems: list[str]) -> str:
+    return problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+
+
+def network_condition(network: PodNetworkStatus, now: float) -> dict[str, Any]:
+    """NetworkUnavailable, True (a problem) only while a podCIDR change is deferred."""
+    cond = _condition(
+        "NetworkUnavailable", False, "PodNetworkReady", "the node's pod network is up", now
+    )
+    if network.change_pending:
+        message = (
+            f"spec.podCIDR changed to {network.wanted_cidr}; pods still use "
+            f"{network.pod_cidr}, which new pods get until they are gone (drain the node)"
+        )
+        cond.update(status="True", reason="PodCIDRChangePending", message=message)
+    return cond
 
 
 def _pid_max() -> int:
@@ -151,5 +190,6 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
             "pids": len(psutil.pids()),
         },
         "addresses": [{"type": "Hostname", "address": facts.name}]
-        + ([{"type": "InternalIP", "address": ip}] if (ip := host_ip()) else []),
+        + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip or host_ip()) else []),
+        **({"podNetwork": facts.pod_network.to_json()} if facts.pod_network else {}),
     }

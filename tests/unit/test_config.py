@@ -42,7 +42,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         manifests=None,
         state_dir=Path("/var/lib/nodeagent"),
         status_socket=Path("/run/nodeagent/status.sock"),
-        pod_cidr=ipaddress.ip_network("10.88.0.0/16"),
+        pod_cidr=None,
         cni_conf_dir=Path("/etc/cni/net.d"),
         cni_bin_dir=tmp_path,  # the first candidate that exists
         pod_log_dir=Path("/var/log/pods"),
