@@ -33,6 +33,7 @@ pods use the Node's podCIDR keeps them undisturbed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import json
@@ -50,6 +51,7 @@ log = structlog.get_logger("nodeagent.network.podnet")
 
 NOT_READY_REASON = "NetworkPluginNotReady"
 WAITING_MESSAGE = "waiting for the Node's spec.podCIDR (node IPAM)"
+APPLYING_MESSAGE = "writing the CNI config"
 RECHECK_S = 2.0
 
 
@@ -144,7 +146,9 @@ class PodNetwork:
 
     ``pod_ips`` reads the addresses pods hold now, ``pods_known`` says whether that list is
     complete yet (after a restart, running pods are adopted first); ``on_applied`` is told each
-    range written (the proxy's cluster CIDR, waking the pods that waited).
+    range written (the proxy's cluster CIDR, waking the pods that waited). ``set_pod_cidr`` only
+    records the wish: ``run`` carries it out, off the event loop (netlink and file writes
+    block; pyroute2's synchronous socket cannot even be opened on a running loop).
     """
 
     def __init__(
@@ -167,9 +171,10 @@ class PodNetwork:
         self.wanted = ""  # the range we were told to serve
         self.last_error = ""  # a failed write, shown until a write succeeds
         self._announced = ""  # the range on_applied was last told
+        self._wake = asyncio.Event()
 
     def start(self, pod_cidr: str) -> None:
-        """Read what an earlier run left; with ``pod_cidr`` (a flag), serve it at once."""
+        """Read what an earlier run left; ``pod_cidr`` (a flag, or "") is the range wanted."""
         self.configured = configured_cidr(self.conf_dir)
         if pod_cidr:
             self.set_pod_cidr(pod_cidr)
@@ -179,61 +184,60 @@ class PodNetwork:
         if cidr != self.wanted:
             log.info("pod_cidr_wanted", pod_cidr=cidr, configured=self.configured or None)
         self.wanted = cidr
-        self.reconcile()
+        self._wake.set()
 
-    def reconcile(self) -> None:
+    async def reconcile(self) -> None:
+        """One step towards serving ``wanted`` (see ``cidr_action``)."""
         if not self.wanted:
             return
         if self.configured == self.wanted and self._announced == self.wanted:
             return  # written (or, once, rewritten: an earlier run's file may be older)
         if self.configured and self.configured != self.wanted and not self._pods_known():
-            return  # a change, decided once the running pods are adopted (``run`` retries)
+            return  # a change, decided once the running pods are adopted
         pods = count_in(self.configured, self._pod_ips())
         action = cidr_action(self.configured, self.wanted, pods)
         if action is CidrAction.DEFER:
             return
+        wanted = self.wanted
         if action is CidrAction.APPLY and self.configured:
-            removed = remove_bridge(self.bridge)
-            log.info(
-                "pod_cidr_changed", old=self.configured, new=self.wanted, bridge_removed=removed
-            )
-        self._write(self.wanted)
-
-    def _write(self, cidr: str) -> None:
+            removed = await asyncio.to_thread(remove_bridge, self.bridge)
+            log.info("pod_cidr_changed", old=self.configured, new=wanted, bridge_removed=removed)
         try:
-            conflist = cni.render_conflist(pod_cidr=cidr, ipam_data_dir=str(self.ipam_dir))
-            path = cni.write_conflist(self.conf_dir, conflist)
+            path = await asyncio.to_thread(self._write, wanted)
         except (OSError, ValueError) as exc:
-            self.last_error = f"cannot write the CNI config for {cidr}: {exc}"
-            log.error("cni_config_failed", pod_cidr=cidr, error=str(exc))
+            self.last_error = f"cannot write the CNI config for {wanted}: {exc}"
+            log.error("cni_config_failed", pod_cidr=wanted, error=str(exc))
             return
-        self.configured, self.last_error = cidr, ""
-        log.info("cni_config_written", path=str(path), pod_cidr=cidr)
-        self._announce()
+        self.configured, self.last_error = wanted, ""
+        log.info("cni_config_written", path=str(path), pod_cidr=wanted)
+        if self._announced != wanted:
+            self._announced = wanted
+            self._on_applied(wanted)
 
-    def _announce(self) -> None:
-        if self._announced != self.configured:
-            self._announced = self.configured
-            self._on_applied(self.configured)
+    def _write(self, cidr: str) -> Path:
+        conflist = cni.render_conflist(pod_cidr=cidr, ipam_data_dir=str(self.ipam_dir))
+        return cni.write_conflist(self.conf_dir, conflist)
 
     def status(self) -> PodNetworkStatus:
         if self.last_error:
             error = not_ready_error(self.last_error)
-        elif not self.wanted:
-            error = not_ready_error(WAITING_MESSAGE)
+        elif not self.wanted or not self._announced or self._announced != self.configured:
+            error = not_ready_error(WAITING_MESSAGE if not self.wanted else APPLYING_MESSAGE)
         else:
             error = ""
         # A range on disk that nobody confirmed yet serves no pod: report it only once wanted.
-        served = self.configured if self.wanted else ""
+        served = self.configured if self._announced else ""
         return PodNetworkStatus(pod_cidr=served, wanted_cidr=self.wanted, error=error)
 
     def problem(self) -> str:
-        """ "" when a pod may get a pod-network sandbox now; else why not."""
+        """"" when a pod may get a pod-network sandbox now; else why not."""
         return self.status().error
 
     async def run(self) -> None:
-        """Apply a deferred change once the pods of the old range are gone."""
+        """Serve the wanted range: at once when told, and every RECHECK_S while a change
+        waits for the pods of the old range to go."""
         while True:
-            await asyncio.sleep(RECHECK_S)
-            if self.wanted and self.configured != self.wanted:
-                self.reconcile()
+            self._wake.clear()
+            await self.reconcile()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RECHECK_S)

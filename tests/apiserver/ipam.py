@@ -11,6 +11,8 @@ Follows kube-controller-manager's node IPAM controller (``--allocate-node-cidrs`
   10 s). Until then the Node has no podCIDR, and a node agent must wait for it. This is the
   behaviour that hid the bugs: an API server that assigns at once, or never, does not show it.
 - A deleted Node's CIDR goes back to the pool.
+- ``POST /fake/v1/ipam`` assigns every waiting Node at once (``assign_now``), so a test can
+  set a long delay and create its pods while the nodes wait, without racing the clock.
 - Once set, ``spec.podCIDR`` is not changed by the controller (upstream validation makes it
   immutable); a Node created with one is left alone.
 
@@ -110,6 +112,13 @@ class NodeIPAM:
             if self._assign(name):
                 done.append(name)
         return done
+
+    def assign_now(self) -> list[str]:
+        """Assign every waiting Node at once (a test hook: a test that must create pods
+        before the CIDR comes sets a long delay, then says when)."""
+        now = self.clock()
+        self.due = dict.fromkeys(self.due, now)
+        return self.assign_due()
 
     def next_due(self) -> float | None:
         return min(self.due.values(), default=None)

@@ -13,7 +13,8 @@ process, reachable from network namespaces).
 - Test hooks: ``faults`` (next N requests fail), ``drop_history()`` / ``set_history(n)``
   (force 410 Gone), ``stop()`` / ``start()`` / ``restart()`` on the same port (open connections
   are cut, as when an apiserver dies; the objects and their versions stay, as in etcd), and
-  ``requests``, the log of requests served. The same hooks are under ``/fake/v1/`` over HTTP
+  ``requests``, the log of requests served, and ``ipam`` (node IPAM, when on, assigns every
+  waiting Node now). The same hooks are under ``/fake/v1/`` over HTTP
   for a server in another process.
 """
 
@@ -417,6 +418,8 @@ class ApiServer:
                 self._restart_soon(float(body.get("downSeconds", 0.0))), name="restart"
             )
             return json_response({}, 202)
+        if what == "ipam" and method == "POST" and self.node_ipam is not None:
+            return json_response({"assigned": self.node_ipam.assign_now()})
         if what == "status" and method == "GET":
             return json_response({"starts": self.starts, "resourceVersion": str(self.store.rv)})
         if what == "requests" and method == "GET":

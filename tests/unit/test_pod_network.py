@@ -73,9 +73,12 @@ class Net:
         return podnet.configured_cidr(self.conf_dir)
 
 
-def test_without_a_pod_cidr_no_config_is_written_and_pods_may_not_start(tmp_path: Path) -> None:
+async def test_without_a_pod_cidr_no_config_is_written_and_pods_may_not_start(
+    tmp_path: Path,
+) -> None:
     n = Net(tmp_path)
     n.net.start("")
+    await n.net.reconcile()
     assert not (n.conf_dir / cni.CONFLIST_NAME).exists()
     status = n.net.status()
     assert not status.ready
@@ -83,70 +86,94 @@ def test_without_a_pod_cidr_no_config_is_written_and_pods_may_not_start(tmp_path
     assert "spec.podCIDR" in status.error
     assert n.net.problem() == status.error
     n.net.set_pod_cidr("10.244.3.0/24")
+    assert not n.net.status().ready  # told, not yet written
+    await n.net.reconcile()
     assert n.on_disk() == "10.244.3.0/24"
     assert n.applied == ["10.244.3.0/24"]
     assert n.net.problem() == ""
     assert n.net.status().pod_cidr == "10.244.3.0/24"
 
 
-def test_a_flag_range_is_written_at_start(tmp_path: Path) -> None:
+async def test_the_loop_applies_what_it_is_told(tmp_path: Path) -> None:
+    n = Net(tmp_path)
+    n.net.start("")
+    task = asyncio.create_task(n.net.run())
+    try:
+        n.net.set_pod_cidr("10.244.3.0/24")
+        await eventually(lambda: n.applied == ["10.244.3.0/24"], what="applied")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_flag_range_is_written_at_start(tmp_path: Path) -> None:
     n = Net(tmp_path)
     n.net.start("10.88.0.0/16")
+    await n.net.reconcile()
     assert n.on_disk() == "10.88.0.0/16"
     assert n.net.status().ready
 
 
-def test_a_config_left_by_an_earlier_run_serves_no_pod_until_the_node_confirms_it(
+async def test_a_config_left_by_an_earlier_run_serves_no_pod_until_the_node_confirms_it(
     tmp_path: Path,
 ) -> None:
     n = Net(tmp_path)
     n.net.start("10.244.3.0/24")
+    await n.net.reconcile()
     restarted = Net(tmp_path)
     restarted.ips = ["10.244.3.7"]
     restarted.net.start("")
+    await restarted.net.reconcile()
     assert not restarted.net.status().ready
     assert restarted.net.status().pod_cidr == ""
     restarted.net.set_pod_cidr("10.244.3.0/24")
+    await restarted.net.reconcile()
     assert restarted.net.status().ready
     assert restarted.applied == ["10.244.3.0/24"]
 
 
-def test_a_changed_cidr_waits_for_the_pods_of_the_old_range(tmp_path: Path) -> None:
+async def test_a_changed_cidr_waits_for_the_pods_of_the_old_range(tmp_path: Path) -> None:
     n = Net(tmp_path)
     n.net.start("")
     n.net.set_pod_cidr("10.244.3.0/24")
+    await n.net.reconcile()
     n.ips = ["10.244.3.2", "10.244.3.3"]
     n.net.set_pod_cidr("10.244.9.0/24")
+    await n.net.reconcile()
     status = n.net.status()
     assert n.on_disk() == "10.244.3.0/24"  # pods keep starting, on the old range
     assert status.ready and status.change_pending
     assert (status.pod_cidr, status.wanted_cidr) == ("10.244.3.0/24", "10.244.9.0/24")
     n.ips = ["10.244.3.3"]
-    n.net.reconcile()
+    await n.net.reconcile()
     assert n.on_disk() == "10.244.3.0/24"
     n.ips = []
-    n.net.reconcile()
+    await n.net.reconcile()
     assert n.on_disk() == "10.244.9.0/24"
     assert not n.net.status().change_pending
     assert n.applied == ["10.244.3.0/24", "10.244.9.0/24"]
 
 
-def test_a_change_waits_until_the_running_pods_are_known(tmp_path: Path) -> None:
+async def test_a_change_waits_until_the_running_pods_are_known(tmp_path: Path) -> None:
     n = Net(tmp_path)
     n.net.start("10.88.0.0/16")
+    await n.net.reconcile()
     n.known = False  # a restart: the running pods are not adopted yet
     n.net.set_pod_cidr("10.244.1.0/24")
+    await n.net.reconcile()
     assert n.on_disk() == "10.88.0.0/16"
     n.known = True
-    n.net.reconcile()
+    await n.net.reconcile()
     assert n.on_disk() == "10.244.1.0/24"
 
 
-def test_an_unwritable_config_is_a_network_error(tmp_path: Path) -> None:
+async def test_an_unwritable_config_is_a_network_error(tmp_path: Path) -> None:
     n = Net(tmp_path)
     n.conf_dir.parent.mkdir(parents=True, exist_ok=True)
     n.conf_dir.write_text("a file where the directory should be")
     n.net.start("10.244.1.0/24")
+    await n.net.reconcile()
     assert n.net.status().error.startswith(NOT_READY)
     assert "cannot write the CNI config" in n.net.status().error
 
