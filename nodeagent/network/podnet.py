@@ -230,7 +230,7 @@ class PodNetwork:
         return PodNetworkStatus(pod_cidr=served, wanted_cidr=self.wanted, error=error)
 
     def problem(self) -> str:
-        """"" when a pod may get a pod-network sandbox now; else why not."""
+        """ "" when a pod may get a pod-network sandbox now; else why not."""
         return self.status().error
 
     async def run(self) -> None:

@@ -217,6 +217,7 @@ async def test_pods_created_before_the_pod_cidr_run_in_it(
             message=lambda: agent.log_tail(),
         )
         assert message.startswith(f"network is not ready: {NOT_READY}")
+
     def host_running() -> bool:  # hostNetwork pods do not wait
         return bool((agent.pod("host") or {}).get("status", {}).get("phase") == "Running")
 
