@@ -10,7 +10,9 @@ Data flows one way::
 
 The pod network (network/podnet.py) decides when pods may get addresses: at once with
 ``--pod-cidr`` or standalone, and in cluster mode once the Node's ``spec.podCIDR`` arrives;
-the workers ask it before each pod-network sandbox and are woken when it is ready.
+then the runtime must say NetworkReady too (CRI ``Status``, asked every few seconds, at once
+after a new CNI config). The workers ask both before each pod-network sandbox and are woken
+when they turn ready.
 
 Every long-lived task runs under ``_supervised``: an unexpected exit is logged and the task
 restarted after a short delay, so one broken loop never silently stops the node. Shutdown
@@ -21,6 +23,7 @@ next start adopts them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -47,7 +50,7 @@ from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import nodeip, podnet, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
-from nodeagent.runtime.base import Runtime, RuntimeFailure
+from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus
 from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server import podspec, usage
 from nodeagent.server.status import StatusServer, StatusServerError
@@ -61,6 +64,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("nodeagent.daemon")
 
 NODE_STATUS_INTERVAL_S = 10.0
+RUNTIME_STATUS_S = 5.0  # how often the runtime's Status is asked (the kubelet's 5 s)
+RUNTIME_STATUS_NOT_READY_S = 1.0  # and while its network is not ready
 ORPHAN_SWEEP_INTERVAL_S = 10.0
 READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see notify_ready)
 # The node part of the local status (conditions, usage: it reads every process of the machine
@@ -102,6 +107,8 @@ class Node:
         self.runtime_version = ""
         self.runtime_name: str = "containerd" if config.runtime == "cri" else config.runtime
         self.desired = DesiredState()
+        self.runtime_status: RuntimeStatus | None = None  # CRI Status; None: not known
+        self._status_wake = asyncio.Event()
         self.pod_network = podnet.PodNetwork(
             conf_dir=config.cni_conf_dir,
             ipam_dir=config.state_dir / "ipam",
@@ -127,7 +134,7 @@ class Node:
                 allow_privileged=config.allow_privileged,
                 protected_paths=(str(config.state_dir), str(config.status_socket)),
             ),
-            network_problem=self.pod_network.problem,
+            network_problem=self._network_problem,
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
@@ -219,7 +226,36 @@ class Node:
         """The CNI config serves ``pod_cidr`` now: pods that waited for it start."""
         if self.config.cluster_cidr is None:  # the proxy's cluster is this node's pods
             self.proxy.set_cluster_cidr(pod_cidr)
+        self._status_wake.set()  # the runtime loads the config: ask it at once
         self.manager.wake_all()
+
+    def _network_problem(self) -> str:
+        """Why a pod-network sandbox may not start now ("" when it may)."""
+        problem = self.pod_network.problem()
+        status = self.runtime_status
+        if problem or status is None or status.network_ready:
+            return problem
+        return nodestatus.runtime_problem(status)
+
+    async def watch_runtime_status(self) -> None:
+        """Ask the runtime's Status; pods that waited for its network are woken when it is
+        ready. A runtime that does not answer is the relister's to report."""
+        while True:
+            before = self._network_problem()
+            try:
+                self.runtime_status = await self.runtime.status()
+            except RuntimeFailure as exc:
+                log.debug("runtime_status_failed", error=str(exc))
+                self.runtime_status = None
+            if before and not self._network_problem():
+                self.manager.wake_all()
+            ready = self.runtime_status is None or self.runtime_status.network_ready
+            self._status_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._status_wake.wait(),
+                    RUNTIME_STATUS_S if ready else RUNTIME_STATUS_NOT_READY_S,
+                )
 
     def _pod_ips(self) -> list[str]:
         return [str(p["status"].get("podIP") or "") for p in self.manager.snapshot()]
@@ -332,6 +368,7 @@ class Node:
             now=time.time(),
             memory_pressure=self.eviction.under_pressure,
             pod_network=self.pod_network.status(),
+            runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
         )
 
@@ -494,6 +531,7 @@ async def run(config: Config) -> int:
         "runtime-version": node.learn_runtime_version,
         "proxy": node.proxy.run,
         "pod-network": node.pod_network.run,
+        "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
         **(node.cluster.loops() if node.cluster is not None else {}),

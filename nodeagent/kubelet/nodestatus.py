@@ -4,7 +4,8 @@ MemoryPressure comes from the eviction monitor when one runs (``NodeFacts.memory
 the same threshold that evicts pods), and from the upstream default threshold otherwise.
 
 Ready is False with reason ``KubeletNotReady`` while the runtime is down or the pod network is
-not ready (``NodeFacts.pod_network``: no podCIDR yet), with the kubelet's messages ("container
+not ready (``NodeFacts.pod_network``: no podCIDR yet; or the runtime's own RuntimeReady or
+NetworkReady, CRI ``Status``, is false), with the kubelet's messages ("container
 runtime is down", "container runtime network not ready: NetworkReady=false reason:... message:
 ..."), several joined as upstream's error aggregate does. Where the agent is the node's pod
 network (``pod_network`` given) it also reports NetworkUnavailable, as a CNI daemon does: True
@@ -23,6 +24,7 @@ import psutil
 from nodeagent.kubelet.eviction import MemoryReading
 from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.network.podnet import PodNetworkStatus
+from nodeagent.runtime.base import RuntimeStatus
 
 # Kept back from allocatable so that the agent and the system keep room to breathe.
 RESERVED_MEMORY_BYTES = 100 * 1024 * 1024
@@ -44,6 +46,7 @@ class NodeFacts:
     memory_pressure: bool | None = None  # the eviction monitor's verdict; None: not known yet
     pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
+    runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
 
 
 def memory_reading() -> MemoryReading:
@@ -147,8 +150,21 @@ def ready_problems(facts: NodeFacts) -> list[str]:
     if not facts.runtime_healthy:
         problems.append(f"container runtime is down: {facts.runtime_error}")
     if facts.pod_network is not None and facts.pod_network.error:
-        problems.append(facts.pod_network.error)
+        problems.append(facts.pod_network.error)  # it says why the runtime's network waits
+    elif facts.runtime_healthy and (status := runtime_problem(facts.runtime_status)):
+        problems.append(status)
     return problems
+
+
+def runtime_problem(status: RuntimeStatus | None) -> str:
+    """The runtime's own RuntimeReady/NetworkReady, worded as the kubelet words them."""
+    if status is None or (status.runtime_ready and status.network_ready):
+        return ""
+    if not status.runtime_ready:
+        kind, what = "RuntimeReady", "container runtime not ready"
+    else:
+        kind, what = "NetworkReady", "container runtime network not ready"
+    return f"{what}: {kind}=false reason:{status.reason} message:{status.message}"
 
 
 def _aggregate(problems: list[str]) -> str:

@@ -250,7 +250,16 @@ async def test_a_changed_pod_cidr_waits_for_the_old_pods_then_serves_the_new_ran
     agent: Agent, api: ApiServerProcess, admin: AsyncClient
 ) -> None:
     await admin.create(Pod.from_dict(pod_body("old")))  # type: ignore[call-overload]
-    await api.assign_pod_cidrs()
+
+    async def registered() -> bool:
+        try:
+            await node_obj(admin)
+        except ApiError:
+            return False
+        return True
+
+    await async_wait_for(registered, 30, 0.2, message=lambda: agent.log_tail())
+    assert await api.assign_pod_cidrs() == [NODE_NAME]
     first = str((await node_obj(admin))["spec"]["podCIDR"])
     await wait_running_in(agent, "old", first)
 

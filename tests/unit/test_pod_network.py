@@ -24,6 +24,7 @@ from nodeagent.model.security import PrivilegePolicy
 from nodeagent.model.validate import parse_pod
 from nodeagent.network import cni, podnet
 from nodeagent.network.podnet import CidrAction, PodNetwork, PodNetworkStatus, cidr_action
+from nodeagent.runtime.base import RuntimeStatus
 from nodeagent.runtime.fake import FakeRuntime
 from tests.unit.rig import IMAGE, eventually
 
@@ -310,3 +311,66 @@ def test_conflist_subnet_is_read_back(tmp_path: Path) -> None:
     assert podnet.configured_cidr(tmp_path) == "10.244.7.0/24"
     (tmp_path / cni.CONFLIST_NAME).write_text(json.dumps({"plugins": []}))
     assert podnet.configured_cidr(tmp_path) == ""
+
+
+# --- the runtime's own Status ------------------------------------------------------------------
+
+
+def test_cri_status_conditions() -> None:
+    from nodeagent.runtime.cri import api_pb2 as pb
+    from nodeagent.runtime.cri.convert import runtime_status_from_pb
+
+    def status(*conditions: tuple[str, bool, str, str]) -> RuntimeStatus:
+        msg = pb.RuntimeStatus(
+            conditions=[
+                pb.RuntimeCondition(type=t, status=s, reason=r, message=m)
+                for t, s, r, m in conditions
+            ]
+        )
+        return runtime_status_from_pb(msg)
+
+    ok = status(("RuntimeReady", True, "", ""), ("NetworkReady", True, "", ""))
+    assert ok == RuntimeStatus(runtime_ready=True, network_ready=True)
+    no_cni = status(
+        ("RuntimeReady", True, "", ""),
+        ("NetworkReady", False, "NetworkPluginNotReady", "cni plugin not initialized"),
+    )
+    assert (no_cni.network_ready, no_cni.reason) == (False, "NetworkPluginNotReady")
+    assert nodestatus.runtime_problem(no_cni) == (
+        "container runtime network not ready: NetworkReady=false "
+        "reason:NetworkPluginNotReady message:cni plugin not initialized"
+    )
+    silent = status(("RuntimeReady", True, "", ""))
+    assert not silent.network_ready and silent.reason == "StatusNotReported"
+    down = status(("RuntimeReady", False, "Broken", "no"), ("NetworkReady", True, "", ""))
+    assert nodestatus.runtime_problem(down) == (
+        "container runtime not ready: RuntimeReady=false reason:Broken message:no"
+    )
+    assert nodestatus.runtime_problem(None) == ""
+
+
+def test_ready_reflects_the_runtimes_network(tmp_path: Path) -> None:
+    up = PodNetworkStatus(pod_cidr="10.244.1.0/24", wanted_cidr="10.244.1.0/24", error="")
+    no_cni = RuntimeStatus(
+        runtime_ready=True, network_ready=False, reason="NetworkPluginNotReady", message="x"
+    )
+    ready = condition(
+        nodestatus.conditions(facts(tmp_path, pod_network=up, runtime_status=no_cni)), "Ready"
+    )
+    assert ready["status"] == "False"
+    assert ready["message"] == NOT_READY + "x"
+    # While our own network waits, ours is the one reason given (it says why).
+    waiting = PodNetworkStatus(pod_cidr="", wanted_cidr="", error="ours")
+    both = facts(tmp_path, pod_network=waiting, runtime_status=no_cni)
+    assert condition(nodestatus.conditions(both), "Ready")["message"] == "ours"
+
+
+def test_cniexec_problem_names_the_missing_config(tmp_path: Path) -> None:
+    from nodeagent.network.cniexec import CNIExec
+
+    net = CNIExec(conf_dir=tmp_path / "net.d", bin_dirs=(tmp_path,), cache_dir=tmp_path / "c")
+    (tmp_path / "net.d").mkdir()
+    assert "no CNI network configuration" in net.problem()
+    conf = cni.render_conflist(pod_cidr="10.1.0.0/24", ipam_data_dir="/x")
+    cni.write_conflist(tmp_path / "net.d", conf)
+    assert net.problem() == ""
