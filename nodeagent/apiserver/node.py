@@ -251,7 +251,7 @@ class NodeRegistration:
 
     async def _status(self) -> Obj:
         facts = self._facts()
-        host_ip = self.node_ip or await asyncio.to_thread(nodestatus.host_ip)
+        host_ip = self.node_ip  # never guessed here: a bridge's address would mislead peers
         previous = (self.node or {}).get("status")
         return await asyncio.to_thread(
             node_status, facts, host=self.host, host_ip=host_ip, previous=previous

@@ -14,8 +14,6 @@ only while a changed podCIDR waits for the pods of the old range to go (see netw
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,17 +51,6 @@ def memory_reading() -> MemoryReading:
     """``memory.available`` as the eviction signal reads it (blocking: run in a thread)."""
     memory = psutil.virtual_memory()
     return MemoryReading(available_bytes=memory.available, total_bytes=memory.total)
-
-
-def host_ip() -> str:
-    """The first global IPv4 address of this (network namespace's) node."""
-    for addresses in psutil.net_if_addrs().values():
-        for addr in addresses:
-            if addr.family == socket.AF_INET:
-                ip = ipaddress.ip_address(addr.address)
-                if not ip.is_loopback and not ip.is_link_local:
-                    return str(ip)
-    return ""
 
 
 def capacity(max_pods: int) -> dict[str, str]:
@@ -206,6 +193,6 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
             "pids": len(psutil.pids()),
         },
         "addresses": [{"type": "Hostname", "address": facts.name}]
-        + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip or host_ip()) else []),
+        + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip) else []),
         **({"podNetwork": facts.pod_network.to_json()} if facts.pod_network else {}),
     }
