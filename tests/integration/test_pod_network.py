@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
-from lightkube.resources.core_v1 import Node, Pod
+from lightkube.resources.core_v1 import Event, Node, Pod
 from lightkube.types import PatchType
 
 from nodeagent.network import cni
@@ -223,6 +223,12 @@ async def test_pods_created_before_the_pod_cidr_run_in_it(
 
     await async_wait_for(host_running, 60, 0.2, message=lambda: str(agent.pod("host")))
     assert not (node.cni_conf_dir / cni.CONFLIST_NAME).exists()
+
+    async def network_event() -> bool:
+        events = admin.list(Event, namespace="default", fields={"involvedObject.name": "web"})
+        return any([e.reason == "NetworkNotReady" async for e in events])
+
+    await async_wait_for(network_event, 30, 0.2, message="a NetworkNotReady event for web")
     web = await api_pod(admin, "web")
     assert web is not None and web["status"]["phase"] == "Pending"
 

@@ -374,3 +374,16 @@ def test_cniexec_problem_names_the_missing_config(tmp_path: Path) -> None:
     conf = cni.render_conflist(pod_cidr="10.1.0.0/24", ipam_data_dir="/x")
     cni.write_conflist(tmp_path / "net.d", conf)
     assert net.problem() == ""
+
+
+def test_a_pod_waiting_for_the_network_gets_one_network_not_ready_event() -> None:
+    from nodeagent.apiserver.events import PodRef, pod_events
+
+    message = f"network is not ready: {NOT_READY}waiting"
+    waiting = {"state": {"waiting": {"reason": "ContainerCreating", "message": message}}}
+    status = {"containerStatuses": [{"name": "a", **waiting}, {"name": "b", **waiting}]}
+    events = pod_events(PodRef("default", "web", "u1"), None, status, images={})
+    assert [(e.field_path, e.type, e.reason, e.message) for e in events] == [
+        ("", "Warning", "NetworkNotReady", message)
+    ]
+    assert pod_events(PodRef("default", "web", "u1"), status, status, images={}) == []
