@@ -4,9 +4,9 @@ The test API server runs node IPAM (tests/apiserver/ipam.py) with a long delay, 
 decides when the Node's podCIDR comes: pods created before it (an API pod, a static pod) wait
 in Pending while the Node is NotReady with the kubelet's network reason, a hostNetwork pod
 runs, and no CNI config exists; once the podCIDR comes, the pods run with addresses from it.
-Then the podCIDR changes under running pods: the old range stays until they are gone
-(NetworkUnavailable says why), and the next pod gets an address of the new range on a
-bridge made again.
+Then the Node is deleted and registered again with another podCIDR under running pods: the
+old range stays until they are gone (NetworkUnavailable says why), and the next pod gets an
+address of the new range on a bridge made again.
 
 The API server listens on one end of a veth pair whose other end is in the node's namespace,
 on a private /30 that is not link-local: the agent must find that address as its InternalIP
@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.resources.core_v1 import Event, Node, Pod
-from lightkube.types import PatchType
 
 from nodeagent.network import cni
 from tests.apiserver.process import ApiServerProcess
@@ -269,9 +268,23 @@ async def test_a_changed_pod_cidr_waits_for_the_old_pods_then_serves_the_new_ran
     first = str((await node_obj(admin))["spec"]["podCIDR"])
     await wait_running_in(agent, "old", first)
 
-    second = "10.244.200.0/24"
-    patch = {"spec": {"podCIDR": second, "podCIDRs": [second]}}
-    await admin.patch(Node, NODE_NAME, patch, patch_type=PatchType.STRATEGIC)
+    # The Node is deleted and registered again (an operator's `kubectl delete node`); another
+    # Node, waiting for IPAM since before, takes the freed range, so ours gets a new one.
+    blocker = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "blocker"}}
+    await admin.create(Node.from_dict(blocker))  # type: ignore[call-overload]
+    await admin.delete(Node, NODE_NAME)
+    await api.assign_pod_cidrs()
+
+    async def new_cidr() -> str:
+        try:
+            cidr = str(((await node_obj(admin)).get("spec") or {}).get("podCIDR") or "")
+        except ApiError:
+            return ""  # not registered again yet
+        if not cidr:
+            await api.assign_pod_cidrs()
+        return cidr if cidr and cidr != first else ""
+
+    second = await async_wait_for(new_cidr, 60, 0.2, message=lambda: agent.log_tail())
 
     async def pending() -> dict[str, Any] | None:
         cond = condition(await node_obj(admin), "NetworkUnavailable")
