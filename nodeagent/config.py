@@ -145,7 +145,14 @@ class Config:
     status_socket: Path = setting(
         parse.socket_path, "status endpoint", DEFAULT_STATUS_SOCKET, metavar="PATH"
     )
-    pod_cidr: PodCIDR = setting(parse.cidr, "pod address range", DEFAULT_POD_CIDR, metavar="CIDR")
+    # None: standalone serves DEFAULT_POD_CIDR; cluster mode waits for the Node's spec.podCIDR.
+    pod_cidr: PodCIDR | None = setting(
+        parse.optional_cidr,
+        "pod address range",
+        None,
+        metavar="CIDR",
+        shown=f"the Node's spec.podCIDR; standalone {DEFAULT_POD_CIDR}",
+    )
     cni_conf_dir: Path = setting(
         parse.path, "where the CNI conflist goes", Path("/etc/cni/net.d"), metavar="DIR"
     )
@@ -214,13 +221,14 @@ class Config:
         metavar="CIDR",
     )
     # The address other nodes reach this one at (the Node's InternalIP, the host-gw gateway).
-    # "": the first global IPv4 address, which on a VM with a NAT interface is the wrong one.
+    # "": the address of the interface holding the default route (network/nodeip.py), which
+    # on a VM whose default route is a NAT interface is the wrong one: set it there.
     node_ip: str = setting(
         parse.optional_ipv4,
         "this node's InternalIP",
         "",
         metavar="IP",
-        shown="the first global IPv4",
+        shown="the address of the default route's interface",
     )
     # Node-pressure eviction: below this much available memory, pods are evicted.
     eviction_hard: EvictionThreshold = setting(

@@ -183,6 +183,10 @@ def optional_v4_cidr(raw: Raw) -> ipaddress.IPv4Network | None:
     return network
 
 
+def optional_cidr(raw: Raw) -> PodCIDR | None:
+    return None if raw.value is None or raw.value == "" else cidr(raw)
+
+
 def optional_ipv4(raw: Raw) -> str:
     if raw.value is None or raw.value == "":
         return ""

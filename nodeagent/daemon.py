@@ -8,6 +8,12 @@ Data flows one way::
         +--Services--> ServiceProxy <--pod statuses-- PodManager
                             +--> iptables (nat, filter), conntrack
 
+The pod network (network/podnet.py) decides when pods may get addresses: at once with
+``--pod-cidr`` or standalone, and in cluster mode once the Node's ``spec.podCIDR`` arrives;
+then the runtime must say NetworkReady too (CRI ``Status``, asked every few seconds, at once
+after a new CNI config). The workers ask both before each pod-network sandbox and are woken
+when they turn ready.
+
 Every long-lived task runs under ``_supervised``: an unexpected exit is logged and the task
 restarted after a short delay, so one broken loop never silently stops the node. Shutdown
 (SIGTERM/SIGINT) detaches the pod workers without touching any pod, as the kubelet does: the
@@ -17,6 +23,7 @@ next start adopts them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -27,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from nodeagent import metrics
-from nodeagent.config import Config
+from nodeagent.config import DEFAULT_POD_CIDR, Config
 from nodeagent.events import EventRing, PodEventFeed, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
@@ -42,9 +49,9 @@ from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_stat
 from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, PodWorker, WorkerState
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
-from nodeagent.network import cni, sysctl
+from nodeagent.network import nodeip, podnet, sysctl
 from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
-from nodeagent.runtime.base import Runtime, RuntimeFailure
+from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus
 from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server import podspec, usage
 from nodeagent.server.status import StatusServer, StatusServerError
@@ -58,6 +65,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("nodeagent.daemon")
 
 NODE_STATUS_INTERVAL_S = 10.0
+RUNTIME_STATUS_S = 5.0  # how often the runtime's Status is asked (the kubelet's 5 s)
+RUNTIME_STATUS_NOT_READY_S = 1.0  # and while its network is not ready
 ORPHAN_SWEEP_INTERVAL_S = 10.0
 READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see notify_ready)
 # The node part of the local status (conditions, usage: it reads every process of the machine
@@ -99,12 +108,21 @@ class Node:
         self.runtime_version = ""
         self.runtime_name: str = "containerd" if config.runtime == "cri" else config.runtime
         self.desired = DesiredState()
+        self.runtime_status: RuntimeStatus | None = None  # CRI Status; None: not known
+        self._status_wake = asyncio.Event()
+        self.pod_network = podnet.PodNetwork(
+            conf_dir=config.cni_conf_dir,
+            ipam_dir=config.state_dir / "ipam",
+            pod_ips=self._pod_ips,
+            pods_known=lambda: self.cache.synced.is_set() and self._desired_loaded,
+            on_applied=self._pod_cidr_applied,
+        )
         self.cache = RuntimeCache(
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
         )
         self.ctx = KubeletContext(
             node_name=config.node_name,
-            host_ip=config.node_ip or nodestatus.host_ip(),
+            host_ip=config.node_ip,
             state_dir=config.state_dir,
             pod_log_dir=str(config.pod_log_dir),
             runtime=runtime,
@@ -118,6 +136,7 @@ class Node:
                 protected_paths=(str(config.state_dir), str(config.status_socket)),
             ),
             services=self._service_view,
+            network_problem=self._network_problem,
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
@@ -155,7 +174,7 @@ class Node:
                 service_cidr=config.service_cidr,
                 node_port_range=config.node_port_range,
                 min_sync_period_s=config.proxy_min_sync_period,
-                cluster_cidr=str(config.cluster_cidr or config.pod_cidr),
+                cluster_cidr=str(config.cluster_cidr or ""),
                 state_dir=config.state_dir,
                 pod_egress_masquerade=config.cluster_cidr is not None,
                 mode=config.proxy_mode,
@@ -164,6 +183,9 @@ class Node:
             connect=functools.partial(connect_host, config.proxy_mode),
         )
         self.manager.on_serving_change = self._serving_changed
+        # Standalone pods use the flag's range or the default; a cluster's, the Node's.
+        static_cidr = config.pod_cidr or (None if client is not None else DEFAULT_POD_CIDR)
+        self.pod_network.start(str(static_cidr or ""))
         self.source = (
             FileSource(
                 config.manifests,
@@ -201,9 +223,45 @@ class Node:
         )
 
     def _pod_cidr_changed(self, pod_cidr: str) -> None:
-        _write_cni(self.config, pod_cidr)
+        self.pod_network.set_pod_cidr(pod_cidr)
+
+    def _pod_cidr_applied(self, pod_cidr: str) -> None:
+        """The CNI config serves ``pod_cidr`` now: pods that waited for it start."""
         if self.config.cluster_cidr is None:  # the proxy's cluster is this node's pods
             self.proxy.set_cluster_cidr(pod_cidr)
+        self._status_wake.set()  # the runtime loads the config: ask it at once
+        self.manager.wake_all()
+
+    def _network_problem(self) -> str:
+        """Why a pod-network sandbox may not start now ("" when it may)."""
+        problem = self.pod_network.problem()
+        status = self.runtime_status
+        if problem or status is None or status.network_ready:
+            return problem
+        return nodestatus.runtime_problem(status)
+
+    async def watch_runtime_status(self) -> None:
+        """Ask the runtime's Status; pods that waited for its network are woken when it is
+        ready. A runtime that does not answer is the relister's to report."""
+        while True:
+            before = self._network_problem()
+            try:
+                self.runtime_status = await self.runtime.status()
+            except RuntimeFailure as exc:
+                log.debug("runtime_status_failed", error=str(exc))
+                self.runtime_status = None
+            if before and not self._network_problem():
+                self.manager.wake_all()
+            ready = self.runtime_status is None or self.runtime_status.network_ready
+            self._status_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._status_wake.wait(),
+                    RUNTIME_STATUS_S if ready else RUNTIME_STATUS_NOT_READY_S,
+                )
+
+    def _pod_ips(self) -> list[str]:
+        return [str(p["status"].get("podIP") or "") for p in self.manager.snapshot()]
 
     def _service_view(self) -> ServiceView:
         """The Services the proxy is given, for the pods' Service variables: one view, no
@@ -328,6 +386,9 @@ class Node:
             state_dir=str(self.config.state_dir),
             now=time.time(),
             memory_pressure=self.eviction.under_pressure,
+            pod_network=self.pod_network.status(),
+            runtime_status=self.runtime_status,
+            node_ip=self.config.node_ip,
         )
 
     def _node_status(self) -> dict[str, Any]:
@@ -435,16 +496,12 @@ def _dns_settings(config: Config, resolv_conf: str = "/etc/resolv.conf") -> DNSS
     )
 
 
-def _prepare_network(config: Config) -> None:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    _write_cni(config, str(config.pod_cidr))
-
-
-def _write_cni(config: Config, pod_cidr: str) -> None:
-    """The conflist for ``pod_cidr`` (``--pod-cidr``, or the Node's ``spec.podCIDR``)."""
-    conflist = cni.render_conflist(pod_cidr=pod_cidr, ipam_data_dir=str(config.state_dir / "ipam"))
-    path = cni.write_conflist(config.cni_conf_dir, conflist)
-    log.info("cni_config_written", path=str(path), pod_cidr=pod_cidr)
+async def _node_ip(config: Config) -> str:
+    """``--node-ip``, else the address network/nodeip.py chooses (never a pod network's)."""
+    if config.node_ip:
+        return config.node_ip
+    excluded = [str(c) for c in (config.cluster_cidr, config.pod_cidr) if c is not None]
+    return await nodeip.find(excluded=excluded, hostname=config.node_name)
 
 
 async def run(config: Config) -> int:
@@ -457,7 +514,9 @@ async def run(config: Config) -> int:
         except KubeconfigError as exc:
             log.error("kubeconfig_unusable", error=str(exc))
             return 2
-    await asyncio.to_thread(_prepare_network, config)
+    await asyncio.to_thread(config.state_dir.mkdir, parents=True, exist_ok=True)
+    # The chosen address stands in for the flag from here on: every part reports the same one.
+    config = dataclasses.replace(config, node_ip=await _node_ip(config))
     notifier = Notifier()
     observed = metrics.Metrics()  # this agent's own registry, never the global one
     metrics.install(observed)
@@ -490,6 +549,8 @@ async def run(config: Config) -> int:
         "orphans": node.sweep_orphans,
         "runtime-version": node.learn_runtime_version,
         "proxy": node.proxy.run,
+        "pod-network": node.pod_network.run,
+        "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
         **(node.cluster.loops() if node.cluster is not None else {}),

@@ -49,6 +49,7 @@ from nodeagent.runtime.base import (
     ContainerInfo,
     ExecResult,
     Runtime,
+    RuntimeStatus,
     RuntimeVersion,
     SandboxConfig,
     SandboxID,
@@ -277,6 +278,9 @@ class InstrumentedRuntime:
 
     async def version(self) -> RuntimeVersion:
         return await self._timed("version", self.inner.version())
+
+    async def status(self) -> RuntimeStatus:
+        return await self._timed("status", self.inner.status())
 
     async def run_sandbox(self, config: SandboxConfig) -> SandboxID:
         return await self._timed("run_sandbox", self.inner.run_sandbox(config))

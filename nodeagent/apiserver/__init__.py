@@ -14,7 +14,7 @@ What a kubelet (and kube-proxy's watch) does against the API server, one role pe
     refs.py         (pure) ConfigMap, Secret, downward API and token references -> a pod the
                     pod manager can run, and the files of its volumes
     podrefs.py      fetching those references, writing the files, keeping them current
-    node.py         Node registration, node status, and the Lease heartbeat
+    node.py         Node registration and watch (podCIDR), node status, the Lease heartbeat
     statuspatch.py  (pure) a pod status patch: the kubelet's two-way strategic merge patch
     statuswriter.py pod status patches: only what changed, coalesced, retried
     mirror.py       mirror pods for static pods

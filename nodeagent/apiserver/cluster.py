@@ -148,6 +148,7 @@ class ClusterLink:
         self.own_node = OwnNode(
             client,
             node_name=node_name,
+            watched=self.registration.own,
             registered=lambda: self.registration.node,
             on_read=self._pods_changed,
         )
@@ -183,11 +184,11 @@ class ClusterLink:
     def loops(self) -> dict[str, Loop]:
         return {
             "api-pods": self._run_pods,
-            "api-own-node": self.own_node.run,
             "api-services": self.service_objects.run,
             "api-endpointslices": self.slice_objects.run,
             "api-runtimeclasses": self.runtime_class_objects.run,
             "node-status": self.registration.run,
+            "node-watch": self.registration.watch,
             "node-lease": self.lease.run,
             "pod-status": self.status.run,
             "mirror-pods": self.mirrors.run,

@@ -86,6 +86,9 @@ def _container_path(name: str, init: bool) -> str:
     return f"spec.{'initContainers' if init else 'containers'}{{{name}}}"
 
 
+NETWORK_NOT_READY = "network is not ready:"  # the worker's waiting message (kubelet's words)
+
+
 def pod_events(
     pod: PodRef,
     old: Mapping[str, Any] | None,
@@ -96,6 +99,7 @@ def pod_events(
     """Events for what changed from status ``old`` to ``new`` (``images``: container ->
     image, for messages)."""
     events: list[Event] = []
+    network_told = False
     for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
         before = {c.get("name"): c for c in (old or {}).get(key) or []}
         for cur in new.get(key) or []:
@@ -114,6 +118,10 @@ def pod_events(
                 continue
             message = str(waiting.get("message") or "")
             events.extend(_waiting_events(pod, path, name, image, str(reason), message))
+            if message.startswith(NETWORK_NOT_READY) and not network_told:
+                # The kubelet's NetworkNotReady: one Warning on the pod, not per container.
+                events.append(Event(pod, "", "Warning", "NetworkNotReady", message))
+                network_told = True
     return events
 
 

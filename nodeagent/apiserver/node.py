@@ -7,7 +7,10 @@ Follows the upstream docs "Nodes" (self-registration, status, heartbeats) and "L
   InternalIP and Hostname, capacity and allocatable, ``nodeInfo`` and conditions. A Node
   that already exists (a restart, or an operator made it) is adopted: our labels are merged
   in and the status written. The node's ``spec.podCIDR``, once the controller-manager has
-  set it, overrides ``--pod-cidr`` (``on_pod_cidr``).
+  set it, overrides ``--pod-cidr`` (``on_pod_cidr``). Node IPAM assigns it a moment after
+  the Node is created, so our own Node is watched (``fieldSelector=metadata.name=<node>``,
+  the one Node a node may read since AuthorizeNodeWithSelectors): the podCIDR and labels
+  are known as soon as they change, not at the next status write.
 - Node status: computed every ``STATUS_INTERVAL_S``; sent when it changed (heartbeat times
   aside) and at least every ``STATUS_REPORT_S`` even when it did not, as the kubelet does
   since node leases carry the heartbeat. A condition keeps its ``lastTransitionTime`` while its
@@ -43,7 +46,7 @@ from lightkube.types import PatchType
 
 from nodeagent import version
 from nodeagent.apiserver.client import ApiClient, ApiFailure, api_errors
-from nodeagent.apiserver.reflector import Backoff
+from nodeagent.apiserver.reflector import Backoff, Collection, Reflector
 from nodeagent.kubelet import nodestatus
 from nodeagent.kubelet.podstatus import rfc3339
 
@@ -209,11 +212,26 @@ class NodeRegistration:
         self.registered = asyncio.Event()
         self.uid = ""
         self.pod_cidr = ""
-        self.node_ip = ""  # --node-ip: the InternalIP to report; "": the first global address
+        self.node_ip = ""  # the InternalIP to report (--node-ip or network/nodeip.py's choice)
         self.node: Obj | None = None  # the Node as the API last showed it
         self.labels: dict[str, str] = {}
         self._sent: Obj | None = None
         self._sent_at = 0.0
+        self.own = Reflector(
+            client,
+            Collection("/api/v1/nodes", field_selector=f"metadata.name={name}"),
+            on_change=self._own_changed,
+        )
+
+    async def watch(self) -> None:
+        """Follow our own Node (its podCIDR above all) once it is registered."""
+        await self.registered.wait()
+        await self.own.run()
+
+    def _own_changed(self) -> None:
+        node = self.own.objects.get(self.name)
+        if node is not None:
+            self._observe(node)
 
     async def run(self) -> None:
         while True:
@@ -233,7 +251,7 @@ class NodeRegistration:
 
     async def _status(self) -> Obj:
         facts = self._facts()
-        host_ip = self.node_ip or await asyncio.to_thread(nodestatus.host_ip)
+        host_ip = self.node_ip  # never guessed here: a bridge's address would mislead peers
         previous = (self.node or {}).get("status")
         return await asyncio.to_thread(
             node_status, facts, host=self.host, host_ip=host_ip, previous=previous

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from nodeagent.apiserver.client import ApiClient, ApiFailure
-from nodeagent.apiserver.reflector import Collection, Reflector
+from nodeagent.apiserver.reflector import Reflector
 from nodeagent.model.pod import PodUID
 
 log = structlog.get_logger("nodeagent.apiserver.ownnode")
@@ -35,27 +35,22 @@ class OwnNode:
         client: ApiClient,
         *,
         node_name: str,
+        watched: Reflector,
         registered: Callable[[], Obj | None],
         on_read: Callable[[], None],
     ) -> None:
-        """``registered()``: the Node as we last wrote it (before the first list);
-        ``on_read``: called after each re-read, to judge the waiting pods again."""
+        """``watched``: the watch of our own Node (one per agent: node registration runs it
+        for the podCIDR); ``registered()``: the Node as we last wrote it (before the first
+        list); ``on_read``: called after each re-read, to judge the waiting pods again."""
         self.client = client
         self.node_name = node_name
-        self.reflector = Reflector(
-            client,
-            Collection("/api/v1/nodes", field_selector=f"metadata.name={node_name}"),
-            on_change=lambda: None,
-        )
+        self.reflector = watched
         self._registered = registered
         self._on_read = on_read
         self._fetched: Obj | None = None
         self._fetch: asyncio.Task[None] | None = None
         self._waiting: set[PodUID] = set()  # pods waiting for the read under way (or next)
         self._rechecked: set[PodUID] = set()  # pods judged against a read made for them
-
-    async def run(self) -> None:
-        await self.reflector.run()
 
     async def close(self) -> None:
         if self._fetch is not None:

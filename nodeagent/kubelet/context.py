@@ -34,3 +34,5 @@ class KubeletContext:
     # The Services as the proxy has them (API and manifest directory): read at each
     # container creation for the pod's Service variables.
     services: Callable[[], ServiceView] = ServiceView
+    # Why a sandbox on the pod network may not start now ("" when it may): no podCIDR yet.
+    network_problem: Callable[[], str] = field(default=lambda: "")

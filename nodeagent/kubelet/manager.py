@@ -72,6 +72,11 @@ class PodManager:
         if worker is not None:
             worker.wake()
 
+    def wake_all(self) -> None:
+        """Every worker syncs now (what they waited for, the pod network say, is there)."""
+        for worker in self._all_workers():
+            worker.wake()
+
     def worker_for(self, uid: PodUID) -> PodWorker | None:
         worker = self._retiring.get(uid)
         if worker is None and (key := self._keys.get(uid)) is not None:

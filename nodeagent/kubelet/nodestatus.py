@@ -2,12 +2,18 @@
 
 MemoryPressure comes from the eviction monitor when one runs (``NodeFacts.memory_pressure``:
 the same threshold that evicts pods), and from the upstream default threshold otherwise.
+
+Ready is False with reason ``KubeletNotReady`` while the runtime is down or the pod network is
+not ready (``NodeFacts.pod_network``: no podCIDR yet; or the runtime's own RuntimeReady or
+NetworkReady, CRI ``Status``, is false), with the kubelet's messages ("container
+runtime is down", "container runtime network not ready: NetworkReady=false reason:... message:
+..."), several joined as upstream's error aggregate does. Where the agent is the node's pod
+network (``pod_network`` given) it also reports NetworkUnavailable, as a CNI daemon does: True
+only while a changed podCIDR waits for the pods of the old range to go (see network/podnet.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +21,8 @@ import psutil
 
 from nodeagent.kubelet.eviction import MemoryReading
 from nodeagent.kubelet.podstatus import rfc3339
+from nodeagent.network.podnet import PodNetworkStatus
+from nodeagent.runtime.base import RuntimeStatus
 
 # Kept back from allocatable so that the agent and the system keep room to breathe.
 RESERVED_MEMORY_BYTES = 100 * 1024 * 1024
@@ -34,23 +42,15 @@ class NodeFacts:
     state_dir: str
     now: float
     memory_pressure: bool | None = None  # the eviction monitor's verdict; None: not known yet
+    pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
+    node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
+    runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
 
 
 def memory_reading() -> MemoryReading:
     """``memory.available`` as the eviction signal reads it (blocking: run in a thread)."""
     memory = psutil.virtual_memory()
     return MemoryReading(available_bytes=memory.available, total_bytes=memory.total)
-
-
-def host_ip() -> str:
-    """The first global IPv4 address of this (network namespace's) node."""
-    for addresses in psutil.net_if_addrs().values():
-        for addr in addresses:
-            if addr.family == socket.AF_INET:
-                ip = ipaddress.ip_address(addr.address)
-                if not ip.is_loopback and not ip.is_link_local:
-                    return str(ip)
-    return ""
 
 
 def capacity(max_pods: int) -> dict[str, str]:
@@ -86,11 +86,9 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
     disk = psutil.disk_usage(facts.state_dir)
     pids = len(psutil.pids())
     pid_max = _pid_max()
-    ready_message = (
-        "nodeagent is posting ready status"
-        if facts.runtime_healthy
-        else f"container runtime is down: {facts.runtime_error}"
-    )
+    problems = ready_problems(facts)
+    ready = not problems
+    ready_message = "nodeagent is posting ready status" if ready else _aggregate(problems)
     low_memory = (
         memory.available < MEMORY_PRESSURE_BYTES
         if facts.memory_pressure is None
@@ -98,11 +96,11 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
     )
     low_disk = disk.free < disk.total * DISK_PRESSURE_FRACTION
     low_pids = pid_max - pids < pid_max * PID_PRESSURE_FRACTION
-    return [
+    found = [
         _condition(
             "Ready",
-            facts.runtime_healthy,
-            "KubeletReady" if facts.runtime_healthy else "KubeletNotReady",
+            ready,
+            "KubeletReady" if ready else "KubeletNotReady",
             ready_message,
             facts.now,
         ),
@@ -128,6 +126,50 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
             facts.now,
         ),
     ]
+    if facts.pod_network is not None:
+        found.append(network_condition(facts.pod_network, facts.now))
+    return found
+
+
+def ready_problems(facts: NodeFacts) -> list[str]:
+    """Why the node is not Ready, in the kubelet's words; empty when it is."""
+    problems = []
+    if not facts.runtime_healthy:
+        problems.append(f"container runtime is down: {facts.runtime_error}")
+    if facts.pod_network is not None and facts.pod_network.error:
+        problems.append(facts.pod_network.error)  # it says why the runtime's network waits
+    elif facts.runtime_healthy and (status := runtime_problem(facts.runtime_status)):
+        problems.append(status)
+    return problems
+
+
+def runtime_problem(status: RuntimeStatus | None) -> str:
+    """The runtime's own RuntimeReady/NetworkReady, worded as the kubelet words them."""
+    if status is None or (status.runtime_ready and status.network_ready):
+        return ""
+    if not status.runtime_ready:
+        kind, what = "RuntimeReady", "container runtime not ready"
+    else:
+        kind, what = "NetworkReady", "container runtime network not ready"
+    return f"{what}: {kind}=false reason:{status.reason} message:{status.message}"
+
+
+def _aggregate(problems: list[str]) -> str:
+    return problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+
+
+def network_condition(network: PodNetworkStatus, now: float) -> dict[str, Any]:
+    """NetworkUnavailable, True (a problem) only while a podCIDR change is deferred."""
+    cond = _condition(
+        "NetworkUnavailable", False, "PodNetworkReady", "the node's pod network is up", now
+    )
+    if network.change_pending:
+        message = (
+            f"spec.podCIDR changed to {network.wanted_cidr}; pods still use "
+            f"{network.pod_cidr}, which new pods get until they are gone (drain the node)"
+        )
+        cond.update(status="True", reason="PodCIDRChangePending", message=message)
+    return cond
 
 
 def _pid_max() -> int:
@@ -151,5 +193,6 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
             "pids": len(psutil.pids()),
         },
         "addresses": [{"type": "Hostname", "address": facts.name}]
-        + ([{"type": "InternalIP", "address": ip}] if (ip := host_ip()) else []),
+        + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip) else []),
+        **({"podNetwork": facts.pod_network.to_json()} if facts.pod_network else {}),
     }

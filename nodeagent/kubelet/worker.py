@@ -308,6 +308,11 @@ class PodWorker:
     async def _create_sandbox(self, attempt: int) -> bool:
         if self._held(""):
             return False
+        if not self.pod.spec.host_network and (problem := self.ctx.network_problem()):
+            # The kubelet's NetworkNotReady: the pod waits (no backoff, no failure) and is
+            # woken when the network is ready.
+            self._fail_all("ContainerCreating", f"network is not ready: {problem}")
+            return False
         try:
             self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
             config = specs.sandbox_config(

@@ -281,6 +281,14 @@ class CNIExec:
             return None
         return result_ip(record.result)
 
+    def problem(self) -> str:
+        """ "" when the conf dir holds a network list to attach with; else the reason."""
+        try:
+            load_network_list(self.conf_dir)
+        except CNIError as exc:
+            return str(exc)
+        return ""
+
     def recorded(self) -> list[str]:
         """The container ids that have a record (attached, or attaching). Blocking."""
         suffix = f"-{self.ifname}"

@@ -210,10 +210,25 @@ class RuntimeVersion:
     api_version: str  # e.g. "v1"
 
 
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """CRI ``Status``: the RuntimeReady and NetworkReady conditions, with the reason and
+    message of the first that is not ready ("" when both are)."""
+
+    runtime_ready: bool
+    network_ready: bool
+    reason: str = ""
+    message: str = ""
+
+
 class Runtime(Protocol):
     """What a pod worker needs from a container runtime. All methods are coroutines."""
 
     async def version(self) -> RuntimeVersion: ...
+
+    async def status(self) -> RuntimeStatus:
+        """Whether the runtime and its pod network are ready (CRI ``Status``)."""
+        ...
 
     async def run_sandbox(self, config: SandboxConfig) -> SandboxID: ...
 

@@ -81,6 +81,10 @@ class PodNetwork(Protocol):
         """The IP of a completed attachment, None if there is none. Blocking: a file read."""
         ...
 
+    def problem(self) -> str:
+        """ "" when a network config is there to attach with; else why not. Blocking."""
+        ...
+
     def recorded(self) -> list[str]:
         """The ids of every attachment made (or being made). Blocking: a directory read."""
         ...
@@ -128,6 +132,20 @@ class DockerRuntime(base.Runtime):
             name="docker",
             version=str(data.get("Version", "")),
             api_version=str(data.get("ApiVersion", "")),
+        )
+
+    async def status(self) -> base.RuntimeStatus:
+        """Docker is ready when it answers; its network is ours, ready when our CNI config
+        loads (Docker runs no CNI itself)."""
+        await self._call("Ping", self._api.ping)
+        problem = await asyncio.to_thread(self._network.problem)
+        if not problem:
+            return base.RuntimeStatus(runtime_ready=True, network_ready=True)
+        return base.RuntimeStatus(
+            runtime_ready=True,
+            network_ready=False,
+            reason="NetworkPluginNotReady",
+            message=f"Network plugin returns error: {problem}",
         )
 
     # --- sandboxes -----------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from nodeagent.runtime.base import (
     NotFound,
     Runtime,
     RuntimeFailure,
+    RuntimeStatus,
     RuntimeVersion,
     SandboxConfig,
     SandboxID,
@@ -187,6 +188,10 @@ class FakeRuntime:
     containers: dict[ContainerID, FakeContainer] = field(default_factory=dict)
     name: str = "fake"
     closed: bool = False
+    # What ``status`` answers (CRI Status); a test sets it to play a runtime not ready.
+    runtime_status: RuntimeStatus = field(
+        default_factory=lambda: RuntimeStatus(runtime_ready=True, network_ready=True)
+    )
 
     def __post_init__(self) -> None:
         self._failures: dict[str, list[BaseException]] = {}
@@ -256,6 +261,10 @@ class FakeRuntime:
     async def version(self) -> RuntimeVersion:
         self._enter("version")
         return RuntimeVersion(name=self.name, version="0.1.0", api_version="v1")
+
+    async def status(self) -> RuntimeStatus:
+        self._enter("status")
+        return self.runtime_status
 
     async def close(self) -> None:
         self._enter("close")

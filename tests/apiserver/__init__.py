@@ -16,6 +16,7 @@ upstream documents it follows and what it simplifies:
     selectors.py    label and field selectors
     patch.py        merge, strategic merge and JSON patches
     controllers.py  namespaces, EndpointSlices, the kubernetes Service
+    ipam.py         node IPAM: podCIDR assigned a moment after a Node is created
     subresources.py TokenRequest, Binding, bearer tokens
     handlers.py     the verbs over HTTP
     faults.py       fault injection

@@ -3,7 +3,8 @@
     python -m tests.apiserver --host 10.200.0.1 --port 6443 --kubeconfig-out admin.kubeconfig \\
         [--node-kubeconfig n1=n1.kubeconfig ...] [--bare-node-kubeconfig n2=n2.kubeconfig ...]
         [--plain-http] [--state-dir DIR] \\
-        [--history N] [--bookmark-interval S] [--token T] [--min-token-seconds S]
+        [--history N] [--bookmark-interval S] [--token T] [--min-token-seconds S] \\
+        [--node-ipam 10.244.0.0/16/24 [--node-ipam-delay S]]
 
 When it serves, it prints one JSON line on stdout: ``url``, ``port``, ``kubeconfig``, ``ca``
 (the CA file, absent with --plain-http) and ``pid``. SIGTERM or SIGINT stop it. With
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 from tests.apiserver.controllers import DEFAULT_NODE_MONITOR_GRACE_S
+from tests.apiserver.ipam import DEFAULT_DELAY_S, parse_ipam
 from tests.apiserver.server import ApiServer
 
 STATE_FILE = "objects.json"
@@ -65,6 +67,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_NODE_MONITOR_GRACE_S,
         help="seconds without a Lease renewal before a Node turns NotReady (Unknown)",
     )
+    p.add_argument(
+        "--node-ipam",
+        type=parse_ipam,
+        default=None,
+        metavar="CIDR/MASK",
+        help="assign each new Node a podCIDR, e.g. 10.244.0.0/16/24 (cluster CIDR, node mask)",
+    )
+    p.add_argument(
+        "--node-ipam-delay",
+        type=float,
+        default=DEFAULT_DELAY_S,
+        help="seconds between a Node's creation and its podCIDR",
+    )
     return p.parse_args(argv)
 
 
@@ -81,6 +96,8 @@ async def serve(args: argparse.Namespace) -> None:
         state_dir=args.state_dir,
         advertise_address=args.advertise_address,
         node_monitor_grace_s=args.node_monitor_grace_period,
+        node_ipam=args.node_ipam,
+        node_ipam_delay_s=args.node_ipam_delay,
     )
     state = args.state_dir / STATE_FILE if args.state_dir else None
     if state is not None and state.exists():

@@ -179,6 +179,11 @@ class ApiServerProcess:
                 except aiohttp.ClientError:
                     continue
 
+    async def assign_pod_cidrs(self) -> list[str]:
+        """Node IPAM (--node-ipam) assigns every waiting Node its podCIDR now."""
+        answer = await self.control("POST", "ipam", {})
+        return list(answer["assigned"])
+
     async def requests(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self.control("GET", "requests")
         return result

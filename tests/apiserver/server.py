@@ -18,7 +18,8 @@ process, reachable from network namespaces).
 - Test hooks: ``faults`` (next N requests fail), ``drop_history()`` / ``set_history(n)``
   (force 410 Gone), ``stop()`` / ``start()`` / ``restart()`` on the same port (open connections
   are cut, as when an apiserver dies; the objects and their versions stay, as in etcd), and
-  ``requests``, the log of requests served. The same hooks are under ``/fake/v1/`` over HTTP
+  ``requests``, the log of requests served, and ``ipam`` (node IPAM, when on, assigns every
+  waiting Node now). The same hooks are under ``/fake/v1/`` over HTTP
   for a server in another process.
 """
 
@@ -41,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.apiserver import authz, errors, resources
+from tests.apiserver import authz, errors, ipam, resources
 from tests.apiserver.authz import Attributes, Identity
 from tests.apiserver.controllers import (
     DEFAULT_NODE_MONITOR_GRACE_S,
@@ -132,6 +133,8 @@ class ApiServer:
         kubernetes_service: bool = True,
         service_account_admission: bool = True,
         node_monitor_grace_s: float = DEFAULT_NODE_MONITOR_GRACE_S,
+        node_ipam: tuple[ipaddress.IPv4Network, int] | None = None,
+        node_ipam_delay_s: float = ipam.DEFAULT_DELAY_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -161,6 +164,15 @@ class ApiServer:
         self.store.add_hook(self.endpointslices.on_change)
         self.node_lifecycle = NodeLifecycleController(self.store, grace_s=node_monitor_grace_s)
         self.store.add_hook(self.node_lifecycle.on_change)
+        # Node IPAM (ipam.py), when given a cluster CIDR and node mask size: off by default,
+        # as a control plane without --allocate-node-cidrs.
+        self.node_ipam: ipam.NodeIPAM | None = None
+        if node_ipam is not None:
+            cidr, mask = node_ipam
+            self.node_ipam = ipam.NodeIPAM(
+                self.store, cluster_cidr=cidr, mask_size=mask, delay_s=node_ipam_delay_s
+            )
+            self.store.add_hook(self.node_ipam.on_change)
         self.namespaces.bootstrap()
         authz.bootstrap(self.store)
         self._handlers = ResourceHandlers(
@@ -202,6 +214,10 @@ class ApiServer:
         self.starts += 1
         if not any(t.get_name() == "node-lifecycle" for t in self._background):
             self._in_background(self.node_lifecycle.run(), name="node-lifecycle")
+        if self.node_ipam is not None and not any(
+            t.get_name() == "node-ipam" for t in self._background
+        ):
+            self._in_background(self.node_ipam.run(), name="node-ipam")
         if self.port == 0:
             self.port = int(runner.addresses[0][1])
         if self.kubernetes_service:
@@ -462,6 +478,8 @@ class ApiServer:
                 self._restart_soon(float(body.get("downSeconds", 0.0))), name="restart"
             )
             return json_response({}, 202)
+        if what == "ipam" and method == "POST" and self.node_ipam is not None:
+            return json_response({"assigned": self.node_ipam.assign_now()})
         if what == "status" and method == "GET":
             return json_response({"starts": self.starts, "resourceVersion": str(self.store.rv)})
         if what == "requests" and method == "GET":

@@ -109,8 +109,11 @@ class Agent:
         extra: Sequence[str] = (),
         runtime: RuntimeTarget | None = None,
         allow_privileged: bool = True,
+        pod_cidr: bool = True,
     ) -> None:
         self.node = node
+        # --pod-cidr with the node's range; False: none (cluster mode waits for the Node's).
+        self.pod_cidr = pod_cidr
         # The suites watch pods through hostPath volumes and use hostNetwork, so the test
         # agent allows them unless a test checks the refusal.
         self.allow_privileged = allow_privileged
@@ -140,8 +143,7 @@ class Agent:
             str(node.state_dir),
             "--status-socket",
             str(self.socket),
-            "--pod-cidr",
-            node.pod_cidr,
+            *(("--pod-cidr", node.pod_cidr) if self.pod_cidr else ()),
             "--cni-conf-dir",
             str(node.cni_conf_dir),
             "--pod-log-dir",

@@ -12,13 +12,19 @@ Every node's agent joins the test API server with its own node kubeconfig (syste
 bound to system:node-proxier as docs/rbac.md asks; ``node_proxier=False`` leaves the binding
 out), and the lab sets
 each Node's ``spec.podCIDR`` to the node's pod CIDR, as the controller-manager's node IPAM
-would. The agents then route to each other's pod CIDRs (host-gw) over lab0. The API server
+would; the agents get ``--pod-cidr`` and ``--node-ip`` too. With ``node_ipam`` (seconds) the
+lab runs as a new user's cluster does instead: the API server's node IPAM assigns the
+podCIDRs that long after each Node registers (tests/apiserver/ipam.py), the agents run with
+neither flag (each finds its address and waits for its podCIDR), and ``wait_pod_cidrs``
+learns the CIDRs from the Nodes. The agents then route to each other's pod CIDRs (host-gw)
+over lab0. The API server
 runs with a short ``--node-monitor-grace-period`` so a stopped agent's node turns NotReady
 within seconds.
 
 For people without VMs::
 
     python3 -m tests.harness.lab up --nodes 3      # prints how to reach it; Ctrl-C tears down
+    python3 -m tests.harness.lab up --node-ipam 2  # podCIDRs from node IPAM, no agent flags
     python3 -m tests.harness.lab down --dir DIR    # clean up after an `up` that was killed
 
 Needs root, like the integration tests (network namespaces, containerd, iptables).
@@ -77,10 +83,7 @@ class LabNode:
     ip: str
     node: TestNode
     agent: Agent
-
-    @property
-    def pod_cidr(self) -> str:
-        return self.node.pod_cidr
+    pod_cidr: str = ""  # the Node's spec.podCIDR ("" until node IPAM assigned it)
 
 
 class Lab:
@@ -93,6 +96,7 @@ class Lab:
         grace_s: float = DEFAULT_GRACE_S,
         proxy_mode: str = "iptables",
         node_proxier: bool = True,
+        node_ipam: float | None = None,
     ) -> None:
         """``node_proxier=False``: the nodes get only what the Node authorizer grants (no
         system:node-proxier binding, so no Node or EndpointSlice lists)."""
@@ -104,6 +108,7 @@ class Lab:
         self.grace_s = grace_s
         self.proxy_mode = proxy_mode
         self.node_proxier = node_proxier
+        self.node_ipam = node_ipam  # None: the lab assigns podCIDRs and passes the flags
         n = os.getpid() % 100000
         self.netns = f"na-lab-{n}"
         self.host_dev = f"nalab{n}"
@@ -126,10 +131,13 @@ class Lab:
         try:
             self._make_segment()
             names = [f"lab-{i + 1}" for i in range(self.count)]
+            ipam = () if self.node_ipam is None else (
+                *("--node-ipam", f"{CLUSTER_CIDR}/24", "--node-ipam-delay", str(self.node_ipam)),
+            )  # fmt: skip
             api = ApiServerProcess(
                 self.root / "api",
                 host=self.api_ip,
-                extra_args=("--node-monitor-grace-period", str(self.grace_s)),
+                extra_args=("--node-monitor-grace-period", str(self.grace_s), *ipam),
             )
             for name in names:
                 api.node_kubeconfig(name, node_proxier=self.node_proxier)
@@ -140,8 +148,11 @@ class Lab:
             self.save_state()
             async with self.admin() as client:
                 for lab_node in self.nodes:
-                    await self._assign_pod_cidr(client, lab_node)
-            await self.wait_routes()
+                    await self._registered(client, lab_node)
+                    if self.node_ipam is None:
+                        await self._assign_pod_cidr(client, lab_node)
+            if self.node_ipam is None:
+                await self.wait_routes()
         except BaseException:
             await self.close()
             raise
@@ -200,7 +211,8 @@ class Lab:
             self._netns_created = False
 
     def _add_node(self, index: int, name: str) -> LabNode:
-        node = TestNode.start(self.root / name, images=self.images)
+        flags = self.node_ipam is None
+        node = TestNode.start(self.root / name, images=self.images, cni_config=flags)
         try:
             ip = node_ip(index)
             port = f"p{index + 1}"
@@ -213,12 +225,12 @@ class Lab:
             _ip("-n", node.netns, "addr", "add", f"{ip}/{LAB_NET.prefixlen}", "dev", "lab0")
             _ip("-n", node.netns, "link", "set", "lab0", "up")
             _ip("-n", node.netns, "route", "add", "default", "via", GATEWAY)
-            agent = Agent(node, name=name, extra=self._agent_args(name, ip))
+            agent = Agent(node, name=name, extra=self._agent_args(name, ip), pod_cidr=flags)
             agent.start()
         except BaseException:
             node.close()
             raise
-        return LabNode(name, ip, node, agent)
+        return LabNode(name, ip, node, agent, pod_cidr=node.pod_cidr if flags else "")
 
     def _agent_args(self, name: str, ip: str) -> list[str]:
         if self.api is None:
@@ -226,7 +238,7 @@ class Lab:
         kubeconfig = self.api.workdir / f"{name}.kubeconfig"
         return [
             *("--kubeconfig", str(kubeconfig), "--cluster-cidr", CLUSTER_CIDR),
-            *("--node-ip", ip),
+            *(("--node-ip", ip) if self.node_ipam is None else ()),
             *("--proxy-mode", self.proxy_mode),
         ]
 
@@ -255,7 +267,7 @@ class Lab:
         finally:
             await client.close()
 
-    async def _assign_pod_cidr(self, client: AsyncClient, lab_node: LabNode) -> None:
+    async def _registered(self, client: AsyncClient, lab_node: LabNode) -> None:
         async def registered() -> bool:
             try:
                 await client.get(Node, lab_node.name)
@@ -269,6 +281,8 @@ class Lab:
             0.2,
             message=lambda: f"{lab_node.name} registered\n{lab_node.agent.log_tail()}",
         )
+
+    async def _assign_pod_cidr(self, client: AsyncClient, lab_node: LabNode) -> None:
         cidr = lab_node.pod_cidr
         await client.patch(
             Node,
@@ -276,6 +290,20 @@ class Lab:
             {"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}},
             patch_type=PatchType.STRATEGIC,
         )
+
+    async def wait_pod_cidrs(self, within: float = 60) -> None:
+        """Until node IPAM has given every Node its podCIDR; learn them, save the state."""
+        async with self.admin() as client:
+            for lab_node in self.nodes:
+
+                async def assigned(lab_node: LabNode = lab_node) -> str:
+                    node = await client.get(Node, lab_node.name)
+                    return str((node.spec.podCIDR if node.spec else "") or "")
+
+                lab_node.pod_cidr = await async_wait_for(
+                    assigned, within, 0.2, message=f"{lab_node.name}'s podCIDR"
+                )
+        self.save_state()
 
     async def wait_routes(self, within: float = 60) -> None:
         """Until every agent routes to every other node's pod CIDR."""
@@ -344,13 +372,25 @@ def describe(lab: Lab) -> str:
     return "\n".join(lines)
 
 
-async def _up(root: Path, count: int, grace_s: float, proxy_mode: str) -> None:
+async def _up(
+    root: Path, count: int, grace_s: float, proxy_mode: str, node_ipam: float | None
+) -> None:
     images = localimages.build_all(localimages.BuildOptions(build_dir=REPO / "build" / "images"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Lab(root, count=count, images=images, grace_s=grace_s, proxy_mode=proxy_mode) as lab:
+    async with Lab(
+        root,
+        count=count,
+        images=images,
+        grace_s=grace_s,
+        proxy_mode=proxy_mode,
+        node_ipam=node_ipam,
+    ) as lab:
+        if node_ipam is not None:
+            await lab.wait_pod_cidrs()
+            await lab.wait_routes()
         print(describe(lab), flush=True)
         await stop.wait()
         print("tearing the lab down", flush=True)
@@ -401,6 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument(
         "--proxy-mode", choices=("iptables", "nftables"), default="iptables", help="agents' mode"
     )
+    up.add_argument(
+        "--node-ipam",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the API server assigns podCIDRs this long after registration; no --pod-cidr or"
+        " --node-ip for the agents",
+    )
     down = sub.add_parser("down", help="clean up after an `up` that did not exit cleanly")
     down.add_argument("--dir", type=Path, required=True, help="the lab's directory")
     args = parser.parse_args(argv)
@@ -410,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _down(args.dir)
     root = args.dir or Path(tempfile.mkdtemp(prefix="nodeagent-lab-"))
     print(f"lab directory: {root} (`down --dir {root}` cleans up after a crash)", flush=True)
-    asyncio.run(_up(root, args.nodes, args.grace, args.proxy_mode))
+    asyncio.run(_up(root, args.nodes, args.grace, args.proxy_mode, args.node_ipam))
     return 0
 
 

@@ -291,8 +291,12 @@ class TestNode:
         index: int | None = None,
         pause_image: str = localimages.PAUSE_IMAGE,
         timeout: float = 30.0,
+        cni_config: bool = True,
     ) -> TestNode:
-        """Create the node below root (which must not hold another node); images: name->tar."""
+        """Create the node below root (which must not hold another node); images: name->tar.
+
+        ``cni_config``: write the pod network's conflist for ``pod_cidr`` (False: leave it to
+        the agent, which writes it once it knows the Node's podCIDR)."""
         n = next(_counter) if index is None else index
         root = root.resolve()
         layout = devenv.ContainerdLayout.under(root / "containerd", sandbox_image=pause_image)
@@ -306,20 +310,22 @@ class TestNode:
             images=dict(images),
         )
         try:
-            node._setup(timeout)
+            node._setup(timeout, cni_config=cni_config)
         except BaseException:
             node.close()
             raise
         return node
 
-    def _setup(self, timeout: float) -> None:
+    def _setup(self, timeout: float, *, cni_config: bool = True) -> None:
         for d in (self.root, self.state_dir, self.pod_log_dir, self.ipam_dir):
             d.mkdir(parents=True, exist_ok=True)
         _check(["ip", "netns", "add", self.netns])
         self._netns_created = True
         _check(["ip", "-n", self.netns, "link", "set", "lo", "up"])
-        conflist = cni.render_conflist(pod_cidr=self.pod_cidr, ipam_data_dir=str(self.ipam_dir))
-        cni.write_conflist(self.cni_conf_dir, conflist)
+        self.cni_conf_dir.mkdir(parents=True, exist_ok=True)  # containerd watches it
+        if cni_config:
+            conflist = cni.render_conflist(pod_cidr=self.pod_cidr, ipam_data_dir=str(self.ipam_dir))
+            cni.write_conflist(self.cni_conf_dir, conflist)
         try:
             self._containerd = devenv.start_containerd(
                 self.layout, log_path=self.log_path, netns_argv=self.netns_argv, timeout=timeout

@@ -62,7 +62,7 @@ async def test_a_pod_refused_for_affinity_waits_for_a_fresh_read_of_the_node(
     await registered(api)
     await eventually(lambda: rig.link.own_node.current(), what="our Node watched")
     # The watch lags (here: it stops); the label is in the API before the pod is.
-    own_watch = rig.tasks[1 + list(rig.link.loops()).index("api-own-node")]
+    own_watch = rig.tasks[1 + list(rig.link.loops()).index("node-watch")]
     own_watch.cancel()
     api.store.patch(NODES, None, NODE, MERGE, {"metadata": {"labels": {"disk": "ssd"}}})
     rig.create(selecting("quick", disk="ssd"))

@@ -43,7 +43,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         manifests=None,
         state_dir=Path("/var/lib/nodeagent"),
         status_socket=Path("/run/nodeagent/status.sock"),
-        pod_cidr=ipaddress.ip_network("10.88.0.0/16"),
+        pod_cidr=None,
         cni_conf_dir=Path("/etc/cni/net.d"),
         cni_bin_dir=tmp_path,  # the first candidate that exists
         pod_log_dir=Path("/var/log/pods"),
@@ -86,8 +86,11 @@ def test_flag_help_shows_the_declared_defaults(capsys: pytest.CaptureFixture[str
         build_parser().parse_args(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     defaults = Config(node_name="n1")
-    for key in ("state_dir", "status_socket", "pod_cidr", "service_cidr", "pause_image"):
+    for key in ("state_dir", "status_socket", "service_cidr", "pause_image"):
         assert f"{flag_name(key)} " in text and f"(default: {getattr(defaults, key)})" in text
+    # No pod CIDR by default: cluster mode waits for the Node's, standalone takes its own.
+    assert defaults.pod_cidr is None
+    assert "(default: the Node's spec.podCIDR; standalone 10.88.0.0/16)" in text
     assert "(default: 30000-32767)" in text and "(default: 100Mi)" in text
     assert "--max-pods" not in text  # a file and environment setting only
 

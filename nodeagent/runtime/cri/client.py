@@ -200,6 +200,10 @@ class CRIRuntime(base.Runtime):
             api_version=response.runtime_api_version,
         )
 
+    async def status(self) -> base.RuntimeStatus:
+        response = await self._call(self._runtime.Status, pb.StatusRequest(), pb.StatusResponse)
+        return convert.runtime_status_from_pb(response.status)
+
     # --- sandboxes -----------------------------------------------------------------------------
 
     async def run_sandbox(self, config: base.SandboxConfig) -> base.SandboxID:

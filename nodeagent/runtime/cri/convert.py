@@ -276,3 +276,25 @@ def container_status_from_pb(
 
 def container_state(state: int) -> base.ContainerState:
     return _CONTAINER_STATES.get(state, base.ContainerState.UNKNOWN)
+
+
+def runtime_status_from_pb(msg: pb.RuntimeStatus) -> base.RuntimeStatus:
+    """RuntimeReady and NetworkReady; a condition the runtime does not report is not ready,
+    as the kubelet reads it ("status check may not have completed yet")."""
+    conditions = {c.type: c for c in msg.conditions}
+    ready = {kind: kind in conditions and conditions[kind].status for kind in _CONDITIONS}
+    for kind in _CONDITIONS:
+        if not ready[kind]:
+            found = conditions.get(kind)
+            reason = found.reason if found is not None else "StatusNotReported"
+            message = found.message if found is not None else f"no {kind} condition reported"
+            return base.RuntimeStatus(
+                runtime_ready=ready["RuntimeReady"],
+                network_ready=ready["NetworkReady"],
+                reason=reason,
+                message=message,
+            )
+    return base.RuntimeStatus(runtime_ready=True, network_ready=True)
+
+
+_CONDITIONS = ("RuntimeReady", "NetworkReady")
