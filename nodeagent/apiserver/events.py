@@ -104,6 +104,10 @@ def pod_events(
             path = _container_path(name, init)
             image = images.get(name, str(cur.get("image", "")))
             cid = cur.get("containerID")
+            if cid and prev.get("containerID") and cur.get("image") != prev.get("image"):
+                # computePodActions' words for a container restarted for a new spec.
+                message = f"Container {name} definition changed, will be restarted"
+                events.append(Event(pod, path, "Normal", "Killing", message))
             if cid and cid != prev.get("containerID"):
                 events.append(Event(pod, path, "Normal", "Created", f"Created container {name}"))
                 events.append(Event(pod, path, "Normal", "Started", f"Started container {name}"))

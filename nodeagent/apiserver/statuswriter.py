@@ -53,7 +53,13 @@ Obj = dict[str, Any]
 INTERVAL_S = 0.5
 MAX_IN_FLIGHT = 8  # patches of one pass sent at once
 _SCALARS = ("phase", "hostIP", "podIP", "qosClass", "reason", "message", "nominatedNodeName")
-_LISTS = ("hostIPs", "podIPs", "initContainerStatuses", "containerStatuses")
+_LISTS = (
+    "hostIPs",
+    "podIPs",
+    "initContainerStatuses",
+    "containerStatuses",
+    "ephemeralContainerStatuses",
+)
 _CONDITION_KEYS = ("status", "reason", "message")
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nodeagent.kubelet import envvars, etchosts, nodestatus, security, specs, termination, volumes
+from nodeagent.kubelet.containerhash import container_hash
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.model.pod import Container, EnvVar, Pod
@@ -47,6 +48,7 @@ async def create_and_start(
 ) -> tuple[Container, ContainerID]:
     """Create and start the container; return it as started (env, sub-paths) and its id."""
     reason = "CreateContainerConfigError"
+    spec_hash = container_hash(container)  # of the spec, before env and sub-paths resolve
     try:
         if env_source is not None:  # env is resolved at each container creation
             fresh = await env_source(pod, container.name)
@@ -65,6 +67,7 @@ async def create_and_start(
             facts=facts(ctx, sandbox.ip),
             volume_paths=paths,
             files=await pod_files(ctx, pod, container, attempt, sandbox.ip),
+            spec_hash=spec_hash,
         )
         sandbox_config = specs.sandbox_config(
             pod, attempt=sandbox.attempt, pod_log_dir=ctx.pod_log_dir, dns=ctx.dns

@@ -72,11 +72,29 @@ _CONTAINER_KNOWN = (
     "terminationMessagePolicy",
 )
 _CONTAINER_IGNORED: tuple[str, ...] = ()
+_EPHEMERAL_FORBIDDEN = (
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+    "resources",
+    "restartPolicy",
+)
 
 
-def parse_container(c: Node, volume_names: set[str], *, init: bool = False) -> Container:
-    """``volume_names`` are the pod's, for mounts; ``init`` allows restartPolicy (sidecars)."""
-    c.reject_unknown(_CONTAINER_KNOWN, _CONTAINER_IGNORED)
+def parse_container(
+    c: Node, volume_names: set[str], *, init: bool = False, ephemeral: bool = False
+) -> Container:
+    """``volume_names`` are the pod's, for mounts; ``init`` allows restartPolicy (sidecars);
+    ``ephemeral`` (``kubectl debug``) allows targetContainerName and forbids what upstream
+    forbids an ephemeral container: ports, probes, lifecycle, resources."""
+    extra = ("targetContainerName",) if ephemeral else ()
+    c.reject_unknown((*_CONTAINER_KNOWN, *extra), _CONTAINER_IGNORED)
+    if ephemeral:
+        for forbidden in _EPHEMERAL_FORBIDDEN:
+            if c.present(forbidden):
+                c.error("may not be set for ephemeral containers", forbidden)
     name = c.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):
         c.error(f"{name!r} is not a valid DNS-1123 label", "name")
@@ -115,6 +133,7 @@ def parse_container(c: Node, volume_names: set[str], *, init: bool = False) -> C
         sidecar=sidecar,
         security_context=security.container_security_context(c),
         termination_message_path=_termination_message_path(c),
+        target_container_name=c.string("targetContainerName") if ephemeral else "",
         termination_message_policy=TerminationMessagePolicy(
             c.enum_value(
                 "terminationMessagePolicy",

@@ -188,6 +188,8 @@ class Container:
     security_context: SecurityContext = SecurityContext()
     termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
     termination_message_policy: TerminationMessagePolicy = TerminationMessagePolicy.FILE
+    # An ephemeral container's target (``kubectl debug --target``): whose processes it sees.
+    target_container_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -253,11 +255,16 @@ class PodSpec:
     share_process_namespace: bool = False
     host_aliases: tuple[HostAlias, ...] = ()
     security_context: PodSecurityContext = PodSecurityContext()
+    # Added later through the pods/ephemeralcontainers subresource; each runs once, never
+    # restarted, and counts for nothing in the pod's phase or readiness.
+    ephemeral_containers: tuple[Container, ...] = ()
 
 
 @dataclass(frozen=True)
 class Pod:
-    """A desired pod. ``uid`` identifies one incarnation: a changed spec gets a new uid."""
+    """A desired pod. ``uid`` identifies one incarnation. An API pod keeps its uid through
+    the spec updates the API allows (images, activeDeadlineSeconds, ephemeral containers); a
+    static pod's uid hashes its content, so an edited manifest is a new pod."""
 
     uid: PodUID
     name: str
