@@ -93,7 +93,8 @@ def parse_container(
     c.reject_unknown((*_CONTAINER_KNOWN, *extra), _CONTAINER_IGNORED)
     if ephemeral:
         for forbidden in _EPHEMERAL_FORBIDDEN:
-            if c.present(forbidden):
+            # An empty value is unset (kubectl debug sends ``resources: {}``).
+            if c.present(forbidden) and c.value.get(forbidden) not in ({}, []):
                 c.error("may not be set for ephemeral containers", forbidden)
     name = c.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):

@@ -225,7 +225,8 @@ def _check_new_ephemeral(pod: str, path: str, container: Obj, taken: set[str]) -
     if container["name"] in taken:
         raise errors.invalid(PODS, pod, f'{path}.name: Duplicate value: "{container["name"]}"')
     for forbidden in _EPHEMERAL_FORBIDDEN:
-        if forbidden in container:
+        # Set means not empty: kubectl debug sends ``resources: {}``, which upstream allows.
+        if container.get(forbidden) not in (None, {}, []):
             raise errors.invalid(
                 PODS,
                 pod,

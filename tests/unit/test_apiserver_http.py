@@ -440,7 +440,13 @@ async def test_ephemeral_containers_subresource(client: AsyncClient, api: ApiSer
     await client.create(new_pod("a"))
     raw = Raw(api)
     path = "/api/v1/namespaces/default/pods/a/ephemeralcontainers"
-    debugger = {"name": "debugger", "image": "busybox:1.36", "targetContainerName": "c"}
+    # As kubectl debug sends it: empty resources are no resources.
+    debugger = {
+        "name": "debugger",
+        "image": "busybox:1.36",
+        "targetContainerName": "c",
+        "resources": {},
+    }
     smp = "application/strategic-merge-patch+json"
     # What kubectl debug sends: a strategic merge patch of the Pod.
     patch = {"spec": {"ephemeralContainers": [debugger]}}
@@ -464,7 +470,13 @@ async def test_ephemeral_containers_subresource(client: AsyncClient, api: ApiSer
     refused = [
         {"spec": {"ephemeralContainers": [{**added, "image": "busybox:1.37"}]}},  # changed
         {"spec": {"ephemeralContainers": [{"name": "c", "image": "busybox"}]}},  # name taken
-        {"spec": {"ephemeralContainers": [{"name": "x", "image": "b", "ports": []}]}},
+        {
+            "spec": {
+                "ephemeralContainers": [
+                    {"name": "x", "image": "b", "ports": [{"containerPort": 80}]}
+                ]
+            }
+        },
         {
             "spec": {
                 "ephemeralContainers": [{"name": "x", "image": "b", "targetContainerName": "z"}]

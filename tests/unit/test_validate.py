@@ -320,7 +320,9 @@ def _containers(doc: Doc) -> list[Doc]:
         ),
         (
             lambda d: d["spec"].update(
-                ephemeralContainers=[{"name": "dbg", "image": "busybox", "ports": []}]
+                ephemeralContainers=[
+                    {"name": "dbg", "image": "busybox", "ports": [{"containerPort": 80}]}
+                ]
             ),
             "spec.ephemeralContainers[0].ports",
         ),
