@@ -119,6 +119,7 @@ def container_config(
     volume_paths: Mapping[str, str],
     files: PodFiles = PodFiles(),
     spec_hash: str = "",
+    pid_target: str = "",
 ) -> ContainerConfig:
     """``spec_hash``: the hash of the container as the pod spec has it (before env is resolved
     afresh or sub-paths expanded), so that the next plan compares like with like."""
@@ -145,4 +146,5 @@ def container_config(
         stdin=container.stdin,
         tty=container.tty,
         security=security.container_security(pod, container),
+        pid_target=pid_target,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -75,8 +76,8 @@ async def sandbox_ids(target: RuntimeTarget, uid: str) -> list[str]:
     return sorted(s.id for s in found if s.uid == uid)
 
 
-def two_containers(name: str) -> dict[str, Any]:
-    body = pod_manifest(name, SLEEP, grace=2)
+def two_containers(name: str, script: str = SLEEP) -> dict[str, Any]:
+    body = pod_manifest(name, script, grace=2)
     main = body["spec"]["containers"][0]
     body["spec"]["containers"].append({**main, "name": "side"})
     return body
@@ -125,6 +126,13 @@ async def test_a_new_image_restarts_only_that_container(
     assert message == "Container main definition changed, will be restarted"
 
 
+def logs(agent: Agent, pod: str, container: str) -> str:
+    argv = [sys.executable, "-m", "nodeagent", "logs", pod, "-c", container]
+    argv += ["--status-socket", str(agent.socket)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    return result.stdout if result.returncode == 0 else ""
+
+
 def kubectl(api: ApiServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     argv = ["kubectl", "--kubeconfig", str(api.kubeconfig), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -133,9 +141,12 @@ def kubectl(api: ApiServerProcess, *args: str) -> subprocess.CompletedProcess[st
 async def test_kubectl_debug_runs_an_ephemeral_container_in_the_pod(
     admin: AsyncClient, agent: Agent, api: ApiServerProcess
 ) -> None:
-    await create(admin, two_containers("web"))
+    await create(admin, two_containers("web", f"{SLEEP} # main-marker"))
     before = await wait_ready(admin, agent, "web")
-    script = f"echo debugging; {SLEEP}"
+    # PID 1 is the target's process if the debugger joined its PID namespace (the marker is
+    # split so that the debugger's own command line does not hold it).
+    seen = 'tr "\\0" " " </proc/1/cmdline | grep -q "main-mark""er"'
+    script = f"if {seen}; then echo target-seen; else echo own-namespace; fi; {SLEEP}"
     result = kubectl(
         api,
         "debug",
@@ -172,6 +183,12 @@ async def test_kubectl_debug_runs_an_ephemeral_container_in_the_pod(
         assert status["containerID"] == statuses(before)[name]["containerID"]
     assert after["status"]["podIP"] == before["status"]["podIP"]
     await wait_ready(admin, agent, "web")
+    out = await async_wait_for(
+        lambda: asyncio.to_thread(logs, agent, "web", "debugger"),
+        20,
+        message=lambda: f"the debugger's output\n{agent.log_tail()}",
+    )
+    assert out.strip() == "target-seen"
 
 
 async def test_a_lowered_active_deadline_fails_the_running_pod(
@@ -179,6 +196,12 @@ async def test_a_lowered_active_deadline_fails_the_running_pod(
 ) -> None:
     await create(admin, pod_manifest("web", SLEEP, grace=2))
     await wait_ready(admin, agent, "web")
+    out = await async_wait_for(
+        lambda: asyncio.to_thread(logs, agent, "web", "debugger"),
+        20,
+        message=lambda: f"the debugger's output\n{agent.log_tail()}",
+    )
+    assert out.strip() == "target-seen"
     await admin.patch(Pod, "web", {"spec": {"activeDeadlineSeconds": 2}}, namespace="default")
 
     async def stopped() -> dict[str, Any] | None:
