@@ -86,6 +86,13 @@ def _container_path(name: str, init: bool) -> str:
     return f"spec.{'initContainers' if init else 'containers'}{{{name}}}"
 
 
+_STATUS_GROUPS = (
+    ("initContainerStatuses", "initContainers"),
+    ("containerStatuses", "containers"),
+    ("ephemeralContainerStatuses", "ephemeralContainers"),
+)
+
+
 def pod_events(
     pod: PodRef,
     old: Mapping[str, Any] | None,
@@ -96,12 +103,12 @@ def pod_events(
     """Events for what changed from status ``old`` to ``new`` (``images``: container ->
     image, for messages)."""
     events: list[Event] = []
-    for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
+    for key, group in _STATUS_GROUPS:
         before = {c.get("name"): c for c in (old or {}).get(key) or []}
         for cur in new.get(key) or []:
             name = str(cur.get("name"))
             prev = before.get(name) or {}
-            path = _container_path(name, init)
+            path = f"spec.{group}{{{name}}}"
             image = images.get(name, str(cur.get("image", "")))
             cid = cur.get("containerID")
             if cid and prev.get("containerID") and cur.get("image") != prev.get("image"):

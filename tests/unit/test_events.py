@@ -222,3 +222,13 @@ def test_a_container_restarted_for_a_new_image_is_told_as_upstream_tells_it() ->
         pod, status("busybox:1.37", "c://1"), status("busybox:1.37", "c://2"), images={}
     )
     assert [e.reason for e in later] == ["Created", "Started"]
+
+
+def test_an_ephemeral_container_is_told_under_its_own_field_path() -> None:
+    pod = PodRef("default", "web", "uid-1")
+    debugger = {"name": "debugger", "image": "busybox", "containerID": "c://9", "state": {}}
+    events = pod_events(pod, {}, {"ephemeralContainerStatuses": [debugger]}, images={})
+    assert [(e.reason, e.field_path) for e in events] == [
+        ("Created", "spec.ephemeralContainers{debugger}"),
+        ("Started", "spec.ephemeralContainers{debugger}"),
+    ]
