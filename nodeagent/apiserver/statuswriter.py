@@ -4,8 +4,9 @@ Follows the kubelet's status manager:
 - The patch is a strategic merge patch carrying ``metadata.uid`` as a precondition (a pod
   replaced by a namesake answers 409 instead of receiving a stranger's status).
   ``conditions`` merge by ``type``, so only changed conditions are sent and conditions other
-  writers own (DisruptionTarget, say) are left alone; ``containerStatuses`` and
-  ``initContainerStatuses`` are atomic lists and are sent whole.
+  writers own (DisruptionTarget, say) are left alone; ``containerStatuses``,
+  ``initContainerStatuses`` and ``ephemeralContainerStatuses`` are atomic lists and are sent
+  whole.
 - "Changed" is judged against the API's own copy (from the watch, or from our last patch's
   answer, whichever is newer), compared as Go's ``omitempty`` would: a missing field and an
   empty one are the same. A condition whose status, reason and message hold keeps the API's
