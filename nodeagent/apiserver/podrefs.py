@@ -8,16 +8,17 @@ then, and the cluster link is told (``on_change``) when it is ready or has faile
 preparation is retried with backoff, as the kubelet retries a mount.
 
 A prepared pod follows the spec updates the API allows (a new image, activeDeadlineSeconds,
-ephemeral containers): the new spec is rewritten with the references fetched at preparation,
-so the env a container's spec resolves to, and with it its container hash, stays what it was
-and only what changed restarts. (Before, the first rewritten spec was kept forever and such
-a pod never saw an update.) A container's env is resolved again each time it is created, as
-the kubelet resolves env at container creation: ``container_env`` reads the ConfigMaps and Secrets
-again and gives the worker the env of now (a missing one is CreateContainerConfigError;
-an API out of reach keeps the env of the last resolution). Its files follow their
-sources too: every ``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and
-changed files replaced, and each token is renewed when 80% of its lifetime (at most 24 h)
-has passed, as the kubelet does.
+ephemeral containers): the new spec is rewritten with the references fetched at preparation
+(no round trip to the API on the way), so that only what the update changed differs; the
+first rewritten spec used to be kept forever, and such a pod never saw an update.
+
+A container's env is resolved again each time it is created, as the kubelet resolves env at
+container creation: ``container_env`` reads the ConfigMaps and Secrets again and gives the
+worker the env of now (a missing one is CreateContainerConfigError; an API out of reach
+keeps the env of the last resolution). Its files follow their sources too: every
+``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and changed files
+replaced, and each token is renewed when 80% of its lifetime (at most 24 h) has passed, as
+the kubelet does.
 
 Files are written by ``kubelet/projection.py`` (atomically, through a ``..data`` symlink;
 secrets on tmpfs), which the manifest directory's pods share.

@@ -10,6 +10,11 @@ We hash the model's ``Container`` the way Go's ``json.Marshal`` sees a struct of
 later, at its default, therefore leaves every hash as it was, and an agent upgrade restarts
 nothing. A container without the label (created before hashes existed) is never restarted
 for it.
+
+``env`` is left out. Upstream hashes env as the API holds it (``valueFrom`` references), but
+our model holds env resolved: ConfigMap and Secret values, read again when an agent restarts.
+Hashing those would restart a running container after an agent restart whenever a value it
+refers to changed in between, which the kubelet never does; and the API never lets env change.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ LABEL_CONTAINER_HASH = "io.kubernetes.container.hash"
 
 def container_hash(container: Container) -> str:
     """A short, stable hex digest of the container's spec."""
-    text = json.dumps(_plain(container), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(
+        _plain(dataclasses.replace(container, env=())), sort_keys=True, separators=(",", ":")
+    )
     return format(zlib.crc32(text.encode()), "08x")
 
 

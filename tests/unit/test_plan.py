@@ -21,6 +21,7 @@ from nodeagent.kubelet.plan import (
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import (
     Container,
+    EnvVar,
     ExecAction,
     Pod,
     PodSpec,
@@ -497,6 +498,8 @@ def test_the_hash_ignores_fields_at_their_defaults_and_sees_the_image() -> None:
     assert container_hash(plain) == container_hash(explicit)
     assert container_hash(plain) != container_hash(replace(plain, image="busybox:1.37"))
     assert container_hash(plain) != container_hash(replace(plain, command=("sh",)))
+    # Env is resolved (ConfigMap values, read again after an agent restart): not hashed.
+    assert container_hash(plain) == container_hash(replace(plain, env=(EnvVar("X", "1"),)))
     assert len(container_hash(plain)) == 8
 
 

@@ -212,7 +212,7 @@ async def test_a_pod_with_a_token_volume_follows_spec_updates(rig: Rig, api: Api
     assert volume_path(running_pod(rig, uid), "kube-api-access-").is_dir()
     (first,) = rig.running_containers(uid)
     sandboxes = rig.fake.count("run_sandbox")
-    # A ConfigMap change alone restarts nothing: the spec's env (and its hash) hold.
+    # A ConfigMap change alone restarts nothing, and the running spec's env holds.
     api.store.patch(CONFIGMAPS, "default", "cfg", MERGE, {"data": {"x": "two"}})
     rig.fake.images.add("busybox:1.37")
     image = {"spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]}}
