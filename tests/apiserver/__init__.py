@@ -13,7 +13,7 @@ upstream documents it follows and what it simplifies:
     selectors.py    label and field selectors
     patch.py        merge, strategic merge and JSON patches
     controllers.py  namespaces, EndpointSlices, the kubernetes Service
-    subresources.py TokenRequest, Binding, bearer tokens
+    subresources.py TokenRequest, Binding, ephemeral containers, bearer tokens
     handlers.py     the verbs over HTTP
     faults.py       fault injection
     tls.py          CA, certificates, kubeconfig files

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.apiserver import errors
+from tests.apiserver.admission import _default_pull_policy as default_pull_policy
 from tests.apiserver.patch import PatchError, apply
 from tests.apiserver.resources import PODS, SERVICEACCOUNTS
 from tests.apiserver.store import Store, rfc3339
@@ -192,15 +193,18 @@ def update_ephemeral(store: Store, namespace: str, name: str, body: Obj) -> Obj:
     wanted = copy.deepcopy((body.get("spec") or {}).get("ephemeralContainers") or [])
     spec = pod["spec"]
     old = {c["name"]: c for c in spec.get("ephemeralContainers") or []}
-    kept = {c.get("name"): c for c in wanted}
-    for gone in sorted(set(old) - set(kept))[:1]:
+    gone = sorted(set(old) - {c.get("name") for c in wanted})
+    if gone:
         raise errors.invalid(
             PODS,
             name,
-            f'spec.ephemeralContainers: Forbidden: existing ephemeral containers "{gone}" '
+            f'spec.ephemeralContainers: Forbidden: existing ephemeral containers "{gone[0]}" '
             "may not be removed",
         )
-    taken = {c["name"] for group in ("containers", "initContainers") for c in spec.get(group) or []}
+    targets = {
+        c["name"] for group in ("containers", "initContainers") for c in spec.get(group) or []
+    }
+    taken = targets | set(old)
     for i, container in enumerate(wanted):
         if container.get("name") in old:
             if container != old[container["name"]]:
@@ -211,14 +215,17 @@ def update_ephemeral(store: Store, namespace: str, name: str, body: Obj) -> Obj:
                     f'"{container["name"]}" may not be changed',
                 )
             continue
-        _check_new_ephemeral(name, f"spec.ephemeralContainers[{i}]", container, taken)
+        _check_new_ephemeral(name, f"spec.ephemeralContainers[{i}]", container, taken, targets)
         taken.add(container["name"])
     new = copy.deepcopy(pod)
     new["spec"]["ephemeralContainers"] = wanted
     return store.replace(PODS, new)
 
 
-def _check_new_ephemeral(pod: str, path: str, container: Obj, taken: set[str]) -> None:
+def _check_new_ephemeral(
+    pod: str, path: str, container: Obj, taken: set[str], targets: set[str]
+) -> None:
+    """``taken``: every container name so far; ``targets``: the pod's own containers."""
     for required in ("name", "image"):
         if not container.get(required):
             raise errors.invalid(PODS, pod, f"{path}.{required}: Required value")
@@ -233,17 +240,8 @@ def _check_new_ephemeral(pod: str, path: str, container: Obj, taken: set[str]) -
                 f"{path}.{forbidden}: Forbidden: cannot be set for an Ephemeral Container",
             )
     target = container.get("targetContainerName")
-    if target and target not in taken:
+    if target and target not in targets:
         raise errors.invalid(PODS, pod, f'{path}.targetContainerName: Not found: "{target}"')
     container.setdefault("imagePullPolicy", default_pull_policy(container["image"]))
     container.setdefault("terminationMessagePath", "/dev/termination-log")
     container.setdefault("terminationMessagePolicy", "File")
-
-
-def default_pull_policy(image: str) -> str:
-    """Always for ``:latest`` or no tag, else IfNotPresent (a digest: IfNotPresent)."""
-    last = image.rsplit("/", 1)[-1]
-    if "@" in last:
-        return "IfNotPresent"
-    tag = last.split(":", 1)[1] if ":" in last else "latest"
-    return "Always" if tag == "latest" else "IfNotPresent"
