@@ -1,8 +1,9 @@
 """Spec updates keep the pod, end to end against the test API server, on containerd and on
 Docker Engine (``runtime_target``): a new image restarts only that container in the same
-sandbox, as the kubelet's computePodActions does; ``kubectl debug`` adds an ephemeral
-container through the pods/ephemeralcontainers subresource and it runs beside the others; a
-lowered activeDeadlineSeconds fails the running pod.
+sandbox, as the kubelet's computePodActions does (in a pod with a projected token volume,
+whose spec the agent rewrites); ``kubectl debug`` adds an ephemeral container through the
+pods/ephemeralcontainers subresource, and it runs beside the others and sees its target's
+processes; a lowered activeDeadlineSeconds fails the running pod.
 
 No registry is reachable: the "new image" is the local busybox under a second tag, added to
 the node's runtime by the test.
@@ -76,8 +77,8 @@ async def sandbox_ids(target: RuntimeTarget, uid: str) -> list[str]:
     return sorted(s.id for s in found if s.uid == uid)
 
 
-def two_containers(name: str, script: str = SLEEP) -> dict[str, Any]:
-    body = pod_manifest(name, script, grace=2)
+def two_containers(name: str, script: str = SLEEP, *, token: bool = False) -> dict[str, Any]:
+    body = pod_manifest(name, script, grace=2, token=token)
     main = body["spec"]["containers"][0]
     body["spec"]["containers"].append({**main, "name": "side"})
     return body
@@ -86,8 +87,12 @@ def two_containers(name: str, script: str = SLEEP) -> dict[str, Any]:
 async def test_a_new_image_restarts_only_that_container(
     admin: AsyncClient, agent: Agent, runtime_target: RuntimeTarget
 ) -> None:
-    uid = await create(admin, two_containers("web"))
+    # With the service account's projected token volume: such a pod runs a rewritten spec,
+    # which must follow the update too.
+    uid = await create(admin, two_containers("web", token=True))
     before = await wait_ready(admin, agent, "web")
+    mounts = before["spec"]["containers"][0]["volumeMounts"]
+    assert any(m["name"].startswith("kube-api-access-") for m in mounts)
     sandboxes = await sandbox_ids(runtime_target, uid)
     assert len(sandboxes) == 1
     old = statuses(before)
