@@ -97,6 +97,18 @@ async def test_a_new_image_restarts_only_that_container(
     assert len(sandboxes) == 1
     old = statuses(before)
     tag_second_image(runtime_target)
+    seen: list[str] = []
+
+    async def told(reason: str) -> list[str]:
+        events = [e async for e in admin.list(Event, namespace="default")]
+        seen[:] = [f"{e.reason}: {e.message}" for e in events]
+        return [
+            e.message or "" for e in events if e.reason == reason and e.involvedObject.name == "web"
+        ]
+
+    # The Killing event is derived, as the others, from the statuses the agent observes: it
+    # needs to have seen the old container run under its old image (best effort, as events).
+    await async_wait_for(lambda: told("Started"), 20, message=lambda: f"Started among {seen}")
 
     patch = {"spec": {"containers": [{"name": "main", "image": NEW_TAG}]}}
     await admin.patch(Pod, "web", patch, namespace="default")
@@ -119,15 +131,9 @@ async def test_a_new_image_restarts_only_that_container(
     assert after["metadata"]["uid"] == uid
     assert await sandbox_ids(runtime_target, uid) == sandboxes
 
-    async def killing() -> list[str]:
-        events = [e async for e in admin.list(Event, namespace="default")]
-        return [
-            e.message or ""
-            for e in events
-            if e.reason == "Killing" and e.involvedObject.name == "web"
-        ]
-
-    (message,) = await async_wait_for(killing, 20, message="the Killing event")
+    (message,) = await async_wait_for(
+        lambda: told("Killing"), 20, message=lambda: f"the Killing event among {seen}"
+    )
     assert message == "Container main definition changed, will be restarted"
 
 

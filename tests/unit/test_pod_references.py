@@ -17,7 +17,7 @@ from tests.apiserver import ApiServer
 from tests.apiserver.resources import CONFIGMAPS, PODS, SECRETS
 from tests.apiserver.subresources import patch_ephemeral
 from tests.unit.rig import IMAGE
-from tests.unit.test_cluster_link import Rig, eventually, pod_body, ready
+from tests.unit.test_cluster_link import Rig, events_of, eventually, pod_body, ready
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MERGE = "application/merge-patch+json"
@@ -227,6 +227,13 @@ async def test_a_pod_with_a_token_volume_follows_spec_updates(rig: Rig, api: Api
     assert env_of(rig, uid) == {"X": "one"}  # as prepared: the running spec's env is stable
     (second,) = rig.running_containers(uid)
     assert second != first and rig.fake.count("run_sandbox") == sandboxes
+
+    def killing() -> list[str]:
+        events = events_of(api, "web")
+        return [e["message"] for e in events if e["reason"] == "Killing"]
+
+    (told,) = await eventually(killing, what=f"the Killing event: {events_of(api, 'web')}")
+    assert told == "Container app definition changed, will be restarted"
 
     debugger = {"name": "debugger", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}
     patch_ephemeral(api.store, "default", "web", SMP, {"spec": {"ephemeralContainers": [debugger]}})
