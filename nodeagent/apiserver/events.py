@@ -112,7 +112,8 @@ def pod_events(
             image = images.get(name, str(cur.get("image", "")))
             cid = cur.get("containerID")
             if cid and prev.get("containerID") and cur.get("image") != prev.get("image"):
-                # computePodActions' words for a container restarted for a new spec.
+                # computePodActions' words for a container restarted for a new spec (seen in
+                # the statuses: none if the old one was never seen running its old image).
                 message = f"Container {name} definition changed, will be restarted"
                 events.append(Event(pod, path, "Normal", "Killing", message))
             if cid and cid != prev.get("containerID"):
