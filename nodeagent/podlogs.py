@@ -85,9 +85,11 @@ def find_log(
     )
     if entry is None:
         raise LogsError(f"pod {namespace}/{pod} not found on this node")
-    statuses = entry["status"].get("containerStatuses", []) + entry["status"].get(
-        "initContainerStatuses", []
-    )
+    statuses = [
+        s
+        for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
+        for s in entry["status"].get(key, [])
+    ]
     names = [s["name"] for s in entry["status"].get("containerStatuses", [])]
     if container is None:
         if len(names) != 1:

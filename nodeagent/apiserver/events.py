@@ -87,6 +87,11 @@ def _container_path(name: str, init: bool) -> str:
 
 
 NETWORK_NOT_READY = "network is not ready:"  # the worker's waiting message (kubelet's words)
+_STATUS_GROUPS = (
+    ("initContainerStatuses", "initContainers"),
+    ("containerStatuses", "containers"),
+    ("ephemeralContainerStatuses", "ephemeralContainers"),
+)
 
 
 def pod_events(
@@ -100,14 +105,19 @@ def pod_events(
     image, for messages)."""
     events: list[Event] = []
     network_told = False
-    for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
+    for key, group in _STATUS_GROUPS:
         before = {c.get("name"): c for c in (old or {}).get(key) or []}
         for cur in new.get(key) or []:
             name = str(cur.get("name"))
             prev = before.get(name) or {}
-            path = _container_path(name, init)
+            path = f"spec.{group}{{{name}}}"
             image = images.get(name, str(cur.get("image", "")))
             cid = cur.get("containerID")
+            if cid and prev.get("containerID") and cur.get("image") != prev.get("image"):
+                # computePodActions' words for a container restarted for a new spec (seen in
+                # the statuses: none if the old one was never seen running its old image).
+                message = f"Container {name} definition changed, will be restarted"
+                events.append(Event(pod, path, "Normal", "Killing", message))
             if cid and cid != prev.get("containerID"):
                 events.append(Event(pod, path, "Normal", "Created", f"Created container {name}"))
                 events.append(Event(pod, path, "Normal", "Started", f"Started container {name}"))

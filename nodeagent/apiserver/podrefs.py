@@ -7,14 +7,18 @@ writes the volume files and keeps the rewritten spec; the pod is held back (``Ho
 then, and the cluster link is told (``on_change``) when it is ready or has failed. A failed
 preparation is retried with backoff, as the kubelet retries a mount.
 
-Once prepared, a pod's spec never changes (the manager would replace a pod whose spec
-changed), but a container's env is resolved again each time it is created, as the kubelet
-resolves env at container creation: ``container_env`` reads the ConfigMaps and Secrets
-again and gives the worker the env of now (a missing one is CreateContainerConfigError;
-an API out of reach keeps the env of the last resolution). Its files follow their
-sources too: every ``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and
-changed files replaced, and each token is renewed when 80% of its lifetime (at most 24 h)
-has passed, as the kubelet does.
+A prepared pod follows the spec updates the API allows (a new image, activeDeadlineSeconds,
+ephemeral containers): the new spec is rewritten with the references fetched at preparation
+(no round trip to the API on the way), so that only what the update changed differs; the
+first rewritten spec used to be kept forever, and such a pod never saw an update.
+
+A container's env is resolved again each time it is created, as the kubelet resolves env at
+container creation: ``container_env`` reads the ConfigMaps and Secrets again and gives the
+worker the env of now (a missing one is CreateContainerConfigError; an API out of reach
+keeps the env of the last resolution). Its files follow their sources too: every
+``REFRESH_S`` the running pods' ConfigMaps and Secrets are read again and changed files
+replaced, and each token is renewed when 80% of its lifetime (at most 24 h) has passed, as
+the kubelet does.
 
 Files are written by ``kubelet/projection.py`` (atomically, through a ``..data`` symlink;
 secrets on tmpfs), which the manifest directory's pods share.
@@ -72,6 +76,8 @@ class _Token:
 class _Entry:
     obj: Obj
     spec: Obj | None = None  # the rewritten spec, once prepared
+    source: Obj | None = None  # the API's spec that ``spec`` was rewritten from
+    lookup: Lookup | None = None  # what the preparation fetched
     hold: Hold = field(default_factory=lambda: Hold(MOUNT_ERROR, "", error=False))
     task: asyncio.Task[None] | None = None
     tokens: dict[TokenSpec, _Token] = field(default_factory=dict)
@@ -104,7 +110,20 @@ class PodReferences:
         if entry is None or entry.spec is None:
             return None
         entry.obj = obj
+        if obj.get("spec") != entry.source:
+            self._follow_update(entry)
         return {**obj, "spec": entry.spec}
+
+    def _follow_update(self, entry: _Entry) -> None:
+        """Rewrite an updated spec with the references of the preparation. A new reference
+        (an ephemeral container's env) that lookup lacks keeps the last good spec."""
+        try:
+            doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=entry.lookup)
+        except RefError as exc:
+            log.warning("pod_update_not_followed", pod=_name(entry.obj), error=exc.message)
+        else:
+            entry.spec = doc["spec"]
+        entry.source = entry.obj.get("spec")
 
     def prepare(self, obj: Obj) -> Obj | Hold:
         """The document to run, or why not yet (starting the work if need be)."""
@@ -139,6 +158,7 @@ class PodReferences:
         while True:
             try:
                 lookup = await self._fetch(entry)
+                source = entry.obj.get("spec")  # what ``doc`` is made of: obj may change
                 doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=lookup)
                 await self._write_volumes(entry.obj, lookup)
             except RefError as exc:
@@ -148,7 +168,7 @@ class PodReferences:
             except OSError as exc:
                 entry.hold = Hold(MOUNT_ERROR, f"cannot write the pod's volumes: {exc}")
             else:
-                entry.spec = doc["spec"]
+                entry.spec, entry.source, entry.lookup = doc["spec"], source, lookup
                 log.info("pod_references_ready", pod=name)
                 self._on_change()
                 return

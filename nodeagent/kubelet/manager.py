@@ -1,8 +1,12 @@
 """The pod manager: desired pods in, one worker per pod incarnation out.
 
-It owns the map ``namespace/name -> PodWorker`` and nothing else. A changed spec (a new uid)
-replaces the pod: the old worker terminates first, and only then does the new one start, so
-two incarnations of a pod never run side by side. Runtime pods that no worker owns
+It owns the map ``namespace/name -> PodWorker`` and nothing else. A new uid under the same
+name (a static pod's edited manifest, an API pod deleted and created again) replaces the
+pod: the old worker terminates first, and only then does the new one start, so two
+incarnations of a pod never run side by side. A changed spec under the same uid (the
+updates the API allows: an image, activeDeadlineSeconds, ephemeral containers) goes to the
+running worker, whose next plan acts on it in the same sandbox, as the kubelet's
+``computePodActions`` does. Runtime pods that no worker owns
 (orphans: manifests removed while the agent was down, leftovers of a crash) are torn down
 once the first relist has shown what the runtime holds.
 """
@@ -52,15 +56,10 @@ class PodManager:
         for key in list(self._workers):
             worker = self._workers[key]
             pod = self._desired.get(key)
-            if pod is None or pod.uid != worker.pod.uid or pod.spec != worker.pod.spec:
+            if pod is None or pod.uid != worker.pod.uid:
                 self._retire(key)
             elif pod != worker.pod:
-                # Labels, annotations or readiness-gate conditions of an API pod: nothing
-                # to restart, but the status (Ready) is computed again.
-                gates_changed = pod.gate_conditions != worker.pod.gate_conditions
-                worker.pod = pod
-                if gates_changed:
-                    worker.wake()
+                worker.update(pod)
         if self.ctx.cache.synced.is_set():
             self.cleanup_orphans()
         for key, pod in self._desired.items():

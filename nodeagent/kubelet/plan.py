@@ -14,9 +14,15 @@ Order of business:
    and its startup probe, if any, has succeeded;
 3. app containers (and sidecars, which restart on any exit whatever the pod's policy): start
    missing ones, restart exited ones per restartPolicy (behind the CrashLoopBackOff delay),
-   kill those whose liveness or startup probe failed;
+   kill those whose liveness or startup probe failed, and kill and start again at once,
+   whatever the policy, a running one whose container hash differs from its spec's (the
+   spec changed: a new image), as upstream's "definition changed, will be restarted";
 4. remove dead instances older than the latest one of each container, and sandboxes that a
    newer sandbox replaced.
+
+Ephemeral containers (``kubectl debug``) start once a sandbox is ready, beside the init
+containers' work so that a debugger can look at a pod stuck in initialization, and only if
+no instance of them exists: they are never restarted, and count for nothing in completion.
 
 Sidecars never hold a pod back from completion: once its app containers are done for good
 (restartPolicy Never/OnFailure), the pod is finished and its sidecars are stopped, in
@@ -28,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from nodeagent.kubelet import backoff
+from nodeagent.kubelet import backoff, containerhash
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import Container, Pod, RestartPolicy
 from nodeagent.runtime.base import ContainerInfo, ContainerState, SandboxInfo
@@ -39,6 +45,8 @@ class StartContainer:
     container: Container
     attempt: int
     init: bool = False
+    # A restart for a changed spec, not for a failure: it does not feed CrashLoopBackOff.
+    changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,17 +160,28 @@ def plan_pod(inp: PlanInput) -> PodActions:
         return PodActions(finished=True, prune=_prune(pod, runtime), kill=kills)
     prune = _prune(pod, runtime)
     dead = tuple(s for s in runtime.sandboxes if s.id != sandbox.id)
+    ephemeral = _plan_ephemeral(inp)
     init_actions = _plan_init(inp, sandbox.id)
     if init_actions is not None:
         return PodActions(
-            start=init_actions.start,
+            start=(*ephemeral, *init_actions.start),
             backoff=init_actions.backoff,
             kill=init_actions.kill,
             prune=prune,
             prune_sandboxes=dead,
             finished=init_actions.finished,
         )
-    return replace(_plan_app(inp, sandbox.id, prune), prune_sandboxes=dead)
+    app = _plan_app(inp, sandbox.id, prune)
+    return replace(app, start=(*ephemeral, *app.start), prune_sandboxes=dead)
+
+
+def _plan_ephemeral(inp: PlanInput) -> tuple[StartContainer, ...]:
+    """Ephemeral containers with no instance anywhere in the pod: each runs once."""
+    return tuple(
+        StartContainer(c, 0)
+        for c in inp.pod.spec.ephemeral_containers
+        if inp.runtime.latest(c.name) is None
+    )
 
 
 def _restart_or_backoff(
@@ -251,9 +270,9 @@ def _plan_app(inp: PlanInput, sandbox_id: str, prune: tuple[ContainerInfo, ...])
             attempt = next_attempt(inp.runtime, container.name)
             starts.append(StartContainer(container, attempt, init=container.sidecar))
         elif last.state is ContainerState.RUNNING:
-            reason = inp.unhealthy.get(container.name)
-            if reason is not None:
-                kills.append(KillContainer(last, reason, _probe_grace(container)))
+            kill, restart = _plan_running(inp, container, last)
+            kills.extend(kill)
+            starts.extend(restart)
         elif last.state is ContainerState.EXITED:
             if not should_restart(policy, last.exit_code):
                 continue
@@ -273,6 +292,22 @@ def _plan_app(inp: PlanInput, sandbox_id: str, prune: tuple[ContainerInfo, ...])
     return PodActions(kill=tuple(kills), start=tuple(starts), backoff=waits, prune=prune)
 
 
+def _plan_running(
+    inp: PlanInput, container: Container, last: ContainerInfo
+) -> tuple[tuple[KillContainer, ...], tuple[StartContainer, ...]]:
+    """A running container: killed and started again at once, whatever the restart policy,
+    when its spec changed (nothing failed, so no backoff); killed when a probe failed."""
+    if containerhash.changed(container, last.labels):
+        reason = f"Container {container.name} definition changed, will be restarted"
+        attempt = next_attempt(inp.runtime, container.name)
+        start = StartContainer(container, attempt, init=container.sidecar, changed=True)
+        return (KillContainer(last, reason),), (start,)
+    unhealthy = inp.unhealthy.get(container.name)
+    if unhealthy is not None:
+        return (KillContainer(last, unhealthy, _probe_grace(container)),), ()
+    return (), ()
+
+
 def _probe_grace(container: Container) -> int | None:
     """A liveness/startup probe's own terminationGracePeriodSeconds overrides the pod's."""
     for probe in (container.liveness_probe, container.startup_probe):
@@ -290,6 +325,6 @@ def _prune(pod: Pod, runtime: RuntimePod) -> tuple[ContainerInfo, ...]:
         ]
         # The newest dead instance stays: it is the container's lastState.
         doomed.extend(dead[1:])
-    known = {c.name for c in pod.all_containers()}
+    known = {c.name for c in (*pod.all_containers(), *pod.spec.ephemeral_containers)}
     doomed.extend(c for c in runtime.containers if c.name not in known)
     return tuple(doomed)

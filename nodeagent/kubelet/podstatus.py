@@ -98,6 +98,12 @@ def compute_status(inp: StatusInput) -> Json:
     if inits:
         status["initContainerStatuses"] = inits
     status["containerStatuses"] = apps
+    if pod.spec.ephemeral_containers:
+        status["ephemeralContainerStatuses"] = [
+            # Never ready: readiness is for what serves, as upstream's prober manager sees it.
+            {**_container_status(inp, c, init=False), "ready": False}
+            for c in pod.spec.ephemeral_containers
+        ]
     status["qosClass"] = qos_class(pod)
     return status
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nodeagent.kubelet import envvars, security
+from nodeagent.kubelet.containerhash import LABEL_CONTAINER_HASH, container_hash
 from nodeagent.kubelet.dns import DNSSettings, sandbox_dns
 from nodeagent.kubelet.etchosts import kernel_hostname
 from nodeagent.model.pod import Container, Pod
@@ -117,7 +118,12 @@ def container_config(
     facts: envvars.PodFacts,
     volume_paths: Mapping[str, str],
     files: PodFiles = PodFiles(),
+    spec_hash: str = "",
+    pid_target: str = "",
 ) -> ContainerConfig:
+    """``spec_hash``: the hash of the container as the pod spec has it (before env is resolved
+    afresh or sub-paths expanded), so that the next plan compares like with like."""
+    spec_hash = spec_hash or container_hash(container)
     env = envvars.resolve_env(pod, container, facts)
     command, args = envvars.expand_command(container, env)
     return ContainerConfig(
@@ -130,9 +136,15 @@ def container_config(
         working_dir=container.working_dir,
         env=env,
         mounts=container_mounts(container, volume_paths, files),
-        annotations={"io.kubernetes.container.restartCount": str(attempt)},
+        # The hash is a label too: both backends report labels back, annotations not.
+        labels={LABEL_CONTAINER_HASH: spec_hash},
+        annotations={
+            "io.kubernetes.container.restartCount": str(attempt),
+            LABEL_CONTAINER_HASH: spec_hash,
+        },
         resources=resources(container),
         stdin=container.stdin,
         tty=container.tty,
         security=security.container_security(pod, container),
+        pid_target=pid_target,
     )

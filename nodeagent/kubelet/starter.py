@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nodeagent.kubelet import envvars, etchosts, nodestatus, security, specs, termination, volumes
+from nodeagent.kubelet.containerhash import container_hash
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.model.pod import Container, EnvVar, Pod
-from nodeagent.runtime.base import ContainerID, RuntimeFailure, SandboxInfo
+from nodeagent.runtime.base import ContainerID, ContainerState, RuntimeFailure, SandboxInfo
 
 NODE_HOSTS = Path("/etc/hosts")  # what a host-network pod's /etc/hosts starts from
 EnvSource = Callable[[Pod, str], Awaitable[tuple[EnvVar, ...] | None]]
@@ -47,6 +48,7 @@ async def create_and_start(
 ) -> tuple[Container, ContainerID]:
     """Create and start the container; return it as started (env, sub-paths) and its id."""
     reason = "CreateContainerConfigError"
+    spec_hash = container_hash(container)  # of the spec, before env and sub-paths resolve
     try:
         if env_source is not None:  # env is resolved at each container creation
             fresh = await env_source(pod, container.name)
@@ -66,6 +68,8 @@ async def create_and_start(
             facts=pod_facts,
             volume_paths=paths,
             files=await pod_files(ctx, pod, container, attempt, sandbox.ip),
+            spec_hash=spec_hash,
+            pid_target=pid_target(ctx, pod, container),
         )
         sandbox_config = specs.sandbox_config(
             pod, attempt=sandbox.attempt, pod_log_dir=ctx.pod_log_dir, dns=ctx.dns
@@ -77,6 +81,16 @@ async def create_and_start(
     except (RuntimeFailure, KeyError, ValueError, volumes.VolumeError, OSError) as exc:
         raise StartError(reason, str(exc)) from exc
     return container, container_id
+
+
+def pid_target(ctx: KubeletContext, pod: Pod, container: Container) -> str:
+    """The running instance of an ephemeral container's target, whose processes it sees
+    (``kubectl debug --target``); "" when there is none (it then gets a PID namespace of
+    its own, as the runtime gives one)."""
+    if not container.target_container_name:
+        return ""
+    target = ctx.cache.get(pod.uid).latest(container.target_container_name)
+    return target.id if target is not None and target.state is ContainerState.RUNNING else ""
 
 
 async def check_non_root(ctx: KubeletContext, pod: Pod, container: Container) -> None:

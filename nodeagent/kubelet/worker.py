@@ -9,7 +9,8 @@ Lifecycle, stored as ``WorkerState`` and never inferred from timestamps::
 
 While SYNCING the worker loops: refresh its pod from the runtime, ``plan_pod`` (pure), carry
 out the actions, publish status, then sleep until woken (a runtime change seen by the
-relister, a probe result, a spec event) or until the next backoff deadline. Every failure
+relister, a probe result, a spec update handed over by ``update``) or until the next
+backoff or activeDeadlineSeconds deadline. Every failure
 of one pod stays in that pod: it becomes a waiting reason in its status and a log event.
 How one container is created and started is in starter.py; how containers are stopped
 (preStop, grace periods, sidecars last) is in stopper.py.
@@ -92,6 +93,15 @@ class PodWorker:
             self._task = asyncio.create_task(self._run(), name=f"pod:{self.pod.key}")
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def update(self, pod: Pod) -> None:
+        """The same pod (uid) with a newer spec or metadata: the next plan follows it."""
+        if pod.spec != self.pod.spec:
+            self.log.info("pod_spec_updated")
+            own_dir = str(volumes.pod_dir(self.ctx.state_dir, pod))
+            self._forbidden = privilege_errors(pod, self.ctx.privilege, own_dir=own_dir)
+        self.pod = pod
         self._wake.set()
 
     def terminate(self, grace_s: int | None = None) -> None:
@@ -345,7 +355,7 @@ class PodWorker:
         container, log = start.container, self.log.bind(container=start.container.name)
         if not await self._pull(start, log):
             return False
-        if start.attempt > 0:
+        if start.attempt > 0 and not start.changed:
             now = time.time()
             self._backoffs[container.name] = backoff.advance(
                 self._backoffs.get(container.name), now=now

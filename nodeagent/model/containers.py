@@ -78,11 +78,30 @@ _CONTAINER_IGNORED = (
 # The rest of v1.Container (Kubernetes 1.32), not honoured here. envFrom is resolved into
 # env before a pod reaches this module (``model.refs``); one left over is an error.
 _CONTAINER_UPSTREAM = ("envFrom", "volumeDevices")
+_EPHEMERAL_FORBIDDEN = (
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+    "resources",
+    "restartPolicy",
+)
 
 
-def parse_container(c: Node, volume_names: set[str], *, init: bool = False) -> Container:
-    """``volume_names`` are the pod's, for mounts; ``init`` allows restartPolicy (sidecars)."""
-    c.reject_unknown(_CONTAINER_KNOWN, _CONTAINER_IGNORED, upstream=_CONTAINER_UPSTREAM)
+def parse_container(
+    c: Node, volume_names: set[str], *, init: bool = False, ephemeral: bool = False
+) -> Container:
+    """``volume_names`` are the pod's, for mounts; ``init`` allows restartPolicy (sidecars);
+    ``ephemeral`` (``kubectl debug``) allows targetContainerName and forbids what upstream
+    forbids an ephemeral container: ports, probes, lifecycle, resources."""
+    extra = ("targetContainerName",) if ephemeral else ()
+    c.reject_unknown((*_CONTAINER_KNOWN, *extra), _CONTAINER_IGNORED, upstream=_CONTAINER_UPSTREAM)
+    if ephemeral:
+        for forbidden in _EPHEMERAL_FORBIDDEN:
+            # An empty value is unset (kubectl debug sends ``resources: {}``).
+            if c.present(forbidden) and c.value.get(forbidden) not in ({}, []):
+                c.error("may not be set for ephemeral containers", forbidden)
     name = c.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):
         c.error(f"{name!r} is not a valid DNS-1123 label", "name")
@@ -121,6 +140,7 @@ def parse_container(c: Node, volume_names: set[str], *, init: bool = False) -> C
         sidecar=sidecar,
         security_context=security.container_security_context(c),
         termination_message_path=_termination_message_path(c),
+        target_container_name=c.string("targetContainerName") if ephemeral else "",
         termination_message_policy=TerminationMessagePolicy(
             c.enum_value(
                 "terminationMessagePolicy",

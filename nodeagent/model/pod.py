@@ -188,6 +188,8 @@ class Container:
     security_context: SecurityContext = SecurityContext()
     termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
     termination_message_policy: TerminationMessagePolicy = TerminationMessagePolicy.FILE
+    # An ephemeral container's target (``kubectl debug --target``): whose processes it sees.
+    target_container_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -259,11 +261,16 @@ class PodSpec:
     readiness_gates: tuple[str, ...] = ()
     set_hostname_as_fqdn: bool = False  # the kernel hostname is the pod's FQDN (if it has one)
     runtime_class_name: str = ""  # API pods only; the cluster link checks its handler
+    # Added later through the pods/ephemeralcontainers subresource; each runs once, never
+    # restarted, and counts for nothing in the pod's phase or readiness.
+    ephemeral_containers: tuple[Container, ...] = ()
 
 
 @dataclass(frozen=True)
 class Pod:
-    """A desired pod. ``uid`` identifies one incarnation: a changed spec gets a new uid."""
+    """A desired pod. ``uid`` identifies one incarnation. An API pod keeps its uid through
+    the spec updates the API allows (images, activeDeadlineSeconds, ephemeral containers); a
+    static pod's uid hashes its content, so an edited manifest is a new pod."""
 
     uid: PodUID
     name: str

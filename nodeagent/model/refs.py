@@ -102,7 +102,8 @@ class Lookup:
 
 
 def pod_containers(spec: Obj) -> list[Obj]:
-    return [c for group in ("initContainers", "containers") for c in spec.get(group) or []]
+    groups = ("initContainers", "containers", "ephemeralContainers")
+    return [c for group in groups for c in spec.get(group) or []]
 
 
 def _env_uses_objects(container: Obj) -> bool:

@@ -30,6 +30,7 @@ from nodeagent.model import quantity, security
 from nodeagent.model.containers import DNS1123_LABEL, parse_container, read_quantity
 from nodeagent.model.fields import FieldError, Node, ValidationError
 from nodeagent.model.pod import (
+    Container,
     DNSPolicy,
     EmptyDirSource,
     HostPathSource,
@@ -94,6 +95,7 @@ _SPEC_KNOWN = (
     "hostUsers",
     "runtimeClassName",
     "resourceClaims",
+    "ephemeralContainers",
 )
 # Scheduling and admission hints that have no effect on a pod already bound to this node.
 _SPEC_IGNORED = (
@@ -110,8 +112,6 @@ _SPEC_IGNORED = (
     "overhead",  # RuntimeClass admission's figure; only the default handler runs here
     # Pulls do not use registry credentials yet; images pull anonymously or are local.
     "imagePullSecrets",
-    # Accepted: a pod never fails for them; running them is the debug containers' work.
-    "ephemeralContainers",
 )
 # The rest of v1.PodSpec (Kubernetes 1.32): defined upstream, not honoured here.
 _SPEC_UPSTREAM = (
@@ -253,7 +253,11 @@ def _pod_spec(spec: Node, *, lenient: bool) -> PodSpec:
     if not containers:
         spec.error("at least one container is required", "containers")
     inits = tuple(parse_container(c, volume_names, init=True) for c in spec.items("initContainers"))
-    _check_unique(spec, "containers", [c.name for c in inits + containers])
+    ephemeral = tuple(
+        parse_container(c, volume_names, ephemeral=True) for c in spec.items("ephemeralContainers")
+    )
+    _check_unique(spec, "containers", [c.name for c in inits + containers + ephemeral])
+    _check_targets(spec, ephemeral, {c.name for c in inits + containers})
     _check_unique(spec, "volumes", [v.name for v in volumes])
     policy = spec.enum_value(
         "restartPolicy", [p.value for p in RestartPolicy], default=RestartPolicy.ALWAYS.value
@@ -288,6 +292,7 @@ def _pod_spec(spec: Node, *, lenient: bool) -> PodSpec:
         readiness_gates=_readiness_gates(spec),
         set_hostname_as_fqdn=spec.boolean("setHostnameAsFQDN"),
         runtime_class_name=spec.string("runtimeClassName"),
+        ephemeral_containers=ephemeral,
     )
 
 
@@ -365,6 +370,16 @@ def _dns_config(spec: Node) -> PodDNSConfig | None:
     if none_policy and not config.nameservers:
         spec.error("at least one nameserver is required with dnsPolicy None", "dnsConfig")
     return config
+
+
+def _check_targets(spec: Node, ephemeral: tuple[Container, ...], names: set[str]) -> None:
+    for container in ephemeral:
+        target = container.target_container_name
+        if target and target not in names:
+            spec.error(
+                f"{container.name}: targetContainerName {target!r} is not a container of the pod",
+                "ephemeralContainers",
+            )
 
 
 def _check_unique(spec: Node, what: str, names: list[str]) -> None:

@@ -160,6 +160,9 @@ class ContainerConfig:
     stdin: bool = False
     tty: bool = False
     security: ContainerSecurity = ContainerSecurity()
+    # A container of the same pod whose PID namespace this one joins (an ephemeral
+    # container's target), when the pod shares none of its own.
+    pid_target: str = ""
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def container_spec(
     host: dict[str, Any] = {
         "network_mode": "host" if sandbox.host_network else f"container:{sandbox_id}",
         "ipc_mode": "host" if sandbox.host_ipc else f"container:{sandbox_id}",
-        **pid_mode(sandbox_id, sandbox),
+        **pid_mode(sandbox_id, sandbox, config.pid_target),
         **security_args(config.security),
         "mounts": [
             {
@@ -246,11 +246,15 @@ def container_spec(
     return CreateSpec(container=container, host=host)
 
 
-def pid_mode(sandbox_id: base.SandboxID, sandbox: base.SandboxConfig) -> dict[str, str]:
+def pid_mode(
+    sandbox_id: base.SandboxID, sandbox: base.SandboxConfig, target: str = ""
+) -> dict[str, str]:
     if sandbox.host_pid:
         return {"pid_mode": "host"}
     if sandbox.share_pid:
         return {"pid_mode": f"container:{sandbox_id}"}
+    if target:
+        return {"pid_mode": f"container:{target}"}
     return {}
 
 

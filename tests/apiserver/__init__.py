@@ -17,7 +17,7 @@ upstream documents it follows and what it simplifies:
     patch.py        merge, strategic merge and JSON patches
     controllers.py  namespaces, EndpointSlices, the kubernetes Service
     ipam.py         node IPAM: podCIDR assigned a moment after a Node is created
-    subresources.py TokenRequest, Binding, bearer tokens
+    subresources.py TokenRequest, Binding, ephemeral containers, bearer tokens
     handlers.py     the verbs over HTTP
     faults.py       fault injection
     tls.py          CA, certificates, kubeconfig files

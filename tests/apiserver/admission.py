@@ -10,7 +10,8 @@ Follows, per kind:
   /var/run/secrets/kubernetes.io/serviceaccount unless automount is off; mirror pods are left
   alone); DefaultTolerationSeconds (not-ready/unreachable NoExecute for 300 s); and pod update
   validation (the spec is immutable but for images, activeDeadlineSeconds, tolerations and
-  scheduling gates). The graceful-deletion period rules live in ``deletion_grace``.
+  scheduling gates; activeDeadlineSeconds may be set or lowered, never raised or removed).
+  The graceful-deletion period rules live in ``deletion_grace``.
 - Pod status writes: the IP conversion and ``ValidatePodStatusUpdate`` (``podstatus.py``).
 - Services: type, ports, ``targetPort`` and policy defaults, then ``allocators.assign``.
 - Namespaces: the ``kubernetes`` finalizer, ``phase: Active`` and the
@@ -275,6 +276,7 @@ class Admission:
                 ]
             return out
 
+        _deadline_update(old, new)
         if frozen(old.get("spec", {})) != frozen(new.get("spec", {})):
             raise errors.invalid(
                 PODS,
@@ -330,3 +332,20 @@ class Admission:
             data = secret.setdefault("data", {})
             for key, value in string_data.items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
+
+
+def _deadline_update(old: Obj, new: Obj) -> None:
+    """activeDeadlineSeconds may be set or lowered on a running pod, never raised or removed
+    (upstream ValidatePodUpdate)."""
+    before = (old.get("spec") or {}).get("activeDeadlineSeconds")
+    after = (new.get("spec") or {}).get("activeDeadlineSeconds")
+    name = old["metadata"]["name"]
+    field = "spec.activeDeadlineSeconds"
+    if after is None and before is not None:
+        why = "must not update from a positive integer to nil value"
+        raise errors.invalid(PODS, name, f"{field}: Invalid value: null: {why}")
+    if after is not None and (not isinstance(after, int) or after <= 0):
+        raise errors.invalid(PODS, name, f"{field}: Invalid value: {after}: must be positive")
+    if after is not None and before is not None and after > before:
+        why = "must be less than or equal to previous value"
+        raise errors.invalid(PODS, name, f"{field}: Invalid value: {after}: {why}")

@@ -33,7 +33,14 @@ from tests.apiserver.patch import PATCH_TYPES
 from tests.apiserver.resources import NAMESPACES, PODS, ResourceType
 from tests.apiserver.selectors import parse_fields, parse_labels
 from tests.apiserver.store import Guard, Store
-from tests.apiserver.subresources import Tokens, bind, token_request
+from tests.apiserver.subresources import (
+    EPHEMERAL,
+    Tokens,
+    bind,
+    patch_ephemeral,
+    token_request,
+    update_ephemeral,
+)
 from tests.apiserver.watch import (
     Expired,
     Filter,
@@ -153,7 +160,7 @@ class ResourceHandlers:
             if _flag(request.query, "watch"):
                 return await self.watch(request, target)
             return self.list(request, target)
-        if target.subresource not in (None, "status"):
+        if target.subresource not in (None, "status", EPHEMERAL):
             raise errors.method_not_allowed("GET")
         return json_response(self.store.get(target.rt, target.namespace, target.name))
 
@@ -266,11 +273,17 @@ class ResourceHandlers:
             target.subresource == "status" and target.rt.status_subresource
         ):
             return target.name
+        if target.subresource == EPHEMERAL and target.rt is PODS:
+            return target.name
         raise errors.method_not_allowed(method)
 
     async def put(self, request: web.BaseRequest, target: Target) -> web.Response:
         name = self._writable(target, "PUT")
         body = await read_body(request)
+        if target.subresource == EPHEMERAL:
+            if not isinstance(body, dict):
+                raise errors.bad_request("the body must be a JSON object")
+            return json_response(update_ephemeral(self.store, target.namespace or "", name, body))
         existed = self.store.find(target.rt, target.namespace, name) is not None
         obj = self.store.update(
             target.rt,
@@ -288,6 +301,9 @@ class ResourceHandlers:
         if ctype not in PATCH_TYPES:
             raise errors.unsupported_media_type(", ".join(PATCH_TYPES))
         body = await read_body(request)
+        if target.subresource == EPHEMERAL:
+            ns = target.namespace or ""
+            return json_response(patch_ephemeral(self.store, ns, name, ctype, body))
         obj = self.store.patch(
             target.rt,
             target.namespace,

@@ -32,6 +32,8 @@ class ResourceType:
     status_subresource: bool = False
     # POST-only subresources: "token" (TokenRequest), "binding" (pods).
     actions: tuple[str, ...] = ()
+    # Other subresources, each answering GET/PUT/PATCH: "ephemeralcontainers" (pods).
+    subresources: tuple[str, ...] = ()
     # Upstream lets PUT create a missing object for some types (events, leases...).
     allow_create_on_update: bool = False
     selectable_fields: tuple[str, ...] = ()
@@ -90,6 +92,7 @@ PODS = ResourceType(
     ("po",),
     status_subresource=True,
     actions=("binding",),
+    subresources=("ephemeralcontainers",),
     selectable_fields=POD_FIELDS,
 )
 NODES = ResourceType(
@@ -234,6 +237,16 @@ def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
             resources.append(
                 {
                     "name": f"{rt.plural}/status",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+        for sub in rt.subresources:
+            resources.append(
+                {
+                    "name": f"{rt.plural}/{sub}",
                     "singularName": "",
                     "namespaced": rt.namespaced,
                     "kind": rt.kind,

@@ -448,7 +448,7 @@ class ApiServer:
             raise errors.path_not_found()
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and sub != "status" and sub not in rt.actions:
+        if sub is not None and sub not in ("status", *rt.actions, *rt.subresources):
             raise errors.path_not_found()
         if sub == "status" and not rt.status_subresource:
             raise errors.path_not_found()

@@ -1,4 +1,4 @@
-"""POST-only subresources (TokenRequest, Binding) and bearer-token authentication.
+"""Subresources (TokenRequest, Binding, ephemeral containers) and bearer-token authentication.
 
 - ``serviceaccounts/<name>/token`` follows the upstream "TokenRequest" API reference and
   "Managing Service Accounts" (bound service account tokens): the body is an
@@ -10,6 +10,14 @@
   claim); the server accepts it as a bearer token until it expires.
 - ``pods/<name>/binding`` follows the Binding API the scheduler uses: it sets
   ``spec.nodeName`` once (409 if already bound) and adds a PodScheduled condition.
+- ``pods/<name>/ephemeralcontainers`` follows "Ephemeral Containers" and the pod strategy of
+  the same name (what ``kubectl debug`` writes): GET answers the Pod; PUT takes a Pod, PATCH
+  patches the Pod, and of the result only ``spec.ephemeralContainers`` is kept (the rest of
+  the spec stays as stored). Ephemeral containers may only be added: changing or removing one
+  is 422, as are a missing name or image, a name another container has, a
+  ``targetContainerName`` that names no container, and the fields an ephemeral container may
+  not have (ports, probes, lifecycle, resources, restartPolicy). New ones get the container
+  defaults (imagePullPolicy from the tag, terminationMessagePath and Policy).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.apiserver import errors
+from tests.apiserver.admission import _default_pull_policy as default_pull_policy
+from tests.apiserver.patch import PatchError, apply
 from tests.apiserver.resources import PODS, SERVICEACCOUNTS
 from tests.apiserver.store import Store, rfc3339
 
@@ -151,3 +161,87 @@ def bind(store: Store, namespace: str, name: str, body: Obj) -> Obj:
         "status": "Success",
         "code": 201,
     }
+
+
+EPHEMERAL = "ephemeralcontainers"
+_EPHEMERAL_FORBIDDEN = (
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+    "resources",
+    "restartPolicy",
+)
+
+
+def patch_ephemeral(store: Store, namespace: str, name: str, content_type: str, body: Any) -> Obj:
+    pod = store.get(PODS, namespace, name)
+    try:
+        patched = apply(content_type, copy.deepcopy(pod), body, "Pod")
+    except (PatchError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise errors.invalid(PODS, name, f"the patch does not apply: {exc}") from exc
+    return update_ephemeral(store, namespace, name, patched)
+
+
+def update_ephemeral(store: Store, namespace: str, name: str, body: Obj) -> Obj:
+    """Take ``spec.ephemeralContainers`` from ``body`` (a Pod), if only additions."""
+    pod = store.get(PODS, namespace, name)
+    uid = (body.get("metadata") or {}).get("uid")
+    if uid and uid != pod["metadata"]["uid"]:
+        raise errors.conflict(PODS, name, "Precondition failed: UID mismatch")
+    wanted = copy.deepcopy((body.get("spec") or {}).get("ephemeralContainers") or [])
+    spec = pod["spec"]
+    old = {c["name"]: c for c in spec.get("ephemeralContainers") or []}
+    gone = sorted(set(old) - {c.get("name") for c in wanted})
+    if gone:
+        raise errors.invalid(
+            PODS,
+            name,
+            f'spec.ephemeralContainers: Forbidden: existing ephemeral containers "{gone[0]}" '
+            "may not be removed",
+        )
+    targets = {
+        c["name"] for group in ("containers", "initContainers") for c in spec.get(group) or []
+    }
+    taken = targets | set(old)
+    for i, container in enumerate(wanted):
+        if container.get("name") in old:
+            if container != old[container["name"]]:
+                raise errors.invalid(
+                    PODS,
+                    name,
+                    f"spec.ephemeralContainers: Forbidden: existing ephemeral containers "
+                    f'"{container["name"]}" may not be changed',
+                )
+            continue
+        _check_new_ephemeral(name, f"spec.ephemeralContainers[{i}]", container, taken, targets)
+        taken.add(container["name"])
+    new = copy.deepcopy(pod)
+    new["spec"]["ephemeralContainers"] = wanted
+    return store.replace(PODS, new)
+
+
+def _check_new_ephemeral(
+    pod: str, path: str, container: Obj, taken: set[str], targets: set[str]
+) -> None:
+    """``taken``: every container name so far; ``targets``: the pod's own containers."""
+    for required in ("name", "image"):
+        if not container.get(required):
+            raise errors.invalid(PODS, pod, f"{path}.{required}: Required value")
+    if container["name"] in taken:
+        raise errors.invalid(PODS, pod, f'{path}.name: Duplicate value: "{container["name"]}"')
+    for forbidden in _EPHEMERAL_FORBIDDEN:
+        # Set means not empty: kubectl debug sends ``resources: {}``, which upstream allows.
+        if container.get(forbidden) not in (None, {}, []):
+            raise errors.invalid(
+                PODS,
+                pod,
+                f"{path}.{forbidden}: Forbidden: cannot be set for an Ephemeral Container",
+            )
+    target = container.get("targetContainerName")
+    if target and target not in targets:
+        raise errors.invalid(PODS, pod, f'{path}.targetContainerName: Not found: "{target}"')
+    container.setdefault("imagePullPolicy", default_pull_policy(container["image"]))
+    container.setdefault("terminationMessagePath", "/dev/termination-log")
+    container.setdefault("terminationMessagePolicy", "File")

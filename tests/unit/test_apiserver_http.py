@@ -440,3 +440,74 @@ async def test_discovery_version_and_pagination(client: AsyncClient, api: ApiSer
         "PATCH", "/api/v1/namespaces/default/configmaps/c0", {"data": {}}
     )
     assert code == 415
+
+
+async def test_ephemeral_containers_subresource(client: AsyncClient, api: ApiServer) -> None:
+    await client.create(new_pod("a"))
+    raw = Raw(api)
+    path = "/api/v1/namespaces/default/pods/a/ephemeralcontainers"
+    # As kubectl debug sends it: empty resources are no resources.
+    debugger = {
+        "name": "debugger",
+        "image": "busybox:1.36",
+        "targetContainerName": "c",
+        "resources": {},
+    }
+    smp = "application/strategic-merge-patch+json"
+    # What kubectl debug sends: a strategic merge patch of the Pod.
+    patch = {"spec": {"ephemeralContainers": [debugger]}}
+    code, pod = await raw.request("PATCH", path, patch, Content_Type=smp)
+    assert code == 200, pod
+    (added,) = pod["spec"]["ephemeralContainers"]
+    assert added["targetContainerName"] == "c" and added["imagePullPolicy"] == "IfNotPresent"
+    assert added["terminationMessagePolicy"] == "File"
+    code, got = await raw.request("GET", path)
+    assert code == 200 and got["kind"] == "Pod" and got["spec"]["ephemeralContainers"]
+
+    # PUT a Pod: only ephemeral containers are taken, and only additions.
+    second = {"name": "second", "image": "busybox:1.36"}
+    got["spec"]["ephemeralContainers"].append(second)
+    got["spec"]["activeDeadlineSeconds"] = 5  # not this subresource's business: ignored
+    code, pod = await raw.request("PUT", path, got)
+    assert code == 200, pod
+    assert [c["name"] for c in pod["spec"]["ephemeralContainers"]] == ["debugger", "second"]
+    assert "activeDeadlineSeconds" not in pod["spec"]
+
+    refused = [
+        {"spec": {"ephemeralContainers": [{**added, "image": "busybox:1.37"}]}},  # changed
+        {"spec": {"ephemeralContainers": [{"name": "c", "image": "busybox"}]}},  # name taken
+        {
+            "spec": {
+                "ephemeralContainers": [
+                    {"name": "x", "image": "b", "ports": [{"containerPort": 80}]}
+                ]
+            }
+        },
+        {
+            "spec": {
+                "ephemeralContainers": [{"name": "x", "image": "b", "targetContainerName": "z"}]
+            }
+        },
+        {"spec": {"ephemeralContainers": [{"name": "x"}]}},  # no image
+    ]
+    for body in refused:
+        code, answer = await raw.request("PATCH", path, body, Content_Type=smp)
+        assert code == 422 and answer["reason"] == "Invalid", (body, answer)
+    merge = "application/merge-patch+json"
+    code, answer = await raw.request(
+        "PATCH", path, {"spec": {"ephemeralContainers": []}}, Content_Type=merge
+    )
+    assert code == 422 and "may not be removed" in answer["message"]
+    # The pod itself may not take them: only the subresource adds ephemeral containers.
+    code, answer = await raw.request(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/a",
+        {"spec": {"ephemeralContainers": [{"name": "y", "image": "busybox"}]}},
+        Content_Type=smp,
+    )
+    assert code == 422
+    stored = api.store.get(PODS, "default", "a")
+    assert [c["name"] for c in stored["spec"]["ephemeralContainers"]] == ["debugger", "second"]
+    code, discovery = await raw.request("GET", "/api/v1")
+    names = {r["name"] for r in discovery["resources"]}
+    assert "pods/ephemeralcontainers" in names

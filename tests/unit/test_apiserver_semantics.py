@@ -492,3 +492,20 @@ def test_token_request_and_binding(store: Store) -> None:
     with pytest.raises(errors.ApiError) as exc:
         bind(store, "default", "a", {"target": {"name": "n8"}})
     assert exc.value.code == 409
+
+
+def test_active_deadline_may_be_set_or_lowered_never_raised_or_removed(store: Store) -> None:
+    store.create(PODS, "default", pod("a"))
+
+    def deadline(value: int | None) -> Obj:
+        return store.patch(
+            PODS, "default", "a", MERGE_PATCH, {"spec": {"activeDeadlineSeconds": value}}
+        )
+
+    assert deadline(60)["spec"]["activeDeadlineSeconds"] == 60
+    assert deadline(30)["spec"]["activeDeadlineSeconds"] == 30
+    for refused in (31, None, 0):
+        with pytest.raises(errors.ApiError) as exc:
+            deadline(refused)
+        assert exc.value.code == 422 and "activeDeadlineSeconds" in exc.value.message
+    assert store.get(PODS, "default", "a")["spec"]["activeDeadlineSeconds"] == 30

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nodeagent.model.pod import PodUID
@@ -379,6 +381,24 @@ def test_namespace_modes(flags: dict[str, bool], pid: int, ipc: int) -> None:
         ).linux.security_context.namespace_options,
     ):
         assert (ns.network, ns.pid, ns.ipc) == (pb.POD, pid, ipc)
+
+
+@pytest.mark.parametrize(("share_pid", "pid"), [(False, pb.TARGET), (True, pb.POD)])
+def test_an_ephemeral_container_joins_its_targets_pid_namespace(share_pid: bool, pid: int) -> None:
+    sandbox = base.SandboxConfig(
+        name="p",
+        namespace="d",
+        uid=PodUID("u"),
+        attempt=0,
+        hostname="p",
+        log_directory="/l",
+        share_pid=share_pid,
+    )
+    config = dataclasses.replace(CONTAINER, pid_target="target-id")
+    msg = convert.container_config_to_pb(SANDBOX_ID, config, sandbox)
+    ns = msg.linux.security_context.namespace_options
+    assert ns.pid == pid  # a pod sharing one PID namespace already shows it every process
+    assert ns.target_id == ("target-id" if pid == pb.TARGET else "")
 
 
 def test_sandbox_security_and_sysctls() -> None:

@@ -567,6 +567,15 @@ def test_container_namespace_modes(flags: dict[str, bool], pid: str | None, ipc:
     assert spec.host["ipc_mode"] == ipc
 
 
+def test_an_ephemeral_container_joins_its_targets_pid_namespace() -> None:
+    config = container_config(pid_target="target-id")
+    assert convert.container_spec(SANDBOX_ID, config, sandbox_config()).host["pid_mode"] == (
+        "container:target-id"
+    )
+    shared = convert.container_spec(SANDBOX_ID, config, sandbox_config(share_pid=True))
+    assert shared.host["pid_mode"] == f"container:{SANDBOX_ID}"
+
+
 def test_sandbox_host_namespaces_and_sysctls() -> None:
     spec = convert.sandbox_spec(
         sandbox_config(host_pid=True, host_ipc=True, sysctls={"kernel.shm_rmid_forced": "1"}),

@@ -7,7 +7,7 @@ from typing import Any, cast
 import pytest
 
 from nodeagent.apiserver.client import ApiClient
-from nodeagent.apiserver.events import BURST, EventRecorder, PodRef
+from nodeagent.apiserver.events import BURST, EventRecorder, PodRef, pod_events
 from nodeagent.apiserver.events import Event as ApiEvent
 from nodeagent.events import (
     AGGREGATE_MAX,
@@ -199,3 +199,36 @@ def test_the_cluster_recorder_hands_every_event_to_the_ring_too() -> None:
     assert recorder.dropped == 5  # the API's rate limit...
     (kept,) = ring
     assert kept.count == BURST + 5  # ...does not thin the local record
+
+
+def test_a_container_restarted_for_a_new_image_is_told_as_upstream_tells_it() -> None:
+    pod = PodRef("default", "web", "uid-1")
+
+    def status(image: str, cid: str) -> dict[str, Any]:
+        running = {"running": {"startedAt": "2026-12-06T00:00:00Z"}}
+        return {
+            "containerStatuses": [
+                {"name": "app", "image": image, "containerID": cid, "state": running}
+            ]
+        }
+
+    events = pod_events(
+        pod, status("busybox:1.36", "c://1"), status("busybox:1.37", "c://1"), images={}
+    )
+    assert [(e.reason, e.message, e.field_path) for e in events] == [
+        ("Killing", "Container app definition changed, will be restarted", "spec.containers{app}")
+    ]
+    later = pod_events(
+        pod, status("busybox:1.37", "c://1"), status("busybox:1.37", "c://2"), images={}
+    )
+    assert [e.reason for e in later] == ["Created", "Started"]
+
+
+def test_an_ephemeral_container_is_told_under_its_own_field_path() -> None:
+    pod = PodRef("default", "web", "uid-1")
+    debugger = {"name": "debugger", "image": "busybox", "containerID": "c://9", "state": {}}
+    events = pod_events(pod, {}, {"ephemeralContainerStatuses": [debugger]}, images={})
+    assert [(e.reason, e.field_path) for e in events] == [
+        ("Created", "spec.ephemeralContainers{debugger}"),
+        ("Started", "spec.ephemeralContainers{debugger}"),
+    ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 
 from nodeagent.kubelet import backoff
+from nodeagent.kubelet.containerhash import LABEL_CONTAINER_HASH, container_hash
 from nodeagent.kubelet.plan import (
     KillContainer,
     PlanInput,
@@ -19,6 +21,7 @@ from nodeagent.kubelet.plan import (
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import (
     Container,
+    EnvVar,
     ExecAction,
     Pod,
     PodSpec,
@@ -419,3 +422,117 @@ def test_start_container_carries_init_flag() -> None:
     pod = make_pod(inits=("setup",))
     (start,) = plan(pod, runtime(sandbox())).start
     assert start == StartContainer(pod.spec.init_containers[0], 0, init=True)
+
+
+# --- spec updates: the container hash -----------------------------------------------------------
+
+
+def hashed(info: ContainerInfo, spec: Container) -> ContainerInfo:
+    """``info`` as created from ``spec``: carrying its container hash, as the starter does."""
+    return replace(info, labels={LABEL_CONTAINER_HASH: container_hash(spec)})
+
+
+def with_image(pod: Pod, name: str, image: str) -> Pod:
+    containers = tuple(
+        replace(c, image=image) if c.name == name else c for c in pod.spec.containers
+    )
+    return replace(pod, spec=replace(pod.spec, containers=containers))
+
+
+def test_a_changed_image_restarts_that_container_at_once_and_no_other() -> None:
+    old = make_pod("a", "b")
+    a, b = old.spec.containers
+    snapshot = runtime(sandbox(), hashed(container("a", 2), a), hashed(container("b"), b))
+    assert plan(old, snapshot).idle
+
+    new = with_image(old, "a", "busybox:1.37")
+    actions = plan(new, snapshot)
+    (kill,) = actions.kill
+    assert kill.info.id == "a-2" and kill.grace_s is None  # the pod's grace period
+    assert kill.reason == "Container a definition changed, will be restarted"
+    (start,) = actions.start
+    assert (start.container.name, start.container.image, start.attempt) == ("a", "busybox:1.37", 3)
+    assert start.changed  # not a failure: no CrashLoopBackOff for it
+    assert not actions.create_sandbox and not actions.kill_pod and not actions.backoff
+
+
+@pytest.mark.parametrize("policy", [NEVER, ON_FAILURE])
+def test_a_changed_spec_restarts_whatever_the_restart_policy(policy: RestartPolicy) -> None:
+    old = make_pod(policy=policy)
+    new = with_image(old, "app", "busybox:1.37")
+    actions = plan(new, runtime(sandbox(), hashed(container("app"), old.spec.containers[0])))
+    assert started(actions) == [("app", 1, False)] and len(actions.kill) == 1
+
+
+def test_an_exited_container_of_an_old_spec_follows_its_policy_only() -> None:
+    old = make_pod(policy=NEVER)
+    new = with_image(old, "app", "busybox:1.37")
+    done = hashed(exited("app", code=0), old.spec.containers[0])
+    actions = plan(new, runtime(sandbox(), done))
+    assert actions.start == () and actions.kill == () and actions.finished
+
+
+def test_a_container_without_a_hash_is_never_restarted_for_it() -> None:
+    # Created by an agent from before hashes: a spec it cannot compare is not a change.
+    new = with_image(make_pod(), "app", "busybox:1.37")
+    assert plan(new, runtime(sandbox(), container("app"))).idle
+
+
+def test_a_changed_sidecar_restarts_and_the_app_is_untouched() -> None:
+    pod = make_pod("app", inits=("side",))
+    side = replace(pod.spec.init_containers[0], sidecar=True)
+    old = replace(pod, spec=replace(pod.spec, init_containers=(side,)))
+    new_side = replace(side, image="busybox:1.37")
+    new = replace(old, spec=replace(old.spec, init_containers=(new_side,)))
+    snapshot = runtime(
+        sandbox(), hashed(container("side"), side), hashed(container("app"), old.spec.containers[0])
+    )
+    actions = plan(new, snapshot)
+    assert [k.info.id for k in actions.kill] == ["side-0"]
+    assert started(actions) == [("side", 1, True)]
+
+
+def test_the_hash_ignores_fields_at_their_defaults_and_sees_the_image() -> None:
+    plain = Container("app", "busybox:1.36")
+    explicit = Container("app", "busybox:1.36", command=(), stdin=False, sidecar=False)
+    assert container_hash(plain) == container_hash(explicit)
+    assert container_hash(plain) != container_hash(replace(plain, image="busybox:1.37"))
+    assert container_hash(plain) != container_hash(replace(plain, command=("sh",)))
+    # Env is resolved (ConfigMap values, read again after an agent restart): not hashed.
+    assert container_hash(plain) == container_hash(replace(plain, env=(EnvVar("X", "1"),)))
+    assert len(container_hash(plain)) == 8
+
+
+# --- ephemeral containers -----------------------------------------------------------------------
+
+
+def with_debugger(pod: Pod, *names: str) -> Pod:
+    ephemeral = tuple(Container(n, "busybox:1.36", target_container_name="app") for n in names)
+    return replace(pod, spec=replace(pod.spec, ephemeral_containers=ephemeral))
+
+
+def test_a_new_ephemeral_container_starts_in_the_running_pod() -> None:
+    pod = with_debugger(make_pod(), "debugger")
+    actions = plan(pod, runtime(sandbox(), container("app")))
+    assert started(actions) == [("debugger", 0, False)]
+    assert actions.kill == () and not actions.create_sandbox
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_an_ephemeral_container_is_never_restarted_nor_pruned(code: int) -> None:
+    pod = with_debugger(make_pod(), "debugger")
+    snapshot = runtime(sandbox(), container("app"), exited("debugger", code=code))
+    assert plan(pod, snapshot).idle
+
+
+def test_an_ephemeral_container_starts_while_init_containers_are_stuck() -> None:
+    pod = with_debugger(make_pod(inits=("setup",)), "debugger")
+    actions = plan(pod, runtime(sandbox(), container("setup")))  # the init container runs on
+    assert started(actions) == [("debugger", 0, False)]
+
+
+def test_ephemeral_containers_do_not_hold_a_pod_from_completion() -> None:
+    pod = with_debugger(make_pod(policy=NEVER), "debugger")
+    snapshot = runtime(sandbox(), exited("app"), container("debugger"))
+    actions = plan(pod, snapshot)
+    assert actions.finished and [k.info.id for k in actions.kill] == ["debugger-0"]

@@ -15,9 +15,13 @@ from nodeagent.kubelet.projection import write_atomic
 from nodeagent.model.pod import HostPathSource, Pod, PodUID
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import CONFIGMAPS, PODS, SECRETS
-from tests.unit.test_cluster_link import Rig, eventually, pod_body, ready
+from tests.apiserver.subresources import patch_ephemeral
+from tests.unit.rig import IMAGE
+from tests.unit.test_cluster_link import Rig, events_of, eventually, pod_body, ready
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+MERGE = "application/merge-patch+json"
+SMP = "application/strategic-merge-patch+json"
 
 
 @pytest.fixture
@@ -193,3 +197,53 @@ async def test_labels_reach_a_downward_api_volume(rig: Rig, api: ApiServer) -> N
     await eventually(
         lambda: (info / "labels").read_text() == 'app="web"\nv="2"', what="the new labels"
     )
+
+
+async def test_a_pod_with_a_token_volume_follows_spec_updates(rig: Rig, api: ApiServer) -> None:
+    # ServiceAccount admission gives the pod a projected token volume: the pod is rewritten
+    # before it runs, and that rewritten spec used to be kept whatever the API said later.
+    api.store.create(CONFIGMAPS, "default", config_map("cfg", {"x": "one"}))
+    body = pod_body("web")
+    body["spec"]["containers"][0]["env"] = [
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x"}}}
+    ]
+    uid = rig.create(body)["metadata"]["uid"]
+    await eventually(lambda: ready(rig, "web"), what="Ready")
+    assert volume_path(running_pod(rig, uid), "kube-api-access-").is_dir()
+    (first,) = rig.running_containers(uid)
+    sandboxes = rig.fake.count("run_sandbox")
+    # A ConfigMap change alone restarts nothing, and the running spec's env holds.
+    api.store.patch(CONFIGMAPS, "default", "cfg", MERGE, {"data": {"x": "two"}})
+    rig.fake.images.add("busybox:1.37")
+    image = {"spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]}}
+    api.store.patch(PODS, "default", "web", SMP, image)
+
+    def restarted() -> bool:
+        statuses = rig.api_status("web").get("containerStatuses") or [{}]
+        return statuses[0].get("image") == "busybox:1.37" and statuses[0].get("restartCount") == 1
+
+    await eventually(restarted, what="the new image running")
+    assert running_pod(rig, uid).spec.containers[0].image == "busybox:1.37"
+    assert env_of(rig, uid) == {"X": "one"}  # as prepared: the running spec's env is stable
+    (second,) = rig.running_containers(uid)
+    assert second != first and rig.fake.count("run_sandbox") == sandboxes
+
+    def killing() -> list[str]:
+        events = events_of(api, "web")
+        return [e["message"] for e in events if e["reason"] == "Killing"]
+
+    (told,) = await eventually(killing, what=f"the Killing event: {events_of(api, 'web')}")
+    assert told == "Container app definition changed, will be restarted"
+
+    debugger = {"name": "debugger", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}
+    patch_ephemeral(api.store, "default", "web", SMP, {"spec": {"ephemeralContainers": [debugger]}})
+
+    def debugger_running() -> bool:
+        statuses = rig.api_status("web").get("ephemeralContainerStatuses") or [{}]
+        return "running" in (statuses[0].get("state") or {})
+
+    await eventually(debugger_running, what="the ephemeral container running")
+    (status,) = rig.api_status("web")["ephemeralContainerStatuses"]
+    assert status["name"] == "debugger" and status["ready"] is False
+    assert rig.running_containers(uid) == [second]  # the app untouched
+    assert rig.fake.count("run_sandbox") == sandboxes

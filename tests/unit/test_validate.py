@@ -319,6 +319,22 @@ def _containers(doc: Doc) -> list[Doc]:
             "spec.containers[0].securityContextX",
         ),
         (lambda d: d["spec"].update(resources={}), "spec.resources"),
+        (
+            lambda d: d["spec"].update(
+                ephemeralContainers=[
+                    {"name": "dbg", "image": "busybox", "ports": [{"containerPort": 80}]}
+                ]
+            ),
+            "spec.ephemeralContainers[0].ports",
+        ),
+        (
+            lambda d: d["spec"].update(
+                ephemeralContainers=[
+                    {"name": "dbg", "image": "busybox", "targetContainerName": "nope"}
+                ]
+            ),
+            "spec.ephemeralContainers",
+        ),
         (lambda d: d.update(extra=1), "extra"),
         (lambda d: d["metadata"].update(labels=["app", "web"]), "metadata.labels"),
         (lambda d: d["metadata"].update(labels={"app": 1}), "metadata.labels"),
@@ -600,3 +616,21 @@ def test_mutated_documents_raise_only_validation_errors(doc: Any) -> None:
 @given(_values)
 def test_random_documents_raise_only_validation_errors(doc: Any) -> None:
     _check_only_validation_errors(doc)
+
+
+def test_ephemeral_containers_are_parsed_apart_from_the_others() -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web"},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox"}],
+            "ephemeralContainers": [
+                {"name": "debugger", "image": "busybox", "targetContainerName": "app"}
+            ],
+        },
+    }
+    pod = parse_pod(doc)
+    assert [c.name for c in pod.all_containers()] == ["app"]
+    (debugger,) = pod.spec.ephemeral_containers
+    assert (debugger.name, debugger.target_container_name) == ("debugger", "app")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.worker import WorkerState
-from nodeagent.model.pod import Pod, PodUID
+from nodeagent.model.pod import Container, Pod, PodUID
 from nodeagent.model.validate import parse_pod
 from nodeagent.runtime import base
 from nodeagent.runtime.base import ContainerState, SandboxState
@@ -442,6 +443,52 @@ async def test_changed_spec_replaces_the_pod(rig: Rig) -> None:
     await eventually(lambda: rig.running(new), what="new running")
     assert rig.fake.sandbox_ids(uid=old.uid) == []
     assert len(rig.fake.sandbox_ids(uid=new.uid)) == 1
+
+
+async def test_a_new_image_under_the_same_uid_restarts_only_that_container(rig: Rig) -> None:
+    old = make_pod()
+    other_spec = Container("other", IMAGE, command=("sleep", "1000"))
+    two = dataclasses.replace(
+        old, spec=dataclasses.replace(old.spec, containers=(*old.spec.containers, other_spec))
+    )
+    rig.run(two)
+    await eventually(lambda: rig.running(two) and rig.running(two, "other"), what="running")
+    (sandbox,) = rig.fake.sandbox_ids(uid=two.uid)
+    (other,) = rig.fake.container_ids("other", uid=two.uid)
+    (first,) = rig.fake.container_ids("app", uid=two.uid)
+    rig.fake.images.add("busybox:1.37")
+    app = dataclasses.replace(two.spec.containers[0], image="busybox:1.37")
+    updated = dataclasses.replace(
+        two, spec=dataclasses.replace(two.spec, containers=(app, two.spec.containers[1]))
+    )
+    worker = rig.manager.worker_for(two.uid)
+    rig.run(updated)
+
+    def restarted() -> bool:
+        status = rig.container(updated)
+        return "running" in status.get("state", {}) and status["restartCount"] == 1
+
+    await eventually(restarted, what="app restarted with the new image")
+    assert rig.manager.worker_for(two.uid) is worker  # the same worker, not a replacement
+    assert rig.fake.sandbox_ids(uid=two.uid) == [sandbox]
+    assert rig.fake.container_ids("other", uid=two.uid) == [other]
+    assert rig.container(updated)["image"] == "busybox:1.37"
+    running = rig.fake.container_ids("app", uid=two.uid, state=ContainerState.RUNNING)
+    assert rig.fake.containers[running[0]].config.image == "busybox:1.37"
+    assert first not in running and rig.fake.count("run_sandbox") == 1
+
+
+async def test_an_active_deadline_set_later_applies_to_the_running_pod(rig: Rig) -> None:
+    pod = make_pod()
+    rig.run(pod)
+    await eventually(lambda: rig.running(pod), what="running")
+    lowered = dataclasses.replace(
+        pod, spec=dataclasses.replace(pod.spec, active_deadline_seconds=1)
+    )
+    rig.run(lowered)
+    await eventually(lambda: rig.status(lowered).get("phase") == "Failed", what="Failed")
+    assert rig.status(lowered)["reason"] == "DeadlineExceeded"
+    assert rig.fake.container_ids("app", uid=pod.uid, state=ContainerState.RUNNING) == []
 
 
 async def _populate(fake: FakeRuntime, pod: Pod, tmp_path: Path) -> None:

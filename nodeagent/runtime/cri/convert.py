@@ -116,15 +116,20 @@ def sandbox_security_to_pb(config: base.SandboxConfig) -> pb.LinuxSandboxSecurit
 
 
 def container_security_to_pb(
-    security: base.ContainerSecurity, sandbox: base.SandboxConfig
+    security: base.ContainerSecurity, sandbox: base.SandboxConfig, *, pid_target: str = ""
 ) -> pb.LinuxContainerSecurityContext:
+    namespaces = namespace_options(sandbox)
+    if pid_target and namespaces.pid == pb.CONTAINER:
+        namespaces = pb.NamespaceOption(
+            network=namespaces.network, pid=pb.TARGET, ipc=namespaces.ipc, target_id=pid_target
+        )
     return pb.LinuxContainerSecurityContext(
         capabilities=pb.Capability(
             add_capabilities=security.capabilities_add,
             drop_capabilities=security.capabilities_drop,
         ),
         privileged=security.privileged,
-        namespace_options=namespace_options(sandbox),
+        namespace_options=namespaces,
         run_as_user=_int64(security.run_as_user),
         readonly_rootfs=security.readonly_rootfs,
         supplemental_groups=security.supplemental_groups,
@@ -195,7 +200,9 @@ def container_config_to_pb(
         tty=config.tty,
         linux=pb.LinuxContainerConfig(
             resources=resources_to_pb(config.resources),
-            security_context=container_security_to_pb(config.security, sandbox),
+            security_context=container_security_to_pb(
+                config.security, sandbox, pid_target=config.pid_target
+            ),
         ),
     )
 
