@@ -316,8 +316,8 @@ class Node:
             memory_pressure=self.eviction.under_pressure,
         )
 
-    async def _sample_conditions(self) -> Sequence[Condition]:
-        return await asyncio.to_thread(nodestatus.conditions, self._node_facts())
+    def _sample_conditions(self) -> Sequence[Condition]:
+        return nodestatus.conditions(self._node_facts())
 
     def _condition_changed(self, change: Transition) -> None:
         """The kubelet's event on its Node, by the road pod events take."""
@@ -334,8 +334,7 @@ class Node:
         if self._node_sample is not None and now - self._node_sample[0] < NODE_STATUS_TTL_S:
             return self._node_sample[1]
         status = nodestatus.node_status(self._node_facts())
-        if self.conditions.conditions:  # the tracked sample, so the status matches the record
-            status["conditions"] = self.conditions.conditions
+        status["conditions"] = self.conditions.observe(status["conditions"])
         status["eviction"] = self.eviction.report()
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
         self._node_sample = (now, status)

@@ -15,19 +15,21 @@ one (``pkg/kubelet/nodestatus``):
 - ``nodeagent_node_condition_transitions_total{condition, status}``.
 
 The decision is pure (``track``: the states known, a new sample, the time -> the new states
-and the transitions). ``NodeConditionTracker`` is the one observer: it samples every
-``interval_s`` and hands each transition to a callback; the daemon sends the event where pod
-events go (the local ring, and the API in cluster mode). The local status shows the tracker's
-last sample (a fresh one before the first), so the status and the record never disagree. The
-API's Node keeps its own ``lastTransitionTime``, carried over from the Node as the API holds
-it (``nodeagent.apiserver.node``), as upstream's setters carry it.
+and the transitions). ``NodeConditionTracker`` holds the states and hands each transition to
+a callback; the daemon sends the event where pod events go (the local ring, and the API in
+cluster mode). Every sample the local status takes goes through it, so the status and the
+record never disagree, and its own loop samples every ``interval_s`` so that a change is
+recorded when nobody is looking. Samples are taken and observed on the event loop, in one
+step: a sample taken in a thread could be observed after a later one, and tell a flap that
+never happened. The API's Node keeps its own ``lastTransitionTime``, carried over from the
+Node as the API holds it (``nodeagent.apiserver.node``), as upstream's setters carry it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,17 +109,16 @@ def stamped(
 
 
 class NodeConditionTracker:
-    """Samples the node's conditions and records their transitions (see the module docstring).
+    """Records the transitions of the node's conditions (see the module docstring).
 
-    ``sample`` is awaited (the daemon's reads the facts on the loop, then psutil in a thread);
-    ``on_transition`` runs once per transition, in the order of the sample. Only ``run``
-    observes: two observers could take their samples in one order and report them in the
-    other, and tell a flap that never happened.
+    ``sample`` runs on the loop: it must be cheap (the daemon's reads memory, disk and the
+    process count, a few milliseconds). ``on_transition`` runs once per transition, in the
+    order of the sample.
     """
 
     def __init__(
         self,
-        sample: Callable[[], Awaitable[Sequence[Condition]]],
+        sample: Callable[[], Sequence[Condition]],
         *,
         on_transition: Callable[[Transition], None],
         interval_s: float = INTERVAL_S,
@@ -128,14 +129,12 @@ class NodeConditionTracker:
         self.interval_s = interval_s
         self._clock = clock
         self.states: Mapping[str, ConditionState] = {}
-        self.conditions: list[dict[str, Any]] = []  # the last sample, stamped; []: none yet
         self.transitions = 0
 
     def observe(self, sample: Sequence[Condition]) -> list[dict[str, Any]]:
-        """Take in one sample; return it stamped with the transition times."""
+        """Take in one sample, just taken; return it stamped with the transition times."""
         tracked = track(self.states, sample, self._clock())
         self.states = tracked.states
-        self.conditions = stamped(sample, tracked.states)
         for change in tracked.transitions:
             self.transitions += 1
             metrics.node_condition_transition(change.condition, change.status)
@@ -146,9 +145,9 @@ class NodeConditionTracker:
                 reason=change.reason,
             )
             self._on_transition(change)
-        return self.conditions
+        return stamped(sample, tracked.states)
 
     async def run(self) -> None:
         while True:
-            self.observe(await self._sample())
+            self.observe(self._sample())
             await asyncio.sleep(self.interval_s)
