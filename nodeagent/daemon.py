@@ -28,12 +28,13 @@ import dataclasses
 import functools
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from nodeagent import metrics
+from nodeagent.apiserver.events import node_event
 from nodeagent.config import DEFAULT_POD_CIDR, Config
 from nodeagent.events import EventRing, PodEventFeed, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
@@ -42,6 +43,7 @@ from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
+from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker, Transition
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.podstatus import qos_class, rfc3339
 from nodeagent.kubelet.prober import ProbeManager
@@ -160,6 +162,9 @@ class Node:
             self.cluster.events.sink = lambda event: record_api_event(self.events, event)
         else:
             self.ctx.images.listeners.append(self.event_feed.on_pull)
+        self.conditions = NodeConditionTracker(
+            self._sample_conditions, on_transition=self._condition_changed
+        )
         self.desired_applied = asyncio.Event()  # the first desired state reached the manager
         self.routes: NodeRoutes | None = None
         self.sysctl_problems: list[str] = []
@@ -391,11 +396,25 @@ class Node:
             node_ip=self.config.node_ip,
         )
 
+    def _sample_conditions(self) -> Sequence[Condition]:
+        return nodestatus.conditions(self._node_facts())
+
+    def _condition_changed(self, change: Transition) -> None:
+        """The kubelet's event on its Node, by the road pod events take."""
+        if not change.reason:
+            return
+        event = node_event(self.config.node_name, change.reason)
+        if self.cluster is not None:
+            self.cluster.events.record([event])  # its sink puts it in the ring too
+        else:
+            record_api_event(self.events, event)
+
     def _node_status(self) -> dict[str, Any]:
         now = time.monotonic()
         if self._node_sample is not None and now - self._node_sample[0] < NODE_STATUS_TTL_S:
             return self._node_sample[1]
         status = nodestatus.node_status(self._node_facts())
+        status["conditions"] = self.conditions.observe(status["conditions"])
         status["eviction"] = self.eviction.report()
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
         self._node_sample = (now, status)
@@ -553,6 +572,7 @@ async def run(config: Config) -> int:
         "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
+        "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),
         "sd-ready": lambda: node.notify_ready(notifier),

@@ -50,7 +50,7 @@ TYPES = ("Normal", "Warning")
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """The object an event is about; pods only today, so ``kind`` defaults to Pod."""
+    """The object an event is about: a Pod (the default), or the Node itself (no namespace)."""
 
     namespace: str
     name: str
@@ -80,11 +80,9 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The shape of a core/v1 Event's fields that matter to a reader."""
-        involved: dict[str, Any] = {
-            "kind": self.object.kind,
-            "namespace": self.object.namespace,
-            "name": self.object.name,
-        }
+        involved: dict[str, Any] = {"kind": self.object.kind, "name": self.object.name}
+        if self.object.namespace:
+            involved["namespace"] = self.object.namespace
         if self.object.uid:
             involved["uid"] = self.object.uid
         if self.object.field_path:
@@ -171,8 +169,9 @@ class EventRing:
 
 
 def record_api_event(ring: EventRing, event: ApiEvent) -> None:
+    ref = event.pod
     obj = ObjectRef(
-        event.pod.namespace, event.pod.name, uid=event.pod.uid, field_path=event.field_path
+        ref.namespace, ref.name, uid=ref.uid, kind=ref.kind, field_path=event.field_path
     )
     ring.record(obj, event.type, event.reason, event.message)
 

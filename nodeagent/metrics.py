@@ -139,6 +139,12 @@ class Metrics:
             "Proxy syncs whose iptables-save/iptables-restore failed.",
             registry=r,
         )
+        self.node_conditions = Counter(
+            PREFIX + "node_condition_transitions",
+            "Node condition changes (first statuses included), by condition and new status.",
+            ["condition", "status"],
+            registry=r,
+        )
         self._started: OrderedDict[str, None] = OrderedDict()
         self._cluster: ClusterProbe | None = None
         r.register(_ClusterCollector(self))
@@ -244,6 +250,11 @@ def proxy_synced(*, full: bool, ok: bool, stats: SyncFacts) -> None:
         _installed.proxy_rules.set(stats.rules)
     else:
         _installed.proxy_failures.inc()
+
+
+def node_condition_transition(condition: str, status: str) -> None:
+    if _installed is not None:
+        _installed.node_conditions.labels(condition, status).inc()
 
 
 def pod_status(uid: str, first_seen: float, status: Mapping[str, Any] | None) -> None:

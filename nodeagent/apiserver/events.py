@@ -13,6 +13,9 @@ event says only what the status shows happened:
     held: a volume's source is missing           Warning FailedMount (the pod; the message)
     held: an env source is missing               Warning Failed   Error: <message>
 
+The Node's own events (a condition's transition, ``node_event``) take the same road, with
+the kubelet's node reference as their object.
+
 Image pulls are told as they happen instead (``pull_event``: the image manager's notes per
 waiting container): Pulling, Pulled, and for a failed pull Warning Failed with the error, then
 ``Error: ErrImagePull``. A status seen twice a second would miss a pull that failed and was
@@ -67,6 +70,9 @@ class PodRef:
     namespace: str
     name: str
     uid: str
+    # The Node's own events (``node_event``) use the kubelet's node reference: kind Node, no
+    # namespace (the Event then lives in ``default``), the node's name as its uid.
+    kind: str = "Pod"
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,12 @@ def probe_events(pod: PodRef, probes: Iterable[Mapping[str, Any]], seen: set[str
     return events
 
 
+def node_event(node_name: str, reason: str) -> Event:
+    """The kubelet's event on its Node: a condition's transition (``kubelet.nodeconditions``)."""
+    node = PodRef("", node_name, node_name, kind="Node")
+    return Event(node, "", "Normal", reason, f"Node {node_name} status is now: {reason}")
+
+
 def killing_events(pod: PodRef, containers: Sequence[str]) -> list[Event]:
     return [
         Event(pod, _container_path(c, False), "Normal", "Killing", f"Stopping container {c}")
@@ -277,11 +289,12 @@ class EventRecorder:
                 if not exc.not_found:
                     raise
         name = f"{event.pod.name}.{time.time_ns():x}"
-        namespace = event.pod.namespace
+        # client-go's recorder puts the events of a cluster-scoped object in ``default``.
+        namespace = event.pod.namespace or "default"
         involved: Obj = {
             "apiVersion": "v1",
-            "kind": "Pod",
-            "namespace": namespace,
+            "kind": event.pod.kind,
+            **({"namespace": event.pod.namespace} if event.pod.namespace else {}),
             "name": event.pod.name,
             "uid": event.pod.uid,
         }

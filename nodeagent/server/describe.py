@@ -193,6 +193,8 @@ def _events(snapshot: Mapping[str, Any], meta: Mapping[str, Any]) -> list[Mappin
     found = []
     for event in (as_map(e) for e in as_list(snapshot.get("events"))):
         obj = as_map(event.get("involvedObject"))
+        if as_str(obj.get("kind")) not in ("", "Pod"):
+            continue  # the Node's own events
         if (as_str(obj.get("namespace")) or "default", as_str(obj.get("name"))) != (
             namespace,
             name,

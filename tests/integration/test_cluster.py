@@ -198,6 +198,17 @@ async def test_node_registers_and_renews_its_lease(admin: AsyncClient, agent: Ag
 
     await async_wait_for(ready, 30, message=lambda: f"the Node Ready\n{agent.log_tail()}")
 
+    async def node_told() -> Event | None:
+        # A starting kubelet tells its node's first pressure statuses, as events on the Node.
+        async for event in admin.list(Event, namespace="default"):
+            if event.involvedObject.kind == "Node" and event.reason == "NodeHasSufficientMemory":
+                return event
+        return None
+
+    told = await async_wait_for(node_told, 30, message=lambda: f"a Node event\n{agent.log_tail()}")
+    assert told.involvedObject.name == NODE_NAME and told.involvedObject.uid == NODE_NAME
+    assert told.message == f"Node {NODE_NAME} status is now: NodeHasSufficientMemory"
+
     async def lease_time() -> Any:
         lease = await admin.get(Lease, NODE_NAME, namespace="kube-node-lease")
         return lease.spec.renewTime if lease.spec else None

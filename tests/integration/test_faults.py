@@ -84,7 +84,14 @@ def survives_a_runtime_restart(
     agent.write_manifest("survivor.yaml", POD)
     before = agent.wait_pod("survivor", is_ready, timeout=60)
     container_id = container_status(before, "main")["containerID"]
-    assert node_condition(agent.status(), "Ready")["status"] == "True"
+    # The node part of the status is sampled at most once a second: a pod seen Ready does not
+    # prove the node's sample is as recent. Wait for it.
+    wait_for(
+        lambda: node_condition(agent.status(), "Ready")["status"] == "True",
+        30,
+        interval=0.2,
+        message=lambda: f"the node Ready\n{agent.log_tail()}",
+    )
 
     kill()
 

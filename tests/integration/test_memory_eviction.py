@@ -6,11 +6,18 @@ count against ``memory.available``, as the kubelet's signal does). The agent mus
 MemoryPressure, evict the BestEffort pod (Failed, reason Evicted) and keep the Guaranteed
 one, which stays within its requests, running: once the evicted pod's memory is freed the
 node is above the threshold again and nothing else goes.
+
+MemoryPressure is read from the record its transition leaves (the Node's
+``NodeHasInsufficientMemory`` event and the condition's ``lastTransitionTime``), not caught in
+a poll: the hog may be evicted, and its memory freed, between two reads of the status.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import psutil
@@ -56,11 +63,17 @@ spec:
 """
 
 
-def node_condition(status: dict[str, Any], kind: str) -> str:
-    for cond in status["node"]["conditions"]:
-        if cond["type"] == kind:
-            return str(cond["status"])
-    return ""
+def node_condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status["node"]["conditions"] if c["type"] == kind), {})
+
+
+def node_events(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Node's own events, by reason (the ring counts repeats instead of adding records)."""
+    return {e["reason"]: e for e in status["events"] if e["involvedObject"].get("kind") == "Node"}
+
+
+def seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 @pytest.fixture
@@ -88,16 +101,21 @@ def test_memory_pressure_evicts_best_effort_and_keeps_guaranteed(
     steady = agent.wait_pod("steady", lambda p: p["status"].get("phase") == "Running")
     steady_id = container_status(steady, "main")["containerID"]
     assert steady["status"]["qosClass"] == "Guaranteed"
-    assert node_condition(agent.status(), "MemoryPressure") == "False"
+    # A starting node tells its first MemoryPressure status, as a kubelet does.
+    calm = wait_for(
+        lambda: node_events(agent.status()).get("NodeHasSufficientMemory"),
+        30,
+        message=lambda: f"the node's first memory event\n{agent.log_tail()}",
+    )
+    assert calm["message"] == f"Node {agent.name} status is now: NodeHasSufficientMemory"
+    assert node_condition(agent.status(), "MemoryPressure")["status"] == "False"
+    assert "NodeHasInsufficientMemory" not in node_events(agent.status())
 
+    written = math.floor(time.time())  # transition times have whole seconds
     agent.write_manifest("hog.yaml", BEST_EFFORT)
 
-    pressure_seen: list[str] = []
-
     def evicted() -> dict[str, Any] | None:
-        status = agent.status()
-        pressure_seen.append(node_condition(status, "MemoryPressure"))
-        pod = next((p for p in status["pods"] if p["metadata"]["name"] == "hog"), None)
+        pod = agent.pod("hog")
         return pod if pod is not None and pod["status"].get("reason") == "Evicted" else None
 
     hog = wait_for(evicted, 120, interval=0.2, message=lambda: agent.log_tail())
@@ -106,15 +124,27 @@ def test_memory_pressure_evicts_best_effort_and_keeps_guaranteed(
     assert "low on resource: memory" in hog["status"]["message"]
     assert condition(hog, "DisruptionTarget") == "True"
     assert container_status(hog, "main")["state"].get("terminated") is not None
-    # The condition went up with the pressure and holds for the transition period; the
-    # node's status is sampled (cached a second), so the evicted pod may show up first.
-    wait_for(
-        lambda: node_condition(agent.status(), "MemoryPressure") == "True",
-        10,
-        message=lambda: f"MemoryPressure True (seen before: {sorted(set(pressure_seen))})",
+
+    # The pressure left its record when it began: however soon the hog's memory was freed,
+    # the condition holds for the transition period, and its event stays in the ring. Both
+    # stay, so waiting for them to show together is waiting on a condition, not a race.
+    def pressure_told() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        status = agent.status()
+        event = node_events(status).get("NodeHasInsufficientMemory")
+        memory = node_condition(status, "MemoryPressure")
+        return (event, memory) if event and memory.get("status") == "True" else None
+
+    pressure, memory = wait_for(
+        pressure_told,
+        30,
+        message=lambda: f"the NodeHasInsufficientMemory record\n{agent.log_tail()}",
     )
-    status = agent.status()
-    assert status["node"]["eviction"]["evictions"] >= 1
+    assert pressure["type"] == "Normal" and pressure["count"] == 1
+    assert pressure["involvedObject"] == {"kind": "Node", "name": agent.name, "uid": agent.name}
+    assert seconds(pressure["firstTimestamp"]) >= written
+    assert memory["reason"] == "KubeletHasInsufficientMemory"
+    assert seconds(memory["lastTransitionTime"]) >= written
+    assert agent.status()["node"]["eviction"]["evictions"] >= 1
 
     # The hog's memory is freed with its pod; from then on the node is above the threshold
     # and the monitor, still checking every second, must leave the Guaranteed pod alone.
@@ -141,5 +171,11 @@ def test_memory_pressure_evicts_best_effort_and_keeps_guaranteed(
     stopped = container_status(hog_now, "main")["state"]["terminated"]
     assert stopped["reason"] != "ContainerStatusUnknown", stopped
     assert condition(hog_now, "DisruptionTarget") == "True"
-    # The condition holds through the transition period, as upstream's does.
-    assert node_condition(agent.status(), "MemoryPressure") == "True"
+    # The condition holds through the transition period, as upstream's does: no second
+    # transition, and the time of the first one kept.
+    status = agent.status()
+    final = node_condition(status, "MemoryPressure")
+    assert (final["status"], final["lastTransitionTime"]) == ("True", memory["lastTransitionTime"])
+    told = node_events(status)
+    assert told["NodeHasInsufficientMemory"]["count"] == 1
+    assert told["NodeHasSufficientMemory"]["count"] == 1  # only the first, at the start

@@ -14,7 +14,7 @@ import yaml
 
 from nodeagent.apiserver import client as client_module
 from nodeagent.apiserver.client import ApiClient, ApiFailure, KubeconfigError, load_kubeconfig
-from nodeagent.apiserver.events import BURST, Event, EventRecorder, PodRef
+from nodeagent.apiserver.events import BURST, Event, EventRecorder, PodRef, node_event
 from nodeagent.apiserver.node import (
     KUBELET_VERSION,
     LEASE_DURATION_S,
@@ -355,6 +355,29 @@ async def test_events_count_repeats_and_drop_spam(api: ApiServer, client: ApiCli
         other = PodRef("default", "q", "uid-q")
         recorder.record([Event(other, "", "Normal", "Fine", "another pod's own bucket")])
         await eventually(lambda: recorder.sent == BURST + 1, what="another pod's event")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_node_event_names_the_node_and_lives_in_default(
+    api: ApiServer, client: ApiClient
+) -> None:
+    recorder = EventRecorder(client, node_name=NODE)
+    task = asyncio.create_task(recorder.run())
+    try:
+        recorder.record([node_event(NODE, "NodeHasInsufficientMemory")])
+        await eventually(lambda: recorder.sent == 1, what="the node's event")
+        (stored,) = api.store.list(EVENTS, "default")
+        assert stored["involvedObject"] == {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "name": NODE,
+            "uid": NODE,
+        }  # the kubelet's node reference: no namespace, the name as uid
+        assert stored["reason"] == "NodeHasInsufficientMemory"
+        assert stored["message"] == f"Node {NODE} status is now: NodeHasInsufficientMemory"
+        assert stored["type"] == "Normal"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
