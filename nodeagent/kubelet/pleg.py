@@ -9,6 +9,13 @@ at the next relist.
 Invariant: a ContainerInfo in the cache is ``detailed`` (exit code, times) whenever its
 state is EXITED, because restart decisions depend on those fields.
 
+Race (containerd 1.6): the task's OOM event may be handled after its exit event, so a
+container the kernel OOM-killed can first read ``Error``/137 and only a moment later
+``OOMKilled``. Details are otherwise fetched once per state change, which would keep the
+first answer for good; so an exit that looks like a kill (137, not yet OOMKilled) is read
+again at each relist for ``SETTLE_S`` after it was first seen, and a changed reason wakes
+the pod like any other change.
+
 Cost: a relist of an unchanged node reuses the objects of the previous one (the detailed
 containers, the sandboxes with their IPs), so comparing each pod with its last state mostly
 compares identities, and no task is made for a container whose state did not change. With
@@ -29,6 +36,7 @@ from nodeagent.model.pod import PodUID
 from nodeagent.runtime.base import (
     ContainerID,
     ContainerInfo,
+    ContainerState,
     NotFound,
     Runtime,
     RuntimeFailure,
@@ -38,6 +46,9 @@ from nodeagent.runtime.base import (
 )
 
 log = structlog.get_logger("nodeagent.pleg")
+
+SETTLE_S = 5.0  # how long a SIGKILLed exit is read again, waiting for a late OOMKilled
+_KILLED = 137  # 128 + SIGKILL
 
 
 class RuntimeCache:
@@ -49,6 +60,8 @@ class RuntimeCache:
         self._interval = interval_s
         self._pods: dict[PodUID, RuntimePod] = {}
         self._details: dict[ContainerID, ContainerInfo] = {}
+        # Killed exits whose reason may still turn OOMKilled -> until when to read them again.
+        self._unsettled: dict[ContainerID, float] = {}
         self._ips: dict[SandboxID, str] = {}
         # The last summary of each READY sandbox and the same with its IP: an unchanged
         # summary gets the very same object back.
@@ -157,9 +170,11 @@ class RuntimeCache:
         so an unchanged pod compares equal); only changed ones cost a runtime call."""
         result: list[ContainerInfo | None] = []
         missing: list[int] = []
+        now = time.monotonic()
         for summary in summaries:
             cached = self._details.get(summary.id)
-            if cached is not None and cached.state is summary.state:
+            settled = self._unsettled.get(summary.id, 0.0) <= now
+            if cached is not None and cached.state is summary.state and settled:
                 result.append(cached)
             else:
                 missing.append(len(result))
@@ -171,14 +186,29 @@ class RuntimeCache:
 
     async def _detailed(self, summary: ContainerInfo) -> ContainerInfo | None:
         cached = self._details.get(summary.id)
-        if cached is not None and cached.state is summary.state:
+        settled = self._unsettled.get(summary.id, 0.0) <= time.monotonic()
+        if cached is not None and cached.state is summary.state and settled:
             return cached
         try:
             info = await self._runtime.container_status(summary.id)
         except NotFound:
             return None  # removed between list and status
+        self._note_settling(info)
+        if cached is not None and cached == info:
+            info = cached  # the same object: an unchanged pod compares by identity
         self._details[summary.id] = info
         return info
+
+    def _note_settling(self, info: ContainerInfo) -> None:
+        killed = (
+            info.state is ContainerState.EXITED
+            and info.exit_code == _KILLED
+            and info.reason != "OOMKilled"
+        )
+        if not killed:
+            self._unsettled.pop(info.id, None)
+        elif info.id not in self._unsettled:
+            self._unsettled[info.id] = time.monotonic() + SETTLE_S
 
     def _forget_missing(
         self, sandboxes: Iterable[SandboxInfo], containers: Iterable[ContainerInfo]
@@ -191,3 +221,5 @@ class RuntimeCache:
             del self._views[sid]
         for cid in set(self._details) - live_containers:
             del self._details[cid]
+        for cid in set(self._unsettled) - live_containers:
+            del self._unsettled[cid]

@@ -214,6 +214,10 @@ class FakeRuntime:
             raise ValueError(f"container {container_id} is {container.state.value}, not running")
         self._exit(container, code, reason)
 
+    def revise_exit_reason(self, container_id: ContainerID, reason: str) -> None:
+        """The runtime's late word on an exit (containerd's OOM event after the exit event)."""
+        self._container(container_id).reason = reason
+
     def kill_sandbox(self, sandbox_id: SandboxID) -> None:
         """The sandbox dies (its pause process, say); its containers are left as they are."""
         self._sandbox(sandbox_id).state = SandboxState.NOTREADY

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nodeagent.kubelet import specs
+import pytest
+
+from nodeagent.kubelet import pleg, specs
 from nodeagent.kubelet.envvars import PodFacts
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.worker import WorkerState
@@ -93,6 +95,66 @@ async def test_a_change_is_detailed_and_reported_for_its_pod_only() -> None:
     assert [c.name for c in containers] == order  # the listing's order, as before
     exited = next(c for c in containers if c.id == middle)
     assert exited.state is ContainerState.EXITED and exited.exit_code == 3
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The relister's monotonic clock, moved by hand: the settle window never races."""
+    now = [1000.0]
+    monkeypatch.setattr(pleg.time, "monotonic", lambda: now[0])
+    return now
+
+
+async def test_a_killed_exit_is_read_again_until_a_late_oom_reason_settles(
+    clock: list[float],
+) -> None:
+    fake = FakeRuntime(images={IMAGE})
+    pod = pod_of("hog")
+    await run_pod(fake, pod)
+    changed: list[PodUID] = []
+    cache = RuntimeCache(fake, on_change=changed.append)
+    await cache.relist()
+    (cid,) = fake.container_ids("c0", uid=pod.uid)
+    fake.exit_container(cid, 137, "Error")  # the exit event came first
+    await cache.relist()
+    assert cache.get(pod.uid).containers[0].reason == "Error"
+    changed.clear()
+
+    fake.revise_exit_reason(cid, "OOMKilled")  # then the OOM event
+    await cache.relist()
+
+    assert changed == [pod.uid]
+    assert cache.get(pod.uid).containers[0].reason == "OOMKilled"
+    settled = fake.count("container_status")
+    await cache.relist()  # OOMKilled is final: no more reads
+    assert fake.count("container_status") == settled
+
+
+async def test_a_killed_exit_is_read_again_only_for_the_settle_window(
+    clock: list[float],
+) -> None:
+    fake = FakeRuntime(images={IMAGE})
+    pod = pod_of("killed")
+    await run_pod(fake, pod)
+    changed: list[PodUID] = []
+    cache = RuntimeCache(fake, on_change=changed.append)
+    await cache.relist()
+    (cid,) = fake.container_ids("c0", uid=pod.uid)
+    fake.exit_container(cid, 137, "Error")  # a plain SIGKILL: it stays Error
+    await cache.relist()
+    first = cache.get(pod.uid)
+    changed.clear()
+    reads = fake.count("container_status")
+
+    await cache.relist()  # within the window: read again, nothing changed, nothing told
+    assert fake.count("container_status") == reads + 1
+    assert changed == [] and cache.get(pod.uid) == first
+    assert cache.get(pod.uid).containers[0] is first.containers[0]
+
+    clock[0] += pleg.SETTLE_S + 1
+    await cache.relist()  # past it: the cached details again
+    await cache.relist()
+    assert fake.count("container_status") == reads + 1
 
 
 async def test_removed_sandbox_is_forgotten() -> None:
