@@ -135,7 +135,8 @@ class ServiceProxy:
         self._warnings: tuple[str, ...] = ()
         self._connect_error: str | None = None
         self._services: Mapping[str, Service] = {}
-        self._allocations: dict[str, Allocation] = {}
+        self._allocations: dict[str, Allocation] = {}  # every Service's
+        self._local_allocations: dict[str, Allocation] = {}  # those the allocator made
         self._allocation_errors: list[AllocationError] = []
         self._ports: dict[ServicePortName, ServicePortInfo] = {}
         self._endpoints: dict[str, dict[ServicePortName, tuple[Endpoint, ...]]] = {}
@@ -175,7 +176,9 @@ class ServiceProxy:
         else:
             syncer = Syncer(writer, config, conntrack=conntrack, local_addresses=local)
         self._syncer = syncer
-        self._allocations = await asyncio.to_thread(allocator.load, self.settings.allocations_path)
+        self._local_allocations = await asyncio.to_thread(
+            allocator.load, self.settings.allocations_path
+        )
         loop = asyncio.get_running_loop()
         first_inputs: float | None = None
         last_start = -1e9
@@ -242,11 +245,16 @@ class ServiceProxy:
 
     async def _refresh(self, inputs: ProxyInputs) -> None:
         if inputs.services is not self._services and inputs.services != self._services:
-            allocations, errors = allocator.allocate(
-                inputs.services, self._allocations, self._ranges
-            )
-            if allocations != self._allocations:
+            # Cluster mode: API Services (those with slice endpoints) come allocated.
+            local = {k: s for k, s in inputs.services.items() if k not in inputs.endpoints}
+            allocations, errors = allocator.allocate(local, self._local_allocations, self._ranges)
+            if allocations != self._local_allocations:
                 await asyncio.to_thread(allocator.save, self.settings.allocations_path, allocations)
+            self._local_allocations = allocations
+            allocations = {
+                **allocations,
+                **{k: allocator.assigned(s) for k, s in inputs.services.items() if k not in local},
+            }
             self._allocations, self._allocation_errors = allocations, errors
             for error in errors:
                 log.warning(
@@ -340,7 +348,11 @@ def service_object(
     if service.spec.headless:
         spec["clusterIP"], spec["clusterIPs"] = HEADLESS, [HEADLESS]
     elif allocation is not None and allocation.cluster_ip:
-        spec["clusterIP"], spec["clusterIPs"] = allocation.cluster_ip, [allocation.cluster_ip]
+        spec["clusterIP"] = spec.get("clusterIP") or allocation.cluster_ip
+        if not service.spec.ipv6_cluster_ip:
+            spec["clusterIPs"], spec["ipFamilies"] = [allocation.cluster_ip], ["IPv4"]
+        if allocation.health_check_node_port:
+            spec["healthCheckNodePort"] = allocation.health_check_node_port
     raw_ports = spec.get("ports")
     if isinstance(raw_ports, list) and allocation is not None:
         ports = []
@@ -364,7 +376,8 @@ def service_object(
         "status": dict(raw_status) if isinstance(raw_status, Mapping) else {"loadBalancer": {}},
         "endpoints": ready,
         "notReadyEndpoints": not_ready,
-        "proxied": allocation is not None and service.spec.proxied,
+        "proxied": allocation is not None and service.proxied,
+        "notProgrammed": list(service.spec.not_programmed),
     }
 
 
