@@ -209,7 +209,8 @@ def read_service(
     annotations = meta.string_map("annotations")
     spec = read_spec(root.child("spec"))
     ingress, skipped = _ingress(status.child("loadBalancer"))
-    ranges, more = spec.source_ranges, ()
+    ranges = spec.source_ranges
+    more: tuple[str, ...] = ()
     if not root.child("spec").present("loadBalancerSourceRanges"):
         # The older annotation counts only when the field is unset (as the service helper).
         given = annotations.get(SOURCE_RANGES_ANNOTATION, "")

@@ -25,6 +25,7 @@ from nodeagent.proxy.rules import (
     NODEPORTS,
     POD_EGRESS,
     POSTROUTING,
+    PROXY_FIREWALL,
     SERVICES,
     RulesConfig,
     ServiceRules,
@@ -41,6 +42,7 @@ GATHERED: dict[ChainKey, str] = {
     (NAT, HAIRPIN): "hairpin",
     (FILTER, SERVICES): "filter_services",
     (FILTER, EXTERNAL_SERVICES): "filter_external",
+    (FILTER, PROXY_FIREWALL): "filter_firewall",
 }
 
 

@@ -159,9 +159,7 @@ def test_health_check_node_port_for_local_load_balancers_only() -> None:
     named, errors = allocate(services(svc("d", **lb, healthCheckNodePort=30001)), {}, RANGES)
     assert errors == [] and named["default/d"].health_check_node_port == 30001
     _, errors = allocate(services(svc("e", **lb, healthCheckNodePort=31000)), {}, RANGES)
-    assert [(e.field, "range" in e.message) for e in errors] == [
-        ("spec.healthCheckNodePort", True)
-    ]
+    assert [(e.field, "range" in e.message) for e in errors] == [("spec.healthCheckNodePort", True)]
 
 
 def test_require_dual_stack_is_refused_and_prefer_dual_stack_gets_ipv4() -> None:

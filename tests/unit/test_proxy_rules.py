@@ -105,6 +105,36 @@ def test_node_port_external_ip_and_load_balancer_go_through_ext_chain() -> None:
     )
 
 
+def test_source_ranges_fence_load_balancer_ips_but_not_the_node_port() -> None:
+    info = web(
+        node_port=30080,
+        load_balancer_ips=("198.51.100.7",),
+        source_ranges=("203.0.113.0/25", "192.0.2.9/32"),
+    )
+    r = service_rules(info, (EP1,), CONFIG)
+    fw, ext = "NA-FW-XPGD46QRK7WJZT7O", "NA-EXT-XPGD46QRK7WJZT7O"
+    assert r.chains[:2] == (fw, ext)
+    assert r.rules[:2] == lines(
+        f'-A {fw} -m comment --comment "ns1/svc1:p80 loadbalancer IP" -s 203.0.113.0/25 -j {ext}',
+        f'-A {fw} -m comment --comment "ns1/svc1:p80 loadbalancer IP" -s 192.0.2.9/32 -j {ext}',
+    )
+    assert r.nat_services[1:] == lines(
+        '-A NA-SERVICES -m comment --comment "ns1/svc1:p80 loadbalancer IP" -m tcp -p tcp '
+        f"-d 198.51.100.7/32 --dport 80 -j {fw}"
+    )
+    # What the FW chain did not DNAT still goes to the balancer's IP: filter drops it.
+    assert r.filter_firewall == lines(
+        '-A NA-PROXY-FIREWALL -m comment --comment "ns1/svc1:p80 traffic not accepted by '
+        f'{fw}" -m tcp -p tcp -d 198.51.100.7/32 --dport 80 -j DROP'
+    )
+    assert r.nat_nodeports == lines(
+        f'-A NA-NODEPORTS -m comment --comment "ns1/svc1:p80" -m tcp -p tcp --dport 30080 -j {ext}'
+    )
+    none = service_rules(info, (), CONFIG)  # no endpoints: rejected, and still fenced
+    assert fw not in none.chains and none.filter_firewall == r.filter_firewall
+    assert service_rules(web(source_ranges=("10.0.0.0/8",)), (EP1,), CONFIG).filter_firewall == ()
+
+
 def test_external_traffic_policy_local_keeps_source_and_short_circuits_local_traffic() -> None:
     r = service_rules(web(node_port=30080, external_policy_local=True), (EP1,), CONFIG)
     ext, svc, svl = "NA-EXT-XPGD46QRK7WJZT7O", "NA-SVC-XPGD46QRK7WJZT7O", "NA-SVL-XPGD46QRK7WJZT7O"
@@ -185,6 +215,7 @@ def test_no_masquerade_rule_without_cluster_cidr() -> None:
 FULL = """
 *filter
 :NA-SERVICES - [0:0]
+:NA-PROXY-FIREWALL - [0:0]
 :NA-PROXY-CANARY - [0:0]
 :NA-FORWARD - [0:0]
 :NA-FIREWALL - [0:0]
@@ -194,6 +225,9 @@ FULL = """
 -I FORWARD -m conntrack --ctstate NEW -m comment --comment "nodeagent service portals" -j NA-SERVICES
 -I OUTPUT -m conntrack --ctstate NEW -m comment --comment "nodeagent service portals" -j NA-SERVICES
 -I FORWARD -m comment --comment "nodeagent forwarding rules" -j NA-FORWARD
+-I INPUT -m conntrack --ctstate NEW -m comment --comment "nodeagent load balancer firewall" -j NA-PROXY-FIREWALL
+-I FORWARD -m conntrack --ctstate NEW -m comment --comment "nodeagent load balancer firewall" -j NA-PROXY-FIREWALL
+-I OUTPUT -m conntrack --ctstate NEW -m comment --comment "nodeagent load balancer firewall" -j NA-PROXY-FIREWALL
 -I INPUT -m comment --comment "nodeagent localnet protection" -j NA-FIREWALL
 -I OUTPUT -m comment --comment "nodeagent localnet protection" -j NA-FIREWALL
 -A NA-SERVICES -m comment --comment "ns2/np has no endpoints" -m udp -p udp -d 172.30.0.42/32 --dport 53 -j REJECT
@@ -257,7 +291,7 @@ def test_full_sync_golden() -> None:
     )
     assert out.text["filter"] + out.text["nat"] == FULL.lstrip("\n")
     assert out.chains_deleted == 1  # the old service chain; never CNI's
-    assert out.chains_declared == {"filter": 5, "nat": 8}
+    assert out.chains_declared == {"filter": 6, "nat": 8}
     assert set(out.written.chains) == {WEB, DNS}
 
 
