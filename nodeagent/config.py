@@ -195,6 +195,13 @@ class Config:
         "iptables",
         choices=PROXY_MODES,
     )
+    # host:port of the proxy's /healthz and /livez (kube-proxy's healthzBindAddress); "": off.
+    proxy_healthz_bind: str = setting(
+        parse.bind,
+        "serve the proxy's /healthz and /livez here; empty: off",
+        "0.0.0.0:10256",
+        metavar="HOST:PORT",
+    )
     # Join the control plane it names; None: standalone.
     kubeconfig: Path | None = setting(
         parse.optional_file, "join the control plane this kubeconfig names", None, metavar="FILE"

@@ -156,6 +156,7 @@ class Node:
                 state_dir=config.state_dir,
                 pod_egress_masquerade=config.cluster_cidr is not None,
                 mode=config.proxy_mode,
+                healthz_bind=config.proxy_healthz_bind,
             ),
             inputs=self._proxy_inputs,
             connect=functools.partial(connect_host, config.proxy_mode),

@@ -21,13 +21,20 @@ passed: an agent restarting on a busy node must not replace working rules with r
 reject everything because the pod statuses are not back yet.
 
 A Service whose clusterIP or nodePort cannot be allocated gets no rules; its problem is in
-``errors()`` (the status ``errors`` list, like manifest errors).
+``errors()`` (the status ``errors`` list, like manifest errors). Cluster-mode Services (those
+the inputs give EndpointSlice endpoints for) are not allocated here: the API server did it.
+
+Health (``nodeagent.proxy.healthcheck``): every turn feeds ``ProxyHealth`` (a change pending,
+a sync done or failed), which ``/healthz`` and ``/livez`` on ``healthz_bind`` answer from, and
+opens or closes the health check node ports of Local-policy LoadBalancer Services with their
+local endpoint counts. A port that cannot be opened costs that port, never the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +48,12 @@ from nodeagent.proxy import allocator, host
 from nodeagent.proxy.allocator import Allocation, AllocationError, Ranges
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.endpoints import PortMemory, service_endpoints, service_ports, settled
+from nodeagent.proxy.healthcheck import (
+    HealthCheckServers,
+    HttpListener,
+    ProxyHealth,
+    health_check_services,
+)
 from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
 from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
@@ -67,6 +80,7 @@ class ProxySettings:
     state_dir: Path
     pod_egress_masquerade: bool = False  # multi-node: see RulesConfig.pod_egress_masquerade
     mode: str = "iptables"  # or "nftables"
+    healthz_bind: str = ""  # host:port of /healthz and /livez; "": none
 
     @property
     def allocations_path(self) -> Path:
@@ -141,6 +155,10 @@ class ServiceProxy:
         self._ports: dict[ServicePortName, ServicePortInfo] = {}
         self._endpoints: dict[str, dict[ServicePortName, tuple[Endpoint, ...]]] = {}
         self._pod_ports = PortMemory()
+        self.health = ProxyHealth()
+        self._health_checks = HealthCheckServers(lambda: self.health.healthy(time.time()))
+        self._health_check_ports: dict[str, int] = {}  # Services needing one -> the port
+        self._healthz_problem: str | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -161,7 +179,40 @@ class ServiceProxy:
             self._syncer.need_full = True
         self._wake.set()
 
+    def set_node_deleting(self, deleting: bool) -> None:
+        """The Node is being deleted: /healthz fails so that balancers drain this node."""
+        self.health.node_deleting = deleting
+
     async def run(self) -> None:
+        healthz = await self._serve_healthz()
+        try:
+            await self._run()
+        finally:
+            await self._health_checks.close()
+            if healthz is not None:
+                await healthz.close()
+
+    async def _serve_healthz(self) -> HttpListener | None:
+        if not self.settings.healthz_bind:
+            return None
+        host, _, port = self.settings.healthz_bind.rpartition(":")
+        listener = HttpListener(
+            host.strip("[]"), int(port), lambda path: self.health.answer(path, time.time())
+        )
+        try:
+            await listener.start()
+        except OSError as exc:
+            self._healthz_problem = (
+                f"cannot listen on {self.settings.healthz_bind} (--proxy-healthz-bind): "
+                f"{exc.strerror}"
+            )
+            log.error("proxy_healthz_unavailable", error=self._healthz_problem)
+            return None
+        host, port_number = listener.address
+        log.info("proxy_healthz_listening", address=f"{host}:{port_number}")
+        return listener
+
+    async def _run(self) -> None:
         connection = await self._connect_until_done()
         writer, self._warnings = connection.writer, connection.warnings
         config = RulesConfig(
@@ -209,12 +260,15 @@ class ServiceProxy:
             wait = POLL_S
             if not initialized and first_inputs is not None:
                 wait = min(wait, first_inputs + INITIAL_GRACE_S - now)  # the grace's end
+            if syncer.pending():
+                self.health.queued(time.time())
             if initialized and syncer.pending():
                 due = last_start + gap
                 if now >= due:
                     last_start = now
                     full = syncer.need_full
                     ok = await syncer.sync()
+                    self.health.synced(time.time(), ok=ok)
                     metrics.proxy_synced(full=full, ok=ok, stats=syncer.stats)
                     if ok:
                         failures = 0
@@ -263,6 +317,11 @@ class ServiceProxy:
                     field=error.field,
                     message=error.message,
                 )
+            self._health_check_ports = {
+                key: allocations[key].health_check_node_port
+                for key, service in inputs.services.items()
+                if key in allocations and service.spec.needs_health_check
+            }
             self._ports = {
                 key: info
                 for name, service in inputs.services.items()
@@ -277,6 +336,13 @@ class ServiceProxy:
             else service_endpoints(service, pods)
             for name, service in inputs.services.items()
         }
+        await self._health_checks.update(
+            health_check_services(
+                {k: inputs.services[k] for k in self._health_check_ports},
+                self._health_check_ports,
+                self._endpoints,
+            )
+        )
         if self._syncer is not None:
             self._syncer.services.replace(self._ports)
             self._syncer.endpoints.replace(
@@ -297,11 +363,15 @@ class ServiceProxy:
                 "lastSync": None,
                 "backend": None,
                 "lastError": self._connect_error,
-                "warnings": [],
+                "warnings": self._health_problems(),
             }
         doc: dict[str, Any] = self._syncer.stats.to_json(self._syncer.writer.backend_name)
-        doc["warnings"] = list(self._warnings)
+        doc["warnings"] = [*self._warnings, *self._health_problems()]
         return doc
+
+    def _health_problems(self) -> list[str]:
+        found = [self._healthz_problem] if self._healthz_problem else []
+        return found + [why for _, why in sorted(self._health_checks.problems.items())]
 
     def errors(self) -> list[dict[str, str]]:
         """Allocation errors, in the shape of manifest errors."""
