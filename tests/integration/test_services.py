@@ -644,3 +644,58 @@ def test_load_balancer_source_ranges(node: TestNode, net: Net, agent: Agent) -> 
             check=False,
             timeout=10,
         )
+
+
+# --- Health ----------------------------------------------------------------------------------
+
+HEALTH = """
+import json, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        print(json.dumps([r.status, json.loads(r.read())]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, json.loads(e.read())]))
+except OSError as exc:
+    print(json.dumps([0, type(exc).__name__]))
+"""
+
+
+def health(prefix: Sequence[str], url: str) -> tuple[int, Any]:
+    status, body = json.loads(run_py(prefix, HEALTH, url))
+    return int(status), body
+
+
+def test_health_check_node_port_follows_local_readiness(
+    node: TestNode, net: Net, agent: Agent
+) -> None:
+    start_pods(agent, "web-1", probe=True)
+    lb = service("lb", spec="  type: LoadBalancer\n  externalTrafficPolicy: Local\n")
+    agent.write_manifest("lb.yaml", lb)
+    s = wait_endpoints(agent, "lb", 1)
+    port = s["spec"]["healthCheckNodePort"]  # allocated: the manifest names none
+    assert 30000 <= port <= 32767 and port != s["spec"]["ports"][0]["nodePort"]
+    url = f"http://{NODE_ADDR}:{port}/"
+    body = {
+        "service": {"namespace": "default", "name": "lb"},
+        "localEndpoints": 1,
+        "serviceProxyHealthy": True,
+    }
+    assert wait_for(lambda: health(net.client, url) == (200, body), 20, 0.3, message="200")
+    pod = agent.pod("web-1")
+    assert pod is not None and exec_in(agent, pod, "rm", "/tmp/ready").exit_code == 0
+    none = {**body, "localEndpoints": 0}
+    assert wait_for(lambda: health(net.client, url) == (503, none), 20, 0.3, message="503")
+    assert exec_in(agent, pod, "touch", "/tmp/ready").exit_code == 0
+    assert wait_for(lambda: health(net.client, url) == (200, body), 20, 0.3, message="200 again")
+    (agent.manifests / "lb.yaml").unlink()
+    wait_for(lambda: health(net.client, url) == (0, "URLError"), 20, 0.3, message="the port closed")
+
+
+def test_proxy_healthz(node: TestNode, net: Net, agent: Agent) -> None:
+    agent.write_manifest("svc.yaml", service("web"))
+    wait_for(lambda: agent.status()["proxy"]["lastSync"], 20, 0.3, message="a sync")
+    for path in ("/healthz", "/livez"):
+        status, body = health(net.client, f"http://{NODE_ADDR}:10256{path}")
+        assert status == 200, body
+        assert body["lastUpdated"].endswith("Z") and body["currentTime"] >= body["lastUpdated"]
+        assert body["nodeEligible"] is True
