@@ -202,6 +202,14 @@ class Config:
         "0.0.0.0:10256",
         metavar="HOST:PORT",
     )
+    # kube-proxy's --nodeport-addresses: NodePorts answer only on matching local addresses.
+    nodeport_addresses: tuple[str, ...] = setting(
+        parse.nodeport_addresses,
+        "NodePorts answer only on local addresses in these CIDRs ('primary': the node IP)",
+        (),
+        metavar="CIDR[,CIDR]",
+        shown="every local address",
+    )
     # Join the control plane it names; None: standalone.
     kubeconfig: Path | None = setting(
         parse.optional_file, "join the control plane this kubeconfig names", None, metavar="FILE"

@@ -157,6 +157,8 @@ class Node:
                 pod_egress_masquerade=config.cluster_cidr is not None,
                 mode=config.proxy_mode,
                 healthz_bind=config.proxy_healthz_bind,
+                nodeport_addresses=config.nodeport_addresses,
+                node_ip=config.node_ip,
             ),
             inputs=self._proxy_inputs,
             connect=functools.partial(connect_host, config.proxy_mode),

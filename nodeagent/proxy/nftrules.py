@@ -301,6 +301,8 @@ def shared_script(config: RulesConfig) -> list[str]:
     nodeport_dst = "fib daddr type local" + (
         "" if config.localhost_nodeports else f" ip daddr != {LOCALHOST}"
     )
+    if config.nodeport_ips is not None:  # --nodeport-addresses; no address: no NodePorts
+        nodeport_dst = f"ip daddr {{ {', '.join(config.nodeport_ips) or '0.0.0.0'} }}"
     rules: list[tuple[str, str]] = [
         ("nat-prerouting", f"jump {SERVICES}"),
         ("nat-output", f"jump {SERVICES}"),

@@ -57,7 +57,7 @@ from nodeagent.proxy.healthcheck import (
 from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
 from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
-from nodeagent.proxy.rules import RulesConfig
+from nodeagent.proxy.rules import RulesConfig, nodeport_ips
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 from nodeagent.proxy.sync import RuleWriter, Syncer
 
@@ -81,6 +81,8 @@ class ProxySettings:
     pod_egress_masquerade: bool = False  # multi-node: see RulesConfig.pod_egress_masquerade
     mode: str = "iptables"  # or "nftables"
     healthz_bind: str = ""  # host:port of /healthz and /livez; "": none
+    nodeport_addresses: tuple[str, ...] = ()  # CIDRs or "primary"; (): every local address
+    node_ip: str = ""  # "primary" in nodeport_addresses; "": the first global IPv4
 
     @property
     def allocations_path(self) -> Path:
@@ -221,6 +223,7 @@ class ServiceProxy:
             pod_egress_masquerade=self.settings.pod_egress_masquerade,
         )
         conntrack, local = connection.conntrack, connection.local_addresses
+        config = replace(config, nodeport_ips=self._nodeport_ips(local))
         syncer: Syncer | NftSyncer
         if isinstance(writer, Nftables):
             syncer = NftSyncer(writer, config, conntrack=conntrack, local_addresses=local)
@@ -252,6 +255,7 @@ class ServiceProxy:
                     syncer.need_full = True
                 if now - last_canary >= CANARY_INTERVAL_S:
                     last_canary = now
+                    self._follow_nodeport_ips(syncer, local)
                     if not await writer.canary_ok():
                         log.warning("proxy_canary_gone", effect="full resync")
                         syncer.need_full = True
@@ -284,6 +288,26 @@ class ServiceProxy:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _nodeport_ips(self, local: Callable[[], Iterable[str]]) -> tuple[str, ...] | None:
+        wanted = self.settings.nodeport_addresses
+        if not wanted:
+            return None  # every local address: no need to look at them
+        addresses = sorted(local())
+        primary = self.settings.node_ip or next(
+            (a for a in addresses if ipaddress.ip_address(a).is_global), ""
+        )
+        return nodeport_ips(wanted, addresses, primary)
+
+    def _follow_nodeport_ips(
+        self, syncer: Syncer | NftSyncer, local: Callable[[], Iterable[str]]
+    ) -> None:
+        """The node's addresses changed under --nodeport-addresses: a full resync."""
+        ips = self._nodeport_ips(local)
+        if ips != syncer.config.nodeport_ips:
+            log.info("proxy_nodeport_addresses", addresses=ips)
+            syncer.config = replace(syncer.config, nodeport_ips=ips)
+            syncer.need_full = True
 
     async def _connect_until_done(self) -> Connection:
         """Connect, retrying with backoff; meanwhile the failure is the status' lastError."""

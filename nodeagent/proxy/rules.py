@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
@@ -97,6 +98,8 @@ class RulesConfig:
     # Multi-node pod network: pod traffic to the rest of cluster_cidr keeps its source, pod
     # traffic leaving it is masqueraded (needs cluster_cidr to be the whole cluster's).
     pod_egress_masquerade: bool = False
+    # --nodeport-addresses: the local IPs NodePorts answer on; None: every local address.
+    nodeport_ips: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,25 @@ JUMPS: tuple[Jump, ...] = (
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648, as Go's base32.StdEncoding
 _B32_PAIRS = tuple(_B32[i >> 5] + _B32[i & 31] for i in range(1024))  # 10 bits -> 2 chars
+
+
+def nodeport_ips(
+    wanted: Sequence[str], local: Iterable[str], primary: str
+) -> tuple[str, ...] | None:
+    """The addresses ``--nodeport-addresses`` selects (kube-proxy's NodePortAddresses):
+    CIDRs match the node's local IPv4 addresses, ``primary`` is the node's own IP; None
+    (every local address) when nothing is asked for or a CIDR covers everything."""
+    if not wanted:
+        return None
+    networks = [ipaddress.ip_network(w, strict=False) for w in wanted if w != "primary"]
+    if any(n.prefixlen == 0 and n.version == 4 for n in networks):
+        return None
+    found = {primary} if "primary" in wanted and primary else set()
+    for ip in local:
+        address = ipaddress.ip_address(ip)
+        if any(address in n for n in networks if n.version == address.version):
+            found.add(ip)
+    return tuple(sorted(found, key=lambda a: ipaddress.ip_address(a)))
 
 
 @functools.lru_cache(maxsize=1 << 17)

@@ -699,3 +699,24 @@ def test_proxy_healthz(node: TestNode, net: Net, agent: Agent) -> None:
         assert status == 200, body
         assert body["lastUpdated"].endswith("Z") and body["currentTime"] >= body["lastUpdated"]
         assert body["nodeEligible"] is True
+
+
+def test_nodeport_addresses_limit_where_node_ports_answer(
+    node: TestNode, net: Net, runtime_target: RuntimeTarget, proxy_mode: str
+) -> None:
+    extra = ["--proxy-mode", proxy_mode, "--nodeport-addresses", "192.168.77.0/24"]
+    a = Agent(node, runtime=runtime_target, extra=extra)
+    for old in a.manifests.iterdir():
+        old.unlink()
+    a.start()
+    try:
+        start_pods(a, "web-1")
+        a.write_manifest("svc.yaml", service("web", spec="  type: NodePort\n"))
+        s = wait_endpoints(a, "web", 1)
+        node_port = s["spec"]["ports"][0]["nodePort"]
+        spread(net.client, f"http://{NODE_ADDR}:{node_port}/", {"web-1"}, n=2)
+        spread(net.on_node, f"http://{NODE_ADDR}:{node_port}/", {"web-1"}, n=2)
+        # Loopback is a local address outside the CIDR: no NodePort there.
+        assert http_from(net.on_node, "127.0.0.1", "127.0.0.1", node_port).startswith("error")
+    finally:
+        a.stop()

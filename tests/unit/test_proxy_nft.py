@@ -419,6 +419,15 @@ def test_shared_script_without_localhost_nodeports() -> None:
     assert nftrules.shared_rule_count(RulesConfig(localhost_nodeports=False)) == 21
 
 
+def test_nodeport_addresses_replace_the_local_address_check() -> None:
+    lines = shared_script(RulesConfig(nodeport_ips=("192.168.77.1",)))
+    assert [line for line in lines if "vmap @service-nodeports" in line] == [
+        "add rule ip nodeagent services ip daddr { 192.168.77.1 } "
+        "meta l4proto . th dport vmap @service-nodeports"
+    ]
+    assert not [line for line in lines if "fib daddr type local" in line]
+
+
 def test_pod_egress_keeps_pod_sources_before_masquerading() -> None:
     config = RulesConfig(cluster_cidr="10.244.0.0/16", pod_egress_masquerade=True)
     lines = shared_script(config)

@@ -394,6 +394,26 @@ def test_localhost_node_ports_off_excludes_loopback() -> None:
     assert chains[("filter", "NA-FIREWALL")] == ()
 
 
+def test_nodeport_addresses_select_local_ips() -> None:
+    local = ["127.0.0.1", "10.244.0.1", "192.168.77.1", "192.168.78.1"]
+    assert rules.nodeport_ips((), local, "192.168.77.1") is None
+    assert rules.nodeport_ips(("0.0.0.0/0",), local, "") is None  # everything: addrtype
+    assert rules.nodeport_ips(("192.168.0.0/16",), local, "") == ("192.168.77.1", "192.168.78.1")
+    assert rules.nodeport_ips(("primary", "127.0.0.0/8"), local, "192.168.77.1") == (
+        "127.0.0.1",
+        "192.168.77.1",
+    )
+    assert rules.nodeport_ips(("172.16.0.0/12",), local, "") == ()  # none: no NodePorts
+    chains = shared.shared_chains({}, RulesConfig(nodeport_ips=("192.168.77.1", "192.168.78.1")))
+    assert chains[("nat", "NA-SERVICES")] == (
+        '-A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be '
+        'the last rule in this chain" -d 192.168.77.1/32 -j NA-NODEPORTS',
+        '-A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be '
+        'the last rule in this chain" -d 192.168.78.1/32 -j NA-NODEPORTS',
+    )
+    assert shared.shared_chains({}, RulesConfig(nodeport_ips=()))[("nat", "NA-SERVICES")] == ()
+
+
 def test_saved_chains_and_rule_count() -> None:
     assert restore.saved_chains(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:NA-X - [0:0]\n-A NA-X -j RETURN\n"
