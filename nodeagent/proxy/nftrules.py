@@ -7,6 +7,7 @@ service port touches only that port's chain and its map elements::
     nat-prerouting, nat-output -> services:
         ip daddr . l4proto . dport  vmap @service-ips     -> svc-/svl-/ext- chain of a port
         fib daddr type local: l4proto . dport  vmap @service-nodeports -> ext- chain
+        (with --nodeport-addresses: ip daddr { those addresses } instead of fib)
     svc-<hash>-<ns>/<name>/<proto>/<port>   (svl- for the Local policy)
         cluster IP from off-cluster -> masquerade mark
         dnat to numgen random mod n map { i : endpoint i }   (one rule, no per-endpoint chain)

@@ -6,7 +6,8 @@ read the same to anyone who knows kube-proxy's and never collide with a kube-pro
 same host::
 
     nat PREROUTING, OUTPUT -> NA-SERVICES           one rule per service IP:port, then
-                                                    addrtype LOCAL -> NA-NODEPORTS (last)
+                                                    addrtype LOCAL -> NA-NODEPORTS (last;
+                                                    with --nodeport-addresses, -d per IP)
     NA-SERVICES  --cluster IP-->  NA-SVC-<hash>     (NA-SVL-<hash> for the Local policy)
                  --external IP / LB IP-->  NA-EXT-<hash>
                  --LB IP with loadBalancerSourceRanges-->  NA-FW-<hash>: one rule per
