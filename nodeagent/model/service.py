@@ -38,7 +38,7 @@ from nodeagent.model.fields import Node
 
 HEADLESS = "None"  # spec.clusterIP of a headless Service: no virtual IP, no proxying
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"  # another proxy's
-HEADLESS_LABEL = "service.kubernetes.io/headless"  # set by the API on headless Endpoints
+HEADLESS_LABEL = "service.kubernetes.io/headless"  # kube-proxy skips what carries it
 SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
 DEFAULT_AFFINITY_TIMEOUT_S = 10800  # three hours, the API default
 MAX_AFFINITY_TIMEOUT_S = 86400
