@@ -171,7 +171,7 @@ class Config:
     relist_interval_s: float = setting(parse.positive_float, default=1.0)  # runtime relists
     runtime_timeout_s: float = setting(parse.positive_float, default=10.0)  # any runtime call
     max_pods: int = setting(parse.positive_int, default=110)
-    # Standalone clusterIPs; in cluster mode it must be the cluster's.
+    # Standalone clusterIPs; cluster mode takes the clusterIPs the API server assigned.
     service_cidr: ipaddress.IPv4Network = setting(
         parse.service_cidr, "service clusterIP range", DEFAULT_SERVICE_CIDR, metavar="CIDR"
     )
