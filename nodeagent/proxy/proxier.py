@@ -57,7 +57,7 @@ from nodeagent.proxy.healthcheck import (
 from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
 from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
-from nodeagent.proxy.rules import RulesConfig, nodeport_ips
+from nodeagent.proxy.rules import RulesConfig, nodeport_ips, primary_ip
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 from nodeagent.proxy.sync import RuleWriter, Syncer
 
@@ -82,7 +82,7 @@ class ProxySettings:
     mode: str = "iptables"  # or "nftables"
     healthz_bind: str = ""  # host:port of /healthz and /livez; "": none
     nodeport_addresses: tuple[str, ...] = ()  # CIDRs or "primary"; (): every local address
-    node_ip: str = ""  # "primary" in nodeport_addresses; "": the first global IPv4
+    node_ip: str = ""  # "primary" in nodeport_addresses; "": the lowest non-loopback IPv4
 
     @property
     def allocations_path(self) -> Path:
@@ -293,11 +293,8 @@ class ServiceProxy:
         wanted = self.settings.nodeport_addresses
         if not wanted:
             return None  # every local address: no need to look at them
-        addresses = sorted(local())
-        primary = self.settings.node_ip or next(
-            (a for a in addresses if ipaddress.ip_address(a).is_global), ""
-        )
-        return nodeport_ips(wanted, addresses, primary)
+        addresses = list(local())
+        return nodeport_ips(wanted, addresses, self.settings.node_ip or primary_ip(addresses))
 
     def _follow_nodeport_ips(
         self, syncer: Syncer | NftSyncer, local: Callable[[], Iterable[str]]

@@ -147,6 +147,16 @@ _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648, as Go's base32.StdEncodin
 _B32_PAIRS = tuple(_B32[i >> 5] + _B32[i & 31] for i in range(1024))  # 10 bits -> 2 chars
 
 
+def primary_ip(local: Iterable[str]) -> str:
+    """The node's IP when --node-ip is not given: its lowest non-loopback IPv4 address."""
+    usable = [
+        ipaddress.IPv4Address(a)
+        for a in local
+        if not ipaddress.IPv4Address(a).is_loopback and not ipaddress.IPv4Address(a).is_link_local
+    ]
+    return str(min(usable)) if usable else ""
+
+
 def nodeport_ips(
     wanted: Sequence[str], local: Iterable[str], primary: str
 ) -> tuple[str, ...] | None:

@@ -404,6 +404,10 @@ def test_nodeport_addresses_select_local_ips() -> None:
         "192.168.77.1",
     )
     assert rules.nodeport_ips(("172.16.0.0/12",), local, "") == ()  # none: no NodePorts
+    assert rules.primary_ip(["127.0.0.1", "169.254.1.1", "192.168.77.1", "10.244.0.1"]) == (
+        "10.244.0.1"
+    )
+    assert rules.primary_ip(["127.0.0.1"]) == ""
     chains = shared.shared_chains({}, RulesConfig(nodeport_ips=("192.168.77.1", "192.168.78.1")))
     assert chains[("nat", "NA-SERVICES")] == (
         '-A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be '
