@@ -701,10 +701,13 @@ def test_proxy_healthz(node: TestNode, net: Net, agent: Agent) -> None:
         assert body["nodeEligible"] is True
 
 
+@pytest.mark.parametrize(
+    "addresses", [["192.168.77.0/24"], ["primary", "--node-ip", NODE_ADDR]], ids=["cidr", "primary"]
+)
 def test_nodeport_addresses_limit_where_node_ports_answer(
-    node: TestNode, net: Net, runtime_target: RuntimeTarget, proxy_mode: str
+    node: TestNode, net: Net, runtime_target: RuntimeTarget, proxy_mode: str, addresses: list[str]
 ) -> None:
-    extra = ["--proxy-mode", proxy_mode, "--nodeport-addresses", "192.168.77.0/24"]
+    extra = ["--proxy-mode", proxy_mode, "--nodeport-addresses", *addresses]
     a = Agent(node, runtime=runtime_target, extra=extra)
     for old in a.manifests.iterdir():
         old.unlink()
