@@ -57,7 +57,8 @@ from nodeagent.proxy.healthcheck import (
 from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
 from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
-from nodeagent.proxy.rules import RulesConfig, nodeport_ips, primary_ip
+from nodeagent.proxy.nodeports import nodeport_ips, primary_ip
+from nodeagent.proxy.rules import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 from nodeagent.proxy.sync import RuleWriter, Syncer
 

@@ -52,9 +52,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
@@ -145,35 +144,6 @@ JUMPS: tuple[Jump, ...] = (
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648, as Go's base32.StdEncoding
 _B32_PAIRS = tuple(_B32[i >> 5] + _B32[i & 31] for i in range(1024))  # 10 bits -> 2 chars
-
-
-def primary_ip(local: Iterable[str]) -> str:
-    """The node's IP when --node-ip is not given: its lowest non-loopback IPv4 address."""
-    usable = [
-        ipaddress.IPv4Address(a)
-        for a in local
-        if not ipaddress.IPv4Address(a).is_loopback and not ipaddress.IPv4Address(a).is_link_local
-    ]
-    return str(min(usable)) if usable else ""
-
-
-def nodeport_ips(
-    wanted: Sequence[str], local: Iterable[str], primary: str
-) -> tuple[str, ...] | None:
-    """The addresses ``--nodeport-addresses`` selects (kube-proxy's NodePortAddresses):
-    CIDRs match the node's local IPv4 addresses, ``primary`` is the node's own IP; None
-    (every local address) when nothing is asked for or a CIDR covers everything."""
-    if not wanted:
-        return None
-    networks = [ipaddress.ip_network(w, strict=False) for w in wanted if w != "primary"]
-    if any(n.prefixlen == 0 and n.version == 4 for n in networks):
-        return None
-    found = {primary} if "primary" in wanted and primary else set()
-    for ip in local:
-        address = ipaddress.ip_address(ip)
-        if any(address in n for n in networks if n.version == address.version):
-            found.add(ip)
-    return tuple(sorted(found, key=lambda a: ipaddress.ip_address(a)))
 
 
 @functools.lru_cache(maxsize=1 << 17)

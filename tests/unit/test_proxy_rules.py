@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import restore, rules, shared
+from nodeagent.proxy import nodeports, restore, rules, shared
 from nodeagent.proxy.restore import Written, render
 from nodeagent.proxy.rules import RulesConfig, service_rules
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
@@ -396,18 +396,19 @@ def test_localhost_node_ports_off_excludes_loopback() -> None:
 
 def test_nodeport_addresses_select_local_ips() -> None:
     local = ["127.0.0.1", "10.244.0.1", "192.168.77.1", "192.168.78.1"]
-    assert rules.nodeport_ips((), local, "192.168.77.1") is None
-    assert rules.nodeport_ips(("0.0.0.0/0",), local, "") is None  # everything: addrtype
-    assert rules.nodeport_ips(("192.168.0.0/16",), local, "") == ("192.168.77.1", "192.168.78.1")
-    assert rules.nodeport_ips(("primary", "127.0.0.0/8"), local, "192.168.77.1") == (
+    assert nodeports.nodeport_ips((), local, "192.168.77.1") is None
+    assert nodeports.nodeport_ips(("0.0.0.0/0",), local, "") is None  # everything: addrtype
+    wide = nodeports.nodeport_ips(("192.168.0.0/16",), local, "")
+    assert wide == ("192.168.77.1", "192.168.78.1")
+    assert nodeports.nodeport_ips(("primary", "127.0.0.0/8"), local, "192.168.77.1") == (
         "127.0.0.1",
         "192.168.77.1",
     )
-    assert rules.nodeport_ips(("172.16.0.0/12",), local, "") == ()  # none: no NodePorts
-    assert rules.primary_ip(["127.0.0.1", "169.254.1.1", "192.168.77.1", "10.244.0.1"]) == (
+    assert nodeports.nodeport_ips(("172.16.0.0/12",), local, "") == ()  # none: no NodePorts
+    assert nodeports.primary_ip(["127.0.0.1", "169.254.1.1", "192.168.77.1", "10.244.0.1"]) == (
         "10.244.0.1"
     )
-    assert rules.primary_ip(["127.0.0.1"]) == ""
+    assert nodeports.primary_ip(["127.0.0.1"]) == ""
     chains = shared.shared_chains({}, RulesConfig(nodeport_ips=("192.168.77.1", "192.168.78.1")))
     assert chains[("nat", "NA-SERVICES")] == (
         '-A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be '
