@@ -178,7 +178,7 @@ class Config:
     relist_interval_s: float = setting(parse.positive_float, default=1.0)  # runtime relists
     runtime_timeout_s: float = setting(parse.positive_float, default=10.0)  # any runtime call
     max_pods: int = setting(parse.positive_int, default=110)
-    # Standalone clusterIPs; in cluster mode it must be the cluster's.
+    # Standalone clusterIPs; cluster mode takes the clusterIPs the API server assigned.
     service_cidr: ipaddress.IPv4Network = setting(
         parse.service_cidr, "service clusterIP range", DEFAULT_SERVICE_CIDR, metavar="CIDR"
     )
@@ -201,6 +201,21 @@ class Config:
         "service rules through iptables or nftables",
         "iptables",
         choices=PROXY_MODES,
+    )
+    # host:port of the proxy's /healthz and /livez (kube-proxy's healthzBindAddress); "": off.
+    proxy_healthz_bind: str = setting(
+        parse.bind,
+        "serve the proxy's /healthz and /livez here; empty: off",
+        "0.0.0.0:10256",
+        metavar="HOST:PORT",
+    )
+    # kube-proxy's --nodeport-addresses: NodePorts answer only on matching local addresses.
+    nodeport_addresses: tuple[str, ...] = setting(
+        parse.nodeport_addresses,
+        "NodePorts answer only on local addresses in these CIDRs ('primary': the node IP)",
+        (),
+        metavar="CIDR[,CIDR]",
+        shown="every local address",
     )
     # Join the control plane it names; None: standalone.
     kubeconfig: Path | None = setting(

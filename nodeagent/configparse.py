@@ -105,6 +105,25 @@ def ip_list(raw: Raw) -> tuple[str, ...]:
     return tuple(items)
 
 
+def nodeport_addresses(raw: Raw) -> tuple[str, ...]:
+    """CIDRs, or ``primary`` (the node's IP), as kube-proxy's --nodeport-addresses."""
+    value = raw.value
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list) and raw.typed and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise ValueError(f"must be CIDRs or 'primary', got {_type_name(value)}")
+    for item in items:
+        if item == "primary":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=True)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a CIDR (e.g. 192.168.0.0/24) nor primary") from None
+    return tuple(items)
+
+
 def domain(raw: Raw) -> str:
     value = string(raw).lower().rstrip(".")
     if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):

@@ -19,6 +19,14 @@ Rules, in this order:
    allows; two Services never share one.
 4. Headless and ExternalName Services get no clusterIP; only NodePort and LoadBalancer
    Services (unless ``allocateLoadBalancerNodePorts: false``) get nodePorts.
+5. A LoadBalancer Service with ``externalTrafficPolicy: Local`` gets a health check node
+   port from the same range and pool (kept under ``HEALTH_CHECK_KEY`` among its nodePorts),
+   unless it names one.
+6. The service CIDR is IPv4 only, so ``ipFamilyPolicy: RequireDualStack`` is an error (the
+   API server refuses it on a single-stack cluster); PreferDualStack gets its IPv4 side.
+
+In cluster mode the API server has allocated already: ``assigned`` reads a Service's
+clusterIP and ports as they are, whatever ``--service-cidr`` says (k3s uses 10.43.0.0/16).
 
 Allocations of Services that are gone are released. ``save`` writes JSON atomically.
 """
@@ -33,15 +41,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.fsutil import write_file_atomic
-from nodeagent.model.service import Service
+from nodeagent.model.service import IPFamilyPolicy, Service
 
 FILE_VERSION = 1
+HEALTH_CHECK_KEY = "healthCheckNodePort"  # never a ServicePort.key (those hold a "/")
 
 
 @dataclass(frozen=True)
 class Allocation:
     cluster_ip: str = ""  # "" for headless and ExternalName services
-    node_ports: Mapping[str, int] = field(default_factory=dict)  # ServicePort.key -> port
+    # ServicePort.key -> port, and HEALTH_CHECK_KEY -> the health check node port
+    node_ports: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def health_check_node_port(self) -> int:
+        return self.node_ports.get(HEALTH_CHECK_KEY, 0)
+
+
+def assigned(service: Service) -> Allocation:
+    """What the API server allocated to a cluster-mode Service, taken as it is."""
+    spec = service.spec
+    ports = {p.key: p.node_port for p in spec.ports if p.node_port}
+    if spec.needs_health_check and spec.health_check_node_port:
+        ports[HEALTH_CHECK_KEY] = spec.health_check_node_port
+    return Allocation(cluster_ip="" if spec.headless else spec.cluster_ip, node_ports=ports)
 
 
 @dataclass(frozen=True)
@@ -150,11 +173,46 @@ class _Claim:
 def _claim(service: Service, before: Allocation | None, pool: _Pool, ranges: Ranges) -> _Claim:
     claim = _Claim(service)
     spec = service.spec
+    if spec.ip_family_policy is IPFamilyPolicy.REQUIRE_DUAL_STACK:
+        claim.error(
+            "spec.ipFamilyPolicy",
+            f"RequireDualStack needs an IPv6 service range, but the service CIDR "
+            f"{ranges.service_cidr} is IPv4 only (use PreferDualStack or SingleStack)",
+        )
+        return claim
     if spec.proxied:
         _claim_ip(claim, before, pool, ranges)
     if spec.wants_node_ports or any(p.node_port for p in spec.ports):
         _claim_ports(claim, before, pool, ranges)
+    if spec.needs_health_check:
+        _claim_health_check(claim, before, pool, ranges)
     return claim
+
+
+def _claim_health_check(
+    claim: _Claim, before: Allocation | None, pool: _Pool, ranges: Ranges
+) -> None:
+    key = claim.service.key
+    wanted = claim.service.spec.health_check_node_port
+    where = "spec.healthCheckNodePort"
+    if wanted:
+        lo, hi = ranges.node_ports
+        if not ranges.has_port(wanted):
+            claim.error(where, f"{wanted} is not in the node-port range {lo}-{hi}")
+            return
+        holder = pool.ports.get(wanted)
+        if holder is not None and holder != key:
+            claim.error(where, f"{wanted} is already allocated to Service {holder}")
+            return
+        pool.ports[wanted] = key
+        claim.node_ports[HEALTH_CHECK_KEY] = wanted
+        return
+    kept = before.health_check_node_port if before is not None else 0
+    if kept and ranges.has_port(kept) and pool.ports.get(kept, key) == key:
+        pool.ports[kept] = key
+        claim.node_ports[HEALTH_CHECK_KEY] = kept
+    else:
+        claim.needs_ports.append(HEALTH_CHECK_KEY)
 
 
 def _claim_ip(claim: _Claim, before: Allocation | None, pool: _Pool, ranges: Ranges) -> None:

@@ -50,9 +50,10 @@ class PodView:
 def service_ports(
     service: Service, allocation: Allocation
 ) -> dict[ServicePortName, ServicePortInfo]:
-    """The service ports of one allocated Service; none for headless or ExternalName."""
+    """The service ports of one allocated Service; none for headless or ExternalName, nor
+    for a Service another proxy serves."""
     spec = service.spec
-    if not spec.proxied or not allocation.cluster_ip:
+    if not service.proxied or not allocation.cluster_ip:
         return {}
     timeout = spec.affinity_timeout_s if spec.session_affinity is SessionAffinity.CLIENT_IP else 0
     ingress = tuple(i.ip for i in service.load_balancer_ingress if not i.proxied)
@@ -67,6 +68,7 @@ def service_ports(
             node_port=allocation.node_ports.get(port.key, 0),
             external_ips=spec.external_ips,
             load_balancer_ips=ingress if spec.type is ServiceType.LOAD_BALANCER else (),
+            source_ranges=spec.source_ranges if spec.type is ServiceType.LOAD_BALANCER else (),
             affinity_timeout_s=timeout,
             external_policy_local=spec.external_traffic_policy is TrafficPolicy.LOCAL,
             internal_policy_local=spec.internal_traffic_policy is TrafficPolicy.LOCAL,
@@ -79,7 +81,7 @@ def service_endpoints(
 ) -> dict[ServicePortName, tuple[Endpoint, ...]]:
     """Endpoints per service port of one Service, sorted by address."""
     spec = service.spec
-    if not spec.proxied or not spec.selector:
+    if not service.proxied or not spec.selector:
         return {}
     selector = spec.selector.items()
     members = [

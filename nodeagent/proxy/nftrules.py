@@ -7,12 +7,16 @@ service port touches only that port's chain and its map elements::
     nat-prerouting, nat-output -> services:
         ip daddr . l4proto . dport  vmap @service-ips     -> svc-/svl-/ext- chain of a port
         fib daddr type local: l4proto . dport  vmap @service-nodeports -> ext- chain
+        (with --nodeport-addresses: ip daddr { those addresses } instead of fib)
     svc-<hash>-<ns>/<name>/<proto>/<port>   (svl- for the Local policy)
         cluster IP from off-cluster -> masquerade mark
         dnat to numgen random mod n map { i : endpoint i }   (one rule, no per-endpoint chain)
         with ClientIP affinity: ip saddr @aff-<hash> goto sep-<hash> (kube-proxy's way), and
         numgen random mod n vmap { i : goto sep- }; sep-: update @aff-, dnat
     ext-<hash>-...  masquerade or Local-policy rules, then goto svc-/svl-
+    filter-prerouting-pre-dnat, filter-output-pre-dnat -> firewall-check (before DNAT):
+        ip daddr . l4proto . dport  vmap @firewall-ips  -> firewall-<hash>-...: one rule,
+        ip saddr != { loadBalancerSourceRanges } drop  (kube-proxy's firewall chains)
     nat-postrouting: ct status dnat, ip saddr . ip daddr @hairpin -> mark (a pod reached
         itself through its service); pod egress (multi-node); masquerade what carries the mark
     filter-input/forward/output (ct state new): vmap @no-endpoint-services and
@@ -56,12 +60,20 @@ SERVICE_NODEPORTS = "service-nodeports"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 HAIRPIN = "hairpin"
+FIREWALL_IPS = "firewall-ips"  # load-balancer IP . proto . port : goto firewall- chain
 CANARY = "canary"  # an empty set: gone means our table was deleted or flushed
-MAPS = (SERVICE_IPS, SERVICE_NODEPORTS, NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS)
+MAPS = (
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    NO_ENDPOINT_SERVICES,
+    NO_ENDPOINT_NODEPORTS,
+    FIREWALL_IPS,
+)
 
 SERVICES, REJECT = "services", "reject-chain"
 ENDPOINTS_CHECK, NODEPORTS_CHECK = "service-endpoints-check", "nodeport-endpoints-check"
 FIREWALL, MASQUERADING, POD_EGRESS = "firewall", "masquerading", "pod-egress"
+FIREWALL_CHECK = "firewall-check"
 
 MARK = f"meta mark set meta mark | {MASQ_MARK}"
 
@@ -70,13 +82,16 @@ _KEY_TYPES = {
     SERVICE_NODEPORTS: "inet_proto . inet_service",
     NO_ENDPOINT_SERVICES: "ipv4_addr . inet_proto . inet_service",
     NO_ENDPOINT_NODEPORTS: "inet_proto . inet_service",
+    FIREWALL_IPS: "ipv4_addr . inet_proto . inet_service",
 }
 
 # Base chains: (name, type, hook, priority). nat at kube-proxy's priorities; our srcnat runs
 # just before iptables' (100), so a pod-to-pod flow we leave unchanged is not masqueraded by
 # a CNI plugin's iptables rule after us (the first NAT binding of a flow wins). filter runs
-# before iptables' filter (0).
+# before iptables' filter (0); the firewall before DNAT (dstnat - 10), as kube-proxy's.
 BASE_CHAINS = (
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", "-110"),
+    ("filter-output-pre-dnat", "filter", "output", "-110"),
     ("nat-prerouting", "nat", "prerouting", "dstnat"),
     ("nat-output", "nat", "output", "-100"),
     ("nat-postrouting", "nat", "postrouting", "99"),
@@ -168,6 +183,14 @@ def port_objects(
         elements.append(Element(SERVICE_IPS, key, f"goto {internal_chain}"))
     else:
         elements.append(Element(NO_ENDPOINT_SERVICES, key, blocked))
+    chains: dict[str, list[str]] = {}
+    if info.source_ranges and info.load_balancer_ips:
+        # Before DNAT, whether or not there are endpoints: unlisted sources never get
+        # through, not even to the rejection.
+        fw = port_chain("firewall", name)
+        chains[fw] = [f"ip saddr != {{ {', '.join(info.source_ranges)} }} drop"]
+        for ip in info.load_balancer_ips:
+            elements.append(Element(FIREWALL_IPS, f"{ip} . {proto} . {info.port}", f"goto {fw}"))
     for ip in (*info.external_ips, *info.load_balancer_ips):
         vip = f"{ip} . {proto} . {info.port}"
         if has_endpoints:
@@ -181,7 +204,6 @@ def port_objects(
         if not has_external:
             elements.append(Element(NO_ENDPOINT_NODEPORTS, node_key, blocked))
 
-    chains: dict[str, list[str]] = {}
     sets: list[tuple[str, int]] = []
     if has_endpoints and info.externally_accessible:
         chains[ext] = _external_rules(info, svc, external_chain, has_external, config)
@@ -267,11 +289,21 @@ def shared_script(config: RulesConfig) -> list[str]:
             f"add chain {t} {chain} {{ type {kind} hook {hook} priority {priority} ; "
             "policy accept ; }"
         )
-    for chain in (SERVICES, REJECT, ENDPOINTS_CHECK, NODEPORTS_CHECK, FIREWALL, MASQUERADING):
+    for chain in (
+        SERVICES,
+        REJECT,
+        ENDPOINTS_CHECK,
+        NODEPORTS_CHECK,
+        FIREWALL,
+        FIREWALL_CHECK,
+        MASQUERADING,
+    ):
         lines.append(f"add chain {t} {chain}")
     nodeport_dst = "fib daddr type local" + (
         "" if config.localhost_nodeports else f" ip daddr != {LOCALHOST}"
     )
+    if config.nodeport_ips is not None:  # --nodeport-addresses; no address: no NodePorts
+        nodeport_dst = f"ip daddr {{ {', '.join(config.nodeport_ips) or '0.0.0.0'} }}"
     rules: list[tuple[str, str]] = [
         ("nat-prerouting", f"jump {SERVICES}"),
         ("nat-output", f"jump {SERVICES}"),
@@ -282,6 +314,9 @@ def shared_script(config: RulesConfig) -> list[str]:
         (ENDPOINTS_CHECK, f"ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
         (NODEPORTS_CHECK, f"{nodeport_dst} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"),
         (MASQUERADING, f"ct status dnat ip saddr . ip daddr @{HAIRPIN} {MARK}"),
+        ("filter-prerouting-pre-dnat", f"ct state new jump {FIREWALL_CHECK}"),
+        ("filter-output-pre-dnat", f"ct state new jump {FIREWALL_CHECK}"),
+        (FIREWALL_CHECK, f"ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}"),
     ]
     for chain in ("filter-input", "filter-forward", "filter-output"):
         rules.append((chain, f"ct state new jump {ENDPOINTS_CHECK}"))

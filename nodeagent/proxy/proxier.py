@@ -21,13 +21,20 @@ passed: an agent restarting on a busy node must not replace working rules with r
 reject everything because the pod statuses are not back yet.
 
 A Service whose clusterIP or nodePort cannot be allocated gets no rules; its problem is in
-``errors()`` (the status ``errors`` list, like manifest errors).
+``errors()`` (the status ``errors`` list, like manifest errors). Cluster-mode Services (those
+the inputs give EndpointSlice endpoints for) are not allocated here: the API server did it.
+
+Health (``nodeagent.proxy.healthcheck``): every turn feeds ``ProxyHealth`` (a change pending,
+a sync done or failed), which ``/healthz`` and ``/livez`` on ``healthz_bind`` answer from, and
+opens or closes the health check node ports of Local-policy LoadBalancer Services with their
+local endpoint counts. A port that cannot be opened costs that port, never the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,9 +48,16 @@ from nodeagent.proxy import allocator, host
 from nodeagent.proxy.allocator import Allocation, AllocationError, Ranges
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.endpoints import PortMemory, service_endpoints, service_ports, settled
+from nodeagent.proxy.healthcheck import (
+    HealthCheckServers,
+    HttpListener,
+    ProxyHealth,
+    health_check_services,
+)
 from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
 from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
+from nodeagent.proxy.nodeports import nodeport_ips, primary_ip
 from nodeagent.proxy.rules import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 from nodeagent.proxy.sync import RuleWriter, Syncer
@@ -67,6 +81,9 @@ class ProxySettings:
     state_dir: Path
     pod_egress_masquerade: bool = False  # multi-node: see RulesConfig.pod_egress_masquerade
     mode: str = "iptables"  # or "nftables"
+    healthz_bind: str = ""  # host:port of /healthz and /livez; "": none
+    nodeport_addresses: tuple[str, ...] = ()  # CIDRs or "primary"; (): every local address
+    node_ip: str = ""  # "primary" in nodeport_addresses; "": the lowest non-loopback IPv4
 
     @property
     def allocations_path(self) -> Path:
@@ -135,12 +152,17 @@ class ServiceProxy:
         self._warnings: tuple[str, ...] = ()
         self._connect_error: str | None = None
         self._services: Mapping[str, Service] = {}
-        self._allocations: dict[str, Allocation] = {}
+        self._allocations: dict[str, Allocation] = {}  # every Service's
+        self._local_allocations: dict[str, Allocation] = {}  # those the allocator made
         self._cluster_ips: dict[str, str] = {}  # the allocations' IPs, for cluster_ips()
         self._allocation_errors: list[AllocationError] = []
         self._ports: dict[ServicePortName, ServicePortInfo] = {}
         self._endpoints: dict[str, dict[ServicePortName, tuple[Endpoint, ...]]] = {}
         self._pod_ports = PortMemory()
+        self.health = ProxyHealth()
+        self._health_checks = HealthCheckServers(lambda: self.health.healthy(time.time()))
+        self._health_check_ports: dict[str, int] = {}  # Services needing one -> the port
+        self._healthz_problem: str | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -161,7 +183,40 @@ class ServiceProxy:
             self._syncer.need_full = True
         self._wake.set()
 
+    def set_node_deleting(self, deleting: bool) -> None:
+        """The Node is being deleted: /healthz fails so that balancers drain this node."""
+        self.health.node_deleting = deleting
+
     async def run(self) -> None:
+        healthz = await self._serve_healthz()
+        try:
+            await self._run()
+        finally:
+            await self._health_checks.close()
+            if healthz is not None:
+                await healthz.close()
+
+    async def _serve_healthz(self) -> HttpListener | None:
+        if not self.settings.healthz_bind:
+            return None
+        host, _, port = self.settings.healthz_bind.rpartition(":")
+        listener = HttpListener(
+            host.strip("[]"), int(port), lambda path: self.health.answer(path, time.time())
+        )
+        try:
+            await listener.start()
+        except OSError as exc:
+            self._healthz_problem = (
+                f"cannot listen on {self.settings.healthz_bind} (--proxy-healthz-bind): "
+                f"{exc.strerror}"
+            )
+            log.error("proxy_healthz_unavailable", error=self._healthz_problem)
+            return None
+        host, port_number = listener.address
+        log.info("proxy_healthz_listening", address=f"{host}:{port_number}")
+        return listener
+
+    async def _run(self) -> None:
         connection = await self._connect_until_done()
         writer, self._warnings = connection.writer, connection.warnings
         config = RulesConfig(
@@ -170,13 +225,16 @@ class ServiceProxy:
             pod_egress_masquerade=self.settings.pod_egress_masquerade,
         )
         conntrack, local = connection.conntrack, connection.local_addresses
+        config = replace(config, nodeport_ips=self._nodeport_ips(local))
         syncer: Syncer | NftSyncer
         if isinstance(writer, Nftables):
             syncer = NftSyncer(writer, config, conntrack=conntrack, local_addresses=local)
         else:
             syncer = Syncer(writer, config, conntrack=conntrack, local_addresses=local)
         self._syncer = syncer
-        self._allocations = await asyncio.to_thread(allocator.load, self.settings.allocations_path)
+        self._local_allocations = await asyncio.to_thread(
+            allocator.load, self.settings.allocations_path
+        )
         loop = asyncio.get_running_loop()
         first_inputs: float | None = None
         last_start = -1e9
@@ -199,6 +257,7 @@ class ServiceProxy:
                     syncer.need_full = True
                 if now - last_canary >= CANARY_INTERVAL_S:
                     last_canary = now
+                    self._follow_nodeport_ips(syncer, local)
                     if not await writer.canary_ok():
                         log.warning("proxy_canary_gone", effect="full resync")
                         syncer.need_full = True
@@ -207,12 +266,15 @@ class ServiceProxy:
             wait = POLL_S
             if not initialized and first_inputs is not None:
                 wait = min(wait, first_inputs + INITIAL_GRACE_S - now)  # the grace's end
+            if syncer.pending():
+                self.health.queued(time.time())
             if initialized and syncer.pending():
                 due = last_start + gap
                 if now >= due:
                     last_start = now
                     full = syncer.need_full
                     ok = await syncer.sync()
+                    self.health.synced(time.time(), ok=ok)
                     metrics.proxy_synced(full=full, ok=ok, stats=syncer.stats)
                     if ok:
                         failures = 0
@@ -229,6 +291,23 @@ class ServiceProxy:
             except TimeoutError:
                 pass
 
+    def _nodeport_ips(self, local: Callable[[], Iterable[str]]) -> tuple[str, ...] | None:
+        wanted = self.settings.nodeport_addresses
+        if not wanted:
+            return None  # every local address: no need to look at them
+        addresses = list(local())
+        return nodeport_ips(wanted, addresses, self.settings.node_ip or primary_ip(addresses))
+
+    def _follow_nodeport_ips(
+        self, syncer: Syncer | NftSyncer, local: Callable[[], Iterable[str]]
+    ) -> None:
+        """The node's addresses changed under --nodeport-addresses: a full resync."""
+        ips = self._nodeport_ips(local)
+        if ips != syncer.config.nodeport_ips:
+            log.info("proxy_nodeport_addresses", addresses=ips)
+            syncer.config = replace(syncer.config, nodeport_ips=ips)
+            syncer.need_full = True
+
     async def _connect_until_done(self) -> Connection:
         """Connect, retrying with backoff; meanwhile the failure is the status' lastError."""
         delay = 1.0
@@ -243,11 +322,16 @@ class ServiceProxy:
 
     async def _refresh(self, inputs: ProxyInputs) -> None:
         if inputs.services is not self._services and inputs.services != self._services:
-            allocations, errors = allocator.allocate(
-                inputs.services, self._allocations, self._ranges
-            )
-            if allocations != self._allocations:
+            # Cluster mode: API Services (those with slice endpoints) come allocated.
+            local = {k: s for k, s in inputs.services.items() if k not in inputs.endpoints}
+            allocations, errors = allocator.allocate(local, self._local_allocations, self._ranges)
+            if allocations != self._local_allocations:
                 await asyncio.to_thread(allocator.save, self.settings.allocations_path, allocations)
+            self._local_allocations = allocations
+            allocations = {
+                **allocations,
+                **{k: allocator.assigned(s) for k, s in inputs.services.items() if k not in local},
+            }
             self._allocations, self._allocation_errors = allocations, errors
             self._cluster_ips = {k: a.cluster_ip for k, a in allocations.items() if a.cluster_ip}
             for error in errors:
@@ -257,6 +341,11 @@ class ServiceProxy:
                     field=error.field,
                     message=error.message,
                 )
+            self._health_check_ports = {
+                key: allocations[key].health_check_node_port
+                for key, service in inputs.services.items()
+                if key in allocations and service.spec.needs_health_check
+            }
             self._ports = {
                 key: info
                 for name, service in inputs.services.items()
@@ -271,6 +360,13 @@ class ServiceProxy:
             else service_endpoints(service, pods)
             for name, service in inputs.services.items()
         }
+        await self._health_checks.update(
+            health_check_services(
+                {k: inputs.services[k] for k in self._health_check_ports},
+                self._health_check_ports,
+                self._endpoints,
+            )
+        )
         if self._syncer is not None:
             self._syncer.services.replace(self._ports)
             self._syncer.endpoints.replace(
@@ -295,11 +391,15 @@ class ServiceProxy:
                 "lastSync": None,
                 "backend": None,
                 "lastError": self._connect_error,
-                "warnings": [],
+                "warnings": self._health_problems(),
             }
         doc: dict[str, Any] = self._syncer.stats.to_json(self._syncer.writer.backend_name)
-        doc["warnings"] = list(self._warnings)
+        doc["warnings"] = [*self._warnings, *self._health_problems()]
         return doc
+
+    def _health_problems(self) -> list[str]:
+        found = [self._healthz_problem] if self._healthz_problem else []
+        return found + [why for _, why in sorted(self._health_checks.problems.items())]
 
     def errors(self) -> list[dict[str, str]]:
         """Allocation errors, in the shape of manifest errors."""
@@ -346,7 +446,11 @@ def service_object(
     if service.spec.headless:
         spec["clusterIP"], spec["clusterIPs"] = HEADLESS, [HEADLESS]
     elif allocation is not None and allocation.cluster_ip:
-        spec["clusterIP"], spec["clusterIPs"] = allocation.cluster_ip, [allocation.cluster_ip]
+        spec["clusterIP"] = spec.get("clusterIP") or allocation.cluster_ip
+        if not service.spec.ipv6_cluster_ip:
+            spec["clusterIPs"], spec["ipFamilies"] = [allocation.cluster_ip], ["IPv4"]
+        if allocation.health_check_node_port:
+            spec["healthCheckNodePort"] = allocation.health_check_node_port
     raw_ports = spec.get("ports")
     if isinstance(raw_ports, list) and allocation is not None:
         ports = []
@@ -370,7 +474,8 @@ def service_object(
         "status": dict(raw_status) if isinstance(raw_status, Mapping) else {"loadBalancer": {}},
         "endpoints": ready,
         "notReadyEndpoints": not_ready,
-        "proxied": allocation is not None and service.spec.proxied,
+        "proxied": allocation is not None and service.proxied,
+        "notProgrammed": list(service.spec.not_programmed),
     }
 
 

@@ -6,9 +6,13 @@ read the same to anyone who knows kube-proxy's and never collide with a kube-pro
 same host::
 
     nat PREROUTING, OUTPUT -> NA-SERVICES           one rule per service IP:port, then
-                                                    addrtype LOCAL -> NA-NODEPORTS (last)
+                                                    addrtype LOCAL -> NA-NODEPORTS (last;
+                                                    with --nodeport-addresses, -d per IP)
     NA-SERVICES  --cluster IP-->  NA-SVC-<hash>     (NA-SVL-<hash> for the Local policy)
                  --external IP / LB IP-->  NA-EXT-<hash>
+                 --LB IP with loadBalancerSourceRanges-->  NA-FW-<hash>: one rule per
+                   allowed source range -> NA-EXT-<hash>; anything else falls through
+                   un-NATed and is dropped by filter NA-PROXY-FIREWALL (as kube-proxy)
     NA-NODEPORTS --nodePort-->    NA-EXT-<hash>     masquerade, then the policy chain
     NA-SVC-<hash>  off-cluster source -> NA-MARK-MASQ;
                    rule i of n: statistic --probability 1/(n-i), DNAT to endpoint i
@@ -23,7 +27,9 @@ same host::
                    pod -> anywhere else masqueraded (the node's IP leaves the cluster)
     filter: NA-SERVICES / NA-EXTERNAL-SERVICES reject (no endpoints) or drop (no local
             endpoints for a Local policy); NA-FORWARD accepts marked and established
-            traffic; NA-FIREWALL drops martian traffic to 127/8 (localhost NodePorts).
+            traffic; NA-FIREWALL drops martian traffic to 127/8 (localhost NodePorts);
+            NA-PROXY-FIREWALL drops new connections still addressed to a load-balancer IP
+            with source ranges (those NA-FW-<hash> let through were DNATed already).
 
 Where kube-proxy gives every endpoint a chain (NA-SEP: the hairpin check, then DNAT), the
 service chain DNATs itself and the hairpin check moves to postrouting, as in our nftables
@@ -63,11 +69,13 @@ POD_EGRESS = "NA-POD-EGRESS"
 HAIRPIN = "NA-HAIRPIN"
 FORWARD = "NA-FORWARD"
 FIREWALL = "NA-FIREWALL"
+PROXY_FIREWALL = "NA-PROXY-FIREWALL"  # loadBalancerSourceRanges (kube-proxy's of that name)
 CANARY = "NA-PROXY-CANARY"  # one RETURN rule in nat and filter; gone means we were flushed
 HINT = "NA-IPTABLES-HINT"  # an empty chain in mangle marking the backend we use
 
 SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, SEP_PREFIX = "NA-SVC-", "NA-SVL-", "NA-EXT-", "NA-SEP-"
-SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, SEP_PREFIX)
+FW_PREFIX = "NA-FW-"
+SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, SEP_PREFIX, FW_PREFIX)
 
 MASQ_MARK = "0x4000"
 LARGE_CLUSTER_ENDPOINTS = 1000
@@ -90,6 +98,8 @@ class RulesConfig:
     # Multi-node pod network: pod traffic to the rest of cluster_cidr keeps its source, pod
     # traffic leaving it is masqueraded (needs cluster_cidr to be the whole cluster's).
     pod_egress_masquerade: bool = False
+    # --nodeport-addresses: the local IPs NodePorts answer on; None: every local address.
+    nodeport_ips: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,9 @@ JUMPS: tuple[Jump, ...] = (
     Jump(FILTER, "FORWARD", SERVICES, "nodeagent service portals", _NEW),
     Jump(FILTER, "OUTPUT", SERVICES, "nodeagent service portals", _NEW),
     Jump(FILTER, "FORWARD", FORWARD, "nodeagent forwarding rules"),
+    Jump(FILTER, "INPUT", PROXY_FIREWALL, "nodeagent load balancer firewall", _NEW),
+    Jump(FILTER, "FORWARD", PROXY_FIREWALL, "nodeagent load balancer firewall", _NEW),
+    Jump(FILTER, "OUTPUT", PROXY_FIREWALL, "nodeagent load balancer firewall", _NEW),
     Jump(FILTER, "INPUT", FIREWALL, "nodeagent localnet protection"),
     Jump(FILTER, "OUTPUT", FIREWALL, "nodeagent localnet protection"),
 )
@@ -175,7 +188,14 @@ def is_service_chain(chain: str) -> bool:
 
 # ServiceRules fields that hold a port's lines for chains shared by every port.
 SHARED_LINE_FIELDS = frozenset(
-    ("nat_services", "nat_nodeports", "filter_services", "filter_external", "hairpin")
+    (
+        "nat_services",
+        "nat_nodeports",
+        "filter_services",
+        "filter_external",
+        "filter_firewall",
+        "hairpin",
+    )
 )
 
 
@@ -183,7 +203,7 @@ SHARED_LINE_FIELDS = frozenset(
 class ServiceRules:
     """What one service port contributes: its own nat chains, and lines in shared chains."""
 
-    chains: tuple[str, ...] = ()  # its own nat chains (SVC, SVL, EXT, SEP)
+    chains: tuple[str, ...] = ()  # its own nat chains (SVC, SVL, EXT, SEP, FW)
     rules: tuple[str, ...] = ()  # "-A" lines for those chains; () once slimmed
     rule_count: int = 0  # len(rules) before slimming
     nat_services: tuple[str, ...] = ()
@@ -191,6 +211,7 @@ class ServiceRules:
     filter_services: tuple[str, ...] = ()
     filter_external: tuple[str, ...] = ()
     hairpin: tuple[str, ...] = ()  # IPs of its local endpoints (NA-HAIRPIN)
+    filter_firewall: tuple[str, ...] = ()  # NA-PROXY-FIREWALL lines
 
     def changed_shared_lines(self, other: ServiceRules | None) -> frozenset[str]:
         """The fields of lines for shared chains that differ from ``other``'s (all, for None)."""
@@ -211,6 +232,7 @@ class ServiceRules:
             self.filter_services,
             self.filter_external,
             self.hairpin,
+            self.filter_firewall,
         )
 
 
@@ -250,6 +272,7 @@ class Plan:
     svc: str
     svl: str
     ext: str
+    fw: str  # "" unless the load-balancer IPs are fenced by source ranges
     seps: Mapping[str, str]  # endpoint address -> its chain (ClientIP affinity only)
     chains: tuple[str, ...]  # in the order ``service_rules`` writes them
 
@@ -263,6 +286,10 @@ def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
     svc, svl, ext = SVC_PREFIX + port_hash, SVL_PREFIX + port_hash, EXT_PREFIX + port_hash
     eps = categorize(info, endpoints)
     chains: list[str] = []
+    fw = ""
+    if eps.any_usable and info.source_ranges and info.load_balancer_ips:
+        fw = FW_PREFIX + port_hash
+        chains.append(fw)
     if eps.any_usable and info.externally_accessible:
         chains.append(ext)
     if eps.cluster and info.uses_cluster_endpoints:
@@ -274,7 +301,7 @@ def plan(info: ServicePortInfo, endpoints: Sequence[Endpoint]) -> Plan:
         if info.affinity_timeout_s
         else {}
     )
-    return Plan(eps, svc, svl, ext, seps, (*chains, *seps.values()))
+    return Plan(eps, svc, svl, ext, fw, seps, (*chains, *seps.values()))
 
 
 def service_rules(
@@ -310,6 +337,8 @@ def service_rules(
     nat_nodeports: list[str] = []
     filter_services: list[str] = []
     filter_external: list[str] = []
+    filter_firewall: list[str] = []
+    fenced = bool(info.source_ranges)
     if has_internal:
         nat_services.append(
             f'-A {SERVICES} -m comment --comment "{spn} cluster IP" {match} {dest} '
@@ -323,11 +352,19 @@ def service_rules(
         ("external IP", info.external_ips),
         ("loadbalancer IP", info.load_balancer_ips),
     ):
+        lb = kind == "loadbalancer IP"
         for ip in addresses:
             vip = f"-d {ip}/32 --dport {info.port}"
             if has_endpoints:
+                target = p.fw if lb and p.fw else ext
                 nat_services.append(
-                    f'-A {SERVICES} -m comment --comment "{spn} {kind}" {match} {vip} -j {ext}'
+                    f'-A {SERVICES} -m comment --comment "{spn} {kind}" {match} {vip} -j {target}'
+                )
+            if lb and fenced:
+                filter_firewall.append(
+                    f'-A {PROXY_FIREWALL} -m comment --comment "{spn} traffic not accepted by '
+                    f'{p.fw or FW_PREFIX + hash16(str(name) + name.protocol.lower())}" '
+                    f"{match} {vip} -j DROP"
                 )
             if not has_external:
                 filter_external.append(
@@ -348,6 +385,11 @@ def service_rules(
             )
 
     chains: dict[str, list[str]] = {}
+    if p.fw:
+        chains[p.fw] = [
+            f'-A {p.fw} -m comment --comment "{spn} loadbalancer IP" -s {cidr} -j {ext}'
+            for cidr in info.source_ranges
+        ]
     if uses_ext:
         chains[ext] = _external_rules(info, ext, svc, external_chain, has_external, config)
     if eps.cluster and info.uses_cluster_endpoints:
@@ -380,6 +422,7 @@ def service_rules(
         filter_services=tuple(filter_services),
         filter_external=tuple(filter_external),
         hairpin=tuple(sorted({e.ip for e in eps.reachable if e.local})),
+        filter_firewall=tuple(filter_firewall),
     )
 
 

@@ -25,6 +25,7 @@ from nodeagent.proxy.rules import (
     NODEPORTS,
     POD_EGRESS,
     POSTROUTING,
+    PROXY_FIREWALL,
     SERVICES,
     RulesConfig,
     ServiceRules,
@@ -41,6 +42,7 @@ GATHERED: dict[ChainKey, str] = {
     (NAT, HAIRPIN): "hairpin",
     (FILTER, SERVICES): "filter_services",
     (FILTER, EXTERNAL_SERVICES): "filter_external",
+    (FILTER, PROXY_FIREWALL): "filter_firewall",
 }
 
 
@@ -79,10 +81,18 @@ def _gathered(
     lines = tuple(line for r in ordered for line in getattr(r, field))
     if key != (NAT, SERVICES):
         return lines
+    last = (
+        '-m comment --comment "nodeagent service nodeports; NOTE: this must be the last rule '
+        'in this chain"'
+    )
+    if config.nodeport_ips is not None:  # --nodeport-addresses: one rule per address
+        return (
+            *lines,
+            *(f"-A {SERVICES} {last} -d {ip}/32 -j {NODEPORTS}" for ip in config.nodeport_ips),
+        )
     return (
         *lines,
-        f'-A {SERVICES} -m comment --comment "nodeagent service nodeports; NOTE: this must be '
-        f'the last rule in this chain" -m addrtype --dst-type LOCAL '
+        f"-A {SERVICES} {last} -m addrtype --dst-type LOCAL "
         + ("" if config.localhost_nodeports else f"! -d {LOCALHOST} ")
         + f"-j {NODEPORTS}",
     )

@@ -57,6 +57,9 @@ class ServicePortInfo:
     node_port: int = 0  # 0: no NodePort
     external_ips: tuple[str, ...] = ()
     load_balancer_ips: tuple[str, ...] = ()
+    # loadBalancerSourceRanges (IPv4 networks): only these sources reach load_balancer_ips;
+    # empty: any source.
+    source_ranges: tuple[str, ...] = ()
     affinity_timeout_s: int = 0  # 0: no session affinity; else ClientIP for this long
     external_policy_local: bool = False  # externalTrafficPolicy: Local
     internal_policy_local: bool = False  # internalTrafficPolicy: Local

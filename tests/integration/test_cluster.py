@@ -523,3 +523,55 @@ async def test_a_host_network_pod_reports_the_node_ip(
     status = pod["status"]
     assert status["hostIP"] == link.node_ip and status["hostIPs"] == [{"ip": link.node_ip}]
     assert status["podIP"] == link.node_ip and status["podIPs"] == [{"ip": link.node_ip}]
+
+
+async def test_api_services_keep_their_cluster_ips_whatever_the_service_cidr(
+    node: TestNode, api: ApiServerProcess, admin: AsyncClient
+) -> None:
+    # The API server allocates from 10.96.0.0/16; the agent is told another range (k3s's):
+    # it matters to standalone allocation only, never to the API's Services.
+    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
+    extra = ["--kubeconfig", kubeconfig, "--service-cidr", "10.43.0.0/16"]
+    agent = Agent(node, name=NODE_NAME, extra=extra)
+    for old in agent.manifests.iterdir():
+        old.unlink()
+    agent.start()
+    try:
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "lb", "namespace": "default"},
+            "spec": {
+                "type": "LoadBalancer",
+                "externalTrafficPolicy": "Local",
+                "selector": {"app": "web"},
+                "ports": [{"port": 80, "targetPort": 8080}],
+            },
+        }
+        created = await admin.create(Service.from_dict(service))  # type: ignore[call-overload]
+        cluster_ip, hc_port = created.spec.clusterIP, created.spec.healthCheckNodePort
+        assert cluster_ip.startswith("10.96.") and hc_port
+        script = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
+        body = pod_manifest("web-1", script, grace=1)
+        body["metadata"]["labels"] = {"app": "web"}
+        await create(admin, body)
+        await wait_ready(admin, agent, "web-1")
+        answer = await asyncio.to_thread(
+            lambda: wait_for(
+                lambda: http_get(node, f"http://{cluster_ip}:80/"),
+                30,
+                message=lambda: f"an answer from {cluster_ip}\n{agent.log_tail()}",
+            )
+        )
+        assert answer == "web-1"
+        assert not [e for e in agent.status()["errors"] if e["object"].startswith("Service")]
+        health = await asyncio.to_thread(
+            lambda: wait_for(
+                lambda: http_get(node, f"http://127.0.0.1:{hc_port}/"),
+                30,
+                message=lambda: f"the health check node port\n{agent.log_tail()}",
+            )
+        )
+        assert '"localEndpoints":1' in health
+    finally:
+        agent.stop()

@@ -306,6 +306,41 @@ async def test_external_traffic_policy_local_answers_only_where_an_endpoint_is(
         assert all(x.startswith("error") for x in answers), (other.name, answers)
 
 
+async def test_health_check_node_port_answers_200_only_where_an_endpoint_is(
+    lab: Lab, admin: AsyncClient
+) -> None:
+    # What a cloud balancer asks of every node before sending it Local-policy traffic.
+    a, b, c = lab.nodes
+    await ensure_pod(admin, b, "hc-b")
+    await ensure_service(
+        admin,
+        "hc-b",
+        {
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local",
+            "selector": {"app": "hc-b"},
+            "ports": [{"port": 80, "targetPort": 8080}],
+        },
+    )
+    svc = await admin.get(Service, "hc-b", namespace="default")
+    port = int(svc.spec.healthCheckNodePort or 0) if svc.spec else 0
+    assert port
+    await wait_endpoints(lab, "hc-b", 1)
+    body = '{"service":{"namespace":"default","name":"hc-b"},"localEndpoints":1,'
+    body += '"serviceProxyHealthy":true}'
+
+    def healthy_on_b() -> bool:
+        return fetch_from_lab(lab, f"http://{b.ip}:{port}/") == [body]
+
+    await async_wait_for(healthy_on_b, 30, 0.5, message=f"health check {port} on lab-2")
+    for other in (a, c):  # listening (a refusal would be URLError), and 503: no local endpoint
+
+        def unhealthy(other: LabNode = other) -> bool:
+            return fetch_from_lab(lab, f"http://{other.ip}:{port}/") == ["error: HTTPError"]
+
+        await async_wait_for(unhealthy, 30, 0.5, message=f"503 from {other.name}")
+
+
 async def _running_containers(lab_node: LabNode) -> dict[str, str]:
     runtime = CRIRuntime(lab_node.node.endpoint)
     try:

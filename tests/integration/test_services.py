@@ -537,3 +537,189 @@ def test_the_examples_serve_through_their_service(node: TestNode, net: Net, agen
     spread(net.on_node, "http://10.96.0.80/", {page}, n=3)
     spread(net.on_node, "http://127.0.0.1:30080/", {page}, n=3)
     spread(net.client, f"http://{NODE_ADDR}:30080/", {page}, n=3)
+
+
+# --- Labels, dual-stack, source ranges --------------------------------------------------------
+
+FROM_SOURCE = """
+import socket, sys
+source, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    s = socket.create_connection((host, port), timeout=2, source_address=(source, 0))
+    s.sendall(b"GET / HTTP/1.0\\r\\nHost: test\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    print(data.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip())
+except OSError as exc:
+    print("error: " + type(exc).__name__)
+"""
+
+
+def http_from(prefix: Sequence[str], source: str, host: str, port: int) -> str:
+    return run_py(prefix, FROM_SOURCE, source, host, port).strip()
+
+
+def test_services_labelled_for_another_proxy_get_no_rules(
+    node: TestNode, net: Net, agent: Agent
+) -> None:
+    start_pods(agent, "web-1")
+    agent.write_manifest("svc.yaml", service("web", spec="  clusterIP: 10.96.0.61\n"))
+    other = (
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: other\n"
+        "  labels: {service.kubernetes.io/service-proxy-name: elsewhere}\n"
+        "spec:\n  selector: {app: web}\n  clusterIP: 10.96.0.62\n"
+        "  ports: [{name: http, port: 80, targetPort: http}]\n"
+    )
+    agent.write_manifest("other.yaml", other)
+    wait_endpoints(agent, "web", 1)
+    spread(net.on_node, "http://10.96.0.61/", {"web-1"}, n=2)  # the rules are in place
+    shown = svc(agent, "other")
+    assert shown is not None and shown["proxied"] is False
+    assert http_from(net.on_node, NODE_ADDR, "10.96.0.62", 80).startswith("error")
+    agent.write_manifest("other.yaml", other.replace("service-proxy-name", "not-a-proxy-name"))
+    spread(net.on_node, "http://10.96.0.62/", {"web-1"}, n=2)
+
+
+def test_dual_stack_service_serves_its_ipv4_side(node: TestNode, net: Net, agent: Agent) -> None:
+    start_pods(agent, "web-1")
+    dual = (
+        "  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n"
+        "  clusterIP: 10.96.0.63\n  clusterIPs: [10.96.0.63, 'fd00::63']\n"
+    )
+    agent.write_manifest("dual.yaml", service("dual", spec=dual))
+    required = "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n"
+    agent.write_manifest("req.yaml", service("required", spec=required))
+    s = wait_endpoints(agent, "dual", 1)
+    assert s["notProgrammed"] == ["spec.clusterIPs: fd00::63"]
+    assert s["spec"]["clusterIPs"] == ["10.96.0.63", "fd00::63"]
+    spread(net.on_node, "http://10.96.0.63/", {"web-1"}, n=2)
+    errors = [e for e in agent.status()["errors"] if e["object"] == "Service default/required"]
+    assert [e["field"] for e in errors] == ["spec.ipFamilyPolicy"]
+    assert "RequireDualStack" in errors[0]["message"]
+    shown = svc(agent, "required")
+    assert shown is not None and shown["proxied"] is False
+
+
+LB_IP = "203.0.113.10"
+OTHER_CLIENT = "192.168.77.3"
+
+
+def test_load_balancer_source_ranges(node: TestNode, net: Net, agent: Agent) -> None:
+    subprocess.run(
+        ["ip", "-n", net.client_netns, "addr", "add", f"{OTHER_CLIENT}/24", "dev", "up0c"],
+        check=True,
+        timeout=10,
+    )
+    try:
+        start_pods(agent, "web-1")
+        fenced = (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\n"
+            "spec:\n  type: LoadBalancer\n  selector: {app: web}\n"
+            f"  loadBalancerSourceRanges: [{CLIENT_ADDR}/32]\n"
+            "  ports: [{name: http, port: 80, targetPort: http, nodePort: 30090}]\n"
+            f"status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}}}]}}}}\n"
+        )
+        agent.write_manifest("lb.yaml", fenced)
+        wait_endpoints(agent, "lb", 1)
+        wait_for(
+            lambda: http_from(net.client, CLIENT_ADDR, LB_IP, 80) == "web-1",
+            20,
+            0.3,
+            message="the listed source reaching the balancer IP",
+        )
+        assert http_from(net.client, OTHER_CLIENT, LB_IP, 80) == "error: TimeoutError"
+        # The NodePort is not fenced (as kube-proxy's).
+        assert http_from(net.client, OTHER_CLIENT, NODE_ADDR, 30090) == "web-1"
+        agent.write_manifest("lb.yaml", fenced.replace(f"{CLIENT_ADDR}/32", "192.168.77.0/24"))
+        wait_for(
+            lambda: http_from(net.client, OTHER_CLIENT, LB_IP, 80) == "web-1",
+            20,
+            0.3,
+            message="a widened range letting the other source in",
+        )
+    finally:
+        subprocess.run(
+            ["ip", "-n", net.client_netns, "addr", "del", f"{OTHER_CLIENT}/24", "dev", "up0c"],
+            check=False,
+            timeout=10,
+        )
+
+
+# --- Health ----------------------------------------------------------------------------------
+
+HEALTH = """
+import json, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        print(json.dumps([r.status, json.loads(r.read())]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, json.loads(e.read())]))
+except OSError as exc:
+    print(json.dumps([0, type(exc).__name__]))
+"""
+
+
+def health(prefix: Sequence[str], url: str) -> tuple[int, Any]:
+    status, body = json.loads(run_py(prefix, HEALTH, url))
+    return int(status), body
+
+
+def test_health_check_node_port_follows_local_readiness(
+    node: TestNode, net: Net, agent: Agent
+) -> None:
+    start_pods(agent, "web-1", probe=True)
+    lb = service("lb", spec="  type: LoadBalancer\n  externalTrafficPolicy: Local\n")
+    agent.write_manifest("lb.yaml", lb)
+    s = wait_endpoints(agent, "lb", 1)
+    port = s["spec"]["healthCheckNodePort"]  # allocated: the manifest names none
+    assert 30000 <= port <= 32767 and port != s["spec"]["ports"][0]["nodePort"]
+    url = f"http://{NODE_ADDR}:{port}/"
+    body = {
+        "service": {"namespace": "default", "name": "lb"},
+        "localEndpoints": 1,
+        "serviceProxyHealthy": True,
+    }
+    assert wait_for(lambda: health(net.client, url) == (200, body), 20, 0.3, message="200")
+    pod = agent.pod("web-1")
+    assert pod is not None and exec_in(agent, pod, "rm", "/tmp/ready").exit_code == 0
+    none = {**body, "localEndpoints": 0}
+    assert wait_for(lambda: health(net.client, url) == (503, none), 20, 0.3, message="503")
+    assert exec_in(agent, pod, "touch", "/tmp/ready").exit_code == 0
+    assert wait_for(lambda: health(net.client, url) == (200, body), 20, 0.3, message="200 again")
+    (agent.manifests / "lb.yaml").unlink()
+    wait_for(lambda: health(net.client, url) == (0, "URLError"), 20, 0.3, message="the port closed")
+
+
+def test_proxy_healthz(node: TestNode, net: Net, agent: Agent) -> None:
+    agent.write_manifest("svc.yaml", service("web"))
+    wait_for(lambda: agent.status()["proxy"]["lastSync"], 20, 0.3, message="a sync")
+    for path in ("/healthz", "/livez"):
+        status, body = health(net.client, f"http://{NODE_ADDR}:10256{path}")
+        assert status == 200, body
+        assert body["lastUpdated"].endswith("Z") and body["currentTime"] >= body["lastUpdated"]
+        assert body["nodeEligible"] is True
+
+
+@pytest.mark.parametrize(
+    "addresses", [["192.168.77.0/24"], ["primary", "--node-ip", NODE_ADDR]], ids=["cidr", "primary"]
+)
+def test_nodeport_addresses_limit_where_node_ports_answer(
+    node: TestNode, net: Net, runtime_target: RuntimeTarget, proxy_mode: str, addresses: list[str]
+) -> None:
+    extra = ["--proxy-mode", proxy_mode, "--nodeport-addresses", *addresses]
+    a = Agent(node, runtime=runtime_target, extra=extra)
+    for old in a.manifests.iterdir():
+        old.unlink()
+    a.start()
+    try:
+        start_pods(a, "web-1")
+        a.write_manifest("svc.yaml", service("web", spec="  type: NodePort\n"))
+        s = wait_endpoints(a, "web", 1)
+        node_port = s["spec"]["ports"][0]["nodePort"]
+        spread(net.client, f"http://{NODE_ADDR}:{node_port}/", {"web-1"}, n=2)
+        spread(net.on_node, f"http://{NODE_ADDR}:{node_port}/", {"web-1"}, n=2)
+        # Loopback is a local address outside the CIDR: no NodePort there.
+        assert http_from(net.on_node, "127.0.0.1", "127.0.0.1", node_port).startswith("error")
+    finally:
+        a.stop()

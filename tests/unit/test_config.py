@@ -276,6 +276,20 @@ def test_proxy_mode_from_file_env_and_flag(
     assert load_config(flags()).proxy_mode == mode
 
 
+def test_proxy_health_and_nodeport_addresses(tmp_path: Path) -> None:
+    defaults = load_config(flags())
+    assert defaults.proxy_healthz_bind == "0.0.0.0:10256" and defaults.nodeport_addresses == ()
+    given = load_config(
+        flags("--proxy-healthz-bind", "", "--nodeport-addresses", "192.168.0.0/16, primary")
+    )
+    assert given.proxy_healthz_bind == ""
+    assert given.nodeport_addresses == ("192.168.0.0/16", "primary")
+    path = write(tmp_path, "nodeport_addresses: [10.0.0.0/8]\n")
+    assert load_config(flags("--config", str(path))).nodeport_addresses == ("10.0.0.0/8",)
+    err = error_of(flags("--nodeport-addresses", "10.0.0.1/8"))
+    assert err.key == "nodeport_addresses" and "not a CIDR" in str(err)
+
+
 def test_flag_wins_even_when_env_is_bad(monkeypatch: pytest.MonkeyPatch) -> None:
     # Only the winning value is parsed: a flag can rescue a broken environment.
     monkeypatch.setenv("NODEAGENT_POD_CIDR", "garbage")

@@ -139,3 +139,54 @@ def test_persistence_round_trip_and_tolerance(tmp_path: Path) -> None:
     assert allocator.load(path) == {}
     path.write_text("{broken")
     assert allocator.load(path) == {}
+
+
+def test_health_check_node_port_for_local_load_balancers_only() -> None:
+    lb: dict[str, Any] = {
+        "type": "LoadBalancer",
+        "externalTrafficPolicy": "Local",
+        "allocateLoadBalancerNodePorts": False,
+    }
+    result, errors = allocate(
+        services(svc("a", **lb), svc("b", type="LoadBalancer"), svc("c", **lb)),
+        {"default/c": Allocation("10.96.0.4", {allocator.HEALTH_CHECK_KEY: 30001})},
+        RANGES,
+    )
+    assert errors == []
+    assert result["default/c"].health_check_node_port == 30001  # kept across restarts
+    assert result["default/a"].health_check_node_port == 30000  # from the node-port pool
+    assert result["default/b"].node_ports == {"/TCP": 30002}  # Cluster policy: no health check
+    named, errors = allocate(services(svc("d", **lb, healthCheckNodePort=30001)), {}, RANGES)
+    assert errors == [] and named["default/d"].health_check_node_port == 30001
+    _, errors = allocate(services(svc("e", **lb, healthCheckNodePort=31000)), {}, RANGES)
+    assert [(e.field, "range" in e.message) for e in errors] == [("spec.healthCheckNodePort", True)]
+
+
+def test_require_dual_stack_is_refused_and_prefer_dual_stack_gets_ipv4() -> None:
+    result, errors = allocate(
+        services(
+            svc("req", ipFamilyPolicy="RequireDualStack"),
+            svc("pref", ipFamilyPolicy="PreferDualStack", ipFamilies=["IPv4", "IPv6"]),
+        ),
+        {},
+        RANGES,
+    )
+    assert result["default/pref"].cluster_ip == "10.96.0.1"
+    assert "default/req" not in result
+    [error] = errors
+    assert (error.service, error.field) == ("default/req", "spec.ipFamilyPolicy")
+    assert "IPv4 only" in error.message
+
+
+def test_api_services_keep_what_the_api_server_assigned() -> None:
+    service = svc(
+        "k",
+        type="LoadBalancer",
+        externalTrafficPolicy="Local",
+        clusterIP="10.43.0.20",  # outside any --service-cidr: the API's choice stands
+        healthCheckNodePort=32100,
+        ports=[{"port": 80, "nodePort": 31080}],
+    )
+    assert allocator.assigned(service) == Allocation(
+        "10.43.0.20", {"/TCP": 31080, allocator.HEALTH_CHECK_KEY: 32100}
+    )

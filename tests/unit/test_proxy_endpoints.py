@@ -152,3 +152,16 @@ def test_settled_means_every_pod_has_a_real_status() -> None:
     assert settled([])
     assert settled([{"status": {"conditions": []}}])
     assert not settled([{"status": {"phase": "Pending"}}, {"status": {"conditions": []}}])
+
+
+def test_services_of_another_proxy_get_no_ports_and_no_endpoints() -> None:
+    base = svc(type="LoadBalancer", loadBalancerSourceRanges=["192.0.2.0/24"])
+    allocation = Allocation("10.96.0.9", {"http/TCP": 30080})
+    [info] = service_ports(base, allocation).values()
+    assert info.source_ranges == ("192.0.2.0/24",) and info.node_port == 30080
+    for label in ("service.kubernetes.io/service-proxy-name", "service.kubernetes.io/headless"):
+        other = Service(
+            name=base.name, namespace=base.namespace, spec=base.spec, labels={label: "x"}
+        )
+        assert service_ports(other, allocation) == {}
+        assert service_endpoints(other, [pod("a", "10.0.0.2")]) == {}

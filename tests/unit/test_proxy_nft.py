@@ -303,6 +303,39 @@ def test_serving_terminating_endpoints_are_the_fallback() -> None:
     assert with_ready.hairpin == ("10.180.0.1",)
 
 
+def test_source_ranges_are_checked_before_dnat_with_or_without_endpoints() -> None:
+    info = web(
+        node_port=30080,
+        load_balancer_ips=("198.51.100.7",),
+        source_ranges=("203.0.113.0/25", "192.0.2.9/32"),
+    )
+    assert dump(port_objects(info, (EP1,), PLAIN)) == golden(
+        """
+        firewall-XPGD46QR-ns1/svc1/tcp/p80:
+            ip saddr != { 203.0.113.0/25, 192.0.2.9/32 } drop
+        ext-XPGD46QR-ns1/svc1/tcp/p80:
+            meta mark set meta mark | 0x4000
+            goto svc-XPGD46QR-ns1/svc1/tcp/p80
+        svc-XPGD46QR-ns1/svc1/tcp/p80:
+            meta l4proto tcp dnat to 10.180.0.1:80
+        service-ips 172.30.0.41 . tcp . 80 : goto svc-XPGD46QR-ns1/svc1/tcp/p80
+        firewall-ips 198.51.100.7 . tcp . 80 : goto firewall-XPGD46QR-ns1/svc1/tcp/p80
+        service-ips 198.51.100.7 . tcp . 80 : goto ext-XPGD46QR-ns1/svc1/tcp/p80
+        service-nodeports tcp . 30080 : goto ext-XPGD46QR-ns1/svc1/tcp/p80
+        hairpin 10.180.0.1
+        """
+    )
+    none = port_objects(replace(info, node_port=0), (), PLAIN)
+    assert [e.map for e in none.elements] == [
+        "no-endpoint-services",
+        "firewall-ips",
+        "no-endpoint-services",
+    ]
+    assert port_objects(web(source_ranges=("10.0.0.0/8",)), (EP1,), PLAIN).chain_names == (
+        "svc-XPGD46QR-ns1/svc1/tcp/p80",
+    )
+
+
 def test_hairpin_ips_are_every_reachable_endpoint_once() -> None:
     info = web(node_port=30080, external_policy_local=True)
     other_port = Endpoint("10.180.0.1", 81)
@@ -319,7 +352,10 @@ add map ip nodeagent service-ips { type ipv4_addr . inet_proto . inet_service : 
 add map ip nodeagent service-nodeports { type inet_proto . inet_service : verdict ; }
 add map ip nodeagent no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add map ip nodeagent no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }
+add map ip nodeagent firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add set ip nodeagent hairpin { type ipv4_addr . ipv4_addr ; }
+add chain ip nodeagent filter-prerouting-pre-dnat { type filter hook prerouting priority -110 ; policy accept ; }
+add chain ip nodeagent filter-output-pre-dnat { type filter hook output priority -110 ; policy accept ; }
 add chain ip nodeagent nat-prerouting { type nat hook prerouting priority dstnat ; policy accept ; }
 add chain ip nodeagent nat-output { type nat hook output priority -100 ; policy accept ; }
 add chain ip nodeagent nat-postrouting { type nat hook postrouting priority 99 ; policy accept ; }
@@ -331,8 +367,9 @@ add chain ip nodeagent reject-chain
 add chain ip nodeagent service-endpoints-check
 add chain ip nodeagent nodeport-endpoints-check
 add chain ip nodeagent firewall
+add chain ip nodeagent firewall-check
 add chain ip nodeagent masquerading
-"""
+"""  # noqa: E501
 
 
 def test_shared_script_with_localhost_nodeports() -> None:
@@ -348,6 +385,9 @@ def test_shared_script_with_localhost_nodeports() -> None:
         add rule ip nodeagent service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
         add rule ip nodeagent nodeport-endpoints-check fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports
         add rule ip nodeagent masquerading ct status dnat ip saddr . ip daddr @hairpin meta mark set meta mark | 0x4000
+        add rule ip nodeagent filter-prerouting-pre-dnat ct state new jump firewall-check
+        add rule ip nodeagent filter-output-pre-dnat ct state new jump firewall-check
+        add rule ip nodeagent firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
         add rule ip nodeagent filter-input ct state new jump service-endpoints-check
         add rule ip nodeagent filter-input ct state new jump nodeport-endpoints-check
         add rule ip nodeagent filter-forward ct state new jump service-endpoints-check
@@ -362,12 +402,13 @@ def test_shared_script_with_localhost_nodeports() -> None:
         add rule ip nodeagent masquerading masquerade fully-random
         """  # noqa: E501
     )
-    assert nftrules.shared_rule_count(CONFIG) == 21
+    assert nftrules.shared_rule_count(CONFIG) == 24
 
 
 def test_shared_script_without_localhost_nodeports() -> None:
     lines = shared_script(RulesConfig(localhost_nodeports=False))
-    assert "firewall" not in "\n".join(line for line in lines if line.startswith("add rule"))
+    rules = [line for line in lines if line.startswith("add rule")]
+    assert not [line for line in rules if line.endswith("jump firewall") or " firewall ip" in line]
     nodeports = [line for line in lines if "fib daddr type local" in line]
     assert nodeports == [
         "add rule ip nodeagent services fib daddr type local ip daddr != 127.0.0.0/8 "
@@ -375,7 +416,16 @@ def test_shared_script_without_localhost_nodeports() -> None:
         "add rule ip nodeagent nodeport-endpoints-check fib daddr type local "
         "ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports",
     ]
-    assert nftrules.shared_rule_count(RulesConfig(localhost_nodeports=False)) == 18
+    assert nftrules.shared_rule_count(RulesConfig(localhost_nodeports=False)) == 21
+
+
+def test_nodeport_addresses_replace_the_local_address_check() -> None:
+    lines = shared_script(RulesConfig(nodeport_ips=("192.168.77.1",)))
+    assert [line for line in lines if "vmap @service-nodeports" in line] == [
+        "add rule ip nodeagent services ip daddr { 192.168.77.1 } "
+        "meta l4proto . th dport vmap @service-nodeports"
+    ]
+    assert not [line for line in lines if "fib daddr type local" in line]
 
 
 def test_pod_egress_keeps_pod_sources_before_masquerading() -> None:

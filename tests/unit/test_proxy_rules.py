@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import restore, rules, shared
+from nodeagent.proxy import nodeports, restore, rules, shared
 from nodeagent.proxy.restore import Written, render
 from nodeagent.proxy.rules import RulesConfig, service_rules
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
@@ -105,6 +105,36 @@ def test_node_port_external_ip_and_load_balancer_go_through_ext_chain() -> None:
     )
 
 
+def test_source_ranges_fence_load_balancer_ips_but_not_the_node_port() -> None:
+    info = web(
+        node_port=30080,
+        load_balancer_ips=("198.51.100.7",),
+        source_ranges=("203.0.113.0/25", "192.0.2.9/32"),
+    )
+    r = service_rules(info, (EP1,), CONFIG)
+    fw, ext = "NA-FW-XPGD46QRK7WJZT7O", "NA-EXT-XPGD46QRK7WJZT7O"
+    assert r.chains[:2] == (fw, ext)
+    assert r.rules[:2] == lines(
+        f'-A {fw} -m comment --comment "ns1/svc1:p80 loadbalancer IP" -s 203.0.113.0/25 -j {ext}',
+        f'-A {fw} -m comment --comment "ns1/svc1:p80 loadbalancer IP" -s 192.0.2.9/32 -j {ext}',
+    )
+    assert r.nat_services[1:] == lines(
+        '-A NA-SERVICES -m comment --comment "ns1/svc1:p80 loadbalancer IP" -m tcp -p tcp '
+        f"-d 198.51.100.7/32 --dport 80 -j {fw}"
+    )
+    # What the FW chain did not DNAT still goes to the balancer's IP: filter drops it.
+    assert r.filter_firewall == lines(
+        '-A NA-PROXY-FIREWALL -m comment --comment "ns1/svc1:p80 traffic not accepted by '
+        f'{fw}" -m tcp -p tcp -d 198.51.100.7/32 --dport 80 -j DROP'
+    )
+    assert r.nat_nodeports == lines(
+        f'-A NA-NODEPORTS -m comment --comment "ns1/svc1:p80" -m tcp -p tcp --dport 30080 -j {ext}'
+    )
+    none = service_rules(info, (), CONFIG)  # no endpoints: rejected, and still fenced
+    assert fw not in none.chains and none.filter_firewall == r.filter_firewall
+    assert service_rules(web(source_ranges=("10.0.0.0/8",)), (EP1,), CONFIG).filter_firewall == ()
+
+
 def test_external_traffic_policy_local_keeps_source_and_short_circuits_local_traffic() -> None:
     r = service_rules(web(node_port=30080, external_policy_local=True), (EP1,), CONFIG)
     ext, svc, svl = "NA-EXT-XPGD46QRK7WJZT7O", "NA-SVC-XPGD46QRK7WJZT7O", "NA-SVL-XPGD46QRK7WJZT7O"
@@ -185,6 +215,7 @@ def test_no_masquerade_rule_without_cluster_cidr() -> None:
 FULL = """
 *filter
 :NA-SERVICES - [0:0]
+:NA-PROXY-FIREWALL - [0:0]
 :NA-PROXY-CANARY - [0:0]
 :NA-FORWARD - [0:0]
 :NA-FIREWALL - [0:0]
@@ -194,6 +225,9 @@ FULL = """
 -I FORWARD -m conntrack --ctstate NEW -m comment --comment "nodeagent service portals" -j NA-SERVICES
 -I OUTPUT -m conntrack --ctstate NEW -m comment --comment "nodeagent service portals" -j NA-SERVICES
 -I FORWARD -m comment --comment "nodeagent forwarding rules" -j NA-FORWARD
+-I INPUT -m conntrack --ctstate NEW -m comment --comment "nodeagent load balancer firewall" -j NA-PROXY-FIREWALL
+-I FORWARD -m conntrack --ctstate NEW -m comment --comment "nodeagent load balancer firewall" -j NA-PROXY-FIREWALL
+-I OUTPUT -m conntrack --ctstate NEW -m comment --comment "nodeagent load balancer firewall" -j NA-PROXY-FIREWALL
 -I INPUT -m comment --comment "nodeagent localnet protection" -j NA-FIREWALL
 -I OUTPUT -m comment --comment "nodeagent localnet protection" -j NA-FIREWALL
 -A NA-SERVICES -m comment --comment "ns2/np has no endpoints" -m udp -p udp -d 172.30.0.42/32 --dport 53 -j REJECT
@@ -257,7 +291,7 @@ def test_full_sync_golden() -> None:
     )
     assert out.text["filter"] + out.text["nat"] == FULL.lstrip("\n")
     assert out.chains_deleted == 1  # the old service chain; never CNI's
-    assert out.chains_declared == {"filter": 5, "nat": 8}
+    assert out.chains_declared == {"filter": 6, "nat": 8}
     assert set(out.written.chains) == {WEB, DNS}
 
 
@@ -358,6 +392,31 @@ def test_localhost_node_ports_off_excludes_loopback() -> None:
     chains = shared.shared_chains({}, RulesConfig(localhost_nodeports=False))
     assert "! -d 127.0.0.0/8 -j NA-NODEPORTS" in chains[("nat", "NA-SERVICES")][-1]
     assert chains[("filter", "NA-FIREWALL")] == ()
+
+
+def test_nodeport_addresses_select_local_ips() -> None:
+    local = ["127.0.0.1", "10.244.0.1", "192.168.77.1", "192.168.78.1"]
+    assert nodeports.nodeport_ips((), local, "192.168.77.1") is None
+    assert nodeports.nodeport_ips(("0.0.0.0/0",), local, "") is None  # everything: addrtype
+    wide = nodeports.nodeport_ips(("192.168.0.0/16",), local, "")
+    assert wide == ("192.168.77.1", "192.168.78.1")
+    assert nodeports.nodeport_ips(("primary", "127.0.0.0/8"), local, "192.168.77.1") == (
+        "127.0.0.1",
+        "192.168.77.1",
+    )
+    assert nodeports.nodeport_ips(("172.16.0.0/12",), local, "") == ()  # none: no NodePorts
+    assert nodeports.primary_ip(["127.0.0.1", "169.254.1.1", "192.168.77.1", "10.244.0.1"]) == (
+        "10.244.0.1"
+    )
+    assert nodeports.primary_ip(["127.0.0.1"]) == ""
+    chains = shared.shared_chains({}, RulesConfig(nodeport_ips=("192.168.77.1", "192.168.78.1")))
+    assert chains[("nat", "NA-SERVICES")] == (
+        '-A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be '
+        'the last rule in this chain" -d 192.168.77.1/32 -j NA-NODEPORTS',
+        '-A NA-SERVICES -m comment --comment "nodeagent service nodeports; NOTE: this must be '
+        'the last rule in this chain" -d 192.168.78.1/32 -j NA-NODEPORTS',
+    )
+    assert shared.shared_chains({}, RulesConfig(nodeport_ips=()))[("nat", "NA-SERVICES")] == ()
 
 
 def test_saved_chains_and_rule_count() -> None:

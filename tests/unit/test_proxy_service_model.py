@@ -8,6 +8,7 @@ import pytest
 
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.service import (
+    IPFamilyPolicy,
     Protocol,
     ServiceType,
     SessionAffinity,
@@ -157,9 +158,9 @@ def test_headless_and_external_name() -> None:
         (
             {"loadBalancerSourceRanges": ["10.0.0.0/8"], "ports": [{"port": 80}]},
             "spec.loadBalancerSourceRanges",
-            "not supported",
+            "LoadBalancer",
         ),
-        ({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}, "spec.ipFamilies[0]", "IPv4"),
+        ({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}, "spec.ipFamilies", "IPv4 only"),
         (
             {"ports": [{"port": 80, "nodePort": 70000}], "type": "NodePort"},
             "spec.ports[0].nodePort",
@@ -183,3 +184,81 @@ def test_status_and_top_level_fields_are_checked() -> None:
 def test_dispatch_through_parse_document() -> None:
     s = parse_document(doc({"ports": [{"port": 80}]}), source="s", node_name="n")
     assert s.key == "default/web"  # type: ignore[union-attr]
+
+
+def test_dual_stack_serves_the_ipv4_side_and_lists_the_ipv6_parts() -> None:
+    s = parse_service(
+        doc(
+            {
+                "type": "LoadBalancer",
+                "clusterIP": "fd00::10",
+                "clusterIPs": ["fd00::10", "10.96.0.10"],
+                "ipFamilies": ["IPv6", "IPv4"],
+                "ipFamilyPolicy": "PreferDualStack",
+                "externalIPs": ["192.0.2.7", "2001:db8::7"],
+                "loadBalancerSourceRanges": [" 198.51.100.0/24", "2001:db8::/32"],
+                "ports": [{"port": 80}],
+            },
+            status={"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"ip": "2001:db8::9"}]}},
+        ),
+        source="s",
+    )
+    spec = s.spec
+    assert (spec.cluster_ip, spec.ipv6_cluster_ip) == ("10.96.0.10", "fd00::10")
+    assert spec.ip_family_policy is IPFamilyPolicy.PREFER_DUAL_STACK
+    assert spec.external_ips == ("192.0.2.7",) and spec.source_ranges == ("198.51.100.0/24",)
+    assert [i.ip for i in s.load_balancer_ingress] == ["203.0.113.9"]
+    assert spec.not_programmed == (
+        "spec.clusterIPs: fd00::10",
+        "spec.externalIPs[1]: 2001:db8::7",
+        "spec.loadBalancerSourceRanges[1]: 2001:db8::/32",
+        "status.loadBalancer.ingress[1].ip: 2001:db8::9",
+    )
+
+
+def test_two_families_without_a_policy_mean_require_dual_stack() -> None:
+    spec = parse_service(
+        doc({"clusterIPs": ["10.96.0.10", "fd00::10"], "ports": [{"port": 80}]}), source="s"
+    ).spec
+    assert spec.ip_family_policy is IPFamilyPolicy.REQUIRE_DUAL_STACK
+    found = errors(
+        {"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}
+    )
+    assert "one IP family" in found["spec.ipFamilyPolicy"]
+    found = errors({"clusterIPs": ["10.96.0.10", "10.96.0.11"], "ports": [{"port": 80}]})
+    assert "one address per IP family" in found["spec.clusterIPs[1]"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "proxied"),
+    [
+        ({}, True),
+        ({"service.kubernetes.io/service-proxy-name": "other"}, False),
+        ({"service.kubernetes.io/service-proxy-name": ""}, False),
+        ({"service.kubernetes.io/headless": ""}, False),
+    ],
+)
+def test_labels_hand_a_service_to_another_proxy(labels: dict[str, str], proxied: bool) -> None:
+    d = doc({"ports": [{"port": 80}]})
+    d["metadata"]["labels"] = labels
+    s = parse_service(d, source="s")
+    assert s.proxied is proxied and s.spec.proxied
+
+
+def test_source_ranges_and_health_check_node_port() -> None:
+    lb = {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}
+    spec = parse_service(
+        doc({**lb, "healthCheckNodePort": 31000, "loadBalancerSourceRanges": ["10.1.2.3/16"]}),
+        source="s",
+    ).spec
+    assert spec.needs_health_check and spec.health_check_node_port == 31000
+    assert spec.source_ranges == ("10.1.0.0/16",)
+    d = doc(lb)
+    d["metadata"]["annotations"] = {
+        "service.beta.kubernetes.io/load-balancer-source-ranges": "192.0.2.0/24, 10.0.0.0/8"
+    }
+    assert parse_service(d, source="s").spec.source_ranges == ("192.0.2.0/24", "10.0.0.0/8")
+    found = errors({**lb, "loadBalancerSourceRanges": ["10.0.0.0/33"]})
+    assert "not a valid CIDR" in found["spec.loadBalancerSourceRanges[0]"]
+    found = errors({**lb, "externalTrafficPolicy": "Cluster", "healthCheckNodePort": 31000})
+    assert "externalTrafficPolicy Local" in found["spec.healthCheckNodePort"]

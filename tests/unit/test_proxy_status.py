@@ -16,6 +16,7 @@ from nodeagent.model.service import Service
 from nodeagent.model.validate import parse_service
 from nodeagent.proxy import allocator
 from nodeagent.proxy.allocator import Allocation
+from nodeagent.proxy.iptables import IptablesError
 from nodeagent.proxy.proxier import (
     Connection,
     ProxyInputs,
@@ -238,3 +239,48 @@ def test_render_proxy_before_first_sync_and_after_failure() -> None:
         "PROXY: iptables (legacy)   LAST SYNC: never   FAILED: 2   ERROR: iptables-restore: boom"
         in text
     )
+
+
+class Failing(Recorder):
+    fail = False
+
+    async def restore(self, tables: Mapping[str, str], *, chains: Mapping[str, int]) -> None:
+        if self.fail:
+            raise IptablesError("iptables-restore: line 3 failed")
+        await super().restore(tables, chains=chains)
+
+
+async def test_healthz_follows_syncs_and_api_services_keep_their_ips(tmp_path: Path) -> None:
+    world, writer = World(), Failing()
+    proxy = proxy_for(tmp_path, world, writer, period=0.05)
+    task = asyncio.create_task(proxy.run())
+    try:
+        # An API Service outside --service-cidr (10.96.0.0/24 here), with slice endpoints.
+        api = svc("k3s", clusterIP="10.43.0.20")
+        key = ServicePortName("default", "k3s", "http", "TCP")
+        world.inputs = ProxyInputs(
+            {api.key: api}, endpoints={api.key: {key: (Endpoint("10.42.0.7", 8080),)}}
+        )
+        proxy.wake()
+        await async_wait_for(lambda: writer.restores, 5, message="first sync")
+        assert "-d 10.43.0.20/32 --dport 80" in writer.restores[0]["nat"]
+        assert proxy.errors() == []
+        assert proxy.health.answer("/healthz", time.time())[0] == 200
+
+        writer.fail = True
+        other = svc("k3s", clusterIP="10.43.0.21")
+        world.inputs = ProxyInputs(
+            {other.key: other}, endpoints={other.key: {key: (Endpoint("10.42.0.7", 8080),)}}
+        )
+        proxy.wake()
+        await async_wait_for(
+            lambda: proxy.health.answer("/livez", time.time())[0] == 503, 5, message="stale"
+        )
+        writer.fail = False
+        await async_wait_for(
+            lambda: proxy.health.answer("/healthz", time.time())[0] == 200, 10, message="fresh"
+        )
+        assert "-d 10.43.0.21/32 --dport 80" in writer.restores[-1]["nat"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
