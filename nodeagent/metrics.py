@@ -27,8 +27,6 @@ with no web framework in the agent.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from collections import OrderedDict
@@ -41,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from nodeagent.httplistener import Answer, HttpListener
 from nodeagent.log import get_logger
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime.base import (
@@ -350,8 +349,6 @@ class InstrumentedRuntime:
 
 # --- The endpoint -----------------------------------------------------------------------------
 
-MAX_REQUEST_BYTES = 8 * 1024
-REQUEST_TIMEOUT_S = 5.0
 EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -366,93 +363,37 @@ class MetricsServer:
         self, bind: str, metrics: Metrics, *, healthy: Callable[[], bool] = lambda: True
     ) -> None:
         host, _, port = bind.rpartition(":")
-        self._host = host.strip("[]")
-        self._port = int(port)
         self._metrics = metrics
         self._healthy = healthy
-        self._server: asyncio.Server | None = None
+        self._listener = HttpListener(host.strip("[]"), int(port), self._answer, name="metrics")
 
     @property
     def address(self) -> tuple[str, int]:
         """Where it listens (the real port when bound to port 0)."""
-        if self._server is None or not self._server.sockets:
-            return self._host, self._port
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
+        return self._listener.address
 
     async def start(self) -> None:
         try:
-            self._server = await asyncio.start_server(
-                self._on_connection, self._host, self._port, limit=MAX_REQUEST_BYTES
-            )
+            await self._listener.start()
         except OSError as exc:
+            host, port = self._listener.address
             raise MetricsError(
-                f"cannot listen on {self._host}:{self._port} (--metrics-bind): {exc.strerror}"
+                f"cannot listen on {host}:{port} (--metrics-bind): {exc.strerror}"
             ) from None
         host, port = self.address
         log.info("metrics_listening", address=f"{host}:{port}")
 
     async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
+        await self._listener.close()
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                status, body, kind = self._answer(await _request_line(reader))
-                head = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                writer.write(head.encode("latin-1") + body)
-                await writer.drain()
-        except (
-            ConnectionError,
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-        ):
-            pass  # a client that went away, stalled or sent garbage: nobody to answer
-        except Exception:
-            log.exception("metrics_request_failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    def _answer(self, request_line: str) -> tuple[str, bytes, str]:
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return "400 Bad Request", b"malformed request line\n", "text/plain"
-        method, route = parts[0], parts[1].split("?", 1)[0]
+    def _answer(self, method: str, route: str) -> Answer:
+        text = {"Content-Type": "text/plain"}
         if route not in ("/metrics", "/healthz"):
-            return "404 Not Found", b"not found\n", "text/plain"
+            return 404, text, b"not found\n"
         if method != "GET":
-            return "405 Method Not Allowed", b"only GET is supported\n", "text/plain"
+            return 405, text, b"only GET is supported\n"
         if route == "/healthz":
             if self._healthy():
-                return "200 OK", b"ok\n", "text/plain"
-            return "503 Service Unavailable", b"unhealthy\n", "text/plain"
-        return "200 OK", self._metrics.exposition(), EXPOSITION_TYPE
-
-
-async def _request_line(reader: asyncio.StreamReader) -> str:
-    """The request line; the headers are read (bounded) and ignored."""
-    first = ""
-    total = 0
-    while True:
-        line = await reader.readuntil(b"\n")  # ValueError past the limit
-        total += len(line)
-        if total > MAX_REQUEST_BYTES:
-            raise ValueError("request head too large")
-        if line in (b"\r\n", b"\n"):
-            if first:
-                return first
-            continue
-        if not first:
-            first = line.decode("latin-1").strip()
+                return 200, text, b"ok\n"
+            return 503, text, b"unhealthy\n"
+        return 200, {"Content-Type": EXPOSITION_TYPE}, self._metrics.exposition()

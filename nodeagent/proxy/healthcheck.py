@@ -22,13 +22,12 @@ the servers only carry bytes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from nodeagent.httplistener import Answer, HttpListener, Responder
 from nodeagent.log import get_logger
 from nodeagent.model.service import Service
 from nodeagent.proxy.state import Endpoint, ServicePortName
@@ -36,11 +35,6 @@ from nodeagent.proxy.state import Endpoint, ServicePortName
 log = get_logger(__name__)
 
 HEALTH_TIMEOUT_S = 60.0  # kube-proxy: 2 x its 30 s sync period
-MAX_REQUEST_BYTES = 8 * 1024
-REQUEST_TIMEOUT_S = 5.0
-
-Answer = tuple[int, Mapping[str, str], bytes]  # status, extra headers, body
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -136,79 +130,6 @@ def _stamp(when: float | None) -> str:
 # --- The servers (effects) ---------------------------------------------------------------
 
 
-class HttpListener:
-    """One listening socket answering every request with ``respond(path)``."""
-
-    def __init__(self, host: str, port: int, respond: Callable[[str], Answer]) -> None:
-        self.host, self.port = host, port
-        self._respond = respond
-        self._server: asyncio.Server | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        if self._server is None or not self._server.sockets:
-            return self.host, self.port
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-
-    async def start(self) -> None:
-        """Listen; OSError (a taken port, say) goes to the caller."""
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host or None, self.port, limit=MAX_REQUEST_BYTES
-        )
-
-    async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
-
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                parts = (await _request_line(reader)).split()
-                answer: Answer = (400, {}, b"malformed request line\n")
-                if len(parts) == 3 and parts[2].startswith("HTTP/1."):
-                    answer = self._respond(parts[1].split("?", 1)[0])
-                status, headers, body = answer
-                head = f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
-                head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-                head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                writer.write(head.encode("latin-1") + body)
-                await writer.drain()
-        except (
-            ConnectionError,
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-        ):
-            pass  # a client that went away, stalled or sent garbage: nobody to answer
-        except Exception:
-            log.exception("health_request_failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-
-async def _request_line(reader: asyncio.StreamReader) -> str:
-    """The request line; the headers are read (bounded) and ignored."""
-    first = ""
-    total = 0
-    while True:
-        line = await reader.readuntil(b"\n")  # ValueError past the limit
-        total += len(line)
-        if total > MAX_REQUEST_BYTES:
-            raise ValueError("request head too large")
-        if line in (b"\r\n", b"\n"):
-            return first
-        if not first:
-            first = line.decode("latin-1").strip()
-
-
 class HealthCheckServers:
     """The health check node ports: one listener per port, opened and closed by ``update``."""
 
@@ -228,7 +149,9 @@ class HealthCheckServers:
         for port, service in sorted(services.items()):
             if port in self._listeners:
                 continue
-            listener = HttpListener(self._host, port, self._responder(port))
+            listener = HttpListener(
+                self._host, port, self._responder(port), name=f"health check port {port}"
+            )
             try:
                 await listener.start()
             except OSError as exc:
@@ -241,8 +164,8 @@ class HealthCheckServers:
             self._listeners[port] = listener
             log.info("health_check_port_open", port=port, service=_key(service))
 
-    def _responder(self, port: int) -> Callable[[str], Answer]:
-        def respond(path: str) -> Answer:
+    def _responder(self, port: int) -> Responder:
+        def respond(method: str, path: str) -> Answer:
             service = self._services.get(port)
             if service is None:  # closed meanwhile
                 return 503, {}, b""

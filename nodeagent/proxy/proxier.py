@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent import metrics
+from nodeagent.httplistener import HttpListener
 from nodeagent.log import get_logger
 from nodeagent.model.pod import Pod
 from nodeagent.model.service import HEADLESS, Service
@@ -48,12 +49,7 @@ from nodeagent.proxy import allocator, host
 from nodeagent.proxy.allocator import Allocation, AllocationError, Ranges
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.endpoints import PortMemory, service_endpoints, service_ports, settled
-from nodeagent.proxy.healthcheck import (
-    HealthCheckServers,
-    HttpListener,
-    ProxyHealth,
-    health_check_services,
-)
+from nodeagent.proxy.healthcheck import HealthCheckServers, ProxyHealth, health_check_services
 from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
 from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
 from nodeagent.proxy.nftsync import NftSyncer
@@ -201,7 +197,10 @@ class ServiceProxy:
             return None
         host, _, port = self.settings.healthz_bind.rpartition(":")
         listener = HttpListener(
-            host.strip("[]"), int(port), lambda path: self.health.answer(path, time.time())
+            host.strip("[]"),
+            int(port),
+            lambda method, path: self.health.answer(path, time.time()),
+            name="proxy healthz",
         )
         try:
             await listener.start()

@@ -7,11 +7,11 @@ import json
 import socket
 from typing import Any
 
+from nodeagent.httplistener import HttpListener
 from nodeagent.model.validate import parse_service
 from nodeagent.proxy.healthcheck import (
     HealthCheckServers,
     HealthCheckService,
-    HttpListener,
     ProxyHealth,
     health_check_services,
     service_answer,
@@ -101,7 +101,7 @@ def free_port() -> int:
 
 
 async def test_listener_answers_and_health_check_ports_open_and_close() -> None:
-    listener = HttpListener("127.0.0.1", 0, lambda path: (200, {}, path.encode()))
+    listener = HttpListener("127.0.0.1", 0, lambda method, path: (200, {}, path.encode()), name="t")
     await listener.start()
     try:
         port = listener.address[1]
