@@ -14,12 +14,15 @@ from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.runtime.fake import FakeRuntime
 from tests.harness import async_wait_for
+from tests.harness.wait import Polled
 
 T = TypeVar("T")
 IMAGE = "busybox:1.36"
 
 
-async def eventually(predicate: Callable[[], T], within: float = 5.0, *, what: str = "") -> T:
+async def eventually(
+    predicate: Callable[[], Polled[T]], within: float = 5.0, *, what: str = ""
+) -> T:
     """The predicate's first truthy value within ``within`` seconds; fails the test otherwise."""
     return await async_wait_for(predicate, within, 0.01, message=what)
 

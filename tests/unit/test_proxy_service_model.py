@@ -182,4 +182,4 @@ def test_status_and_top_level_fields_are_checked() -> None:
 
 def test_dispatch_through_parse_document() -> None:
     s = parse_document(doc({"ports": [{"port": 80}]}), source="s", node_name="n")
-    assert s.key == "default/web"  # type: ignore[union-attr]
+    assert s.key == "default/web"

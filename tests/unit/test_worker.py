@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,25 +29,10 @@ from nodeagent.model.validate import parse_pod
 from nodeagent.runtime import base
 from nodeagent.runtime.base import ContainerState, SandboxState
 from nodeagent.runtime.fake import FakeRuntime
+from tests.unit.rig import eventually
 
-T = TypeVar("T")
 NODE = "node-1"
 IMAGE = "busybox:1.36"
-
-
-async def eventually(
-    predicate: Callable[[], T], within: float = 5.0, *, what: str = "condition"
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
-        await asyncio.sleep(0.01)
 
 
 def is_dir(path: str | Path) -> bool:
