@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -310,18 +311,11 @@ class Lab:
         for lab_node in self.nodes:
             want = {(n.pod_cidr, n.ip) for n in self.nodes if n is not lab_node}
 
-            def routed(lab_node: LabNode = lab_node, want: set[tuple[str, str]] = want) -> bool:
-                network = lab_node.agent.status().get("network") or {}
-                have = {(r["dst"], r["via"]) for r in network.get("routes") or []}
-                return have == want
-
             await async_wait_for(
-                routed,
+                functools.partial(_routed, lab_node, want),
                 within,
                 0.2,
-                message=lambda lab_node=lab_node: (  # type: ignore[misc]
-                    f"routes on {lab_node.name}\n{lab_node.agent.log_tail()}"
-                ),
+                message=functools.partial(_routes_problem, lab_node),
             )
 
     def save_state(self) -> None:
@@ -346,6 +340,16 @@ class Lab:
 
 
 # --- the command line -------------------------------------------------------------------------
+
+
+def _routed(lab_node: LabNode, want: set[tuple[str, str]]) -> bool:
+    network = lab_node.agent.status().get("network") or {}
+    have = {(r["dst"], r["via"]) for r in network.get("routes") or []}
+    return have == want
+
+
+def _routes_problem(lab_node: LabNode) -> str:
+    return f"routes on {lab_node.name}\n{lab_node.agent.log_tail()}"
 
 
 def describe(lab: Lab) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.operators import BinaryOperator, SequenceOperator
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Node, Pod, Service
 
@@ -262,7 +263,7 @@ async def test_a_deleted_pod_terminates_gracefully_and_disappears(
     seen: list[dict[str, Any]] = []
 
     async def watch() -> None:
-        fields = {"metadata.name": "leaving"}
+        fields: dict[str, str | BinaryOperator | SequenceOperator] = {"metadata.name": "leaving"}
         async for _, pod in admin.watch(Pod, namespace="default", fields=fields):
             seen.append(pod.to_dict())
 

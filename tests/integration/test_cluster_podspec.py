@@ -25,6 +25,7 @@ from lightkube.types import PatchType
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, is_ready
+from tests.harness.typed import present
 from tests.integration import test_cluster as cluster
 from tests.integration.test_cluster import NODE_NAME, create, get_pod, pod_manifest, ready
 
@@ -102,7 +103,7 @@ async def test_pods_see_the_kubernetes_service_and_their_namespaces_services(
     created = await admin.create(Service.from_dict(service))  # type: ignore[call-overload]
     ip = str(created.spec.clusterIP)
     kubernetes = await admin.get(Service, "kubernetes", namespace="default")
-    api_ip = str(kubernetes.spec.clusterIP)
+    api_ip = str(present(kubernetes.spec).clusterIP)
     # Env is read when a container is created: wait until the agent has the Service.
     assert await asyncio.to_thread(known_service, agent, "svc-a") == ip
     linked = pod_manifest("linked", ENV_SCRIPT, grace=1)
@@ -170,7 +171,7 @@ async def test_a_pod_with_the_fields_the_api_fills_in_runs_and_its_gate_holds_re
 
     condition = {"type": GATE, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
     patch = {"status": {"conditions": [condition]}}
-    await admin.patch(  # type: ignore[call-overload]
+    await admin.patch(
         PodStatus, "gated", patch, namespace="default", patch_type=PatchType.STRATEGIC
     )
 

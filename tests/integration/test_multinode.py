@@ -10,6 +10,7 @@ as from another machine on it; requests "from a pod" are execs in a pod on node 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import sys
@@ -164,20 +165,21 @@ async def wait_endpoints(lab: Lab, service: str, count: int) -> None:
     """Until every agent's proxy has the Service with ``count`` endpoints."""
     for lab_node in lab.nodes:
 
-        def programmed(lab_node: LabNode = lab_node) -> bool:
+        def programmed(lab_node: LabNode) -> bool:
             for svc in lab_node.agent.status().get("services") or []:
                 if svc["metadata"]["name"] == service:
                     return len(svc["endpoints"]) == count
             return False
 
+        def problem(lab_node: LabNode) -> str:
+            services = lab_node.agent.status().get("services")
+            return f"{service} with {count} endpoints on {lab_node.name}: {services}"
+
         await async_wait_for(
-            programmed,
+            functools.partial(programmed, lab_node),
             60,
             0.2,
-            message=lambda lab_node=lab_node: (  # type: ignore[misc]
-                f"{service} with {count} endpoints on {lab_node.name}: "
-                f"{lab_node.agent.status().get('services')}"
-            ),
+            message=functools.partial(problem, lab_node),
         )
 
 
@@ -421,6 +423,12 @@ async def test_routes_follow_a_node_that_appears_moves_and_goes(
     def kernel_route(lab_node: LabNode) -> str:
         return lab_node.node.run(["ip", "route", "show", cidr, "proto", "77"]).stdout.strip()
 
+    def routed(lab_node: LabNode, expected: str) -> bool:
+        return kernel_route(lab_node) == expected
+
+    def route_problem(lab_node: LabNode, expected: str) -> str:
+        return f"{lab_node.name}: {expected!r}, has {kernel_route(lab_node)!r}"
+
     async def set_address(ip: str) -> None:
         status = {"status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
         await admin.patch(NodeStatus, "ghost", status, patch_type=PatchType.MERGE)
@@ -428,10 +436,10 @@ async def test_routes_follow_a_node_that_appears_moves_and_goes(
     async def everywhere(expected: str) -> None:
         for lab_node in lab.nodes:
             await async_wait_for(
-                lambda n=lab_node: kernel_route(n) == expected,  # type: ignore[misc]
+                functools.partial(routed, lab_node, expected),
                 30,
                 0.2,
-                message=lambda n=lab_node: f"{n.name}: {expected!r}, has {kernel_route(n)!r}",  # type: ignore[misc]
+                message=functools.partial(route_problem, lab_node, expected),
             )
 
     body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"}}

@@ -10,6 +10,7 @@ InternalIP is the node's lab address, never a bridge's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -91,6 +92,10 @@ def waiting_message(pod: dict[str, Any] | None) -> str:
     return ""
 
 
+def waiting_of(agent: Agent, name: str) -> str:
+    return waiting_message(local_pod(agent, name))
+
+
 async def running_pod(admin: AsyncClient, name: str, lab_node: LabNode) -> dict[str, Any]:
     async def running() -> dict[str, Any] | None:
         try:
@@ -124,10 +129,10 @@ async def test_late_pod_cidrs_distinct_pod_ips_across_nodes(lab: Lab, admin: Asy
         await admin.create(Pod.from_dict(pod_body(name, lab_node)))  # type: ignore[call-overload]
     for name, lab_node in (("web-1", one), ("static-web", one), ("web-2", two)):
         message = await async_wait_for(
-            lambda a=lab_node.agent, n=name: waiting_message(local_pod(a, n)),  # type: ignore[misc]
+            functools.partial(waiting_of, lab_node.agent, name),
             30,
             0.2,
-            message=lambda lab_node=lab_node: lab_node.agent.log_tail(),  # type: ignore[misc]
+            message=lab_node.agent.log_tail,
         )
         assert message.startswith(f"network is not ready: {NOT_READY}"), message
     for lab_node in lab.nodes:

@@ -15,6 +15,7 @@ on a private /30 that is not link-local: the agent must find that address as its
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import subprocess
@@ -166,6 +167,10 @@ def waiting_message(pod: dict[str, Any] | None) -> str:
     return ""
 
 
+def waiting_of(agent: Agent, name: str) -> str:
+    return waiting_message(local_pod(agent, name))
+
+
 def running_ip(pod: dict[str, Any] | None) -> str:
     status = (pod or {}).get("status") or {}
     if status.get("phase") != "Running":
@@ -210,7 +215,7 @@ async def test_pods_created_before_the_pod_cidr_run_in_it(
     assert (ready["status"], ready["reason"]) == ("False", "KubeletNotReady")
     for name in ("web", "static-web"):
         message = await async_wait_for(
-            lambda name=name: waiting_message(local_pod(agent, name)),  # type: ignore[misc]
+            functools.partial(waiting_of, agent, name),
             30,
             0.2,
             message=lambda: agent.log_tail(),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_killed_container_restarts_and_counts(node: TestNode, agent: Agent) -> N
     first_id = container_status(pod, "main")["containerID"].split("://")[1]
     agent.runtime.kill(first_id)
 
-    def restarted(p: dict) -> bool:
+    def restarted(p: dict[str, Any]) -> bool:
         status = container_status(p, "main")
         return status["restartCount"] == 1 and "running" in status["state"]
 

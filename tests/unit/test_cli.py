@@ -18,7 +18,8 @@ import structlog
 from nodeagent import cli
 from nodeagent.config import KEYS, Config, env_var
 from nodeagent.log import get_logger
-from nodeagent.server.render import human_duration, render_status
+from nodeagent.server.fmt import human_duration
+from nodeagent.server.render import render_status
 from nodeagent.server.status import StatusServer
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)

@@ -11,7 +11,8 @@ import pytest
 
 from nodeagent.kubelet import specs, volumes
 from nodeagent.runtime.base import ContainerState
-from tests.unit.test_worker import IMAGE, Rig, eventually, make_pod
+from tests.unit.rig import eventually
+from tests.unit.test_worker import IMAGE, Rig, make_pod
 
 
 @pytest.fixture

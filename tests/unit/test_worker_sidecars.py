@@ -13,7 +13,8 @@ from nodeagent.kubelet.worker import WorkerState
 from nodeagent.model.pod import Pod
 from nodeagent.model.validate import parse_pod
 from nodeagent.runtime.base import ContainerState
-from tests.unit.test_worker import IMAGE, NODE, Rig, eventually
+from tests.unit.rig import eventually
+from tests.unit.test_worker import IMAGE, NODE, Rig
 
 
 def sidecar_pod(**spec: Any) -> Pod:
