@@ -255,3 +255,17 @@ def is_ready(pod: dict[str, Any]) -> bool:
 def waiting_reason(pod: dict[str, Any], name: str) -> str:
     state = container_status(pod, name)["state"]
     return str(state.get("waiting", {}).get("reason", ""))
+
+
+def local_pod(agent: Agent, name: str) -> dict[str, Any] | None:
+    """The agent's own view of a pod (in cluster mode a static pod's name ends in the node's)."""
+    return agent.pod(name) or agent.pod(f"{name}-{agent.name}")
+
+
+def waiting_message(agent: Agent, name: str) -> str:
+    """The first container's waiting message in the agent's view of the pod ("" if none)."""
+    for status in ((local_pod(agent, name) or {}).get("status") or {}).get(
+        "containerStatuses"
+    ) or []:
+        return str(status.get("state", {}).get("waiting", {}).get("message", ""))
+    return ""

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
+import pytest
 from lightkube import AsyncClient
 
 from tests.apiserver.process import ApiServerProcess
-from tests.harness import wait_for
+from tests.harness import TestNode, wait_for
 from tests.harness.agent import Agent
-from tests.integration import test_cluster as cluster
+from tests.harness.cluster import SLEEP, cluster_agent, create, pod_manifest, wait_ready
 from tests.integration.test_cli_views import cli, sample, scrape
-from tests.integration.test_cluster import SLEEP, create, pod_manifest, wait_ready
-
-# The cluster suite's fixtures, by name: link (veth), api (test API server), admin, agent.
-link, api, admin, agent = cluster.link, cluster.api, cluster.admin, cluster.agent
 
 PODS = "/api/v1/pods"
+
+
+@pytest.fixture
+def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+    """The agent in cluster mode, on containerd."""
+    with cluster_agent(node, api) as a:
+        yield a
 
 
 async def test_cluster_link_in_status_describe_and_metrics(

@@ -21,20 +21,17 @@ from lightkube import AsyncClient, KubeConfig
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, wait_for
 from tests.harness.agent import Agent, RuntimeTarget
-from tests.integration import test_cluster as cluster
-from tests.integration.test_cli_views import cli
-from tests.integration.test_cluster import (
-    CLUSTER_DNS,
+from tests.harness.cluster import (
     NODE_NAME,
     SLEEP,
     Link,
+    cluster_agent,
     create,
     http_get,
     pod_manifest,
     wait_ready,
 )
-
-link = cluster.link  # the cluster suite's veth link to the node, by name
+from tests.integration.test_cli_views import cli
 
 WEB = f"""apiVersion: v1
 kind: Pod
@@ -70,18 +67,10 @@ async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
 
 @pytest.fixture
 def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) -> Iterator[Agent]:
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    extra = ["--kubeconfig", kubeconfig, "--cluster-dns", CLUSTER_DNS]
     # --cluster-cidr: the agent watches all Nodes for host-gw routes (refused here).
-    extra += ["--cluster-cidr", "10.244.0.0/16"]
-    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    extra = ["--cluster-cidr", "10.244.0.0/16"]
+    with cluster_agent(node, api, runtime=runtime_target, extra=extra) as a:
         yield a
-    finally:
-        a.stop()
 
 
 def _service(agent: Agent, name: str) -> dict[str, Any] | None:

@@ -36,35 +36,29 @@ from nodeagent.runtime.cri import CRIRuntime
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
-from tests.harness.dockerd import DockerDaemon
-from tests.integration.test_cluster import (  # the cluster fixtures, shared
+from tests.harness.cluster import (
     SLEEP,
-    admin,
     admin_client,
-    agent,
-    api,
+    cluster_agent,
     container_id,
     create,
     get_pod,
-    link,
     pod_manifest,
     wait_ready,
 )
+from tests.harness.dockerd import DockerDaemon
+from tests.harness.manifests import sleeper_yaml
 from tests.integration.test_services import http, service, wait_endpoints, web
 
-__all__ = ["admin", "agent", "api", "link"]  # fixtures used by name
 
-POD = """apiVersion: v1
-kind: Pod
-metadata: {name: survivor}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"""
+@pytest.fixture
+def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+    """The agent in cluster mode, on containerd."""
+    with cluster_agent(node, api) as a:
+        yield a
+
+
+POD = sleeper_yaml("survivor")
 
 
 def node_condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

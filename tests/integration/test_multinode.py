@@ -27,12 +27,12 @@ from lightkube.resources.core_v1 import Node, Pod, Service
 from nodeagent.runtime.base import ContainerID, ContainerState
 from nodeagent.runtime.cri import CRIRuntime
 from tests.harness.lab import GATEWAY, Lab, LabNode
+from tests.harness.manifests import SLEEP
 from tests.harness.wait import async_wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 WEB_SCRIPT = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
-SLEEP = "trap 'exit 0' TERM; while true; do sleep 1; done"
 
 HTTP_CLIENT = """
 import json, sys, urllib.request

@@ -24,7 +24,7 @@ from lightkube.resources.core_v1 import Node, Pod
 from nodeagent.network import cni
 from nodeagent.runtime.base import ContainerID
 from nodeagent.runtime.cri import CRIRuntime
-from tests.harness.agent import Agent
+from tests.harness.agent import waiting_message
 from tests.harness.lab import Lab, LabNode
 from tests.harness.wait import async_wait_for
 
@@ -82,20 +82,6 @@ def pod_body(name: str, node: LabNode) -> dict[str, Any]:
     }
 
 
-def local_pod(agent: Agent, name: str) -> dict[str, Any] | None:
-    return agent.pod(name) or agent.pod(f"{name}-{agent.name}")
-
-
-def waiting_message(pod: dict[str, Any] | None) -> str:
-    for status in (pod or {}).get("status", {}).get("containerStatuses") or []:
-        return str(status.get("state", {}).get("waiting", {}).get("message", ""))
-    return ""
-
-
-def waiting_of(agent: Agent, name: str) -> str:
-    return waiting_message(local_pod(agent, name))
-
-
 async def running_pod(admin: AsyncClient, name: str, lab_node: LabNode) -> dict[str, Any]:
     async def running() -> dict[str, Any] | None:
         try:
@@ -129,7 +115,7 @@ async def test_late_pod_cidrs_distinct_pod_ips_across_nodes(lab: Lab, admin: Asy
         await admin.create(Pod.from_dict(pod_body(name, lab_node)))  # type: ignore[call-overload]
     for name, lab_node in (("web-1", one), ("static-web", one), ("web-2", two)):
         message = await async_wait_for(
-            functools.partial(waiting_of, lab_node.agent, name),
+            functools.partial(waiting_message, lab_node.agent, name),
             30,
             0.2,
             message=lab_node.agent.log_tail,
