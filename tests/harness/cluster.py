@@ -129,15 +129,21 @@ def cluster_agent(
 
 
 def pod_manifest(
-    name: str, script: str, *, grace: int = 10, token: bool = False, **spec: Any
+    name: str,
+    script: str,
+    *,
+    grace: int = 10,
+    token: bool = False,
+    node_name: str = NODE_NAME,
+    **spec: Any,
 ) -> dict[str, Any]:
-    """An API pod bound to NODE_NAME: one busybox container running ``script``."""
+    """An API pod bound to ``node_name``: one busybox container running ``script``."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
-            "nodeName": NODE_NAME,
+            "nodeName": node_name,
             "automountServiceAccountToken": token,
             "terminationGracePeriodSeconds": grace,
             "containers": [

@@ -8,29 +8,40 @@ and the fuzzers start from them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-__all__ = ["SLEEP", "full_pod", "full_service", "sleeper_yaml"]
+__all__ = ["SLEEP", "full_pod", "full_service", "static_pod_yaml"]
 
 # Exits on TERM at once; the loop (not one long sleep) lets the trap run without delay.
 SLEEP = "trap 'exit 0' TERM; while true; do sleep 1; done"
 
 
-def sleeper_yaml(name: str, *, container: str = "") -> str:
-    """A static-pod manifest: one busybox sleeper named ``main``, grace period one second.
+def static_pod_yaml(
+    name: str,
+    *,
+    script: str = SLEEP,
+    policy: str = "Always",
+    grace: int = 1,
+    container: str = "",
+) -> str:
+    """A static pod: one busybox container ``main`` running ``script`` (by default the
+    sleeper) under restart ``policy``.
 
     ``container`` is more YAML for the container, each line indented by six spaces.
     """
+    # A JSON string is a YAML double-quoted scalar: any script is quoted right.
     return f"""apiVersion: v1
 kind: Pod
 metadata: {{name: {name}}}
 spec:
-  terminationGracePeriodSeconds: 1
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: {grace}
   containers:
     - name: main
       image: busybox
       imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "{SLEEP}"]
+      command: ["sh", "-c", {json.dumps(script)}]
 {container}"""
 
 

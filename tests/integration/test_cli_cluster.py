@@ -15,9 +15,8 @@ from lightkube import AsyncClient
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent
+from tests.harness.agent import Agent, cli, sample, scrape
 from tests.harness.cluster import SLEEP, cluster_agent, create, pod_manifest, wait_ready
-from tests.integration.test_cli_views import cli, sample, scrape
 
 PODS = "/api/v1/pods"
 

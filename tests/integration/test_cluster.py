@@ -40,7 +40,7 @@ from tests.harness.cluster import (
     ready,
     wait_ready,
 )
-from tests.harness.manifests import sleeper_yaml
+from tests.harness.manifests import static_pod_yaml
 
 
 @pytest.fixture
@@ -245,7 +245,7 @@ async def test_a_service_and_its_endpoint_slice_program_rules_that_forward(
     assert {"web", "kubernetes"} <= shown
 
 
-STATIC = sleeper_yaml("static")
+STATIC = static_pod_yaml("static")
 
 
 async def test_a_static_pod_runs_under_its_cluster_name_with_a_mirror_pod(

@@ -37,7 +37,7 @@ from tests.harness.cluster import (
     pod_manifest,
     wait_ready,
 )
-from tests.harness.manifests import sleeper_yaml
+from tests.harness.manifests import static_pod_yaml
 
 DAEMONSET_TOLERATIONS = [
     {"key": f"node.kubernetes.io/{key}", "operator": "Exists", "effect": effect}
@@ -230,7 +230,7 @@ def events(agent: Agent) -> list[dict[str, Any]]:
     return found
 
 
-STATIC = sleeper_yaml("mirrored")
+STATIC = static_pod_yaml("mirrored")
 
 
 async def test_a_deleted_mirror_pod_comes_back_and_the_static_pod_runs_on(

@@ -20,7 +20,7 @@ from lightkube import AsyncClient, KubeConfig
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, RuntimeTarget
+from tests.harness.agent import Agent, RuntimeTarget, cli
 from tests.harness.cluster import (
     NODE_NAME,
     SLEEP,
@@ -31,7 +31,6 @@ from tests.harness.cluster import (
     pod_manifest,
     wait_ready,
 )
-from tests.integration.test_cli_views import cli
 
 WEB = f"""apiVersion: v1
 kind: Pod

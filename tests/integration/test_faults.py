@@ -47,7 +47,7 @@ from tests.harness.cluster import (
     wait_ready,
 )
 from tests.harness.dockerd import DockerDaemon
-from tests.harness.manifests import sleeper_yaml
+from tests.harness.manifests import static_pod_yaml
 from tests.integration.test_services import http, service, wait_endpoints, web
 
 
@@ -58,7 +58,7 @@ def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
         yield a
 
 
-POD = sleeper_yaml("survivor")
+POD = static_pod_yaml("survivor")
 
 
 def node_condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

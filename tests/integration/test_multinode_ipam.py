@@ -26,24 +26,14 @@ from nodeagent.runtime.base import ContainerID
 from nodeagent.runtime.cri import CRIRuntime
 from tests.harness.agent import waiting_message
 from tests.harness.lab import Lab, LabNode
+from tests.harness.manifests import static_pod_yaml
 from tests.harness.wait import async_wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 WEB = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
 NOT_READY = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"
-STATIC_POD = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: static-web, namespace: default}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "{WEB}"]
-"""
+STATIC_POD = static_pod_yaml("static-web", script=WEB)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

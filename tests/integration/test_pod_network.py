@@ -30,8 +30,8 @@ from nodeagent.network import cni
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for
 from tests.harness.agent import Agent, RuntimeTarget, local_pod, waiting_message
-from tests.harness.cluster import Link, cluster_agent, veth_link
-from tests.harness.manifests import SLEEP
+from tests.harness.cluster import Link, cluster_agent, pod_manifest, veth_link
+from tests.harness.manifests import SLEEP, static_pod_yaml
 
 NODE_NAME = "node-net"
 CLUSTER_CIDR = "10.244.0.0/16"
@@ -73,39 +73,10 @@ def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) 
 
 
 def pod_body(name: str, *, host_network: bool = False) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "hostNetwork": host_network,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", SLEEP],
-                }
-            ],
-        },
-    }
+    return pod_manifest(name, SLEEP, grace=1, node_name=NODE_NAME, hostNetwork=host_network)
 
 
-STATIC_POD = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: static-web, namespace: default}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "{SLEEP}"]
-"""
+STATIC_POD = static_pod_yaml("static-web")
 STATIC_NAME = f"static-web-{NODE_NAME}"  # as the agent names a static pod in cluster mode
 
 
