@@ -23,17 +23,20 @@ def static_pod_yaml(
     script: str = SLEEP,
     policy: str = "Always",
     grace: int = 1,
+    labels: str = "",
     container: str = "",
 ) -> str:
     """A static pod: one busybox container ``main`` running ``script`` (by default the
     sleeper) under restart ``policy``.
 
-    ``container`` is more YAML for the container, each line indented by six spaces.
+    ``labels`` is a YAML flow mapping (``{app: web}``). ``container`` is more YAML for the
+    container, each line indented by six spaces; pod spec fields may follow it, indented by two.
     """
+    meta = f"{{name: {name}, labels: {labels}}}" if labels else f"{{name: {name}}}"
     # A JSON string is a YAML double-quoted scalar: any script is quoted right.
     return f"""apiVersion: v1
 kind: Pod
-metadata: {{name: {name}}}
+metadata: {meta}
 spec:
   restartPolicy: {policy}
   terminationGracePeriodSeconds: {grace}

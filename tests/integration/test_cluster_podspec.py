@@ -26,6 +26,7 @@ from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, cluster, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, is_ready
 from tests.harness.cluster import SLEEP, create, get_pod, pod_manifest, ready
+from tests.harness.manifests import static_pod_yaml
 from tests.harness.typed import present
 
 GATE = "example.com/load-balancer"
@@ -231,17 +232,7 @@ spec:
   clusterIP: 10.96.0.1
   ports: [{name: https, port: 443}]
 """
-ENV_POD_YAML = f"""apiVersion: v1
-kind: Pod
-metadata: {{name: env}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", {ENV_SCRIPT!r}]
-"""
+ENV_POD_YAML = static_pod_yaml("env", script=ENV_SCRIPT)
 
 
 def test_standalone_pods_see_the_manifest_directorys_services(agent: Agent) -> None:

@@ -31,21 +31,14 @@ from tests.harness.cluster import (
     pod_manifest,
     wait_ready,
 )
+from tests.harness.manifests import static_pod_yaml
 
-WEB = f"""apiVersion: v1
-kind: Pod
-metadata:
-  name: web
-  labels: {{app: web}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "echo {NODE_NAME} > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
-      ports: [{{name: http, containerPort: 8080}}]
-"""
+WEB = static_pod_yaml(
+    "web",
+    script=f"echo {NODE_NAME} > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
+    labels="{app: web}",
+    container="      ports: [{name: http, containerPort: 8080}]\n",
+)
 SERVICE = """apiVersion: v1
 kind: Service
 metadata: {name: web-local}

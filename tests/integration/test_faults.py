@@ -317,17 +317,7 @@ data:
   password: "{SECRET_VALUE}-not-base64!"
 """
 
-SECRET_USER = """\
-apiVersion: v1
-kind: Pod
-metadata: {name: keeper}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+KEEPER = """\
       env:
         - name: PASSWORD
           valueFrom: {secretKeyRef: {name: creds, key: password}}
@@ -340,6 +330,10 @@ spec:
       secret: {secretName: creds, defaultMode: 0400}
     - name: settings
       configMap: {name: settings}
+"""
+SECRET_USER = (
+    static_pod_yaml("keeper", container=KEEPER)
+    + """\
 ---
 apiVersion: v1
 kind: Pod
@@ -354,6 +348,7 @@ spec:
         - name: MISSING
           valueFrom: {secretKeyRef: {name: creds, key: no-such-key}}
 """
+)
 
 
 def exec_in(node: TestNode, container: str, argv: list[str]) -> str:

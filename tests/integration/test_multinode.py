@@ -26,6 +26,8 @@ from lightkube.resources.core_v1 import Node, Pod, Service
 
 from nodeagent.runtime.base import ContainerID, ContainerState
 from nodeagent.runtime.cri import CRIRuntime
+from tests.harness.cluster import get_pod, pod_manifest
+from tests.harness.cluster import ready as is_ready
 from tests.harness.lab import GATEWAY, Lab, LabNode
 from tests.harness.manifests import SLEEP
 from tests.harness.wait import async_wait_for
@@ -66,41 +68,10 @@ async def admin(lab: Lab) -> AsyncIterator[AsyncClient]:
 
 
 def pod_body(name: str, node: LabNode, script: str, app: str = "") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": app or name}},
-        "spec": {
-            "nodeName": node.name,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", script],
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                }
-            ],
-        },
-    }
-
-
-async def get_pod(admin: AsyncClient, name: str) -> dict[str, Any] | None:
-    try:
-        return dict((await admin.get(Pod, name, namespace="default")).to_dict())
-    except ApiError as exc:
-        if exc.status.code == 404:
-            return None
-        raise
-
-
-def is_ready(pod: dict[str, Any] | None) -> bool:
-    status = (pod or {}).get("status") or {}
-    return status.get("phase") == "Running" and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
-    )
+    body = pod_manifest(name, script, grace=1, node_name=node.name)
+    body["metadata"]["labels"] = {"app": app or name}
+    body["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+    return body
 
 
 async def ensure_pod(

@@ -25,6 +25,7 @@ from nodeagent.network import cni
 from nodeagent.runtime.base import ContainerID
 from nodeagent.runtime.cri import CRIRuntime
 from tests.harness.agent import waiting_message
+from tests.harness.cluster import pod_manifest
 from tests.harness.lab import Lab, LabNode
 from tests.harness.manifests import static_pod_yaml
 from tests.harness.wait import async_wait_for
@@ -52,24 +53,7 @@ async def admin(lab: Lab) -> AsyncIterator[AsyncClient]:
 
 
 def pod_body(name: str, node: LabNode) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.name,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", WEB],
-                }
-            ],
-        },
-    }
+    return pod_manifest(name, WEB, grace=1, node_name=node.name)
 
 
 async def running_pod(admin: AsyncClient, name: str, lab_node: LabNode) -> dict[str, Any]:

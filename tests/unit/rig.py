@@ -35,12 +35,12 @@ async def eventually(
     return await async_wait_for(predicate, within, 0.01, message=what)
 
 
-def manager_rig(tmp_path: Path, node_name: str) -> tuple[PodManager, RuntimeCache]:
-    """A pod manager over a fake runtime holding IMAGE; the caller runs ``cache.run()``."""
-    fake = FakeRuntime(images={IMAGE})
-    holder: list[PodManager] = []
-    cache = RuntimeCache(fake, on_change=lambda uid: holder[0].on_runtime_change(uid))
-    ctx = KubeletContext(
+def kubelet_context(
+    fake: FakeRuntime, cache: RuntimeCache, tmp_path: Path, node_name: str
+) -> KubeletContext:
+    """The kubelet's parts over ``fake``, as the daemon wires them (``dataclasses.replace``
+    sets the optional ones)."""
+    return KubeletContext(
         node_name=node_name,
         host_ip="192.168.56.11",
         state_dir=tmp_path / "state",
@@ -51,7 +51,14 @@ def manager_rig(tmp_path: Path, node_name: str) -> tuple[PodManager, RuntimeCach
         images=ImageManager(fake),
         prober=ProbeManager(fake),
     )
-    holder.append(PodManager(ctx))
+
+
+def manager_rig(tmp_path: Path, node_name: str) -> tuple[PodManager, RuntimeCache]:
+    """A pod manager over a fake runtime holding IMAGE; the caller runs ``cache.run()``."""
+    fake = FakeRuntime(images={IMAGE})
+    holder: list[PodManager] = []
+    cache = RuntimeCache(fake, on_change=lambda uid: holder[0].on_runtime_change(uid))
+    holder.append(PodManager(kubelet_context(fake, cache, tmp_path, node_name)))
     return holder[0], cache
 
 
@@ -102,17 +109,7 @@ class WorkerRig:
         self.state_dir = tmp_path / "state"
         self.log_dir = tmp_path / "logs"
         self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
-        self.ctx = KubeletContext(
-            node_name=NODE,
-            host_ip="192.168.56.11",
-            state_dir=self.state_dir,
-            pod_log_dir=str(self.log_dir),
-            runtime=self.fake,
-            runtime_name="containerd",
-            cache=self.cache,
-            images=ImageManager(self.fake),
-            prober=ProbeManager(self.fake),
-        )
+        self.ctx = kubelet_context(self.fake, self.cache, tmp_path, NODE)
         self.manager = PodManager(self.ctx)
         self._relist: asyncio.Task[None] | None = None
 

@@ -19,12 +19,9 @@ from nodeagent.apiserver.client import ApiClient
 from nodeagent.apiserver.cluster import ClusterLink
 from nodeagent.apiserver.reflector import Backoff
 from nodeagent.kubelet import eviction
-from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodestatus import NodeFacts
 from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.model.pod import PodUID
 from nodeagent.model.validate import parse_pod
 from nodeagent.runtime.base import ContainerID, ContainerState
@@ -33,7 +30,7 @@ from nodeagent.sources.file import DesiredState, read_file
 from tests.apiserver import ApiServer
 from tests.apiserver.patch import STRATEGIC
 from tests.apiserver.resources import CONFIGMAPS, ENDPOINTSLICES, EVENTS, PODS, SERVICES
-from tests.unit.rig import eventually
+from tests.unit.rig import eventually, kubelet_context
 
 NODE = "node-1"
 
@@ -65,17 +62,7 @@ class Rig:
         self.api = api
         self.fake = FakeRuntime(images={IMAGE})
         self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
-        self.ctx = KubeletContext(
-            node_name=NODE,
-            host_ip="192.168.56.11",
-            state_dir=tmp_path / "state",
-            pod_log_dir=str(tmp_path / "logs"),
-            runtime=self.fake,
-            runtime_name="containerd",
-            cache=self.cache,
-            images=ImageManager(self.fake),
-            prober=ProbeManager(self.fake),
-        )
+        self.ctx = kubelet_context(self.fake, self.cache, tmp_path, NODE)
         self.manager = PodManager(self.ctx)
         self.client = ApiClient.from_file(
             api.node_kubeconfig(tmp_path / "node.kubeconfig", NODE, node_proxier=node_proxier)

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 
 from nodeagent.kubelet import specs
-from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
-from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
@@ -33,7 +31,7 @@ from nodeagent.model.pod import (
 )
 from nodeagent.runtime.base import ContainerID, ExecResult, SandboxID
 from nodeagent.runtime.fake import FakeRuntime
-from tests.unit.rig import eventually
+from tests.unit.rig import eventually, kubelet_context
 
 IMAGE = "busybox:1.36"
 
@@ -283,17 +281,7 @@ class Rig:
     def __init__(self, tmp_path: Path, checks: Checks) -> None:
         self.fake = FakeRuntime(images={IMAGE}, exec_handler=checks)
         self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
-        self.ctx = KubeletContext(
-            node_name="n",
-            host_ip="192.168.56.11",
-            state_dir=tmp_path / "state",
-            pod_log_dir=str(tmp_path / "logs"),
-            runtime=self.fake,
-            runtime_name="containerd",
-            cache=self.cache,
-            images=ImageManager(self.fake),
-            prober=ProbeManager(self.fake),
-        )
+        self.ctx = kubelet_context(self.fake, self.cache, tmp_path, "n")
         self.manager = PodManager(self.ctx)
 
     def _changed(self, uid: PodUID) -> None:
