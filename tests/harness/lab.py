@@ -6,7 +6,7 @@
                               pod bridge on 10.244.<n>.0/24 (the Node's spec.podCIDR)
        |
     root netns: only the test API server's end of one veth ("up0"'s peer, a link-local /30),
-                as in test_cluster.py; nothing else of the machine's network is touched
+                as in tests/harness/cluster.py; nothing else of the machine's network is touched
 
 Every node's agent joins the test API server with its own node kubeconfig (system:node:<name>,
 bound to system:node-proxier as docs/rbac.md asks; ``node_proxier=False`` leaves the binding
@@ -113,7 +113,7 @@ class Lab:
         n = os.getpid() % 100000
         self.netns = f"na-lab-{n}"
         self.host_dev = f"nalab{n}"
-        # A link-local /30 of our own for the API server (same scheme as test_cluster.py,
+        # A link-local /30 of our own for the API server (same scheme as tests/harness/cluster.py,
         # in a range that one does not use).
         third, fourth = 216 + n % 32, (n // 32 % 64) * 4
         self.api_ip, self.uplink_ip = (

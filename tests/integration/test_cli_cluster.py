@@ -1,7 +1,8 @@
 """The operator's view in cluster mode: the API link in ``status node``, the events the
 recorder sends to the API also in ``describe``, watch restarts and heartbeat age in /metrics.
 
-Uses the cluster suite's rig (a test API server on a private veth link to the node).
+Uses the cluster rig (tests/harness/cluster.py: a test API server on a private veth link to
+the node).
 """
 
 from __future__ import annotations

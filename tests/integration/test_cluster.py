@@ -3,7 +3,8 @@ on containerd and report back, graceful deletion, and API restarts in the middle
 
 The API server runs as a process in the root network namespace, listening on one end of a
 veth pair whose other end is in the node's namespace: a private link-local /30 made for the
-module, so nothing here touches the machine's own addresses or routes. The agent reaches it
+module (tests/harness/cluster.py, fixtures in conftest.py), so nothing here touches the
+machine's own addresses or routes. The agent reaches it
 with a node kubeconfig (a client certificate for ``system:node:node-a``); the test reads and
 writes through the admin kubeconfig.
 """

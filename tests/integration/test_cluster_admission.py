@@ -7,7 +7,8 @@ second pod on a host port fails ``NodePorts``; a second DELETE with a
 shorter grace period hurries a termination under way; a mirror pod deleted with
 ``kubectl delete`` comes back; the Node reports a Kubernetes ``kubeletVersion``.
 
-Uses the cluster suite's rig (a test API server on a private veth link to the node).
+Uses the cluster rig (tests/harness/cluster.py: a test API server on a private veth link to
+the node).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 refuses its lists of Nodes and EndpointSlices (403), and the agent says so in ``status node``
 while its API pods, its static pods and the manifest directory's Services keep working.
 
-Uses the cluster suite's veth link; the test API server runs as strict as kube-apiserver
-(Node authorizer, NodeRestriction) with the node's credential left unbound. Runs once per
-runtime (containerd over CRI, Docker).
+Uses the cluster rig's veth link (tests/harness/cluster.py); the test API server runs as
+strict as kube-apiserver (Node authorizer, NodeRestriction) with the node's credential left
+unbound. Runs once per runtime (containerd over CRI, Docker).
 """
 
 from __future__ import annotations

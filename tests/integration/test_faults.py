@@ -5,8 +5,9 @@ False, naming the runtime) and keep going; when it is back, the agent reconnects
 and resyncs without duplicating anything: the pod's running container is the same one (not
 restarted) and the pod has exactly one sandbox.
 
-API server (cluster mode, the test API server of test_cluster.py and its fault hooks): an
-outage longer than the watch backoff's cap, status writes answered 5xx, and 409 conflicts.
+API server (cluster mode: the test API server of tests/harness/cluster.py and its fault
+hooks): an outage longer than the watch backoff's cap, status writes answered 5xx, and 409
+conflicts.
 Pods keep running throughout, and the API's view of them converges after recovery. (410 Gone
 on a resumed watch, and a short restart, are test_cluster.py's.)
 

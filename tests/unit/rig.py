@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nodeagent import cli
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
@@ -157,3 +158,9 @@ class WorkerRig:
     def managed_left(self) -> tuple[int, int]:
         managed = [s for s in self.fake.sandboxes.values() if base.LABEL_MANAGED_BY in s.labels]
         return len(managed), len(self.fake.containers)
+
+
+async def run_cli(*argv: str) -> int:
+    """``nodeagent ARGV``'s exit code. main() blocks on the socket and the status server needs
+    this loop free, so main gets a thread."""
+    return await asyncio.to_thread(cli.main, list(argv))

@@ -34,7 +34,7 @@ from lightkube.types import PatchType
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import PODS
 from tests.harness.typed import present
-from tests.harness.wait import first_items
+from tests.harness.wait import async_wait_for, first_items
 
 Obj = dict[str, Any]
 
@@ -389,10 +389,7 @@ async def test_restart_in_the_middle_of_a_watch(client: AsyncClient, api: ApiSer
 
     task = asyncio.create_task(watch_once())
     await client.create(new_pod("before"))
-    for _ in range(50):
-        if seen:
-            break
-        await asyncio.sleep(0.02)
+    await async_wait_for(lambda: seen, 5, 0.02, message="the first event")
     await api.stop()
     with pytest.raises(httpx2.TransportError):  # the stream is cut mid-body
         await asyncio.wait_for(task, 5)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from nodeagent.server.colors import colorize
 from nodeagent.server.describe import PodNotFound, render_pod
 from nodeagent.server.nodeview import bytes_text, render_node
 from nodeagent.server.render import render_status
-from nodeagent.server.status import StatusServer
+from tests.unit.rig import run_cli
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -254,16 +252,8 @@ def test_colors_only_decorate() -> None:
 
 
 @pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Path]:
-    path = tmp_path / "status.sock"
-    server = StatusServer(str(path), lambda: SNAPSHOT)
-    await server.start()
-    yield path
-    await server.close()
-
-
-async def run_cli(*argv: str) -> int:
-    return await asyncio.to_thread(cli.main, list(argv))
+def snapshot() -> dict[str, Any]:
+    return SNAPSHOT
 
 
 async def test_status_subviews(agent: Path, capsys: pytest.CaptureFixture[str]) -> None:
