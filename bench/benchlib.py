@@ -128,8 +128,8 @@ def hottest(raw: str, count: int = 40) -> str:
     # The trunk (entry point, event loop) is on every stack of the main thread: it says nothing.
     trunk = max(inclusive.values(), default=0)
     branches = [(f, n) for f, n in inclusive.most_common() if n < trunk]
-    for frame, samples in branches[:count]:
-        lines.append(f"{samples / max(total, 1):6.1%}  {frame}")
+    for frame, below in branches[:count]:
+        lines.append(f"{below / max(total, 1):6.1%}  {frame}")
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ log = structlog.get_logger("nodeagent.pleg")
 
 SETTLE_S = 5.0  # how long a SIGKILLed exit is read again, waiting for a late OOMKilled
 _KILLED = 137  # 128 + SIGKILL
+_clock = time.monotonic  # the settle window's clock (a module name, so tests can move it)
 
 
 class RuntimeCache:
@@ -170,7 +171,7 @@ class RuntimeCache:
         so an unchanged pod compares equal); only changed ones cost a runtime call."""
         result: list[ContainerInfo | None] = []
         missing: list[int] = []
-        now = time.monotonic()
+        now = _clock()
         for summary in summaries:
             cached = self._details.get(summary.id)
             settled = self._unsettled.get(summary.id, 0.0) <= now
@@ -186,7 +187,7 @@ class RuntimeCache:
 
     async def _detailed(self, summary: ContainerInfo) -> ContainerInfo | None:
         cached = self._details.get(summary.id)
-        settled = self._unsettled.get(summary.id, 0.0) <= time.monotonic()
+        settled = self._unsettled.get(summary.id, 0.0) <= _clock()
         if cached is not None and cached.state is summary.state and settled:
             return cached
         try:
@@ -208,7 +209,7 @@ class RuntimeCache:
         if not killed:
             self._unsettled.pop(info.id, None)
         elif info.id not in self._unsettled:
-            self._unsettled[info.id] = time.monotonic() + SETTLE_S
+            self._unsettled[info.id] = _clock() + SETTLE_S
 
     def _forget_missing(
         self, sandboxes: Iterable[SandboxInfo], containers: Iterable[ContainerInfo]

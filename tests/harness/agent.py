@@ -255,3 +255,46 @@ def is_ready(pod: dict[str, Any]) -> bool:
 def waiting_reason(pod: dict[str, Any], name: str) -> str:
     state = container_status(pod, name)["state"]
     return str(state.get("waiting", {}).get("reason", ""))
+
+
+def local_pod(agent: Agent, name: str) -> dict[str, Any] | None:
+    """The agent's own view of a pod (in cluster mode a static pod's name ends in the node's)."""
+    return agent.pod(name) or agent.pod(f"{name}-{agent.name}")
+
+
+def waiting_message(agent: Agent, name: str) -> str:
+    """The first container's waiting message in the agent's view of the pod ("" if none)."""
+    for status in ((local_pod(agent, name) or {}).get("status") or {}).get(
+        "containerStatuses"
+    ) or []:
+        return str(status.get("state", {}).get("waiting", {}).get("message", ""))
+    return ""
+
+
+def cli(agent: Agent, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``python -m nodeagent ARGS`` against the agent's status socket."""
+    argv = [sys.executable, "-m", "nodeagent", *args, "--status-socket", str(agent.socket)]
+    root = str(Path(__file__).resolve().parents[2])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check, cwd=root)
+
+
+_SCRAPE = """
+import sys, urllib.request
+with urllib.request.urlopen("http://127.0.0.1:10255" + sys.argv[1], timeout=10) as r:
+    sys.stdout.write(r.read().decode())
+"""
+
+
+def scrape(node: TestNode, path: str) -> str:
+    """GET ``path`` of the agent's read-only port, from inside the node's namespace."""
+    return node.run([sys.executable, "-c", _SCRAPE, path]).stdout
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the first sample ``name{labels...}`` in an exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            head = line.split(" ", 1)[0]
+            if head == name or head.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0

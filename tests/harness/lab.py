@@ -6,7 +6,7 @@
                               pod bridge on 10.244.<n>.0/24 (the Node's spec.podCIDR)
        |
     root netns: only the test API server's end of one veth ("up0"'s peer, a link-local /30),
-                as in test_cluster.py; nothing else of the machine's network is touched
+                as in tests/harness/cluster.py; nothing else of the machine's network is touched
 
 Every node's agent joins the test API server with its own node kubeconfig (system:node:<name>,
 bound to system:node-proxier as docs/rbac.md asks; ``node_proxier=False`` leaves the binding
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -112,7 +113,7 @@ class Lab:
         n = os.getpid() % 100000
         self.netns = f"na-lab-{n}"
         self.host_dev = f"nalab{n}"
-        # A link-local /30 of our own for the API server (same scheme as test_cluster.py,
+        # A link-local /30 of our own for the API server (same scheme as tests/harness/cluster.py,
         # in a range that one does not use).
         third, fourth = 216 + n % 32, (n // 32 % 64) * 4
         self.api_ip, self.uplink_ip = (
@@ -310,18 +311,11 @@ class Lab:
         for lab_node in self.nodes:
             want = {(n.pod_cidr, n.ip) for n in self.nodes if n is not lab_node}
 
-            def routed(lab_node: LabNode = lab_node, want: set[tuple[str, str]] = want) -> bool:
-                network = lab_node.agent.status().get("network") or {}
-                have = {(r["dst"], r["via"]) for r in network.get("routes") or []}
-                return have == want
-
             await async_wait_for(
-                routed,
+                functools.partial(_routed, lab_node, want),
                 within,
                 0.2,
-                message=lambda lab_node=lab_node: (  # type: ignore[misc]
-                    f"routes on {lab_node.name}\n{lab_node.agent.log_tail()}"
-                ),
+                message=functools.partial(_routes_problem, lab_node),
             )
 
     def save_state(self) -> None:
@@ -346,6 +340,16 @@ class Lab:
 
 
 # --- the command line -------------------------------------------------------------------------
+
+
+def _routed(lab_node: LabNode, want: set[tuple[str, str]]) -> bool:
+    network = lab_node.agent.status().get("network") or {}
+    have = {(r["dst"], r["via"]) for r in network.get("routes") or []}
+    return have == want
+
+
+def _routes_problem(lab_node: LabNode) -> str:
+    return f"routes on {lab_node.name}\n{lab_node.agent.log_tail()}"
 
 
 def describe(lab: Lab) -> str:

@@ -16,11 +16,15 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeAlias, TypeVar, overload
 
 T = TypeVar("T")
 
 Message = str | Callable[[], str]
+
+# What a predicate may return: a value (returned once truthy), or None/False for "not yet".
+# Spelling the falsy cases out lets a wait on ``dict | None`` return a ``dict`` to mypy.
+Polled: TypeAlias = T | Literal[False] | None
 
 
 class WaitTimeout(AssertionError):
@@ -34,7 +38,7 @@ def _describe(message: Message, timeout: float, last: object, error: BaseExcepti
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], Polled[T]],
     timeout: float,
     interval: float = 0.1,
     *,
@@ -64,8 +68,30 @@ def wait_for(
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
+@overload
 async def async_wait_for(
-    predicate: Callable[[], Awaitable[T]] | Callable[[], T],
+    predicate: Callable[[], Awaitable[Polled[T]]],
+    timeout: float,  # noqa: ASYNC109
+    interval: float = 0.1,
+    *,
+    message: Message = "",
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T: ...
+
+
+@overload
+async def async_wait_for(
+    predicate: Callable[[], Polled[T]],
+    timeout: float,  # noqa: ASYNC109
+    interval: float = 0.1,
+    *,
+    message: Message = "",
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T: ...
+
+
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[Polled[T]]] | Callable[[], Polled[T]],
     timeout: float,  # noqa: ASYNC109 (same signature as wait_for, deliberately)
     interval: float = 0.1,
     *,
@@ -88,7 +114,7 @@ async def async_wait_for(
                 scope = asyncio.timeout(max(deadline - loop.time(), interval))
                 try:
                     async with scope:
-                        value: T = await result
+                        value: Polled[T] = await result
                 except TimeoutError as exc:
                     if scope.expired():
                         raise WaitTimeout(_describe(message, timeout, last, exc)) from exc

@@ -12,6 +12,9 @@
   once per runtime: on the node's containerd, then on a dockerd started in the node (one per
   module, reset after each test). Docker runs are skipped, with the reason, where dockerd or
   the docker CLI is missing.
+- ``link`` (module), ``api`` and ``admin`` (function): cluster mode: a veth link into the
+  module's node, the test API server on its root end, and an admin client of it. Cluster
+  modules override ``agent`` with ``tests.harness.cluster.cluster_agent``.
 
 Tests under this directory are marked ``integration`` and skipped, with the reason, when the
 machine cannot run them (not root, or containerd, runc, ip, nsenter or the CNI plugins
@@ -22,14 +25,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from lightkube import AsyncClient
 
 from nodeagent import devenv, localimages
+from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode
 from tests.harness.agent import Agent, RuntimeTarget
+from tests.harness.cluster import NODE_NAME, Link, admin_client, veth_link
 from tests.harness.dockerd import DockerDaemon
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,3 +171,25 @@ def agent(node: TestNode, runtime_target: RuntimeTarget) -> Iterator[Agent]:
         yield a
     finally:
         a.stop()
+
+
+@pytest.fixture(scope="module")
+def link(module_node: TestNode) -> Iterator[Link]:
+    with veth_link(module_node) as made:
+        yield made
+
+
+@pytest.fixture
+async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
+    """The test API server on the link's root end, with a kubeconfig for NODE_NAME."""
+    server = ApiServerProcess(tmp_path / "api", host=link.host_ip)
+    server.node_kubeconfig(NODE_NAME)
+    async with server:
+        yield server
+
+
+@pytest.fixture
+async def admin(api: ApiServerProcess) -> AsyncIterator[AsyncClient]:
+    client = admin_client(api)
+    yield client
+    await client.close()

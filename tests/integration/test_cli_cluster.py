@@ -1,27 +1,32 @@
 """The operator's view in cluster mode: the API link in ``status node``, the events the
 recorder sends to the API also in ``describe``, watch restarts and heartbeat age in /metrics.
 
-Uses the cluster suite's rig (a test API server on a private veth link to the node).
+Uses the cluster rig (tests/harness/cluster.py: a test API server on a private veth link to
+the node).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
+import pytest
 from lightkube import AsyncClient
 
 from tests.apiserver.process import ApiServerProcess
-from tests.harness import wait_for
-from tests.harness.agent import Agent
-from tests.integration import test_cluster as cluster
-from tests.integration.test_cli_views import cli, sample, scrape
-from tests.integration.test_cluster import SLEEP, create, pod_manifest, wait_ready
-
-# The cluster suite's fixtures, by name: link (veth), api (test API server), admin, agent.
-link, api, admin, agent = cluster.link, cluster.api, cluster.admin, cluster.agent
+from tests.harness import TestNode, wait_for
+from tests.harness.agent import Agent, cli, sample, scrape
+from tests.harness.cluster import SLEEP, cluster_agent, create, pod_manifest, wait_ready
 
 PODS = "/api/v1/pods"
+
+
+@pytest.fixture
+def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+    """The agent in cluster mode, on containerd."""
+    with cluster_agent(node, api) as a:
+        yield a
 
 
 async def test_cluster_link_in_status_describe_and_metrics(

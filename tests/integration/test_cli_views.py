@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, container_status, is_ready
+from tests.harness import wait_for
+from tests.harness.agent import Agent, cli, container_status, is_ready, sample, scrape
 
 PODS = """
 apiVersion: v1
@@ -58,36 +58,10 @@ spec:
     - port: 80
 """
 
-SCRAPE = """
-import sys, urllib.request
-with urllib.request.urlopen("http://127.0.0.1:10255" + sys.argv[1], timeout=10) as r:
-    sys.stdout.write(r.read().decode())
-"""
-
 
 @pytest.fixture(scope="module")
 def runtime() -> str:
     return "cri"
-
-
-def cli(agent: Agent, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "nodeagent", *args, "--status-socket", str(agent.socket)]
-    root = str(Path(__file__).resolve().parents[2])
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check, cwd=root)
-
-
-def scrape(node: TestNode, path: str) -> str:
-    return node.run([sys.executable, "-c", SCRAPE, path]).stdout
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of the first sample ``name{labels...}`` in an exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            head = line.split(" ", 1)[0]
-            if head == name or head.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.fixture

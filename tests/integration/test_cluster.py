@@ -3,7 +3,8 @@ on containerd and report back, graceful deletion, and API restarts in the middle
 
 The API server runs as a process in the root network namespace, listening on one end of a
 veth pair whose other end is in the node's namespace: a private link-local /30 made for the
-module, so nothing here touches the machine's own addresses or routes. The agent reaches it
+module (tests/harness/cluster.py, fixtures in conftest.py), so nothing here touches the
+machine's own addresses or routes. The agent reaches it
 with a node kubeconfig (a client certificate for ``system:node:node-a``); the test reads and
 writes through the admin kubeconfig.
 """
@@ -12,159 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ApiError, AsyncClient
+from lightkube.operators import BinaryOperator, SequenceOperator
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Node, Pod, Service
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
 from tests.harness.agent import Agent, RuntimeTarget
-
-NODE_NAME = "node-a"
-CLUSTER_DNS = "10.96.0.10"
-
-
-@dataclass(frozen=True)
-class Link:
-    """A veth pair: ``host_ip`` in the root namespace, ``node_ip`` in the node's."""
-
-    host_dev: str
-    host_ip: str
-    node_ip: str
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
-
-
-@pytest.fixture(scope="module")
-def link(module_node: TestNode) -> Iterator[Link]:
-    n = os.getpid() % 60000
-    third, fourth = 16 + n // 64 % 200, (n % 64) * 4
-    host_ip, node_ip = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
-    host_dev, node_dev = f"na{n}h", f"na{n}n"
-    _ip("link", "add", host_dev, "type", "veth", "peer", "name", node_dev)
-    try:
-        _ip("link", "set", node_dev, "netns", module_node.netns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
-        _ip("link", "set", host_dev, "up")
-        _ip("-n", module_node.netns, "addr", "add", f"{node_ip}/30", "dev", node_dev)
-        _ip("-n", module_node.netns, "link", "set", node_dev, "up")
-        # A service IP must be routable for a packet to reach the nat OUTPUT chain at all.
-        _ip("-n", module_node.netns, "route", "add", "default", "via", host_ip)
-        yield Link(host_dev, host_ip, node_ip)
-    finally:
-        subprocess.run(["ip", "link", "del", host_dev], capture_output=True, check=False)
-
-
-@pytest.fixture
-async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
-    server = ApiServerProcess(tmp_path / "api", host=link.host_ip)
-    server.node_kubeconfig(NODE_NAME)
-    async with server:
-        yield server
-
-
-@pytest.fixture
-async def admin(api: ApiServerProcess) -> AsyncIterator[AsyncClient]:
-    client = admin_client(api)
-    yield client
-    await client.close()
-
-
-def admin_client(api: ApiServerProcess) -> AsyncClient:
-    """A new client: after a server restart, pooled connections are dead ones."""
-    return AsyncClient(KubeConfig.from_file(api.kubeconfig))
+from tests.harness.cluster import (
+    CLUSTER_DNS,
+    NODE_NAME,
+    SLEEP,
+    Link,
+    admin_client,
+    cluster_agent,
+    container_id,
+    create,
+    get_pod,
+    http_get,
+    pod_manifest,
+    ready,
+    wait_ready,
+)
+from tests.harness.manifests import static_pod_yaml
 
 
 @pytest.fixture
 def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    extra = ["--kubeconfig", kubeconfig, "--cluster-dns", CLUSTER_DNS]
-    a = Agent(node, name=NODE_NAME, extra=extra)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    with cluster_agent(node, api) as a:
         yield a
-    finally:
-        a.stop()
-
-
-def pod_manifest(
-    name: str, script: str, *, grace: int = 10, token: bool = False, **spec: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "automountServiceAccountToken": token,
-            "terminationGracePeriodSeconds": grace,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", script],
-                }
-            ],
-            **spec,
-        },
-    }
-
-
-SLEEP = "trap 'exit 0' TERM; while true; do sleep 1; done"
-
-
-async def create(admin: AsyncClient, body: dict[str, Any]) -> str:
-    pod = await admin.create(Pod.from_dict(body))  # type: ignore[call-overload]
-    return str(pod.metadata.uid)
-
-
-async def get_pod(admin: AsyncClient, name: str) -> dict[str, Any] | None:
-    try:
-        pod = await admin.get(Pod, name, namespace="default")
-    except ApiError as exc:
-        if exc.status.code == 404:
-            return None
-        raise
-    return dict(pod.to_dict())
-
-
-def ready(pod: dict[str, Any] | None) -> bool:
-    status = (pod or {}).get("status") or {}
-    conditions = status.get("conditions") or []
-    return status.get("phase") == "Running" and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in conditions
-    )
-
-
-async def wait_ready(
-    admin: AsyncClient, agent: Agent, name: str, within: float = 30
-) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        pod = await get_pod(admin, name)
-        return pod if ready(pod) else None
-
-    return await async_wait_for(
-        check, within, interval=0.2, message=lambda: f"{name} Ready in the API\n{agent.log_tail()}"
-    )
-
-
-def container_id(pod: dict[str, Any]) -> str:
-    return str(pod["status"]["containerStatuses"][0]["containerID"])
 
 
 # --- tests ---------------------------------------------------------------------------------
@@ -273,7 +156,7 @@ async def test_a_deleted_pod_terminates_gracefully_and_disappears(
     seen: list[dict[str, Any]] = []
 
     async def watch() -> None:
-        fields = {"metadata.name": "leaving"}
+        fields: dict[str, str | BinaryOperator | SequenceOperator] = {"metadata.name": "leaving"}
         async for _, pod in admin.watch(Pod, namespace="default", fields=fields):
             seen.append(pod.to_dict())
 
@@ -346,13 +229,6 @@ async def test_an_api_restart_in_the_middle_of_a_watch_loses_nothing(
     assert agent.status()["cluster"]["podRelists"] == 2
 
 
-def http_get(node: TestNode, url: str) -> str:
-    """GET from inside the node's network namespace ("" on any failure)."""
-    code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=2).read().decode())"
-    result = node.run([sys.executable, "-c", code], check=False)
-    return result.stdout.strip() if result.returncode == 0 else ""
-
-
 async def test_a_service_and_its_endpoint_slice_program_rules_that_forward(
     node: TestNode, admin: AsyncClient, agent: Agent
 ) -> None:
@@ -381,17 +257,7 @@ async def test_a_service_and_its_endpoint_slice_program_rules_that_forward(
     assert {"web", "kubernetes"} <= shown
 
 
-STATIC = """apiVersion: v1
-kind: Pod
-metadata: {name: static}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"""
+STATIC = static_pod_yaml("static")
 
 
 async def test_a_static_pod_runs_under_its_cluster_name_with_a_mirror_pod(
@@ -461,16 +327,9 @@ def runtime_agent(
     node: TestNode, api: ApiServerProcess, link: Link, runtime_target: RuntimeTarget
 ) -> Iterator[Agent]:
     """An agent of the test API server on the module's runtime: containerd, then Docker."""
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    extra = ["--kubeconfig", kubeconfig, "--node-ip", link.node_ip]
-    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    extra = ["--node-ip", link.node_ip]
+    with cluster_agent(node, api, runtime=runtime_target, extra=extra, cluster_dns=None) as a:
         yield a
-    finally:
-        a.stop()
 
 
 async def test_a_replaced_sandbox_shows_its_new_ip_in_the_api(

@@ -7,7 +7,8 @@ second pod on a host port fails ``NodePorts``; a second DELETE with a
 shorter grace period hurries a termination under way; a mirror pod deleted with
 ``kubectl delete`` comes back; the Node reports a Kubernetes ``kubeletVersion``.
 
-Uses the cluster suite's rig (a test API server on a private veth link to the node).
+Uses the cluster rig (tests/harness/cluster.py: a test API server on a private veth link to
+the node).
 """
 
 from __future__ import annotations
@@ -27,20 +28,17 @@ from lightkube.types import PatchType
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for
 from tests.harness.agent import Agent, RuntimeTarget
-from tests.integration import test_cluster as cluster
-from tests.integration.test_cluster import (
-    CLUSTER_DNS,
+from tests.harness.cluster import (
     NODE_NAME,
     SLEEP,
+    cluster_agent,
     container_id,
     create,
     get_pod,
     pod_manifest,
     wait_ready,
 )
-
-# The cluster suite's fixtures, by name: link (veth), api (test API server), admin.
-link, api, admin = cluster.link, cluster.api, cluster.admin
+from tests.harness.manifests import static_pod_yaml
 
 DAEMONSET_TOLERATIONS = [
     {"key": f"node.kubernetes.io/{key}", "operator": "Exists", "effect": effect}
@@ -59,16 +57,8 @@ DAEMONSET_TOLERATIONS = [
 @pytest.fixture
 def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) -> Iterator[Agent]:
     """The agent in cluster mode on the module's runtime, WITHOUT --allow-privileged."""
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    extra = ["--kubeconfig", kubeconfig, "--cluster-dns", CLUSTER_DNS]
-    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target, allow_privileged=False)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    with cluster_agent(node, api, runtime=runtime_target, allow_privileged=False) as a:
         yield a
-    finally:
-        a.stop()
 
 
 def cri_only(runtime_target: RuntimeTarget) -> None:
@@ -241,17 +231,7 @@ def events(agent: Agent) -> list[dict[str, Any]]:
     return found
 
 
-STATIC = """apiVersion: v1
-kind: Pod
-metadata: {name: mirrored}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"""
+STATIC = static_pod_yaml("mirrored")
 
 
 async def test_a_deleted_mirror_pod_comes_back_and_the_static_pod_runs_on(

@@ -23,15 +23,12 @@ from lightkube.resources.node_v1 import RuntimeClass
 from lightkube.types import PatchType
 
 from tests.apiserver.process import ApiServerProcess
-from tests.harness import TestNode, async_wait_for, wait_for
+from tests.harness import TestNode, async_wait_for, cluster, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, is_ready
-from tests.integration import test_cluster as cluster
-from tests.integration.test_cluster import NODE_NAME, create, get_pod, pod_manifest, ready
+from tests.harness.cluster import SLEEP, create, get_pod, pod_manifest, ready
+from tests.harness.manifests import static_pod_yaml
+from tests.harness.typed import present
 
-# The cluster suite's fixtures, by name: link (veth), api (test API server), admin.
-link, api, admin = cluster.link, cluster.api, cluster.admin
-
-HOLD = "trap 'exit 0' TERM; while true; do sleep 1; done"
 GATE = "example.com/load-balancer"
 
 
@@ -39,16 +36,8 @@ GATE = "example.com/load-balancer"
 def cluster_agent(
     node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget
 ) -> Iterator[Agent]:
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    extra = ["--kubeconfig", kubeconfig, "--cluster-dns", cluster.CLUSTER_DNS]
-    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    with cluster.cluster_agent(node, api, runtime=runtime_target) as a:
         yield a
-    finally:
-        a.stop()
 
 
 def logs(agent: Agent, pod: str, namespace: str = "default") -> str:
@@ -86,7 +75,7 @@ def known_service(agent: Agent, name: str) -> str:
     return str(wait_for(find, 30, message=lambda: f"the agent knows {name}\n{agent.log_tail()}"))
 
 
-ENV_SCRIPT = f"env | grep -E '^(KUBERNETES|SVC_A|URL)' | sort; echo done; {HOLD}"
+ENV_SCRIPT = f"env | grep -E '^(KUBERNETES|SVC_A|URL)' | sort; echo done; {SLEEP}"
 
 
 async def test_pods_see_the_kubernetes_service_and_their_namespaces_services(
@@ -102,7 +91,7 @@ async def test_pods_see_the_kubernetes_service_and_their_namespaces_services(
     created = await admin.create(Service.from_dict(service))  # type: ignore[call-overload]
     ip = str(created.spec.clusterIP)
     kubernetes = await admin.get(Service, "kubernetes", namespace="default")
-    api_ip = str(kubernetes.spec.clusterIP)
+    api_ip = str(present(kubernetes.spec).clusterIP)
     # Env is read when a container is created: wait until the agent has the Service.
     assert await asyncio.to_thread(known_service, agent, "svc-a") == ip
     linked = pod_manifest("linked", ENV_SCRIPT, grace=1)
@@ -142,7 +131,7 @@ async def test_a_pod_with_the_fields_the_api_fills_in_runs_and_its_gate_holds_re
     agent = cluster_agent
     body = pod_manifest(
         "gated",
-        f"hostname; echo done; {HOLD}",
+        f"hostname; echo done; {SLEEP}",
         grace=1,
         os={"name": "linux"},
         readinessGates=[{"conditionType": GATE}],
@@ -170,7 +159,7 @@ async def test_a_pod_with_the_fields_the_api_fills_in_runs_and_its_gate_holds_re
 
     condition = {"type": GATE, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
     patch = {"status": {"conditions": [condition]}}
-    await admin.patch(  # type: ignore[call-overload]
+    await admin.patch(
         PodStatus, "gated", patch, namespace="default", patch_type=PatchType.STRATEGIC
     )
 
@@ -188,7 +177,7 @@ async def test_a_pod_with_the_fields_the_api_fills_in_runs_and_its_gate_holds_re
 async def test_a_windows_pod_fails_with_a_message_naming_the_field(
     admin: AsyncClient, cluster_agent: Agent
 ) -> None:
-    await create(admin, pod_manifest("win", HOLD, os={"name": "windows"}))
+    await create(admin, pod_manifest("win", SLEEP, os={"name": "windows"}))
 
     async def failed() -> dict[str, Any] | None:
         pod = await get_pod(admin, "win")
@@ -207,8 +196,8 @@ async def test_runtime_classes_of_runc_run_and_another_handler_fails_the_pod_wit
     for name, handler in (("plain", "runc"), ("sandboxed", "kata")):
         body = {"metadata": {"name": name}, "handler": handler}
         await admin.create(RuntimeClass.from_dict(body))  # type: ignore[call-overload]
-    await create(admin, pod_manifest("runc-pod", HOLD, grace=1, runtimeClassName="plain"))
-    await create(admin, pod_manifest("kata-pod", HOLD, grace=1, runtimeClassName="sandboxed"))
+    await create(admin, pod_manifest("runc-pod", SLEEP, grace=1, runtimeClassName="plain"))
+    await create(admin, pod_manifest("kata-pod", SLEEP, grace=1, runtimeClassName="sandboxed"))
     await cluster.wait_ready(admin, cluster_agent, "runc-pod")
 
     async def refused() -> tuple[dict[str, Any], list[str]] | None:
@@ -243,17 +232,7 @@ spec:
   clusterIP: 10.96.0.1
   ports: [{name: https, port: 443}]
 """
-ENV_POD_YAML = f"""apiVersion: v1
-kind: Pod
-metadata: {{name: env}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", {ENV_SCRIPT!r}]
-"""
+ENV_POD_YAML = static_pod_yaml("env", script=ENV_SCRIPT)
 
 
 def test_standalone_pods_see_the_manifest_directorys_services(agent: Agent) -> None:

@@ -2,9 +2,9 @@
 refuses its lists of Nodes and EndpointSlices (403), and the agent says so in ``status node``
 while its API pods, its static pods and the manifest directory's Services keep working.
 
-Uses the cluster suite's veth link; the test API server runs as strict as kube-apiserver
-(Node authorizer, NodeRestriction) with the node's credential left unbound. Runs once per
-runtime (containerd over CRI, Docker).
+Uses the cluster rig's veth link (tests/harness/cluster.py); the test API server runs as
+strict as kube-apiserver (Node authorizer, NodeRestriction) with the node's credential left
+unbound. Runs once per runtime (containerd over CRI, Docker).
 """
 
 from __future__ import annotations
@@ -20,36 +20,25 @@ from lightkube import AsyncClient, KubeConfig
 
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, RuntimeTarget
-from tests.integration import test_cluster as cluster
-from tests.integration.test_cli_views import cli
-from tests.integration.test_cluster import (
-    CLUSTER_DNS,
+from tests.harness.agent import Agent, RuntimeTarget, cli
+from tests.harness.cluster import (
     NODE_NAME,
     SLEEP,
     Link,
+    cluster_agent,
     create,
     http_get,
     pod_manifest,
     wait_ready,
 )
+from tests.harness.manifests import static_pod_yaml
 
-link = cluster.link  # the cluster suite's veth link to the node, by name
-
-WEB = f"""apiVersion: v1
-kind: Pod
-metadata:
-  name: web
-  labels: {{app: web}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "echo {NODE_NAME} > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
-      ports: [{{name: http, containerPort: 8080}}]
-"""
+WEB = static_pod_yaml(
+    "web",
+    script=f"echo {NODE_NAME} > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
+    labels="{app: web}",
+    container="      ports: [{name: http, containerPort: 8080}]\n",
+)
 SERVICE = """apiVersion: v1
 kind: Service
 metadata: {name: web-local}
@@ -70,18 +59,10 @@ async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
 
 @pytest.fixture
 def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) -> Iterator[Agent]:
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    extra = ["--kubeconfig", kubeconfig, "--cluster-dns", CLUSTER_DNS]
     # --cluster-cidr: the agent watches all Nodes for host-gw routes (refused here).
-    extra += ["--cluster-cidr", "10.244.0.0/16"]
-    a = Agent(node, name=NODE_NAME, extra=extra, runtime=runtime_target)
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    extra = ["--cluster-cidr", "10.244.0.0/16"]
+    with cluster_agent(node, api, runtime=runtime_target, extra=extra) as a:
         yield a
-    finally:
-        a.stop()
 
 
 def _service(agent: Agent, name: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,39 +24,22 @@ from lightkube.resources.core_v1 import Event, Pod
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for
 from tests.harness.agent import Agent, RuntimeTarget
-from tests.integration.test_cluster import (
-    NODE_NAME,
+from tests.harness.cluster import (
     SLEEP,
-    admin_client,
+    cluster_agent,
     create,
     get_pod,
     pod_manifest,
     wait_ready,
 )
-from tests.integration.test_cluster import api as api
-from tests.integration.test_cluster import link as link
 
 NEW_TAG = "busybox:v2"
 
 
 @pytest.fixture
 def agent(node: TestNode, runtime_target: RuntimeTarget, api: ApiServerProcess) -> Iterator[Agent]:
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    a = Agent(node, name=NODE_NAME, runtime=runtime_target, extra=["--kubeconfig", kubeconfig])
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    with cluster_agent(node, api, runtime=runtime_target, cluster_dns=None) as a:
         yield a
-    finally:
-        a.stop()
-
-
-@pytest.fixture
-async def admin(api: ApiServerProcess) -> AsyncIterator[AsyncClient]:
-    client = admin_client(api)
-    yield client
-    await client.close()
 
 
 def tag_second_image(target: RuntimeTarget) -> None:

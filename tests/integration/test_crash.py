@@ -27,18 +27,7 @@ from nodeagent.runtime.base import (
 from nodeagent.runtime.cri import CRIRuntime
 from tests.harness import TestNode, WaitTimeout, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
-
-POD = """apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"""
+from tests.harness.manifests import static_pod_yaml
 
 
 def runtime_state(target: RuntimeTarget) -> tuple[list[SandboxInfo], list[ContainerInfo]]:
@@ -252,7 +241,7 @@ def test_kill9_at_random_points_leaks_nothing_and_runs_each_pod_once(
             for _ in range(4):
                 name = f"p{counter}"
                 counter += 1
-                agent.write_manifest(f"{name}.yaml", POD.format(name=name))
+                agent.write_manifest(f"{name}.yaml", static_pod_yaml(name))
                 desired.add(name)
             for name in rng.sample(sorted(desired), k=min(2, len(desired))):
                 (agent.manifests / f"{name}.yaml").unlink()
@@ -288,7 +277,7 @@ def test_churn_in_waves_leaves_nothing_behind(runtime_target: RuntimeTarget) -> 
         for wave in range(5):
             names = {f"w{wave}-{i}" for i in range(40)}
             for name in sorted(names):
-                agent.write_manifest(f"{name}.yaml", POD.format(name=name))
+                agent.write_manifest(f"{name}.yaml", static_pod_yaml(name))
             assert_exactly(target, agent, names)
             for path in agent.manifests.iterdir():
                 path.unlink()

@@ -5,8 +5,9 @@ False, naming the runtime) and keep going; when it is back, the agent reconnects
 and resyncs without duplicating anything: the pod's running container is the same one (not
 restarted) and the pod has exactly one sandbox.
 
-API server (cluster mode, the test API server of test_cluster.py and its fault hooks): an
-outage longer than the watch backoff's cap, status writes answered 5xx, and 409 conflicts.
+API server (cluster mode: the test API server of tests/harness/cluster.py and its fault
+hooks): an outage longer than the watch backoff's cap, status writes answered 5xx, and 409
+conflicts.
 Pods keep running throughout, and the API's view of them converges after recovery. (410 Gone
 on a resumed watch, and a short restart, are test_cluster.py's.)
 
@@ -36,35 +37,29 @@ from nodeagent.runtime.cri import CRIRuntime
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, wait_for
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
-from tests.harness.dockerd import DockerDaemon
-from tests.integration.test_cluster import (  # the cluster fixtures, shared
+from tests.harness.cluster import (
     SLEEP,
-    admin,
     admin_client,
-    agent,
-    api,
+    cluster_agent,
     container_id,
     create,
     get_pod,
-    link,
     pod_manifest,
     wait_ready,
 )
+from tests.harness.dockerd import DockerDaemon
+from tests.harness.manifests import static_pod_yaml
 from tests.integration.test_services import http, service, wait_endpoints, web
 
-__all__ = ["admin", "agent", "api", "link"]  # fixtures used by name
 
-POD = """apiVersion: v1
-kind: Pod
-metadata: {name: survivor}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
-"""
+@pytest.fixture
+def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
+    """The agent in cluster mode, on containerd."""
+    with cluster_agent(node, api) as a:
+        yield a
+
+
+POD = static_pod_yaml("survivor")
 
 
 def node_condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -330,17 +325,7 @@ data:
   password: "{SECRET_VALUE}-not-base64!"
 """
 
-SECRET_USER = """\
-apiVersion: v1
-kind: Pod
-metadata: {name: keeper}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+KEEPER = """\
       env:
         - name: PASSWORD
           valueFrom: {secretKeyRef: {name: creds, key: password}}
@@ -353,6 +338,10 @@ spec:
       secret: {secretName: creds, defaultMode: 0400}
     - name: settings
       configMap: {name: settings}
+"""
+SECRET_USER = (
+    static_pod_yaml("keeper", container=KEEPER)
+    + """\
 ---
 apiVersion: v1
 kind: Pod
@@ -367,6 +356,7 @@ spec:
         - name: MISSING
           valueFrom: {secretKeyRef: {name: creds, key: no-such-key}}
 """
+)
 
 
 def exec_in(node: TestNode, container: str, argv: list[str]) -> str:

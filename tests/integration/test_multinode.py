@@ -10,6 +10,7 @@ as from another machine on it; requests "from a pod" are execs in a pod on node 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import sys
@@ -25,13 +26,15 @@ from lightkube.resources.core_v1 import Node, Pod, Service
 
 from nodeagent.runtime.base import ContainerID, ContainerState
 from nodeagent.runtime.cri import CRIRuntime
+from tests.harness.cluster import get_pod, pod_manifest
+from tests.harness.cluster import ready as is_ready
 from tests.harness.lab import GATEWAY, Lab, LabNode
+from tests.harness.manifests import SLEEP
 from tests.harness.wait import async_wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 WEB_SCRIPT = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
-SLEEP = "trap 'exit 0' TERM; while true; do sleep 1; done"
 
 HTTP_CLIENT = """
 import json, sys, urllib.request
@@ -65,41 +68,10 @@ async def admin(lab: Lab) -> AsyncIterator[AsyncClient]:
 
 
 def pod_body(name: str, node: LabNode, script: str, app: str = "") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": app or name}},
-        "spec": {
-            "nodeName": node.name,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", script],
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                }
-            ],
-        },
-    }
-
-
-async def get_pod(admin: AsyncClient, name: str) -> dict[str, Any] | None:
-    try:
-        return dict((await admin.get(Pod, name, namespace="default")).to_dict())
-    except ApiError as exc:
-        if exc.status.code == 404:
-            return None
-        raise
-
-
-def is_ready(pod: dict[str, Any] | None) -> bool:
-    status = (pod or {}).get("status") or {}
-    return status.get("phase") == "Running" and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
-    )
+    body = pod_manifest(name, script, grace=1, node_name=node.name)
+    body["metadata"]["labels"] = {"app": app or name}
+    body["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+    return body
 
 
 async def ensure_pod(
@@ -164,20 +136,21 @@ async def wait_endpoints(lab: Lab, service: str, count: int) -> None:
     """Until every agent's proxy has the Service with ``count`` endpoints."""
     for lab_node in lab.nodes:
 
-        def programmed(lab_node: LabNode = lab_node) -> bool:
+        def programmed(lab_node: LabNode) -> bool:
             for svc in lab_node.agent.status().get("services") or []:
                 if svc["metadata"]["name"] == service:
                     return len(svc["endpoints"]) == count
             return False
 
+        def problem(lab_node: LabNode) -> str:
+            services = lab_node.agent.status().get("services")
+            return f"{service} with {count} endpoints on {lab_node.name}: {services}"
+
         await async_wait_for(
-            programmed,
+            functools.partial(programmed, lab_node),
             60,
             0.2,
-            message=lambda lab_node=lab_node: (  # type: ignore[misc]
-                f"{service} with {count} endpoints on {lab_node.name}: "
-                f"{lab_node.agent.status().get('services')}"
-            ),
+            message=functools.partial(problem, lab_node),
         )
 
 
@@ -456,6 +429,12 @@ async def test_routes_follow_a_node_that_appears_moves_and_goes(
     def kernel_route(lab_node: LabNode) -> str:
         return lab_node.node.run(["ip", "route", "show", cidr, "proto", "77"]).stdout.strip()
 
+    def routed(lab_node: LabNode, expected: str) -> bool:
+        return kernel_route(lab_node) == expected
+
+    def route_problem(lab_node: LabNode, expected: str) -> str:
+        return f"{lab_node.name}: {expected!r}, has {kernel_route(lab_node)!r}"
+
     async def set_address(ip: str) -> None:
         status = {"status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
         await admin.patch(NodeStatus, "ghost", status, patch_type=PatchType.MERGE)
@@ -463,10 +442,10 @@ async def test_routes_follow_a_node_that_appears_moves_and_goes(
     async def everywhere(expected: str) -> None:
         for lab_node in lab.nodes:
             await async_wait_for(
-                lambda n=lab_node: kernel_route(n) == expected,  # type: ignore[misc]
+                functools.partial(routed, lab_node, expected),
                 30,
                 0.2,
-                message=lambda n=lab_node: f"{n.name}: {expected!r}, has {kernel_route(n)!r}",  # type: ignore[misc]
+                message=functools.partial(route_problem, lab_node, expected),
             )
 
     body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"}}

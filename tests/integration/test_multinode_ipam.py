@@ -10,6 +10,7 @@ InternalIP is the node's lab address, never a bridge's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,26 +24,17 @@ from lightkube.resources.core_v1 import Node, Pod
 from nodeagent.network import cni
 from nodeagent.runtime.base import ContainerID
 from nodeagent.runtime.cri import CRIRuntime
-from tests.harness.agent import Agent
+from tests.harness.agent import waiting_message
+from tests.harness.cluster import pod_manifest
 from tests.harness.lab import Lab, LabNode
+from tests.harness.manifests import static_pod_yaml
 from tests.harness.wait import async_wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 WEB = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
 NOT_READY = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"
-STATIC_POD = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: static-web, namespace: default}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "{WEB}"]
-"""
+STATIC_POD = static_pod_yaml("static-web", script=WEB)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -61,34 +53,7 @@ async def admin(lab: Lab) -> AsyncIterator[AsyncClient]:
 
 
 def pod_body(name: str, node: LabNode) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.name,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", WEB],
-                }
-            ],
-        },
-    }
-
-
-def local_pod(agent: Agent, name: str) -> dict[str, Any] | None:
-    return agent.pod(name) or agent.pod(f"{name}-{agent.name}")
-
-
-def waiting_message(pod: dict[str, Any] | None) -> str:
-    for status in (pod or {}).get("status", {}).get("containerStatuses") or []:
-        return str(status.get("state", {}).get("waiting", {}).get("message", ""))
-    return ""
+    return pod_manifest(name, WEB, grace=1, node_name=node.name)
 
 
 async def running_pod(admin: AsyncClient, name: str, lab_node: LabNode) -> dict[str, Any]:
@@ -124,10 +89,10 @@ async def test_late_pod_cidrs_distinct_pod_ips_across_nodes(lab: Lab, admin: Asy
         await admin.create(Pod.from_dict(pod_body(name, lab_node)))  # type: ignore[call-overload]
     for name, lab_node in (("web-1", one), ("static-web", one), ("web-2", two)):
         message = await async_wait_for(
-            lambda a=lab_node.agent, n=name: waiting_message(local_pod(a, n)),  # type: ignore[misc]
+            functools.partial(waiting_message, lab_node.agent, name),
             30,
             0.2,
-            message=lambda lab_node=lab_node: lab_node.agent.log_tail(),  # type: ignore[misc]
+            message=lab_node.agent.log_tail,
         )
         assert message.startswith(f"network is not ready: {NOT_READY}"), message
     for lab_node in lab.nodes:

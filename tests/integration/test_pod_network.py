@@ -15,58 +15,34 @@ on a private /30 that is not link-local: the agent must find that address as its
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ApiError, AsyncClient
 from lightkube.resources.core_v1 import Event, Node, Pod
 
 from nodeagent.network import cni
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for
-from tests.harness.agent import Agent, RuntimeTarget
+from tests.harness.agent import Agent, RuntimeTarget, local_pod, waiting_message
+from tests.harness.cluster import Link, cluster_agent, pod_manifest, veth_link
+from tests.harness.manifests import SLEEP, static_pod_yaml
 
 NODE_NAME = "node-net"
 CLUSTER_CIDR = "10.244.0.0/16"
 NOT_READY = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"
-SLEEP = "trap 'exit 0' TERM; while true; do sleep 1; done"
-
-
-@dataclass(frozen=True)
-class Link:
-    host_dev: str
-    host_ip: str
-    node_ip: str
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
 
 
 @pytest.fixture(scope="module")
 def link(module_node: TestNode) -> Iterator[Link]:
     """A veth to the node on a /30 of 10.253.0.0/16 (not link-local: a real node address)."""
-    n = os.getpid() % 16000
-    base = ipaddress.IPv4Address("10.253.0.0") + n * 4
-    host_ip, node_ip = str(base + 1), str(base + 2)
-    host_dev, node_dev = f"nn{n}h", f"nn{n}n"
-    _ip("link", "add", host_dev, "type", "veth", "peer", "name", node_dev)
-    try:
-        _ip("link", "set", node_dev, "netns", module_node.netns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
-        _ip("link", "set", host_dev, "up")
-        _ip("-n", module_node.netns, "addr", "add", f"{node_ip}/30", "dev", node_dev)
-        _ip("-n", module_node.netns, "link", "set", node_dev, "up")
-        _ip("-n", module_node.netns, "route", "add", "default", "via", host_ip)
-        yield Link(host_dev, host_ip, node_ip)
-    finally:
-        subprocess.run(["ip", "link", "del", host_dev], capture_output=True, check=False)
+    with veth_link(module_node, network="10.253.0.0", tag="nn") as made:
+        yield made
 
 
 @pytest.fixture
@@ -79,68 +55,28 @@ async def api(link: Link, tmp_path: Path) -> AsyncIterator[ApiServerProcess]:
 
 
 @pytest.fixture
-async def admin(api: ApiServerProcess) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(KubeConfig.from_file(api.kubeconfig))
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) -> Iterator[Agent]:
     # The node starts as a new machine: no CNI config, no pod bridge.
     (node.cni_conf_dir / cni.CONFLIST_NAME).unlink(missing_ok=True)
     subprocess.run([*node.netns_argv, "ip", "link", "del", cni.DEFAULT_BRIDGE], capture_output=True)
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    a = Agent(
+    extra = ["--cluster-cidr", CLUSTER_CIDR]
+    with cluster_agent(
         node,
+        api,
         name=NODE_NAME,
-        extra=["--kubeconfig", kubeconfig, "--cluster-cidr", CLUSTER_CIDR],
         runtime=runtime_target,
+        extra=extra,
+        cluster_dns=None,
         pod_cidr=False,
-    )
-    for old in a.manifests.iterdir():
-        old.unlink()
-    a.start()
-    try:
+    ) as a:
         yield a
-    finally:
-        a.stop()
 
 
 def pod_body(name: str, *, host_network: bool = False) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "hostNetwork": host_network,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", SLEEP],
-                }
-            ],
-        },
-    }
+    return pod_manifest(name, SLEEP, grace=1, node_name=NODE_NAME, hostNetwork=host_network)
 
 
-STATIC_POD = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: static-web, namespace: default}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "{SLEEP}"]
-"""
+STATIC_POD = static_pod_yaml("static-web")
 STATIC_NAME = f"static-web-{NODE_NAME}"  # as the agent names a static pod in cluster mode
 
 
@@ -160,17 +96,6 @@ def condition(node: dict[str, Any], kind: str) -> dict[str, Any]:
         if cond["type"] == kind:
             return dict(cond)
     return {}
-
-
-def local_pod(agent: Agent, name: str) -> dict[str, Any] | None:
-    """The agent's own view of a pod (static pods have their node name appended)."""
-    return agent.pod(name) or agent.pod(f"{name}-{NODE_NAME}")
-
-
-def waiting_message(pod: dict[str, Any] | None) -> str:
-    for status in (pod or {}).get("status", {}).get("containerStatuses") or []:
-        return str(status.get("state", {}).get("waiting", {}).get("message", ""))
-    return ""
 
 
 def running_ip(pod: dict[str, Any] | None) -> str:
@@ -217,7 +142,7 @@ async def test_pods_created_before_the_pod_cidr_run_in_it(
     assert (ready["status"], ready["reason"]) == ("False", "KubeletNotReady")
     for name in ("web", "static-web"):
         message = await async_wait_for(
-            lambda name=name: waiting_message(local_pod(agent, name)),  # type: ignore[misc]
+            functools.partial(waiting_message, agent, name),
             30,
             0.2,
             message=lambda: agent.log_tail(),

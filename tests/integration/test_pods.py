@@ -24,31 +24,13 @@ from tests.harness.agent import (
     is_ready,
     waiting_reason,
 )
+from tests.harness.manifests import SLEEP, static_pod_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-SLEEPER = """
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  restartPolicy: {policy}
-  terminationGracePeriodSeconds: 2
-  containers:
-    - name: main
-      image: busybox
-      imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", {script!r}]
-"""
 
-
-def sleeper(
-    name: str,
-    script: str = "trap 'exit 0' TERM; while true; do sleep 1; done",
-    policy: str = "Always",
-) -> str:
-    return SLEEPER.format(name=name, script=script, policy=policy)
+def sleeper(name: str, script: str = SLEEP, policy: str = "Always") -> str:
+    return static_pod_yaml(name, script=script, policy=policy, grace=2)
 
 
 def sandboxes(agent: Agent) -> list[SandboxInfo]:
@@ -94,7 +76,7 @@ def test_killed_container_restarts_and_counts(node: TestNode, agent: Agent) -> N
     first_id = container_status(pod, "main")["containerID"].split("://")[1]
     agent.runtime.kill(first_id)
 
-    def restarted(p: dict) -> bool:
+    def restarted(p: dict[str, Any]) -> bool:
         status = container_status(p, "main")
         return status["restartCount"] == 1 and "running" in status["state"]
 

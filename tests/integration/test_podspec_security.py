@@ -153,7 +153,7 @@ def test_run_as_non_root_refuses_an_image_running_as_root(agent: Agent) -> None:
 
     def refused(pod: dict[str, Any]) -> bool:
         waiting = container_status(pod, "main")["state"].get("waiting", {})
-        return waiting.get("reason") == "CreateContainerConfigError"
+        return str(waiting.get("reason")) == "CreateContainerConfigError"
 
     pod = agent.wait_pod("nonroot", refused, what="CreateContainerConfigError")
     message = container_status(pod, "main")["state"]["waiting"]["message"]
@@ -272,7 +272,7 @@ def test_privileged_refused_without_allow_privileged(
         assert run_once(agent, configured)["message"] == "strict"
 
         def forbidden(pod: dict[str, Any]) -> bool:
-            return pod["status"].get("reason") == "Forbidden"
+            return str(pod["status"].get("reason")) == "Forbidden"
 
         pod = agent.wait_pod("privileged", forbidden, what="Forbidden")
         message = pod["status"]["message"]

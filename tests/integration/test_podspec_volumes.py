@@ -16,13 +16,9 @@ from typing import Any
 import pytest
 
 from tests.apiserver.process import ApiServerProcess
-from tests.harness import TestNode, wait_for
+from tests.harness import TestNode, cluster, wait_for
 from tests.harness.agent import Agent, container_status, is_ready, waiting_reason
-from tests.integration.test_cluster import NODE_NAME
-from tests.integration.test_cluster import api as api
-from tests.integration.test_cluster import link as link
-
-HOLD = "trap 'exit 0' TERM; while true; do sleep 1; done"
+from tests.harness.manifests import SLEEP
 
 
 def pod_yaml(name: str, body: str) -> str:
@@ -413,7 +409,7 @@ spec:
 
 
 def test_native_sidecar_runs_before_the_app_and_is_listed(node: TestNode, agent: Agent) -> None:
-    agent.write_manifest("pod.yaml", pod_yaml("myapp", SIDECAR.format(policy="Always", main=HOLD)))
+    agent.write_manifest("pod.yaml", pod_yaml("myapp", SIDECAR.format(policy="Always", main=SLEEP)))
     pod = agent.wait_pod("myapp", is_ready, timeout=40, what="ready")
     # The app started only after the sidecar's startup probe passed: it sees its file.
     assert section(wait_logs(agent, "myapp", "== end"), "seen") == "shipping"
@@ -458,7 +454,7 @@ spec:
     - name: main
       image: busybox
       imagePullPolicy: IfNotPresent
-      command: ["sh", "-c", {HOLD!r}]
+      command: ["sh", "-c", {SLEEP!r}]
 """
     agent.write_manifest("pod.yaml", pod_yaml("deadline", body))
     pod = agent.wait_pod("deadline", is_ready, what="ready")
@@ -482,15 +478,8 @@ spec:
 
 @pytest.fixture
 def cluster_agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
-    kubeconfig = str(api.workdir / f"{NODE_NAME}.kubeconfig")
-    agent = Agent(node, name=NODE_NAME, extra=["--kubeconfig", kubeconfig])
-    for old in agent.manifests.iterdir():
-        old.unlink()
-    agent.start()
-    try:
+    with cluster.cluster_agent(node, api, cluster_dns=None) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 def test_static_pod_uses_the_directorys_configmap_in_cluster_mode(
@@ -500,7 +489,7 @@ def test_static_pod_uses_the_directorys_configmap_in_cluster_mode(
     ConfigMap: none is posted)."""
     cluster_agent.write_manifest("cm.yaml", CONFIG_MAP)
     cluster_agent.write_manifest("pod.yaml", pod_yaml("configmap-demo-pod", CONFIG_POD))
-    name = f"configmap-demo-pod-{NODE_NAME}"
+    name = f"configmap-demo-pod-{cluster.NODE_NAME}"
     cluster_agent.wait_pod(name, is_ready, timeout=30, what="ready")
     out = wait_logs(cluster_agent, name, "== end")
     assert section(out, "env") == "3 user-interface.properties"

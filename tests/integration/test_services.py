@@ -434,7 +434,7 @@ def test_allocations_survive_restart_and_collisions_are_errors(
     node: TestNode, net: Net, agent: Agent
 ) -> None:
     agent.write_manifest("a.yaml", service("alpha", spec="  type: NodePort\n"))
-    first = wait_for(lambda: svc(agent, "alpha"), 10, message="alpha")
+    wait_for(lambda: svc(agent, "alpha"), 10, message="alpha")
     wait_for(lambda: (s := svc(agent, "alpha")) and s["spec"].get("clusterIP"), 10, message="ip")
     first = svc(agent, "alpha")
     assert first is not None

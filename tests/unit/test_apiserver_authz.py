@@ -248,7 +248,7 @@ def test_status_node_names_the_refused_collection_and_the_cluster_role() -> None
         "message": "endpointslices.discovery.k8s.io is forbidden: ...",
         "clusterRole": NODE_PROXIER,
     }
-    snapshot = {
+    snapshot: dict[str, Any] = {
         "node": {"name": NODE},
         "cluster": {"server": "https://api:6443", "watching": True, "forbidden": [refusal]},
         "network": {"forbidden": [{**refusal, "resource": "/api/v1/nodes"}]},

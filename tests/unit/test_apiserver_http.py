@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -13,7 +14,9 @@ import aiohttp
 import httpx2
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
-from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.core_v1 import Container, PodSpec, ServicePort, ServiceSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import (
@@ -30,7 +33,8 @@ from lightkube.types import PatchType
 
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import PODS
-from tests.harness.wait import first_items
+from tests.harness.typed import present
+from tests.harness.wait import async_wait_for, first_items
 
 Obj = dict[str, Any]
 
@@ -103,12 +107,13 @@ class Raw:
 
 async def test_crud_list_and_status_patch(client: AsyncClient, api: ApiServer) -> None:
     created = await client.create(new_pod("web"))
-    assert created.metadata.uid and created.status.phase == "Pending"
+    uid = present(created.metadata).uid
+    assert uid and present(created.status).phase == "Pending"
     listing = client.list(Pod, namespace="default")
-    names = [p.metadata.name async for p in listing]
+    names = [present(p.metadata).name async for p in listing]
     assert names == ["web"] and int(listing.resourceVersion) == api.store.rv
     patch = {
-        "metadata": {"uid": created.metadata.uid},
+        "metadata": {"uid": uid},
         "status": {
             "phase": "Running",
             "podIP": "10.244.0.7",
@@ -119,11 +124,12 @@ async def test_crud_list_and_status_patch(client: AsyncClient, api: ApiServer) -
     patch2 = {"status": {"conditions": [{"type": "Initialized", "status": "True"}]}}
     out = await client.patch(PodStatus, "web", patch2, patch_type=PatchType.STRATEGIC)
     # A condition new to the list goes before the live ones (strategicpatch mergeSlice).
-    assert [c.type for c in out.status.conditions] == ["Initialized", "Ready"]
+    assert [c.type for c in present(present(out.status).conditions)] == ["Initialized", "Ready"]
     out = await client.patch(
         PodStatus, "web", {"status": {"conditions": []}}, patch_type=PatchType.MERGE
     )
-    assert not out.status.conditions and out.status.podIP == "10.244.0.7"
+    status = present(out.status)
+    assert not status.conditions and status.podIP == "10.244.0.7"
     with pytest.raises(ApiError) as exc:
         await client.create(new_pod("web"))
     assert exc.value.status.code == 409 and exc.value.status.reason == "AlreadyExists"
@@ -138,26 +144,27 @@ async def test_nodes_leases_events_configmaps(client: AsyncClient, api: ApiServe
     )
     conditions = [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]
     out = await client.patch(NodeStatus, "n1", {"status": {"conditions": conditions}})
-    assert (
-        out.status.conditions[0].reason == "KubeletReady" and node.metadata.uid == out.metadata.uid
-    )
+    assert present(present(out.status).conditions)[0].reason == "KubeletReady"
+    assert present(node.metadata).uid == present(out.metadata).uid
     lease = Lease(
         metadata=ObjectMeta(name="n1", namespace="kube-node-lease"),
-        spec={
-            "holderIdentity": "n1",
-            "leaseDurationSeconds": 40,
-            "renewTime": "2026-01-01T00:00:00.000000Z",
-        },
+        spec=LeaseSpec(
+            holderIdentity="n1",
+            leaseDurationSeconds=40,
+            renewTime=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        ),
     )
     lease = await client.create(lease)
-    lease.spec.renewTime = None
+    present(lease.spec).renewTime = None
     renewed = await client.replace(lease)
-    assert int(renewed.metadata.resourceVersion) > int(lease.metadata.resourceVersion)
+    assert int(present(present(renewed.metadata).resourceVersion)) > int(
+        present(present(lease.metadata).resourceVersion)
+    )
     with pytest.raises(ApiError) as exc:
         await client.replace(lease)  # stale resourceVersion
     assert exc.value.status.code == 409
     cm = await client.get(ConfigMap, "kube-root-ca.crt", namespace="kube-system")
-    assert "BEGIN CERTIFICATE" in cm.data["ca.crt"]
+    assert "BEGIN CERTIFICATE" in present(cm.data)["ca.crt"]
     raw = Raw(api)
     event = {
         "metadata": {"generateName": "web."},
@@ -182,14 +189,15 @@ async def test_watch_resumes_from_a_resource_version(client: AsyncClient, api: A
     await client.delete(Pod, "a", grace_period=0)
     seen = []
     async for kind, obj in client.watch(Pod, namespace="default", resource_version=start):
-        seen.append((kind, obj.metadata.name, obj.metadata.resourceVersion))
+        meta = present(obj.metadata)
+        seen.append((kind, meta.name, meta.resourceVersion))
         if len(seen) == 3:
             break
     assert [s[:2] for s in seen] == [("ADDED", "a"), ("ADDED", "b"), ("DELETED", "a")]
     assert seen[2][2] == str(api.store.rv)  # DELETED carries the delete's version
     resumed = []
     async for kind, obj in client.watch(Pod, namespace="default", resource_version=middle):
-        resumed.append((kind, obj.metadata.name))
+        resumed.append((kind, present(obj.metadata).name))
         if len(resumed) == 2:
             break
     assert resumed == [("ADDED", "b"), ("DELETED", "a")]
@@ -198,7 +206,7 @@ async def test_watch_resumes_from_a_resource_version(client: AsyncClient, api: A
 async def test_watch_without_version_starts_with_the_current_state(client: AsyncClient) -> None:
     await client.create(new_pod("a"))
     [(kind, obj)] = await first_items(client.watch(Pod, namespace="default"), 1)
-    assert (kind, obj.metadata.name) == ("ADDED", "a")
+    assert (kind, present(obj.metadata).name) == ("ADDED", "a")
 
 
 async def test_410_gone_after_the_history_is_dropped(client: AsyncClient, api: ApiServer) -> None:
@@ -251,11 +259,14 @@ async def test_selectors_over_http(client: AsyncClient, api: ApiServer) -> None:
     await client.create(new_pod("b", node="n2", labels={"app": "db"}))
     await client.create(new_pod("c", node=None, labels={"app": "web"}))
     names = [
-        p.metadata.name
+        present(p.metadata).name
         async for p in client.list(Pod, namespace="*", fields={"spec.nodeName": "n1"})
     ]
     assert names == ["a"]
-    web = [p.metadata.name async for p in client.list(Pod, labels={"app": "web", "tier": None})]
+    web = [
+        present(p.metadata).name
+        async for p in client.list(Pod, labels={"app": "web", "tier": None})
+    ]
     raw = Raw(api)
     code, body = await raw.request("GET", "/api/v1/pods?labelSelector=app+in+(web,db),!tier")
     assert [i["metadata"]["name"] for i in body["items"]] == ["b", "c"]
@@ -278,14 +289,14 @@ async def test_graceful_delete_flow_with_uid_precondition(
     client: AsyncClient, api: ApiServer
 ) -> None:
     pod = new_pod("p")
-    pod.spec.terminationGracePeriodSeconds = 15
-    uid = (await client.create(pod)).metadata.uid
+    present(pod.spec).terminationGracePeriodSeconds = 15
+    uid = present((await client.create(pod)).metadata).uid
     rv = api.store.rv
     raw = Raw(api)
     code, body = await raw.request("DELETE", "/api/v1/namespaces/default/pods/p")
     assert code == 200 and body["metadata"]["deletionGracePeriodSeconds"] == 15
     still = await client.get(Pod, "p")
-    assert still.metadata.deletionTimestamp is not None
+    assert present(still.metadata).deletionTimestamp is not None
     opts = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
     code, body = await raw.request(
         "DELETE", "/api/v1/namespaces/default/pods/p", {**opts, "preconditions": {"uid": "other"}}
@@ -308,13 +319,13 @@ async def test_graceful_delete_flow_with_uid_precondition(
 async def test_endpointslices_follow_pods(client: AsyncClient, api: ApiServer) -> None:
     svc = Service(
         metadata=ObjectMeta(name="web"),
-        spec={
-            "selector": {"app": "web"},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-        },
+        spec=ServiceSpec(
+            selector={"app": "web"},
+            ports=[ServicePort(name="http", port=80, targetPort=8080)],
+        ),
     )
     svc = await client.create(svc)
-    assert svc.spec.clusterIP.startswith("10.96.")
+    assert present(present(svc.spec).clusterIP).startswith("10.96.")
     await client.create(new_pod("web-1", labels={"app": "web"}))
     rv = str(api.store.rv)
     status = {"podIP": "10.244.1.2", "conditions": [{"type": "Ready", "status": "True"}]}
@@ -327,9 +338,10 @@ async def test_endpointslices_follow_pods(client: AsyncClient, api: ApiServer) -
     )
     [(kind, eps)] = await first_items(watch, 1)
     assert kind == "MODIFIED"
-    [ep] = eps.endpoints
-    assert ep.addresses == ["10.244.1.2"] and ep.conditions.ready and ep.nodeName == "n1"
-    assert eps.ports[0].port == 8080 and eps.ports[0].name == "http"
+    [ep] = present(eps.endpoints)
+    assert ep.addresses == ["10.244.1.2"] and present(ep.conditions).ready and ep.nodeName == "n1"
+    [port] = present(eps.ports)
+    assert port.port == 8080 and port.name == "http"
 
 
 async def test_tls_and_authentication(api: ApiServer, tmp_path: Path) -> None:
@@ -346,7 +358,7 @@ async def test_tls_and_authentication(api: ApiServer, tmp_path: Path) -> None:
         KubeConfig.from_file(api.node_kubeconfig(tmp_path / "n1.kubeconfig", "n1"))
     )
     try:
-        assert [s.metadata.name async for s in node_client.list(Service)]
+        assert [present(s.metadata).name async for s in node_client.list(Service)]
     finally:
         await node_client.close()
     assert api.requests[-1].user == "system:node:n1"
@@ -354,11 +366,12 @@ async def test_tls_and_authentication(api: ApiServer, tmp_path: Path) -> None:
 
 async def test_token_request(client: AsyncClient, api: ApiServer) -> None:
     request = ServiceAccountToken(
-        metadata=ObjectMeta(), spec={"audiences": ["api"], "expirationSeconds": 3600}
+        metadata=ObjectMeta(), spec=TokenRequestSpec(audiences=["api"], expirationSeconds=3600)
     )
     out = await client.create(request, "default", namespace="default")
-    assert out.status.token and out.status.expirationTimestamp
-    code, _ = await Raw(api, token=out.status.token).request(
+    status = present(out.status)
+    assert status.token and status.expirationTimestamp
+    code, _ = await Raw(api, token=status.token).request(
         "GET", "/api/v1/namespaces/default/configmaps"
     )
     assert code == 200
@@ -372,14 +385,11 @@ async def test_restart_in_the_middle_of_a_watch(client: AsyncClient, api: ApiSer
 
     async def watch_once() -> None:
         async for _kind, obj in client.watch(Pod, namespace="default", resource_version=rv):
-            seen.append(obj.metadata.name)
+            seen.append(present(present(obj.metadata).name))
 
     task = asyncio.create_task(watch_once())
     await client.create(new_pod("before"))
-    for _ in range(50):
-        if seen:
-            break
-        await asyncio.sleep(0.02)
+    await async_wait_for(lambda: seen, 5, 0.02, message="the first event")
     await api.stop()
     with pytest.raises(httpx2.TransportError):  # the stream is cut mid-body
         await asyncio.wait_for(task, 5)
@@ -388,7 +398,7 @@ async def test_restart_in_the_middle_of_a_watch(client: AsyncClient, api: ApiSer
     assert api.port == port
     resumed = []
     async for _kind, obj in client.watch(Pod, namespace="default", resource_version=rv):
-        resumed.append(obj.metadata.name)
+        resumed.append(present(present(obj.metadata).name))
         if len(resumed) == 2:
             break
     assert seen == ["before"] and resumed == ["before", "while-down"]
@@ -434,8 +444,8 @@ async def test_discovery_version_and_pagination(client: AsyncClient, api: ApiSer
     assert code == 404
     for i in range(5):
         await client.create(ConfigMap(metadata=ObjectMeta(name=f"c{i}")))
-    names = [c.metadata.name async for c in client.list(ConfigMap, chunk_size=2)]
-    assert names == ["c0", "c1", "c2", "c3", "c4", "kube-root-ca.crt"]
+    chunked = [present(c.metadata).name async for c in client.list(ConfigMap, chunk_size=2)]
+    assert chunked == ["c0", "c1", "c2", "c3", "c4", "kube-root-ca.crt"]
     code, body = await raw.request(
         "PATCH", "/api/v1/namespaces/default/configmaps/c0", {"data": {}}
     )

@@ -14,6 +14,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Pod, PodStatus, Service
 
 from tests.apiserver.process import ApiServerProcess
+from tests.harness.typed import present
 from tests.harness.wait import first_items
 
 
@@ -33,12 +34,12 @@ async def test_process_serves_and_keeps_state_across_restarts(proc: ApiServerPro
     client = _client(proc.kubeconfig)
     node = _client(proc.workdir / "n1.kubeconfig")
     try:
-        assert "kubernetes" in [s.metadata.name async for s in node.list(Service)]
+        assert "kubernetes" in [present(s.metadata).name async for s in node.list(Service)]
         pod = Pod(
             metadata=ObjectMeta(name="p"),
             spec=PodSpec(nodeName="n1", containers=[Container(name="c", image="busybox")]),
         )
-        uid = (await client.create(pod)).metadata.uid
+        uid = present((await client.create(pod)).metadata).uid
         await proc.fail_requests(1, code=503, resource="pods", subresource="status")
         with pytest.raises(ApiError) as exc:
             await client.patch(PodStatus, "p", {"status": {"phase": "Running"}})
@@ -53,7 +54,7 @@ async def test_process_serves_and_keeps_state_across_restarts(proc: ApiServerPro
             await client.get(Pod, "p")  # a pooled connection may still be the cut one
         await client.create(ConfigMap(metadata=ObjectMeta(name="after")))
         [(kind, cm)] = await first_items(client.watch(ConfigMap, resource_version=rv), 1)
-        assert (kind, cm.metadata.name) == ("ADDED", "after")
+        assert (kind, present(cm.metadata).name) == ("ADDED", "after")
 
         await proc.drop_history()
         with pytest.raises(ApiError) as exc:
@@ -64,7 +65,7 @@ async def test_process_serves_and_keeps_state_across_restarts(proc: ApiServerPro
         await proc.stop()  # the process saves its objects...
         await proc.start()  # ...and the next one loads them, on the same port
         got = await client.get(Pod, "p")
-        assert got.metadata.uid == uid and got.status.phase == "Running"
+        assert present(got.metadata).uid == uid and present(got.status).phase == "Running"
         log = await proc.requests()
         assert log and all("method" in r for r in log)
     finally:

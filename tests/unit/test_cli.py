@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import structlog
 from nodeagent import cli
 from nodeagent.config import KEYS, Config, env_var
 from nodeagent.log import get_logger
-from nodeagent.server.render import human_duration, render_status
-from nodeagent.server.status import StatusServer
+from nodeagent.server.fmt import human_duration
+from nodeagent.server.render import render_status
+from tests.unit.rig import run_cli
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
@@ -198,17 +198,8 @@ def test_human_duration(seconds: int, expected: str) -> None:
 
 
 @pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Path]:
-    path = tmp_path / "status.sock"
-    server = StatusServer(str(path), lambda: SNAPSHOT)
-    await server.start()
-    yield path
-    await server.close()
-
-
-async def run_cli(*argv: str) -> int:
-    # main() blocks on the socket; the server needs this loop free, so main gets a thread.
-    return await asyncio.to_thread(cli.main, list(argv))
+def snapshot() -> dict[str, Any]:
+    return SNAPSHOT
 
 
 async def test_status_json(agent: Path, capsys: pytest.CaptureFixture[str]) -> None:

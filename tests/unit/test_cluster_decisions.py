@@ -161,7 +161,7 @@ def test_node_selector_and_required_affinity() -> None:
         req = {"nodeSelectorTerms": [{"matchExpressions": list(expressions)}]}
         return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": req}}
 
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "sel-ok": {"nodeSelector": {"disk": "ssd"}},
         "sel-no": {"nodeSelector": {"disk": "hdd"}},
         "in": {"affinity": term({"key": "disk", "operator": "In", "values": ["ssd", "nvme"]})},

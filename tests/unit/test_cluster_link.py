@@ -5,8 +5,9 @@ outages change nothing, static pods join under their cluster names."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +19,26 @@ from nodeagent.apiserver.client import ApiClient
 from nodeagent.apiserver.cluster import ClusterLink
 from nodeagent.apiserver.reflector import Backoff
 from nodeagent.kubelet import eviction
-from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodestatus import NodeFacts
 from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.model.pod import PodUID
 from nodeagent.model.validate import parse_pod
-from nodeagent.runtime.base import ContainerState
+from nodeagent.runtime.base import ContainerID, ContainerState
 from nodeagent.runtime.fake import FakeRuntime
 from nodeagent.sources.file import DesiredState, read_file
 from tests.apiserver import ApiServer
 from tests.apiserver.patch import STRATEGIC
 from tests.apiserver.resources import CONFIGMAPS, ENDPOINTSLICES, EVENTS, PODS, SERVICES
-from tests.unit.rig import eventually
+from tests.unit.rig import eventually, kubelet_context
 
 NODE = "node-1"
+
+
+async def _run(loop: Callable[[], Awaitable[None]]) -> None:
+    await loop()
+
+
 IMAGE = "busybox:1.36"
 
 
@@ -58,17 +62,7 @@ class Rig:
         self.api = api
         self.fake = FakeRuntime(images={IMAGE})
         self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
-        self.ctx = KubeletContext(
-            node_name=NODE,
-            host_ip="192.168.56.11",
-            state_dir=tmp_path / "state",
-            pod_log_dir=str(tmp_path / "logs"),
-            runtime=self.fake,
-            runtime_name="containerd",
-            cache=self.cache,
-            images=ImageManager(self.fake),
-            prober=ProbeManager(self.fake),
-        )
+        self.ctx = kubelet_context(self.fake, self.cache, tmp_path, NODE)
         self.manager = PodManager(self.ctx)
         self.client = ApiClient.from_file(
             api.node_kubeconfig(tmp_path / "node.kubeconfig", NODE, node_proxier=node_proxier)
@@ -101,9 +95,13 @@ class Rig:
         self.updates += 1
         self.manager.update(state.pods)
 
-    async def start(self) -> None:
+    def spawn(self) -> None:
+        """Run the relister and the link's loops, as the daemon does."""
         loops = [self.cache.run, *self.link.loops().values()]
-        self.tasks = [asyncio.create_task(loop()) for loop in loops]
+        self.tasks = [asyncio.create_task(_run(loop)) for loop in loops]
+
+    async def start(self) -> None:
+        self.spawn()
         await asyncio.wait_for(self.link.pods.synced.wait(), 5)
 
     async def close(self) -> None:
@@ -123,7 +121,7 @@ class Rig:
         pod = self.api_pod(name)
         return dict((pod or {}).get("status") or {})
 
-    def running_containers(self, uid: str) -> list[str]:
+    def running_containers(self, uid: str) -> list[ContainerID]:
         return self.fake.container_ids("app", uid=PodUID(uid), state=ContainerState.RUNNING)
 
     def status_patches(self, name: str) -> int:
@@ -413,9 +411,7 @@ async def test_static_pods_get_cluster_names_and_lose_clashes(
 async def test_no_orphan_is_removed_before_the_first_list(tmp_path: Path, api: ApiServer) -> None:
     rig = Rig(tmp_path, api, with_files=True)
     api.faults.fail_requests(1000, code=503, methods={"GET"}, resource="pods")
-    rig.tasks = [
-        asyncio.create_task(loop()) for loop in (rig.cache.run, *rig.link.loops().values())
-    ]
+    rig.spawn()
     try:
         await asyncio.wait_for(rig.cache.synced.wait(), 5)
         rig.link.file_changed(DesiredState())
@@ -545,8 +541,11 @@ async def test_each_pod_waiting_on_a_pull_gets_its_own_pull_events(
     def reasons(name: str) -> list[str]:
         return [e["reason"] for e in events_of(api, name)]
 
+    def started(name: str) -> bool:
+        return "Started" in reasons(name)
+
     for name in ("one", "two"):
-        await eventually(lambda n=name: "Started" in reasons(n), what=f"{name} started")
+        await eventually(functools.partial(started, name), what=f"{name} started")
         assert {"Pulling", "Pulled"} <= set(reasons(name))
     await eventually(lambda: "Failed" in reasons("bad"), what="the failed pull")
     messages = [e["message"] for e in events_of(api, "bad") if e["reason"] == "Failed"]
@@ -585,7 +584,7 @@ async def test_a_pod_waiting_on_a_missing_config_map_is_told_why(rig: Rig, api: 
     # Told once per problem, not at every retry; the pods start once the ConfigMap exists.
     api.store.create(CONFIGMAPS, "default", {"metadata": {"name": "settings"}, "data": {"x": "1"}})
     for name in ("env", "vol"):
-        await eventually(lambda n=name: ready(rig, n), within=10, what=f"{name} Ready")
+        await eventually(functools.partial(ready, rig, name), within=10, what=f"{name} Ready")
     assert len(warnings("env")) == 1 and len(warnings("vol")) == 1
     assert all(e.get("count") == 1 for e in events_of(api, "env") + events_of(api, "vol"))
 
@@ -633,11 +632,15 @@ async def test_a_restarted_container_reads_its_config_map_env_again(
 
 async def test_a_crash_loop_backs_off_in_one_counted_event(rig: Rig, api: ApiServer) -> None:
     uid = rig.create(pod_body("crashy"))["metadata"]["uid"]
+
+    def exited(cid: ContainerID) -> bool:
+        return cid not in rig.running_containers(uid)
+
     await eventually(lambda: ready(rig, "crashy"), what="Ready")
     for _ in range(2):  # the first restart is at once, the second waits: CrashLoopBackOff
         (cid,) = await eventually(lambda: rig.running_containers(uid), what="running")
         rig.fake.exit_container(cid, 1)
-        await eventually(lambda c=cid: c not in rig.running_containers(uid), what="exited")
+        await eventually(functools.partial(exited, cid), what="exited")
     await eventually(
         lambda: any(e["reason"] == "BackOff" for e in events_of(api, "crashy")), what="BackOff"
     )

@@ -372,7 +372,9 @@ def test_namespace_modes(flags: dict[str, bool], pid: int, ipc: int) -> None:
         attempt=0,
         hostname="p",
         log_directory="/l",
-        **flags,
+        share_pid=flags.get("share_pid", False),
+        host_pid=flags.get("host_pid", False),
+        host_ipc=flags.get("host_ipc", False),
     )
     for ns in (
         convert.sandbox_config_to_pb(sandbox).linux.security_context.namespace_options,
@@ -425,11 +427,15 @@ def test_sandbox_security_and_sysctls() -> None:
 def test_security_field_numbers_are_upstreams() -> None:
     # The runtime decodes with its own schema: a wrong number would set another field.
     numbers = {
-        pb.LinuxContainerSecurityContext: {"seccomp": 15, "no_new_privs": 11, "privileged": 2},
-        pb.LinuxSandboxSecurityContext: {"seccomp": 9, "privileged": 6},
-        pb.SecurityProfile: {"profile_type": 1, "localhost_ref": 2},
+        pb.LinuxContainerSecurityContext.DESCRIPTOR: {
+            "seccomp": 15,
+            "no_new_privs": 11,
+            "privileged": 2,
+        },
+        pb.LinuxSandboxSecurityContext.DESCRIPTOR: {"seccomp": 9, "privileged": 6},
+        pb.SecurityProfile.DESCRIPTOR: {"profile_type": 1, "localhost_ref": 2},
     }
-    for message, fields in numbers.items():
+    for descriptor, fields in numbers.items():
         for name, number in fields.items():
-            assert message.DESCRIPTOR.fields_by_name[name].number == number
+            assert descriptor.fields_by_name[name].number == number
     assert pb.SecurityProfile.ProfileType.Value("Unconfined") == 1

@@ -440,7 +440,7 @@ class FakeResponse:
 
 
 def api_error(cls: type[docker.errors.APIError], status: int, text: str) -> docker.errors.APIError:
-    return cls("x", response=FakeResponse(status), explanation=text)  # type: ignore[arg-type]
+    return cls("x", response=FakeResponse(status), explanation=text)
 
 
 @pytest.mark.parametrize(

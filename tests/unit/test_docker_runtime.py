@@ -42,7 +42,7 @@ class FakeResponse:
 
 
 def not_found(what: str) -> docker.errors.NotFound:
-    return docker.errors.NotFound(what, response=FakeResponse(404), explanation=what)  # type: ignore[arg-type]
+    return docker.errors.NotFound(what, response=FakeResponse(404), explanation=what)
 
 
 class FakeEngine:
@@ -72,7 +72,7 @@ class FakeEngine:
         if image not in self.images:
             raise docker.errors.ImageNotFound(
                 f"No such image: {image}",
-                response=FakeResponse(404),  # type: ignore[arg-type]
+                response=FakeResponse(404),
                 explanation=f"No such image: {image}",
             )
         cid = f"{next(self._ids):064x}"
@@ -204,6 +204,9 @@ class FakeNetwork:
 
     def address(self, container_id: str) -> str | None:
         return self.ips.get(container_id)
+
+    def problem(self) -> str:
+        return ""
 
     def recorded(self) -> list[str]:
         return list(self.ips)

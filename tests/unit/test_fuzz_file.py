@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.sources.file import MAX_DEPTH, MAX_NODES, FileResult, read_file
-from tests.unit.test_fuzz_validate import full_service
-from tests.unit.test_validate import full_pod
+from tests.harness.manifests import full_pod, full_service
 
 FUZZ = settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Pod
 from nodeagent.model.validate import ServiceDoc, parse_document
-from tests.unit.test_validate import full_pod
+from tests.harness.manifests import full_pod, full_service
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -42,27 +42,6 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-
-
-def full_service() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
-        "spec": {
-            "type": "NodePort",
-            "selector": {"app": "web"},
-            "clusterIP": "10.96.0.20",
-            "externalIPs": ["192.0.2.10"],
-            "sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
-            "externalTrafficPolicy": "Local",
-            "ports": [
-                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
-                {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
-            ],
-        },
-    }
 
 
 def check(doc: Any) -> None:

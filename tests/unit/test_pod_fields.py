@@ -198,7 +198,8 @@ def test_ready_once_every_gate_condition_is_true() -> None:
 
 
 def test_gate_conditions_keep_only_the_gates_and_skip_malformed_entries() -> None:
-    pod = gated([{"type": GATE, "status": "True"}, {"type": "Ready", "status": "True"}, "junk"])
+    junk: Any = "junk"
+    pod = gated([{"type": GATE, "status": "True"}, {"type": "Ready", "status": "True"}, junk])
     assert dict(pod.gate_conditions) == {GATE: "True"}
     assert gate_problems(pod) == ""
 
@@ -272,7 +273,7 @@ def test_a_running_pod_is_not_judged_again_when_its_runtime_class_goes() -> None
 
 
 def test_runtime_classes_read_from_api_objects() -> None:
-    objects = [
+    objects: list[dict[str, Any]] = [
         {"metadata": {"name": "plain"}, "handler": "runc"},
         {"metadata": {"name": "odd"}},
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,11 +15,8 @@ from typing import Any
 import pytest
 
 from nodeagent.kubelet import nodestatus
-from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.model.pod import Pod
 from nodeagent.model.security import PrivilegePolicy
 from nodeagent.model.validate import parse_pod
@@ -26,7 +24,7 @@ from nodeagent.network import cni, podnet
 from nodeagent.network.podnet import CidrAction, PodNetwork, PodNetworkStatus, cidr_action
 from nodeagent.runtime.base import RuntimeStatus
 from nodeagent.runtime.fake import FakeRuntime
-from tests.unit.rig import IMAGE, eventually
+from tests.unit.rig import IMAGE, eventually, kubelet_context
 
 NOT_READY = (
     "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:"
@@ -253,16 +251,8 @@ async def kubelet(tmp_path: Path) -> AsyncIterator[tuple[PodManager, FakeRuntime
     fake, gate = FakeRuntime(images={IMAGE}), Gate()
     holder: list[PodManager] = []
     cache = RuntimeCache(fake, on_change=lambda uid: holder[0].on_runtime_change(uid))
-    ctx = KubeletContext(
-        node_name="n1",
-        host_ip="192.168.56.11",
-        state_dir=tmp_path / "state",
-        pod_log_dir=str(tmp_path / "logs"),
-        runtime=fake,
-        runtime_name="containerd",
-        cache=cache,
-        images=ImageManager(fake),
-        prober=ProbeManager(fake),
+    ctx = dataclasses.replace(
+        kubelet_context(fake, cache, tmp_path, "n1"),
         privilege=PrivilegePolicy(allow_privileged=True),  # hostNetwork
         network_problem=gate,
     )

@@ -16,8 +16,8 @@ from nodeagent.model.pod import HostPathSource, Pod, PodUID
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import CONFIGMAPS, PODS, SECRETS
 from tests.apiserver.subresources import patch_ephemeral
-from tests.unit.rig import IMAGE
-from tests.unit.test_cluster_link import Rig, events_of, eventually, pod_body, ready
+from tests.unit.rig import IMAGE, eventually
+from tests.unit.test_cluster_link import Rig, events_of, pod_body, ready
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MERGE = "application/merge-patch+json"
@@ -220,7 +220,8 @@ async def test_a_pod_with_a_token_volume_follows_spec_updates(rig: Rig, api: Api
 
     def restarted() -> bool:
         statuses = rig.api_status("web").get("containerStatuses") or [{}]
-        return statuses[0].get("image") == "busybox:1.37" and statuses[0].get("restartCount") == 1
+        first = statuses[0]
+        return (first.get("image"), first.get("restartCount")) == ("busybox:1.37", 1)
 
     await eventually(restarted, what="the new image running")
     assert running_pod(rig, uid).spec.containers[0].image == "busybox:1.37"

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nodeagent import podlogs
 
 
-def snapshot(restarts: int = 1) -> dict:
+def snapshot(restarts: int = 1) -> dict[str, Any]:
     return {
         "pods": [
             {

@@ -21,7 +21,6 @@ from nodeagent.model.pod import (
     ExecAction,
     Pod,
     PodSpec,
-    PodUID,
     Probe,
     Resources,
     RestartPolicy,
@@ -34,18 +33,10 @@ from nodeagent.runtime.base import (
     SandboxInfo,
     SandboxState,
 )
+from tests.unit.snapshots import ALWAYS, EXITED, NEVER, ON_FAILURE, RUNNING, T0, UID, ns
 
-UID = PodUID("uid-1")
-T0 = 1_700_000_000.0
 NOW = T0 + 100
-
-RUNNING, EXITED = ContainerState.RUNNING, ContainerState.EXITED
-ALWAYS, ON_FAILURE, NEVER = RestartPolicy.ALWAYS, RestartPolicy.ON_FAILURE, RestartPolicy.NEVER
 PROBE = Probe(ExecAction(("true",)))
-
-
-def ns(seconds: float) -> int:
-    return int(seconds * 1e9)
 
 
 def make_pod(

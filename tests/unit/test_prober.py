@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from nodeagent.kubelet import specs
-from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
-from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
@@ -33,29 +31,30 @@ from nodeagent.model.pod import (
 )
 from nodeagent.runtime.base import ContainerID, ExecResult, SandboxID
 from nodeagent.runtime.fake import FakeRuntime
+from tests.unit.rig import eventually, kubelet_context
 
-T = TypeVar("T")
 IMAGE = "busybox:1.36"
-
-
-async def eventually(predicate: Callable[[], T], within: float = 5.0, *, what: str = "") -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
-        await asyncio.sleep(0.01)
 
 
 def exec_probe(name: str, **fields: Any) -> Probe:
     return Probe(ExecAction((name,)), period_seconds=1, **fields)
 
 
-def make_pod(uid: str = "uid-1", **probes: Probe) -> Pod:
-    container = Container("app", IMAGE, command=("sleep", "1d"), **probes)
+def make_pod(
+    uid: str = "uid-1",
+    *,
+    liveness_probe: Probe | None = None,
+    readiness_probe: Probe | None = None,
+    startup_probe: Probe | None = None,
+) -> Pod:
+    container = Container(
+        "app",
+        IMAGE,
+        command=("sleep", "1d"),
+        liveness_probe=liveness_probe,
+        readiness_probe=readiness_probe,
+        startup_probe=startup_probe,
+    )
     return Pod(uid=PodUID(uid), name="web", namespace="default", spec=PodSpec((container,)))
 
 
@@ -282,17 +281,7 @@ class Rig:
     def __init__(self, tmp_path: Path, checks: Checks) -> None:
         self.fake = FakeRuntime(images={IMAGE}, exec_handler=checks)
         self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
-        self.ctx = KubeletContext(
-            node_name="n",
-            host_ip="192.168.56.11",
-            state_dir=tmp_path / "state",
-            pod_log_dir=str(tmp_path / "logs"),
-            runtime=self.fake,
-            runtime_name="containerd",
-            cache=self.cache,
-            images=ImageManager(self.fake),
-            prober=ProbeManager(self.fake),
-        )
+        self.ctx = kubelet_context(self.fake, self.cache, tmp_path, "n")
         self.manager = PodManager(self.ctx)
 
     def _changed(self, uid: PodUID) -> None:

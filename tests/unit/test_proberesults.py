@@ -132,7 +132,7 @@ def test_json_before_and_after_probes() -> None:
     assert (entry["lastResult"], entry["consecutiveFailures"]) == ("Failure", 2)
     assert entry["message"] == "#1"
     assert entry["lastProbeTime"] == "2023-11-14T22:13:21Z"
-    kinds = {
+    kinds: dict[str, ExecAction | HTTPGetAction | TCPSocketAction | GRPCAction] = {
         "exec": ExecAction(("true",)),
         "tcpSocket": TCPSocketAction(port=1),
         "grpc": GRPCAction(port=1),

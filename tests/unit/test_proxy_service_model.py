@@ -183,7 +183,7 @@ def test_status_and_top_level_fields_are_checked() -> None:
 
 def test_dispatch_through_parse_document() -> None:
     s = parse_document(doc({"ports": [{"port": 80}]}), source="s", node_name="n")
-    assert s.key == "default/web"  # type: ignore[union-attr]
+    assert s.key == "default/web"
 
 
 def test_dual_stack_serves_the_ipv4_side_and_lists_the_ipv6_parts() -> None:

@@ -101,7 +101,7 @@ async def test_a_change_is_detailed_and_reported_for_its_pod_only() -> None:
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The relister's monotonic clock, moved by hand: the settle window never races."""
     now = [1000.0]
-    monkeypatch.setattr(pleg.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(pleg, "_clock", lambda: now[0])
     return now
 
 

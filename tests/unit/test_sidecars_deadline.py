@@ -14,7 +14,7 @@ from nodeagent.model.fields import ValidationError
 from nodeagent.model.pod import Container, ExecAction, Pod, PodSpec, Probe, RestartPolicy
 from nodeagent.model.validate import parse_pod
 from nodeagent.runtime.base import SandboxState
-from tests.unit.test_plan import (
+from tests.unit.snapshots import (
     NEVER,
     T0,
     UID,

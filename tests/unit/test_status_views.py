@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,11 @@ import pytest
 
 from nodeagent import cli
 from nodeagent.config import DEFAULT_STATUS_SOCKET, env_var
-from nodeagent.server import client
 from nodeagent.server.colors import colorize
 from nodeagent.server.describe import PodNotFound, render_pod
 from nodeagent.server.nodeview import bytes_text, render_node
 from nodeagent.server.render import render_status
-from nodeagent.server.status import StatusServer
+from tests.unit.rig import run_cli
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -254,16 +252,8 @@ def test_colors_only_decorate() -> None:
 
 
 @pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Path]:
-    path = tmp_path / "status.sock"
-    server = StatusServer(str(path), lambda: SNAPSHOT)
-    await server.start()
-    yield path
-    await server.close()
-
-
-async def run_cli(*argv: str) -> int:
-    return await asyncio.to_thread(cli.main, list(argv))
+def snapshot() -> dict[str, Any]:
+    return SNAPSHOT
 
 
 async def test_status_subviews(agent: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -302,7 +292,7 @@ async def test_watch_redraws_until_ctrl_c(
         if len(sleeps) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.time, "sleep", sleep)
+    monkeypatch.setattr(time, "sleep", sleep)  # the module the CLI calls
     code = await run_cli(
         "status", "pods", "--watch", "--interval", "0.5", "--status-socket", str(agent)
     )
@@ -314,7 +304,7 @@ async def test_watch_redraws_until_ctrl_c(
 def test_watch_keeps_going_while_the_agent_is_away(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli.time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(["status", "-w", "--status-socket", str(tmp_path / "none.sock")]) == 0
     assert "no agent is listening" in capsys.readouterr().out
 
@@ -346,7 +336,7 @@ def test_not_root_gets_one_line_not_a_traceback(
         def connect(self, address: Any) -> None:
             raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(client.socket, "socket", Refused)
+    monkeypatch.setattr(socket, "socket", Refused)  # the module the client calls
     path = tmp_path / "status.sock"
     for command in (["status"], ["describe", "pod", "x"], ["logs", "x"]):
         assert cli.main([*command, "--status-socket", str(path)]) == 1

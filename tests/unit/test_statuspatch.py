@@ -119,7 +119,7 @@ def both_appliers(live: Obj, patch: Obj) -> Obj:
     return ours
 
 
-def cond(kind: str, status: str = "True", at: str = "t0", **extra: str) -> Obj:
+def cond(kind: str, status: str = "True", at: str = "t0", **extra: str | None) -> Obj:
     return {"type": kind, "status": status, "lastTransitionTime": at, **extra}
 
 

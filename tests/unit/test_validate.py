@@ -25,92 +25,9 @@ from nodeagent.model.pod import (
     TCPSocketAction,
 )
 from nodeagent.model.validate import ServiceDoc, parse_document
+from tests.harness.manifests import full_pod
 
 Doc = dict[str, Any]
-
-
-def full_pod() -> Doc:
-    """A pod that uses every field we honour."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "web",
-            "namespace": "shop",
-            "labels": {"app": "web"},
-            "annotations": {"note": "x"},
-            "resourceVersion": "12",  # ignored, not rejected
-        },
-        "status": {"phase": "Pending"},  # ignored, as are the scheduling hints below
-        "spec": {
-            "nodeSelector": {"disk": "ssd"},
-            "tolerations": [{"key": "k", "operator": "Exists"}],
-            "volumes": [
-                {"name": "html", "emptyDir": {}},
-                {"name": "cache", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-                {"name": "host", "hostPath": {"path": "/srv", "type": "DirectoryOrCreate"}},
-            ],
-            "initContainers": [
-                {
-                    "name": "setup",
-                    "image": "busybox:1.36",
-                    "command": ["sh", "-c", "echo $(POD) > /html/index.html"],
-                    "env": [
-                        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-                    ],
-                    "volumeMounts": [{"name": "html", "mountPath": "/html"}],
-                }
-            ],
-            "containers": [
-                {
-                    "name": "web",
-                    "image": "busybox",
-                    "command": ["httpd", "-f"],
-                    "args": ["-p", "8080"],
-                    "workingDir": "/html",
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                    "env": [
-                        {"name": "MODE", "value": "prod"},
-                        {
-                            "name": "NODE",
-                            "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
-                        },
-                        {
-                            "name": "MEM",
-                            "valueFrom": {
-                                "resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}
-                            },
-                        },
-                    ],
-                    "resources": {
-                        "limits": {"cpu": "500m", "memory": "128Mi"},
-                        "requests": {"cpu": 0.25, "memory": "64Mi"},
-                    },
-                    "volumeMounts": [
-                        {"name": "html", "mountPath": "/html", "readOnly": True},
-                        {"name": "cache", "mountPath": "/cache", "subPath": "web"},
-                    ],
-                    "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
-                    "readinessProbe": {
-                        "tcpSocket": {"port": 8080},
-                        "periodSeconds": 2,
-                        "successThreshold": 2,
-                    },
-                    "startupProbe": {
-                        "exec": {"command": ["true"]},
-                        "failureThreshold": 30,
-                        "terminationGracePeriodSeconds": 5,
-                    },
-                    "lifecycle": {
-                        "postStart": {"exec": {"command": ["touch", "/tmp/up"]}},
-                        "preStop": {"httpGet": {"path": "/quit", "port": 8080}},
-                    },
-                },
-                {"name": "sidecar", "image": "registry.local:5000/tools:latest"},
-                {"name": "pinned", "image": "busybox:1.36"},
-            ],
-        },
-    }
 
 
 def parse(doc: Any, *, node_name: str = "node-1") -> Pod | ServiceDoc:

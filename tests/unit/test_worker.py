@@ -7,47 +7,19 @@ never on a fixed sleep.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 from nodeagent.kubelet import specs
-from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import PodFacts
-from nodeagent.kubelet.images import ImageManager
-from nodeagent.kubelet.manager import PodManager
-from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.worker import WorkerState
 from nodeagent.model.pod import Container, Pod, PodUID
-from nodeagent.model.validate import parse_pod
 from nodeagent.runtime import base
 from nodeagent.runtime.base import ContainerState, SandboxState
 from nodeagent.runtime.fake import FakeRuntime
-
-T = TypeVar("T")
-NODE = "node-1"
-IMAGE = "busybox:1.36"
-
-
-async def eventually(
-    predicate: Callable[[], T], within: float = 5.0, *, what: str = "condition"
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}: {value!r}")
-        await asyncio.sleep(0.01)
+from tests.unit.rig import IMAGE, NODE, WorkerRig, eventually, make_pod
 
 
 def is_dir(path: str | Path) -> bool:
@@ -60,123 +32,6 @@ def exists(path: Path) -> bool:
 
 def read_text(path: str) -> str:
     return Path(path).read_text()
-
-
-def make_pod(
-    name: str = "web",
-    *,
-    image: str = IMAGE,
-    policy: str = "Always",
-    pull: str | None = None,
-    inits: bool = False,
-    extra: dict[str, Any] | None = None,
-) -> Pod:
-    app: dict[str, Any] = {
-        "name": "app",
-        "image": image,
-        "command": ["sh", "-c", "echo $(GREETING) from $(POD_NAME)"],
-        "env": [
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "GREETING", "value": "hello"},
-        ],
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
-        **(extra or {}),
-    }
-    if pull is not None:
-        app["imagePullPolicy"] = pull
-    spec: dict[str, Any] = {
-        "restartPolicy": policy,
-        "terminationGracePeriodSeconds": 3,
-        "volumes": [{"name": "data", "emptyDir": {}}],
-        "containers": [app],
-    }
-    if inits:
-        spec["initContainers"] = [
-            {"name": "setup", "image": IMAGE, "command": ["true"]},
-        ]
-    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
-    return parse_pod(doc, source="test", node_name=NODE)
-
-
-class Rig:
-    """The kubelet's parts, wired as the daemon wires them, over a FakeRuntime."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.fake = FakeRuntime(images={IMAGE})
-        self.state_dir = tmp_path / "state"
-        self.log_dir = tmp_path / "logs"
-        self.cache = RuntimeCache(self.fake, on_change=self._changed, interval_s=0.05)
-        self.ctx = KubeletContext(
-            node_name=NODE,
-            host_ip="192.168.56.11",
-            state_dir=self.state_dir,
-            pod_log_dir=str(self.log_dir),
-            runtime=self.fake,
-            runtime_name="containerd",
-            cache=self.cache,
-            images=ImageManager(self.fake),
-            prober=ProbeManager(self.fake),
-        )
-        self.manager = PodManager(self.ctx)
-        self._relist: asyncio.Task[None] | None = None
-
-    def _changed(self, uid: PodUID) -> None:
-        self.manager.on_runtime_change(uid)
-
-    async def start(self) -> None:
-        self._relist = asyncio.create_task(self.cache.run())
-        await asyncio.wait_for(self.cache.synced.wait(), 5)
-
-    async def close(self) -> None:
-        await self.manager.detach_all()
-        if self._relist is not None:
-            self._relist.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relist
-
-    def run(self, *pods: Pod) -> None:
-        self.manager.update({p.key: p for p in pods})
-
-    def status(self, pod: Pod) -> dict[str, Any]:
-        worker = self.manager.worker_for(pod.uid)
-        return (worker.status if worker is not None else None) or {}
-
-    def container(self, pod: Pod, name: str = "app") -> dict[str, Any]:
-        status = self.status(pod)
-        for key in ("initContainerStatuses", "containerStatuses"):
-            for item in status.get(key, []):
-                if item["name"] == name:
-                    return dict(item)
-        return {}
-
-    def waiting_reason(self, pod: Pod, name: str = "app") -> str:
-        return str(self.container(pod, name).get("state", {}).get("waiting", {}).get("reason", ""))
-
-    def running(self, pod: Pod, name: str = "app") -> bool:
-        return "running" in self.container(pod, name).get("state", {})
-
-    async def finish_init(self, pod: Pod, name: str = "setup") -> None:
-        """Let the init container ``name`` run to a clean exit (fake processes never end)."""
-        await eventually(lambda: self.running(pod, name), what=f"{name} running")
-        (cid,) = self.fake.container_ids(name, uid=pod.uid, state=ContainerState.RUNNING)
-        self.fake.exit_container(cid, 0)
-
-    def managed_left(self) -> tuple[int, int]:
-        managed = [s for s in self.fake.sandboxes.values() if base.LABEL_MANAGED_BY in s.labels]
-        return len(managed), len(self.fake.containers)
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp_path)
-    await rig.start()
-    try:
-        yield rig
-    finally:
-        await rig.close()
 
 
 # --- the fake behaves like the CRI backend ------------------------------------------------------
@@ -237,7 +92,7 @@ async def test_fake_images_compare_normalized() -> None:
 # --- running pods -------------------------------------------------------------------------------
 
 
-async def test_pod_runs_with_cri_like_configs(rig: Rig) -> None:
+async def test_pod_runs_with_cri_like_configs(rig: WorkerRig) -> None:
     pod = make_pod(inits=True)
     rig.run(pod)
     await rig.finish_init(pod)
@@ -281,7 +136,7 @@ async def test_pod_runs_with_cri_like_configs(rig: Rig) -> None:
     assert rig.container(pod)["ready"] is True
 
 
-async def test_exit_under_always_is_restarted_then_backs_off(rig: Rig) -> None:
+async def test_exit_under_always_is_restarted_then_backs_off(rig: WorkerRig) -> None:
     pod = make_pod()
     rig.run(pod)
     await eventually(lambda: rig.running(pod), what="app running")
@@ -307,7 +162,7 @@ async def test_exit_under_always_is_restarted_then_backs_off(rig: Rig) -> None:
     assert rig.status(pod)["phase"] == "Running"
 
 
-async def test_exit_under_never_finishes_the_pod(rig: Rig) -> None:
+async def test_exit_under_never_finishes_the_pod(rig: WorkerRig) -> None:
     pod = make_pod(policy="Never")
     rig.run(pod)
     await eventually(lambda: rig.running(pod), what="app running")
@@ -320,7 +175,7 @@ async def test_exit_under_never_finishes_the_pod(rig: Rig) -> None:
     assert rig.fake.count("start_container") == 1
 
 
-async def test_dead_sandbox_is_replaced(rig: Rig) -> None:
+async def test_dead_sandbox_is_replaced(rig: WorkerRig) -> None:
     pod = make_pod()
     rig.run(pod)
     await eventually(lambda: rig.running(pod), what="app running")
@@ -341,7 +196,7 @@ async def test_dead_sandbox_is_replaced(rig: Rig) -> None:
 # --- images and start failures ------------------------------------------------------------------
 
 
-async def test_missing_image_with_pull_policy_never(rig: Rig) -> None:
+async def test_missing_image_with_pull_policy_never(rig: WorkerRig) -> None:
     pod = make_pod(image="busybox:1.99", pull="Never")
     rig.run(pod)
     await eventually(lambda: rig.waiting_reason(pod) == "ErrImageNeverPull", what="reason")
@@ -353,7 +208,7 @@ async def test_missing_image_with_pull_policy_never(rig: Rig) -> None:
     assert rig.status(pod)["phase"] == "Pending"
 
 
-async def test_pull_failure_then_backoff(rig: Rig) -> None:
+async def test_pull_failure_then_backoff(rig: WorkerRig) -> None:
     rig.fake.registry = set()  # nothing can be pulled
     pod = make_pod(image="busybox:1.99")
     rig.run(pod)
@@ -378,14 +233,14 @@ async def test_pull_failure_then_backoff(rig: Rig) -> None:
     assert rig.fake.count("create_container") == 0
 
 
-async def test_pull_policy_always_pulls_before_each_start(rig: Rig) -> None:
+async def test_pull_policy_always_pulls_before_each_start(rig: WorkerRig) -> None:
     pod = make_pod(image="busybox:latest")
     rig.run(pod)
     await eventually(lambda: rig.running(pod), what="app running")
     assert rig.fake.calls.count(("pull_image", "busybox:latest")) == 1
 
 
-async def test_start_failure_is_run_container_error(rig: Rig) -> None:
+async def test_start_failure_is_run_container_error(rig: WorkerRig) -> None:
     rig.fake.start_errors["app"] = 'exec: "sh": executable file not found in $PATH'
     pod = make_pod(policy="Never")
     rig.run(pod)
@@ -401,7 +256,7 @@ async def test_start_failure_is_run_container_error(rig: Rig) -> None:
     assert rig.fake.count("start_container") == 1
 
 
-async def test_start_failure_under_always_backs_off(rig: Rig) -> None:
+async def test_start_failure_under_always_backs_off(rig: WorkerRig) -> None:
     rig.fake.start_errors["app"] = "boom"
     pod = make_pod()
     rig.run(pod)
@@ -413,7 +268,7 @@ async def test_start_failure_under_always_backs_off(rig: Rig) -> None:
 # --- removal, orphans, adoption -----------------------------------------------------------------
 
 
-async def test_removed_pod_is_stopped_and_removed(rig: Rig) -> None:
+async def test_removed_pod_is_stopped_and_removed(rig: WorkerRig) -> None:
     pod = make_pod(inits=True)
     rig.run(pod)
     await rig.finish_init(pod)
@@ -433,7 +288,7 @@ async def test_removed_pod_is_stopped_and_removed(rig: Rig) -> None:
     await eventually(lambda: rig.manager.worker_for(pod.uid) is None, what="worker retired")
 
 
-async def test_changed_spec_replaces_the_pod(rig: Rig) -> None:
+async def test_changed_spec_replaces_the_pod(rig: WorkerRig) -> None:
     old = make_pod()
     rig.run(old)
     await eventually(lambda: rig.running(old), what="old running")
@@ -445,7 +300,7 @@ async def test_changed_spec_replaces_the_pod(rig: Rig) -> None:
     assert len(rig.fake.sandbox_ids(uid=new.uid)) == 1
 
 
-async def test_a_new_image_under_the_same_uid_restarts_only_that_container(rig: Rig) -> None:
+async def test_a_new_image_under_the_same_uid_restarts_only_that_container(rig: WorkerRig) -> None:
     old = make_pod()
     other_spec = Container("other", IMAGE, command=("sleep", "1000"))
     two = dataclasses.replace(
@@ -478,7 +333,7 @@ async def test_a_new_image_under_the_same_uid_restarts_only_that_container(rig: 
     assert first not in running and rig.fake.count("run_sandbox") == 1
 
 
-async def test_an_active_deadline_set_later_applies_to_the_running_pod(rig: Rig) -> None:
+async def test_an_active_deadline_set_later_applies_to_the_running_pod(rig: WorkerRig) -> None:
     pod = make_pod()
     rig.run(pod)
     await eventually(lambda: rig.running(pod), what="running")
@@ -507,7 +362,7 @@ async def _populate(fake: FakeRuntime, pod: Pod, tmp_path: Path) -> None:
 
 
 async def test_orphans_are_removed_and_foreign_sandboxes_kept(tmp_path: Path) -> None:
-    rig = Rig(tmp_path)
+    rig = WorkerRig(tmp_path)
     orphan = make_pod("gone")
     await _populate(rig.fake, orphan, tmp_path)
     foreign = specs.sandbox_config(make_pod("theirs"), attempt=0, pod_log_dir=str(tmp_path))
@@ -523,7 +378,7 @@ async def test_orphans_are_removed_and_foreign_sandboxes_kept(tmp_path: Path) ->
 
 
 async def test_running_pod_is_adopted_without_any_create_or_start(tmp_path: Path) -> None:
-    rig = Rig(tmp_path)
+    rig = WorkerRig(tmp_path)
     pod = make_pod()
     await _populate(rig.fake, pod, tmp_path)
     rig.fake.calls.clear()

@@ -4,31 +4,18 @@ termination messages read back into the status."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from nodeagent.kubelet import specs, volumes
 from nodeagent.runtime.base import ContainerState
-from tests.unit.test_worker import IMAGE, Rig, eventually, make_pod
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp_path)
-    await rig.start()
-    try:
-        yield rig
-    finally:
-        await rig.close()
+from tests.unit.rig import IMAGE, WorkerRig, eventually, make_pod
 
 
 def write(path: str, text: str) -> None:
     Path(path).write_text(text)
 
 
-async def test_a_privileged_pod_is_refused_and_nothing_starts(rig: Rig) -> None:
+async def test_a_privileged_pod_is_refused_and_nothing_starts(rig: WorkerRig) -> None:
     pod = make_pod("priv", extra={"securityContext": {"privileged": True}})
     rig.run(pod)
     status = await eventually(
@@ -41,7 +28,7 @@ async def test_a_privileged_pod_is_refused_and_nothing_starts(rig: Rig) -> None:
     assert rig.fake.count("run_sandbox") == 0 and rig.fake.count("create_container") == 0
 
 
-async def test_run_as_non_root_checks_the_image_user(rig: Rig) -> None:
+async def test_run_as_non_root_checks_the_image_user(rig: WorkerRig) -> None:
     pod = make_pod("nonroot", extra={"securityContext": {"runAsNonRoot": True}})
     rig.run(pod)
     await eventually(
@@ -55,7 +42,7 @@ async def test_run_as_non_root_checks_the_image_user(rig: Rig) -> None:
     await eventually(lambda: rig.running(other), what="running as 1000")
 
 
-async def test_security_settings_reach_the_runtime(rig: Rig) -> None:
+async def test_security_settings_reach_the_runtime(rig: WorkerRig) -> None:
     pod = make_pod(
         "secure",
         extra={"securityContext": {"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}},
@@ -68,7 +55,7 @@ async def test_security_settings_reach_the_runtime(rig: Rig) -> None:
     assert security.seccomp == "Unconfined"
 
 
-async def test_the_termination_message_is_read_when_the_container_exits(rig: Rig) -> None:
+async def test_the_termination_message_is_read_when_the_container_exits(rig: WorkerRig) -> None:
     pod = make_pod("msg", policy="Never")
     rig.run(pod)
     await eventually(lambda: rig.running(pod), what="running")

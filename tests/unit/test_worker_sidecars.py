@@ -3,17 +3,13 @@ and a pod past its activeDeadlineSeconds is stopped for good."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from nodeagent.kubelet.worker import WorkerState
 from nodeagent.model.pod import Pod
 from nodeagent.model.validate import parse_pod
 from nodeagent.runtime.base import ContainerState
-from tests.unit.test_worker import IMAGE, NODE, Rig, eventually
+from tests.unit.rig import IMAGE, NODE, WorkerRig, eventually
 
 
 def sidecar_pod(**spec: Any) -> Pod:
@@ -37,17 +33,7 @@ def sidecar_pod(**spec: Any) -> Pod:
     return parse_pod(doc, source="test", node_name=NODE)
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp_path)
-    await rig.start()
-    try:
-        yield rig
-    finally:
-        await rig.close()
-
-
-async def test_sidecars_start_first_and_stop_last_in_reverse(rig: Rig) -> None:
+async def test_sidecars_start_first_and_stop_last_in_reverse(rig: WorkerRig) -> None:
     pod = sidecar_pod()
     rig.run(pod)
     for name in ("proxy", "logger", "app", "helper"):
@@ -72,7 +58,7 @@ async def test_sidecars_start_first_and_stop_last_in_reverse(rig: Rig) -> None:
     assert order[2:] == ["logger", "proxy"]
 
 
-async def test_a_pod_past_its_deadline_is_stopped_and_failed(rig: Rig) -> None:
+async def test_a_pod_past_its_deadline_is_stopped_and_failed(rig: WorkerRig) -> None:
     pod = sidecar_pod(activeDeadlineSeconds=1, restartPolicy="Always")
     rig.run(pod)
     await eventually(lambda: rig.running(pod, "app"), what="app running")
