@@ -44,7 +44,6 @@ from nodeagent.apiserver import admission
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.events import (
     Event,
-    EventRecorder,
     PodRef,
     hold_events,
     killing_events,
@@ -52,6 +51,7 @@ from nodeagent.apiserver.events import (
     probe_events,
     pull_event,
 )
+from nodeagent.apiserver.eventsender import EventRecorder
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
 from nodeagent.apiserver.ownnode import OwnNode
