@@ -129,13 +129,13 @@ class Node:
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         if self.cluster is None:  # env from the directory's ConfigMaps, at each creation
-            self.manager.env_source = self.static_refs.container_env
+            self.manager.set_env_source(self.static_refs.container_env)
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
         if self.cluster is not None:
             self.cluster.events.sink = lambda event: record_api_event(self.events, event)
         else:
-            self.ctx.images.listeners.append(self.event_feed.on_pull)
+            self.ctx.images.listen(self.event_feed.on_pull)
         self.desired_applied = asyncio.Event()  # the first desired state reached the manager
         self.routes: NodeRoutes | None = None
         self.sysctl_problems: list[str] = []
@@ -203,6 +203,9 @@ class Node:
             with_files=self.config.manifests is not None,
             runtime_synced=self.cache.synced,
             state_dir=self.config.state_dir,
+            cache=self.cache,
+            images=self.ctx.images,
+            probes=functools.partial(self.ctx.prober.report, id_prefix=""),
         )
 
     def _pod_cidr_changed(self, pod_cidr: str) -> None:
@@ -265,7 +268,7 @@ class Node:
 
         def then(result: Resolution) -> None:
             if self.cluster is None:  # the cluster link keeps its own held set
-                self.manager.held = {h.pod.uid for h in result.held.values()}
+                self.manager.set_held({h.pod.uid for h in result.held.values()})
             pods = {**state.pods, **result.pods}
             deliver(dataclasses.replace(state, pods=pods, templates={}))
 
@@ -429,7 +432,14 @@ async def run(config: Config) -> int:
         log.error("status_socket_unavailable", path=str(config.status_socket), error=str(exc))
         await runtime.close()
         return 1
-    exporter = await _start_metrics(config, node, observed)
+    if node.cluster is not None:
+        cluster = node.cluster
+        probe = metrics.ClusterProbe(
+            watch_restarts=cluster.watch_restarts,
+            last_heartbeat=lambda: cluster.lease.last_renewed,
+        )
+        observed.watch_cluster(probe)
+    exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
     log.info(
         "agent_started",
         node=config.node_name,
@@ -474,29 +484,3 @@ async def run(config: Config) -> int:
             await exporter.close()
         await runtime.close()
     return 0
-
-
-async def _start_metrics(
-    config: Config, node: Node, observed: metrics.Metrics
-) -> metrics.MetricsServer | None:
-    """Serve /metrics and /healthz unless --metrics-bind is empty. A taken port costs the
-    metrics (logged), not the node: pods matter more than their numbers."""
-    if node.cluster is not None:
-        cluster = node.cluster
-        observed.watch_cluster(
-            metrics.ClusterProbe(
-                watch_restarts=cluster.watch_restarts,
-                last_heartbeat=lambda: cluster.lease.last_renewed,
-            )
-        )
-    if not config.metrics_bind:
-        return None
-    exporter = metrics.MetricsServer(
-        config.metrics_bind, observed, healthy=lambda: node.cache.healthy
-    )
-    try:
-        await exporter.start()
-    except metrics.MetricsError as exc:
-        log.error("metrics_unavailable", error=str(exc))
-        return None
-    return exporter

@@ -4,6 +4,7 @@
   agent running the CNI plugins itself, as Docker runs none).
 - The node's IP: ``--node-ip``, else the address ``network/nodeip.py`` chooses.
 - The node's DNS: the cluster's flags, and the node's own resolv.conf.
+- The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics.
 - ``supervised``: every long-lived loop runs under it: an unexpected exit is logged and the
   loop restarted after a short delay (doubling up to 30 s), so one broken loop never
   silently stops the node.
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from nodeagent import metrics
 from nodeagent.config import Config
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.network import nodeip
@@ -85,3 +87,19 @@ async def node_ip(config: Config) -> str:
         return config.node_ip
     excluded = [str(c) for c in (config.cluster_cidr, config.pod_cidr) if c is not None]
     return await nodeip.find(excluded=excluded, hostname=config.node_name)
+
+
+async def start_metrics(
+    config: Config, observed: metrics.Metrics, *, healthy: Callable[[], bool]
+) -> metrics.MetricsServer | None:
+    """Serve /metrics and /healthz unless --metrics-bind is empty. A taken port costs the
+    metrics (logged), not the node: pods matter more than their numbers."""
+    if not config.metrics_bind:
+        return None
+    exporter = metrics.MetricsServer(config.metrics_bind, observed, healthy=healthy)
+    try:
+        await exporter.start()
+    except metrics.MetricsError as exc:
+        log.error("metrics_unavailable", error=str(exc))
+        return None
+    return exporter

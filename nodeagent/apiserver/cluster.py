@@ -42,22 +42,14 @@ import structlog
 
 from nodeagent.apiserver import admission
 from nodeagent.apiserver.client import ApiClient, ApiFailure
-from nodeagent.apiserver.events import (
-    Event,
-    PodRef,
-    hold_events,
-    killing_events,
-    pod_events,
-    probe_events,
-    pull_event,
-)
+from nodeagent.apiserver.events import PodRef, killing_events, pull_event
 from nodeagent.apiserver.eventsender import EventRecorder
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
 from nodeagent.apiserver.ownnode import OwnNode
+from nodeagent.apiserver.podevents import PodEvents
 from nodeagent.apiserver.podrefs import PodReferences
 from nodeagent.apiserver.pods import (
-    MIRROR_ANNOTATION,
     ApiPods,
     Deletion,
     Hold,
@@ -71,14 +63,17 @@ from nodeagent.apiserver.pods import (
     static_pod,
     terminal_status,
 )
+from nodeagent.apiserver.podstatuses import wanted, wanted_statuses
 from nodeagent.apiserver.reflector import NODE_PROXIER, Backoff, Collection, Reflector
 from nodeagent.apiserver.services import Endpoints, read_services, slice_endpoints
 from nodeagent.apiserver.statuswriter import PodStatusWriter, Wanted
 from nodeagent.kubelet import nodestatus
+from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodestatus import NodeFacts
+from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.podstatus import rfc3339
-from nodeagent.kubelet.worker import PodWorker, WorkerState
+from nodeagent.kubelet.worker import PodWorker
 from nodeagent.model.pod import Pod, PodUID
 from nodeagent.model.service import Service
 from nodeagent.sources.file import DesiredState, SourceError
@@ -89,7 +84,6 @@ Obj = dict[str, Any]
 Loop = Callable[[], Awaitable[None]]
 
 NO_PODS = ApiPods(run={}, delete={}, reject={}, objects={})
-EVENT_POLL_S = 0.5
 FINAL_STATUS_ATTEMPTS = 5
 
 
@@ -106,10 +100,14 @@ class ClusterLink:
         with_files: bool,
         runtime_synced: asyncio.Event,
         state_dir: Path,
+        cache: RuntimeCache,
+        images: ImageManager,
+        probes: Callable[[Pod], list[dict[str, Any]]],
     ) -> None:
         self.client = client
         self.node_name = node_name
         self.manager = manager
+        self._cache = cache  # what the runtime runs: a restarted agent's pods count as admitted
         self._facts = facts
         self._rejected: dict[PodUID, Rejection] = {}  # final: a rejected pod stays rejected
         self._warned_future: set[PodUID] = set()  # pods whose ignored fields were logged
@@ -136,7 +134,6 @@ class ClusterLink:
         self.runtime_class_objects = Reflector(
             client, Collection("/apis/node.k8s.io/v1/runtimeclasses"), on_change=self._pods_changed
         )
-        self._rejection_events: set[PodUID] = set()  # pods whose rejection was told
         self.services: dict[str, Service] = {}
         self.endpoints: dict[str, Endpoints] = {}
         self._service_errors: list[SourceError] = []
@@ -154,19 +151,20 @@ class ClusterLink:
         )
         self.status = PodStatusWriter(client, wanted=self._wanted)
         self.events = EventRecorder(client, node_name=node_name)
-        manager.ctx.images.listeners.append(lambda note: self.events.record([pull_event(note)]))
-        self._seen_status: dict[str, Obj] = {}  # uid -> the status events were derived from
-        # uid -> the pod's status when this agent first saw it: what happened before it.
-        self._status_at_start: dict[str, Obj] = {}
-        self._seen_probes: dict[str, set[str]] = {}
-        self._seen_holds: dict[str, Hold] = {}  # uid -> the hold its events told
+        images.listen(lambda note: self.events.record([pull_event(note)]))
+        self.pod_events = PodEvents(
+            self.events,
+            worker_for=manager.worker_for,
+            probes=probes,
+            static_pods=lambda: [p for p, _ in (self._static_pods() or {}).values()],
+        )
         self.refs = PodReferences(
             client,
             state_dir=state_dir,
             on_change=self._pods_changed,
             active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
         )
-        manager.env_source = self.refs.container_env
+        manager.set_env_source(self.refs.container_env)
         self.mirrors = MirrorPods(
             client,
             node_name=node_name,
@@ -179,7 +177,7 @@ class ClusterLink:
         self._deleting_grace: dict[PodUID, int] = {}  # uid -> the grace period it stops with
         self._final: dict[str, Obj] = {}  # uid -> terminal status of a deleted pod
         self._runtime_synced = runtime_synced
-        manager.sources_ready = False  # no orphan removal before the first list
+        manager.set_sources_ready(False)  # no orphan removal before the first list
 
     def loops(self) -> dict[str, Loop]:
         return {
@@ -193,7 +191,7 @@ class ClusterLink:
             "pod-status": self.status.run,
             "mirror-pods": self.mirrors.run,
             "pod-references": self.refs.run,
-            "pod-events": self._derive_events,
+            "pod-events": self.pod_events.run,
             "event-sender": self.events.run,
         }
 
@@ -233,13 +231,9 @@ class ClusterLink:
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
         self.own_node.keep(set(self.api.objects))
         self._warn_future_fields()
-        self._record_rejection_events()
+        self.pod_events.pods_read(self.api)
         self.refs.keep(set(self.api.objects))
-        for uid, obj in self.api.objects.items():
-            self._status_at_start.setdefault(uid, obj.get("status") or {})
-        for gone in set(self._status_at_start) - set(self.api.objects):
-            del self._status_at_start[gone]
-        self.manager.held = set(self.api.hold)
+        self.manager.set_held(set(self.api.hold))
         for uid, deletion in shortened(self._deleting_grace, self.api.delete).items():
             log.info("pod_deletion_shortened", pod=deletion.pod.key, grace_s=deletion.grace_s)
             self._deleting_grace[uid] = deletion.grace_s
@@ -293,7 +287,7 @@ class ClusterLink:
             services=self.services,
             errors=self._service_errors,
         )
-        self.manager.sources_ready = synced
+        self.manager.set_sources_ready(synced)
         self._on_desired(desired)
 
     def _running(self, uid: PodUID) -> bool:
@@ -301,7 +295,7 @@ class ClusterLink:
         before any worker): either way it was admitted once, and is never judged again."""
         if self.manager.worker_for(uid) is not None:
             return True
-        found = self.manager.ctx.cache.get(uid)
+        found = self._cache.get(uid)
         return found.ready_sandbox() is not None or bool(found.running())
 
     def _node_view(self) -> admission.NodeView:
@@ -378,7 +372,7 @@ class ClusterLink:
         backoff = Backoff()
         for _ in range(FINAL_STATUS_ATTEMPTS):
             try:
-                await self.status.write_now(_wanted(obj, final))
+                await self.status.write_now(wanted(obj, final))
                 log.info("pod_final_status", pod=pod.key, uid=pod.uid, phase=final["phase"])
                 return
             except ApiFailure as exc:
@@ -399,121 +393,20 @@ class ClusterLink:
     def _mirror_objects(self) -> dict[str, Obj]:
         return {key: obj for key, obj in self.pods.objects.items() if is_mirror(obj)}
 
-    # -- events -----------------------------------------------------------------------------
-
-    async def _derive_events(self) -> None:
-        while True:
-            await asyncio.sleep(EVENT_POLL_S)
-            self.record_events()
-
-    def record_events(self) -> None:
-        """Events for what changed in the pods' statuses since the last look."""
-        pods: dict[str, tuple[PodRef, PodWorker, Obj | None]] = {}
-        for uid, obj in self.api.objects.items():
-            worker = self.manager.worker_for(uid)
-            if worker is not None:
-                meta = obj.get("metadata") or {}
-                ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
-                pods[uid] = (ref, worker, self._status_at_start.get(uid))
-        for pod, _ in (self._static_pods() or {}).values():
-            worker = self.manager.worker_for(pod.uid)
-            if worker is not None:
-                pods[pod.uid] = (PodRef(pod.namespace, pod.name, pod.uid), worker, None)
-        for key, (ref, worker, observed) in pods.items():
-            status = worker.status
-            if status is None:
-                continue
-            # First look: what the API showed before this agent wrote (a restart adopts pods
-            # whose containers were Created and Started long ago).
-            before = self._seen_status.get(key, observed)
-            images = {c.name: c.image for c in worker.pod.all_containers()}
-            events = pod_events(ref, before, status, images=images)
-            if worker.state is WorkerState.SYNCING:
-                probes = self.manager.ctx.prober.report(worker.pod, id_prefix="")
-                events += probe_events(ref, probes, self._seen_probes.setdefault(key, set()))
-            self._seen_status[key] = status
-            self.events.record(events)
-        for gone in set(self._seen_status) - set(pods):
-            del self._seen_status[gone]
-            self._seen_probes.pop(gone, None)
-        held = self._record_hold_events()
-        self.events.forget(set(pods) | held)
-
-    def _record_hold_events(self) -> set[str]:
-        """Events for pods waiting on a missing ConfigMap, Secret or token, once per distinct
-        problem (the pod's preparation retries with backoff meanwhile); the uids held."""
-        holds = {uid: h for uid, h in self.api.hold.items() if h.error}
-        for uid, hold in holds.items():
-            obj = self.api.objects.get(uid)
-            if obj is None or self._seen_holds.get(uid) == hold:
-                continue
-            self._seen_holds[uid] = hold
-            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
-            containers = [
-                (str(c.get("name")), group == "initContainers")
-                for group in ("initContainers", "containers")
-                for c in spec.get(group) or []
-            ]
-            self.events.record(
-                hold_events(ref, containers, reason=hold.reason, message=hold.message)
-            )
-        self._seen_holds = {u: h for u, h in self._seen_holds.items() if u in holds}
-        return set(holds)
-
-    def _record_rejection_events(self) -> None:
-        """A pod refused here (a field it needs that this node lacks, admission) gets one
-        Warning event with the reason and message its status shows, as rejectPod records.
-        Told when refused: once its status says Failed, the pod is no longer sorted at all."""
-        for uid, rejection in self.api.reject.items():
-            obj = self.api.objects.get(uid)
-            if obj is None or uid in self._rejection_events:
-                continue
-            self._rejection_events.add(uid)
-            meta = obj.get("metadata") or {}
-            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
-            self.events.record([Event(ref, "", "Warning", rejection.reason, rejection.message)])
-        self._rejection_events &= set(self.api.objects)
-
     # -- outputs ----------------------------------------------------------------------------
 
     def _wanted(self) -> dict[str, Wanted]:
-        wanted: dict[str, Wanted] = {}
-        for uid, obj in self.api.objects.items():
-            meta = obj.get("metadata") or {}
-            rejection = self.api.reject.get(uid)
-            hold = self.api.hold.get(uid)
-            if rejection is not None:
-                status: Obj = {
-                    "phase": "Failed",
-                    "reason": rejection.reason,
-                    "message": rejection.message,
-                }
-            elif hold is not None:
-                if not hold.error or (obj.get("status") or {}).get("phase") != "Pending":
-                    continue  # nothing to say yet, or a pod that ran before an agent restart
-                status = _held_status(obj, hold)
-            elif uid in self._final:
-                status = self._final[uid]
-            else:
-                worker = self.manager.worker_for(uid)
-                if worker is None or worker.status is None:
-                    continue
-                status = worker.status
-            wanted[uid] = _wanted(obj, status)
-        static = self._static_pods() or {}
-        for key, obj in self._mirror_objects().items():
-            meta = obj.get("metadata") or {}
-            entry = static.get(key)
-            if (
-                entry is None
-                or (meta.get("annotations") or {}).get(MIRROR_ANNOTATION) != entry[0].uid
-            ):
-                continue
-            worker = self.manager.worker_for(entry[0].uid)
-            if worker is not None and worker.status is not None:
-                wanted[str(meta.get("uid"))] = _wanted(obj, worker.status)
-        return wanted
+        return wanted_statuses(
+            self.api,
+            final=self._final,
+            status_of=self._worker_status,
+            static=self._static_pods() or {},
+            mirrors=self._mirror_objects(),
+        )
+
+    def _worker_status(self, uid: PodUID) -> Obj | None:
+        worker = self.manager.worker_for(uid)
+        return worker.status if worker is not None else None
 
     def report(self) -> dict[str, Any]:
         """For the status endpoint: how the link to the control plane is doing."""
@@ -545,41 +438,3 @@ class ClusterLink:
         """Per collection, the watches opened again after the first (metrics, status)."""
         reflectors = (self.pods, self.service_objects, self.slice_objects)
         return {r.collection.path: max(0, r.watches - 1) for r in reflectors}
-
-
-def _wanted(obj: Obj, status: Obj) -> Wanted:
-    meta = obj.get("metadata") or {}
-    return Wanted(
-        namespace=str(meta.get("namespace") or "default"),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
-        status=status,
-        observed=obj,
-    )
-
-
-def _held_status(obj: Obj, hold: Hold) -> Obj:
-    """A pod waiting for its references: Pending, every container waiting with the reason."""
-    spec = obj.get("spec") or {}
-    waiting = {"reason": hold.reason, "message": hold.message}
-
-    def statuses(group: str) -> list[Obj]:
-        return [
-            {
-                "name": c.get("name"),
-                "image": c.get("image"),
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {"waiting": waiting},
-            }
-            for c in spec.get(group) or []
-        ]
-
-    status: Obj = {"phase": "Pending", "containerStatuses": statuses("containers")}
-    # The API's conditions as they are: a two-way patch would delete the ones left out.
-    status["conditions"] = (obj.get("status") or {}).get("conditions") or []
-    if spec.get("initContainers"):
-        status["initContainerStatuses"] = statuses("initContainers")
-    return status
