@@ -23,6 +23,7 @@ What a kubelet (and kube-proxy's watch) does against the API server, one role pe
     podevents.py    which pods' statuses to compare, and when: the events of this node's pods
     eventsender.py  Events sent to the API, aggregated and rate-limited
     services.py     (pure) Services and EndpointSlices -> the proxy's endpoints
+    deletion.py     pods deleted through the API: terminate, final status, DELETE
     cluster.py      the wiring: one ``ClusterLink`` the daemon builds and supervises; it
                     reads the API's pods and deletes them, and hands the pod manager and the
                     image manager what they need through their methods

@@ -22,18 +22,18 @@ again (a GET: the watch may lag a label added just before the pod), then is judg
 as upstream's predicate admit handler does. A pod the runtime already runs when the agent
 starts (an agent restart) counts as admitted and is never judged again.
 
-Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
-desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; a later,
-shorter period (a second DELETE) shortens the termination under way; when the
-worker has stopped everything, its final status (phase Succeeded or Failed, containers
-terminated with their exit codes) is written, then the pod is deleted for good with
-``gracePeriodSeconds: 0`` and a uid precondition (never a namesake created meanwhile).
+Its parts, by role: deletions (``deletion.py``: terminate, final status, DELETE), the
+statuses the writer is told (``podstatuses.py``), the pods' Events (``podevents.py``, sent
+by ``eventsender.py``), node registration and the Lease (``node.py``), mirror pods and the
+pods' references. The pod manager and the image manager are handed what the link provides
+through their methods (``set_env_source``, ``set_sources_ready``, ``set_held``, ``listen``);
+the API's Services reach the proxy in the desired state, their EndpointSlices' endpoints
+through ``endpoints``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ from typing import Any
 import structlog
 
 from nodeagent.apiserver import admission
-from nodeagent.apiserver.client import ApiClient, ApiFailure
-from nodeagent.apiserver.events import PodRef, killing_events, pull_event
+from nodeagent.apiserver.client import ApiClient
+from nodeagent.apiserver.deletion import PodDeletions
+from nodeagent.apiserver.events import pull_event
 from nodeagent.apiserver.eventsender import EventRecorder
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
@@ -51,7 +52,6 @@ from nodeagent.apiserver.podevents import PodEvents
 from nodeagent.apiserver.podrefs import PodReferences
 from nodeagent.apiserver.pods import (
     ApiPods,
-    Deletion,
     Hold,
     ParseCache,
     Rejection,
@@ -59,12 +59,10 @@ from nodeagent.apiserver.pods import (
     is_mirror,
     merge,
     read_pods,
-    shortened,
     static_pod,
-    terminal_status,
 )
-from nodeagent.apiserver.podstatuses import wanted, wanted_statuses
-from nodeagent.apiserver.reflector import NODE_PROXIER, Backoff, Collection, Reflector
+from nodeagent.apiserver.podstatuses import wanted_statuses
+from nodeagent.apiserver.reflector import NODE_PROXIER, Collection, Reflector
 from nodeagent.apiserver.services import Endpoints, read_services, slice_endpoints
 from nodeagent.apiserver.statuswriter import PodStatusWriter, Wanted
 from nodeagent.kubelet import nodestatus
@@ -73,7 +71,6 @@ from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodestatus import NodeFacts
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.podstatus import rfc3339
-from nodeagent.kubelet.worker import PodWorker
 from nodeagent.model.pod import Pod, PodUID
 from nodeagent.model.service import Service
 from nodeagent.sources.file import DesiredState, SourceError
@@ -84,7 +81,6 @@ Obj = dict[str, Any]
 Loop = Callable[[], Awaitable[None]]
 
 NO_PODS = ApiPods(run={}, delete={}, reject={}, objects={})
-FINAL_STATUS_ATTEMPTS = 5
 
 
 class ClusterLink:
@@ -173,9 +169,9 @@ class ClusterLink:
             node_uid=lambda: self.registration.uid,
             ready=lambda: self.registration.registered.is_set() and self.pods.synced.is_set(),
         )
-        self._deleting: dict[PodUID, asyncio.Task[None]] = {}
-        self._deleting_grace: dict[PodUID, int] = {}  # uid -> the grace period it stops with
-        self._final: dict[str, Obj] = {}  # uid -> terminal status of a deleted pod
+        self.deletions = PodDeletions(
+            client, manager=manager, status=self.status, events=self.events
+        )
         self._runtime_synced = runtime_synced
         manager.set_sources_ready(False)  # no orphan removal before the first list
 
@@ -200,10 +196,8 @@ class ClusterLink:
         await self.pods.run()
 
     async def close(self) -> None:
-        for task in self._deleting.values():
-            task.cancel()
+        await self.deletions.close()
         await self.own_node.close()
-        await asyncio.gather(*self._deleting.values(), return_exceptions=True)
         await self.refs.close()
         await self.client.close()
 
@@ -234,18 +228,7 @@ class ClusterLink:
         self.pod_events.pods_read(self.api)
         self.refs.keep(set(self.api.objects))
         self.manager.set_held(set(self.api.hold))
-        for uid, deletion in shortened(self._deleting_grace, self.api.delete).items():
-            log.info("pod_deletion_shortened", pod=deletion.pod.key, grace_s=deletion.grace_s)
-            self._deleting_grace[uid] = deletion.grace_s
-            self.manager.terminate(deletion.pod, deletion.grace_s)
-        for uid, deletion in self.api.delete.items():
-            if uid not in self._deleting:
-                self._start_deletion(deletion)
-        for uid in [u for u, t in self._deleting.items() if t.done()]:
-            if uid not in self.api.objects:
-                del self._deleting[uid]
-                self._deleting_grace.pop(uid, None)
-        self._final = {u: s for u, s in self._final.items() if u in self.api.objects}
+        self.deletions.follow(self.api)
         self._publish()
         self.status.wake()
         self.mirrors.wake()
@@ -317,68 +300,9 @@ class ClusterLink:
             log.warning("pod_rejected", pod=pod.key, reason=refusal.reason, message=refusal.message)
         return refusal
 
-    # -- deletion ---------------------------------------------------------------------------
-
-    def _start_deletion(self, deletion: Deletion) -> None:
-        pod = deletion.pod
-        log.info("pod_deleting", pod=pod.key, uid=pod.uid, grace_s=deletion.grace_s)
-        self._deleting_grace[pod.uid] = deletion.grace_s
-        ran = self.manager.worker_for(pod.uid) is not None
-        worker = self.manager.terminate(pod, deletion.grace_s)
-        if ran:
-            names = [c.name for c in pod.spec.containers]
-            self.events.record(killing_events(PodRef(pod.namespace, pod.name, pod.uid), names))
-        task = asyncio.create_task(
-            self._finish_deletion(deletion, worker, ran=ran), name=f"delete:{pod.key}"
-        )
-        self._deleting[pod.uid] = task
-
-    async def _finish_deletion(self, deletion: Deletion, worker: PodWorker, *, ran: bool) -> None:
-        pod = deletion.pod
-        await worker.wait_terminated()
-        if ran:
-            await self._write_terminal_status(pod, worker)
-        backoff = Backoff()
-        while True:
-            try:
-                await self.client.delete_pod_now(pod.namespace, pod.name, pod.uid)
-                log.info("pod_deleted", pod=pod.key, uid=pod.uid)
-                return
-            except ApiFailure as exc:
-                if exc.not_found or exc.conflict:
-                    return  # gone already, or the name belongs to another pod now
-                if not exc.retryable:
-                    log.error("pod_delete_refused", pod=pod.key, error=str(exc))
-                    return
-                delay = backoff.next_delay()
-                log.warning("pod_delete_failed", pod=pod.key, error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-
     def record_final(self, uid: PodUID, status: Obj) -> None:
-        """A pod this node ended on its own (evicted): that status reaches the API at once, and
-        no later pass writes the worker's older one over it."""
-        self._final[uid] = status
-        self.status.wake()
-
-    async def _write_terminal_status(self, pod: Pod, worker: PodWorker) -> None:
-        """The final phase (Succeeded or Failed, containers terminated) before the DELETE, as
-        the kubelet writes it, so controllers (Jobs, say) see how the pod ended. Best effort:
-        an API that keeps refusing it does not hold the deletion back for ever."""
-        obj = self.api.objects.get(pod.uid)
-        if obj is None or worker.status is None:
-            return  # never ran here: nothing to report
-        final = terminal_status(worker.status, now=rfc3339(time.time()))
-        self._final[pod.uid] = final  # the periodic pass must not write an older status
-        backoff = Backoff()
-        for _ in range(FINAL_STATUS_ATTEMPTS):
-            try:
-                await self.status.write_now(wanted(obj, final))
-                log.info("pod_final_status", pod=pod.key, uid=pod.uid, phase=final["phase"])
-                return
-            except ApiFailure as exc:
-                delay = backoff.next_delay()
-                log.warning("pod_final_status_failed", pod=pod.key, error=str(exc))
-                await asyncio.sleep(delay)
+        """A pod this node ended on its own (evicted): see ``PodDeletions.record_final``."""
+        self.deletions.record_final(uid, status)
 
     # -- static pods and their mirrors ------------------------------------------------------
 
@@ -398,7 +322,7 @@ class ClusterLink:
     def _wanted(self) -> dict[str, Wanted]:
         return wanted_statuses(
             self.api,
-            final=self._final,
+            final=self.deletions.final,
             status_of=self._worker_status,
             static=self._static_pods() or {},
             mirrors=self._mirror_objects(),
