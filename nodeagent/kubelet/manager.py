@@ -1,6 +1,8 @@
 """The pod manager: desired pods in, one worker per pod incarnation out.
 
-It owns the map ``namespace/name -> PodWorker`` and nothing else. A new uid under the same
+It owns the map ``namespace/name -> PodWorker``, and keeps what the pod sources tell it
+through its ``set_*`` methods: the pods they hold back, whether they have all listed once,
+and where containers' env is read again. A new uid under the same
 name (a static pod's edited manifest, an API pod deleted and created again) replaces the
 pod: the old worker terminates first, and only then does the new one start, so two
 incarnations of a pod never run side by side. A changed spec under the same uid (the
