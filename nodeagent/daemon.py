@@ -1,4 +1,4 @@
-"""Daemon wiring: build the components, connect them, supervise their tasks. No policy here.
+"""Daemon wiring: build the components, connect them, run their loops.
 
 Data flows one way::
 
@@ -8,16 +8,22 @@ Data flows one way::
         +--Services--> ServiceProxy <--pod statuses-- PodManager
                             +--> iptables (nat, filter), conntrack
 
+Policy lives in the parts; ``Node`` holds them and passes each what it reads. The parts it
+connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``),
+the proxy's inputs and when they are known (``proxy/nodeinputs.py``), the status snapshot
+(``server/snapshot.py``), the runtime, node IP, DNS and loop supervision (``startup.py``),
+and in cluster mode the link to the API (``apiserver/cluster.py``).
+
 The pod network (network/podnet.py) decides when pods may get addresses: at once with
 ``--pod-cidr`` or standalone, and in cluster mode once the Node's ``spec.podCIDR`` arrives;
 then the runtime must say NetworkReady too (CRI ``Status``, asked every few seconds, at once
 after a new CNI config). The workers ask both before each pod-network sandbox and are woken
 when they turn ready.
 
-Every long-lived task runs under ``_supervised``: an unexpected exit is logged and the task
-restarted after a short delay, so one broken loop never silently stops the node. Shutdown
-(SIGTERM/SIGINT) detaches the pod workers without touching any pod, as the kubelet does: the
-next start adopts them.
+Every long-lived task runs under ``startup.supervised``: an unexpected exit is logged and the
+task restarted after a short delay, so one broken loop never silently stops the node.
+Shutdown (SIGTERM/SIGINT) detaches the pod workers without touching any pod, as the kubelet
+does: the next start adopts them.
 """
 
 from __future__ import annotations
@@ -28,34 +34,32 @@ import dataclasses
 import functools
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from nodeagent import metrics
-from nodeagent.apiserver.events import node_event
+from nodeagent import metrics, startup
 from nodeagent.config import DEFAULT_POD_CIDR, Config
-from nodeagent.events import EventRing, PodEventFeed, record_api_event
+from nodeagent.events import EventRing, PodEventFeed, node_event_recorder, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
-from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.kubelet.envvars import ServiceView
+from nodeagent.kubelet.evicted import EvictedPods
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
-from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker, Transition
+from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
 from nodeagent.kubelet.pleg import RuntimeCache
-from nodeagent.kubelet.podstatus import qos_class, rfc3339
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
-from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, PodWorker, WorkerState
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
-from nodeagent.network import nodeip, podnet, sysctl
-from nodeagent.proxy.proxier import ProxyInputs, ProxySettings, ServiceProxy, connect_host
+from nodeagent.network import podnet, sysctl
+from nodeagent.proxy.nodeinputs import NodeInputs
+from nodeagent.proxy.proxier import ProxySettings, ServiceProxy, connect_host
 from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus
 from nodeagent.sdnotify import Notifier, Watchdog
-from nodeagent.server import podspec, usage
+from nodeagent.server import snapshot, usage
 from nodeagent.server.status import StatusServer, StatusServerError
 from nodeagent.sources.file import DesiredState, FileSource
 
@@ -71,34 +75,6 @@ RUNTIME_STATUS_S = 5.0  # how often the runtime's Status is asked (the kubelet's
 RUNTIME_STATUS_NOT_READY_S = 1.0  # and while its network is not ready
 ORPHAN_SWEEP_INTERVAL_S = 10.0
 READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see notify_ready)
-# The node part of the local status (conditions, usage: it reads every process of the machine
-# and every interface) is sampled at most this often: a client polling the status socket
-# must not cost the agent a core.
-NODE_STATUS_TTL_S = 1.0
-
-
-def build_runtime(config: Config) -> Runtime:
-    if config.runtime == "cri":
-        from nodeagent.runtime.cri import CRIRuntime
-
-        return CRIRuntime(config.runtime_endpoint, timeout_s=config.runtime_timeout_s)
-    if config.runtime == "docker":
-        from nodeagent.network.cniexec import CACHE_DIRNAME, CNIExec
-        from nodeagent.runtime.docker import DockerRuntime
-
-        # Docker runs no CNI: the agent attaches each sandbox to the same conflist itself.
-        network = CNIExec(
-            conf_dir=config.cni_conf_dir,
-            bin_dirs=(config.cni_bin_dir,),
-            cache_dir=config.state_dir / CACHE_DIRNAME,
-        )
-        return DockerRuntime(
-            config.runtime_endpoint,
-            network=network,
-            pause_image=config.pause_image,
-            timeout_s=config.runtime_timeout_s,
-        )
-    raise SystemExit(f"runtime {config.runtime!r} is not available in this version of nodeagent")
 
 
 class Node:
@@ -132,7 +108,7 @@ class Node:
             cache=self.cache,
             images=ImageManager(runtime),
             prober=ProbeManager(runtime),
-            dns=_dns_settings(config),
+            dns=startup.dns_settings(config),
             privilege=PrivilegePolicy(
                 allow_privileged=config.allow_privileged,
                 protected_paths=(str(config.state_dir), str(config.status_socket)),
@@ -142,28 +118,33 @@ class Node:
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
-        self.evicted: dict[PodUID, dict[str, Any]] = {}  # uid -> the pod's final entry
-        self._reporting: set[asyncio.Task[None]] = set()  # evictions whose kill is awaited
+        self.evicted = EvictedPods(
+            self.manager, on_evicted=self._evicted, on_final=self._record_final
+        )
         self.eviction = eviction.EvictionMonitor(
             config.eviction_hard,
             read=nodestatus.memory_reading,
-            pods=self._eviction_candidates,
-            evict=self._evict,
+            pods=lambda: self.evicted.candidates(self.desired.pods.values()),
+            evict=self.evicted.evict,
             interval_s=config.eviction_interval_s,
         )
         self._desired_loaded = config.manifests is None and client is None
-        self._node_sample: tuple[float, dict[str, Any]] | None = None  # (monotonic, status)
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         if self.cluster is None:  # env from the directory's ConfigMaps, at each creation
-            self.manager.env_source = self.static_refs.container_env
+            self.manager.set_env_source(self.static_refs.container_env)
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
         if self.cluster is not None:
             self.cluster.events.sink = lambda event: record_api_event(self.events, event)
         else:
-            self.ctx.images.listeners.append(self.event_feed.on_pull)
+            self.ctx.images.listen(self.event_feed.on_pull)
         self.conditions = NodeConditionTracker(
-            self._sample_conditions, on_transition=self._condition_changed
+            self._sample_conditions,
+            on_transition=node_event_recorder(
+                self.events,
+                config.node_name,
+                send=self.cluster.events.record if self.cluster is not None else None,
+            ),
         )
         self.desired_applied = asyncio.Event()  # the first desired state reached the manager
         self.routes: NodeRoutes | None = None
@@ -187,9 +168,16 @@ class Node:
                 nodeport_addresses=config.nodeport_addresses,
                 node_ip=config.node_ip,
             ),
-            inputs=self._proxy_inputs,
+            inputs=NodeInputs(
+                ready=self._proxy_ready,
+                services=lambda: self.desired.services,
+                pods=self.manager.snapshot,
+                specs=lambda: self.desired.pods,
+                endpoints=lambda: self.cluster.endpoints if self.cluster is not None else {},
+            ),
             connect=functools.partial(connect_host, config.proxy_mode),
         )
+        self.snapshot = self._snapshot()  # what the status socket serves
         self.manager.on_serving_change = self._serving_changed
         # Standalone pods use the flag's range or the default; a cluster's, the Node's.
         static_cidr = config.pod_cidr or (None if client is not None else DEFAULT_POD_CIDR)
@@ -228,6 +216,9 @@ class Node:
             with_files=self.config.manifests is not None,
             runtime_synced=self.cache.synced,
             state_dir=self.config.state_dir,
+            cache=self.cache,
+            images=self.ctx.images,
+            probes=functools.partial(self.ctx.prober.report, id_prefix=""),
         )
 
     def _pod_cidr_changed(self, pod_cidr: str) -> None:
@@ -290,7 +281,7 @@ class Node:
 
         def then(result: Resolution) -> None:
             if self.cluster is None:  # the cluster link keeps its own held set
-                self.manager.held = {h.pod.uid for h in result.held.values()}
+                self.manager.set_held({h.pod.uid for h in result.held.values()})
             pods = {**state.pods, **result.pods}
             deliver(dataclasses.replace(state, pods=pods, templates={}))
 
@@ -302,60 +293,23 @@ class Node:
         self.desired_applied.set()
         # An evicted pod stays evicted until its source drops it or changes it (a new uid).
         uids = {p.uid for p in state.pods.values()}
-        self.evicted = {u: e for u, e in self.evicted.items() if u in uids}
+        self.evicted.keep(uids)
         self.manager.update({k: p for k, p in state.pods.items() if p.uid not in self.evicted})
         self.proxy.wake()
 
-    def _eviction_candidates(self) -> list[eviction.Candidate]:
-        found = []
-        for pod in self.desired.pods.values():
-            worker = self.manager.worker_for(pod.uid)
-            if pod.uid in self.evicted or worker is None or worker.state is not WorkerState.SYNCING:
-                continue
-            found.append(eviction.candidate(pod, qos_class(pod)))
-        return found
-
-    def _evict(self, victim: eviction.Candidate, message: str) -> Awaitable[None]:
-        worker = self.manager.worker_for(victim.uid)
-        if worker is None:
-            return asyncio.sleep(0)
-        pod = worker.pod
-        now = rfc3339(time.time())
-        entry: dict[str, Any] = {
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
-            "status": eviction.evicted_status(worker.status, message, now=now),
-            "probes": [],
-            "worker": WorkerState.TERMINATED.value,
-        }
-        self.evicted[pod.uid] = entry
-        stopping = self.manager.terminate(pod, MIN_KILL_GRACE_S)  # a hard threshold: no grace
+    def _evicted(self) -> None:
         self.proxy.wake()
-        # The monitor stops waiting after a while; the final status is told all the same.
-        task = asyncio.create_task(self._report_evicted(stopping, entry, message))
-        self._reporting.add(task)
-        task.add_done_callback(self._reporting.discard)
-        return asyncio.shield(task)
 
-    async def _report_evicted(self, worker: PodWorker, entry: dict[str, Any], message: str) -> None:
-        """Once the evicted pod's containers have stopped: its final status (their exit codes,
-        Failed/Evicted) locally and, as the kubelet tells it, to the API."""
-        await worker.wait_terminated()
-        status = eviction.evicted_status(worker.status, message, now=rfc3339(time.time()))
-        entry["status"] = status
+    def _record_final(self, uid: PodUID, status: dict[str, Any]) -> None:
         if self.cluster is not None:
-            self.cluster.record_final(worker.pod.uid, status)
+            self.cluster.record_final(uid, status)
 
-    def _proxy_inputs(self) -> ProxyInputs | None:
+    def _proxy_ready(self) -> bool:
+        """The proxy must not sync an empty world: the desired state, the runtime and, in
+        cluster mode, the API's Services known."""
         if not (self._desired_loaded and self.cache.synced.is_set()):
-            return None  # not known yet: the proxy must not sync an empty world
-        if self.cluster is not None and not self.cluster.services_ready:
-            return None
-        return ProxyInputs(
-            services=self.desired.services,
-            pods=self.manager.snapshot(),
-            specs=self.desired.pods,
-            endpoints=self.cluster.endpoints if self.cluster is not None else {},
-        )
+            return False
+        return self.cluster is None or self.cluster.services_ready
 
     async def run_source(self) -> None:
         await self.cache.synced.wait()  # adopt what runs before deciding anything
@@ -402,59 +356,40 @@ class Node:
     def _sample_conditions(self) -> Sequence[Condition]:
         return nodestatus.conditions(self._node_facts())
 
-    def _condition_changed(self, change: Transition) -> None:
-        """The kubelet's event on its Node, by the road pod events take."""
-        if not change.reason:
-            return
-        event = node_event(self.config.node_name, change.reason)
-        if self.cluster is not None:
-            self.cluster.events.record([event])  # its sink puts it in the ring too
-        else:
-            record_api_event(self.events, event)
-
     def _node_status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if self._node_sample is not None and now - self._node_sample[0] < NODE_STATUS_TTL_S:
-            return self._node_sample[1]
         status = nodestatus.node_status(self._node_facts())
         status["conditions"] = self.conditions.observe(status["conditions"])
         status["eviction"] = self.eviction.report()
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
-        self._node_sample = (now, status)
         return status
 
-    def _with_backoff(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Add what describe shows: the containers in back-off (with the time their next try
-        is due) and a summary of the spec."""
-        now = time.time()
-        for pod in pods:
-            worker = self.manager.worker_for(PodUID(pod["metadata"]["uid"]))
-            until = worker.backoff_until if worker is not None else {}
-            due = {name: rfc3339(t) for name, t in sorted(until.items()) if t > now}
-            if due:
-                pod["backoffUntil"] = due
-            if worker is not None:
-                pod["spec"] = podspec.spec_summary(worker.pod)
-        return pods
+    def _snapshot(self) -> snapshot.Snapshot:
+        cluster = self.cluster
+        config = self.config
+        return snapshot.Snapshot(
+            snapshot.Parts(
+                agent=snapshot.Agent(
+                    pod_log_dir=str(config.pod_log_dir),
+                    mode="standalone" if cluster is None else "cluster",
+                    metrics_bind=config.metrics_bind,
+                ),
+                node=self._node_status,
+                pods=self._pods,
+                extras=self._pod_extras,
+                services=self.proxy.services,
+                proxy=self.proxy.status,
+                errors=lambda: [e.to_json() for e in self.desired.errors] + self.proxy.errors(),
+                events=self.events.to_json,
+                cluster=cluster.report if cluster is not None else None,
+                network=self._network if config.cluster_cidr is not None else None,
+            )
+        )
 
-    def snapshot(self) -> dict[str, Any]:
-        cluster = {} if self.cluster is None else {"cluster": self.cluster.report()}
-        return {
-            **cluster,
-            # Where this agent keeps things a client (nodeagent logs) reads directly.
-            "agent": {
-                "podLogDir": str(self.config.pod_log_dir),
-                "mode": "standalone" if self.cluster is None else "cluster",
-                "metricsBind": self.config.metrics_bind,
-            },
-            "node": self._node_status(),
-            "pods": self._with_backoff(self._pods()),
-            "services": self.proxy.services(),
-            "proxy": self.proxy.status(),
-            "errors": [e.to_json() for e in self.desired.errors] + self.proxy.errors(),
-            "events": self.events.to_json(),
-            **({"network": self._network()} if self.config.cluster_cidr is not None else {}),
-        }
+    def _pod_extras(self, uid: PodUID) -> snapshot.PodExtras | None:
+        worker = self.manager.worker_for(uid)
+        if worker is None:
+            return None
+        return snapshot.PodExtras(worker.pod, worker.backoff_until)
 
     def _network(self) -> dict[str, Any]:
         routes = self.routes.report() if self.routes is not None else {}
@@ -482,48 +417,9 @@ class Node:
         await asyncio.Event().wait()
 
     def _pods(self) -> list[dict[str, Any]]:
-        running = [p for p in self.manager.snapshot() if p["metadata"]["uid"] not in self.evicted]
-        pods = running + list(self.evicted.values()) + held_statuses(self.static_refs.held)
-        return sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
-
-
-async def _supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:
-    """Run a long-lived loop forever: log and restart it if it ever ends or fails."""
-    delay = 1.0
-    while True:
-        try:
-            await factory()
-            log.error("task_exited", task=name)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("task_crashed", task=name)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)
-
-
-def _dns_settings(config: Config, resolv_conf: str = "/etc/resolv.conf") -> DNSSettings:
-    """The node's DNS: the cluster's flags, and the node's own resolv.conf."""
-    try:
-        with open(resolv_conf, encoding="utf-8") as f:
-            servers, searches, options = parse_resolv_conf(f.read())
-    except OSError:
-        servers, searches, options = (), (), ()
-    return DNSSettings(
-        cluster_dns=config.cluster_dns,
-        cluster_domain=config.cluster_domain,
-        host_searches=searches,
-        host_servers=servers,
-        host_options=options,
-    )
-
-
-async def _node_ip(config: Config) -> str:
-    """``--node-ip``, else the address network/nodeip.py chooses (never a pod network's)."""
-    if config.node_ip:
-        return config.node_ip
-    excluded = [str(c) for c in (config.cluster_cidr, config.pod_cidr) if c is not None]
-    return await nodeip.find(excluded=excluded, hostname=config.node_name)
+        evicted = list(self.evicted.entries.values())
+        held = held_statuses(self.static_refs.held)
+        return snapshot.sorted_pods(self.manager.snapshot(), evicted, held)
 
 
 async def run(config: Config) -> int:
@@ -538,11 +434,11 @@ async def run(config: Config) -> int:
             return 2
     await asyncio.to_thread(config.state_dir.mkdir, parents=True, exist_ok=True)
     # The chosen address stands in for the flag from here on: every part reports the same one.
-    config = dataclasses.replace(config, node_ip=await _node_ip(config))
+    config = dataclasses.replace(config, node_ip=await startup.node_ip(config))
     notifier = Notifier()
     observed = metrics.Metrics()  # this agent's own registry, never the global one
     metrics.install(observed)
-    runtime: Runtime = metrics.InstrumentedRuntime(build_runtime(config), observed)
+    runtime: Runtime = metrics.InstrumentedRuntime(startup.build_runtime(config), observed)
     node = Node(config, runtime, client)
     if config.cluster_cidr is not None:
         node.sysctl_problems = sysctl.problems(await asyncio.to_thread(sysctl.prepare_node))
@@ -553,7 +449,14 @@ async def run(config: Config) -> int:
         log.error("status_socket_unavailable", path=str(config.status_socket), error=str(exc))
         await runtime.close()
         return 1
-    exporter = await _start_metrics(config, node, observed)
+    if node.cluster is not None:
+        cluster = node.cluster
+        probe = metrics.ClusterProbe(
+            watch_restarts=cluster.watch_restarts,
+            last_heartbeat=lambda: cluster.lease.last_renewed,
+        )
+        observed.watch_cluster(probe)
+    exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
     log.info(
         "agent_started",
         node=config.node_name,
@@ -581,7 +484,7 @@ async def run(config: Config) -> int:
         "sd-ready": lambda: node.notify_ready(notifier),
         "sd-watchdog": Watchdog(notifier).run,
     }
-    tasks = [asyncio.create_task(_supervised(n, f), name=n) for n, f in loops.items()]
+    tasks = [asyncio.create_task(startup.supervised(n, f), name=n) for n, f in loops.items()]
     try:
         await stop.wait()
     finally:
@@ -599,29 +502,3 @@ async def run(config: Config) -> int:
             await exporter.close()
         await runtime.close()
     return 0
-
-
-async def _start_metrics(
-    config: Config, node: Node, observed: metrics.Metrics
-) -> metrics.MetricsServer | None:
-    """Serve /metrics and /healthz unless --metrics-bind is empty. A taken port costs the
-    metrics (logged), not the node: pods matter more than their numbers."""
-    if node.cluster is not None:
-        cluster = node.cluster
-        observed.watch_cluster(
-            metrics.ClusterProbe(
-                watch_restarts=cluster.watch_restarts,
-                last_heartbeat=lambda: cluster.lease.last_renewed,
-            )
-        )
-    if not config.metrics_bind:
-        return None
-    exporter = metrics.MetricsServer(
-        config.metrics_bind, observed, healthy=lambda: node.cache.healthy
-    )
-    try:
-        await exporter.start()
-    except metrics.MetricsError as exc:
-        log.error("metrics_unavailable", error=str(exc))
-        return None
-    return exporter

@@ -35,11 +35,13 @@ from nodeagent.apiserver.events import Event as ApiEvent
 from nodeagent.apiserver.events import (
     PodRef,
     killing_events,
+    node_event,
     pod_events,
     probe_events,
     pull_event,
 )
 from nodeagent.kubelet.images import PullNote
+from nodeagent.kubelet.nodeconditions import Transition
 
 CAPACITY = 1000
 AGGREGATE_MAX = 10  # client-go's defaultAggregateMaxEvents
@@ -174,6 +176,25 @@ def record_api_event(ring: EventRing, event: ApiEvent) -> None:
         ref.namespace, ref.name, uid=ref.uid, kind=ref.kind, field_path=event.field_path
     )
     ring.record(obj, event.type, event.reason, event.message)
+
+
+def node_event_recorder(
+    ring: EventRing, node_name: str, *, send: Callable[[list[ApiEvent]], None] | None = None
+) -> Callable[[Transition], None]:
+    """What tells a node condition's transition: the kubelet's event on its Node, by the road
+    pod events take (``send``, the API's recorder in cluster mode, whose sink fills the ring
+    too; else straight into the ring)."""
+
+    def told(change: Transition) -> None:
+        if not change.reason:
+            return  # a first status that upstream does not announce
+        event = node_event(node_name, change.reason)
+        if send is not None:
+            send([event])
+        else:
+            record_api_event(ring, event)
+
+    return told
 
 
 class PodEventFeed:

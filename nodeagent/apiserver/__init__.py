@@ -17,10 +17,16 @@ What a kubelet (and kube-proxy's watch) does against the API server, one role pe
     node.py         Node registration and watch (podCIDR), node status, the Lease heartbeat
     statuspatch.py  (pure) a pod status patch: the kubelet's two-way strategic merge patch
     statuswriter.py pod status patches: only what changed, coalesced, retried
+    podstatuses.py  (pure) what the writer is told: per API pod (and mirror pod) its status
     mirror.py       mirror pods for static pods
-    events.py       Events from status changes, aggregated and rate-limited
+    events.py       (pure) Events from status changes; no client, so standalone agents use it
+    podevents.py    which pods' statuses to compare, and when: the events of this node's pods
+    eventsender.py  Events sent to the API, aggregated and rate-limited
     services.py     (pure) Services and EndpointSlices -> the proxy's endpoints
-    cluster.py      the wiring: one ``ClusterLink`` the daemon builds and supervises
+    deletion.py     pods deleted through the API: terminate, final status, DELETE
+    cluster.py      the wiring: one ``ClusterLink`` the daemon builds and supervises; it
+                    reads the API's pods and deletes them, and hands the pod manager and the
+                    image manager what they need through their methods
 
 Data still flows one way: the API's pods join the manifest directory's in one desired set
 for the pod manager, and its Services join theirs for the proxy; the pod workers' statuses

@@ -22,18 +22,18 @@ again (a GET: the watch may lag a label added just before the pod), then is judg
 as upstream's predicate admit handler does. A pod the runtime already runs when the agent
 starts (an agent restart) counts as admitted and is never judged again.
 
-Deletion (upstream "Termination of Pods"): a pod with a ``deletionTimestamp`` leaves the
-desired set and its worker terminates with the pod's ``deletionGracePeriodSeconds``; a later,
-shorter period (a second DELETE) shortens the termination under way; when the
-worker has stopped everything, its final status (phase Succeeded or Failed, containers
-terminated with their exit codes) is written, then the pod is deleted for good with
-``gracePeriodSeconds: 0`` and a uid precondition (never a namesake created meanwhile).
+Its parts, by role: deletions (``deletion.py``: terminate, final status, DELETE), the
+statuses the writer is told (``podstatuses.py``), the pods' Events (``podevents.py``, sent
+by ``eventsender.py``), node registration and the Lease (``node.py``), mirror pods and the
+pods' references. The pod manager and the image manager are handed what the link provides
+through their methods (``set_env_source``, ``set_sources_ready``, ``set_held``, ``listen``);
+the API's Services reach the proxy in the desired state, their EndpointSlices' endpoints
+through ``endpoints``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,25 +41,17 @@ from typing import Any
 import structlog
 
 from nodeagent.apiserver import admission
-from nodeagent.apiserver.client import ApiClient, ApiFailure
-from nodeagent.apiserver.events import (
-    Event,
-    EventRecorder,
-    PodRef,
-    hold_events,
-    killing_events,
-    pod_events,
-    probe_events,
-    pull_event,
-)
+from nodeagent.apiserver.client import ApiClient
+from nodeagent.apiserver.deletion import PodDeletions
+from nodeagent.apiserver.events import pull_event
+from nodeagent.apiserver.eventsender import EventRecorder
 from nodeagent.apiserver.mirror import MirrorPods
 from nodeagent.apiserver.node import LeaseHeartbeat, NodeRegistration, node_labels
 from nodeagent.apiserver.ownnode import OwnNode
+from nodeagent.apiserver.podevents import PodEvents
 from nodeagent.apiserver.podrefs import PodReferences
 from nodeagent.apiserver.pods import (
-    MIRROR_ANNOTATION,
     ApiPods,
-    Deletion,
     Hold,
     ParseCache,
     Rejection,
@@ -67,18 +59,18 @@ from nodeagent.apiserver.pods import (
     is_mirror,
     merge,
     read_pods,
-    shortened,
     static_pod,
-    terminal_status,
 )
-from nodeagent.apiserver.reflector import NODE_PROXIER, Backoff, Collection, Reflector
+from nodeagent.apiserver.podstatuses import wanted_statuses
+from nodeagent.apiserver.reflector import NODE_PROXIER, Collection, Reflector
 from nodeagent.apiserver.services import Endpoints, read_services, slice_endpoints
 from nodeagent.apiserver.statuswriter import PodStatusWriter, Wanted
 from nodeagent.kubelet import nodestatus
+from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodestatus import NodeFacts
+from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.podstatus import rfc3339
-from nodeagent.kubelet.worker import PodWorker, WorkerState
 from nodeagent.model.pod import Pod, PodUID
 from nodeagent.model.service import Service
 from nodeagent.sources.file import DesiredState, SourceError
@@ -89,8 +81,6 @@ Obj = dict[str, Any]
 Loop = Callable[[], Awaitable[None]]
 
 NO_PODS = ApiPods(run={}, delete={}, reject={}, objects={})
-EVENT_POLL_S = 0.5
-FINAL_STATUS_ATTEMPTS = 5
 
 
 class ClusterLink:
@@ -106,10 +96,14 @@ class ClusterLink:
         with_files: bool,
         runtime_synced: asyncio.Event,
         state_dir: Path,
+        cache: RuntimeCache,
+        images: ImageManager,
+        probes: Callable[[Pod], list[dict[str, Any]]],
     ) -> None:
         self.client = client
         self.node_name = node_name
         self.manager = manager
+        self._cache = cache  # what the runtime runs: a restarted agent's pods count as admitted
         self._facts = facts
         self._rejected: dict[PodUID, Rejection] = {}  # final: a rejected pod stays rejected
         self._warned_future: set[PodUID] = set()  # pods whose ignored fields were logged
@@ -136,7 +130,6 @@ class ClusterLink:
         self.runtime_class_objects = Reflector(
             client, Collection("/apis/node.k8s.io/v1/runtimeclasses"), on_change=self._pods_changed
         )
-        self._rejection_events: set[PodUID] = set()  # pods whose rejection was told
         self.services: dict[str, Service] = {}
         self.endpoints: dict[str, Endpoints] = {}
         self._service_errors: list[SourceError] = []
@@ -154,19 +147,20 @@ class ClusterLink:
         )
         self.status = PodStatusWriter(client, wanted=self._wanted)
         self.events = EventRecorder(client, node_name=node_name)
-        manager.ctx.images.listeners.append(lambda note: self.events.record([pull_event(note)]))
-        self._seen_status: dict[str, Obj] = {}  # uid -> the status events were derived from
-        # uid -> the pod's status when this agent first saw it: what happened before it.
-        self._status_at_start: dict[str, Obj] = {}
-        self._seen_probes: dict[str, set[str]] = {}
-        self._seen_holds: dict[str, Hold] = {}  # uid -> the hold its events told
+        images.listen(lambda note: self.events.record([pull_event(note)]))
+        self.pod_events = PodEvents(
+            self.events,
+            worker_for=manager.worker_for,
+            probes=probes,
+            static_pods=lambda: [p for p, _ in (self._static_pods() or {}).values()],
+        )
         self.refs = PodReferences(
             client,
             state_dir=state_dir,
             on_change=self._pods_changed,
             active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
         )
-        manager.env_source = self.refs.container_env
+        manager.set_env_source(self.refs.container_env)
         self.mirrors = MirrorPods(
             client,
             node_name=node_name,
@@ -175,11 +169,11 @@ class ClusterLink:
             node_uid=lambda: self.registration.uid,
             ready=lambda: self.registration.registered.is_set() and self.pods.synced.is_set(),
         )
-        self._deleting: dict[PodUID, asyncio.Task[None]] = {}
-        self._deleting_grace: dict[PodUID, int] = {}  # uid -> the grace period it stops with
-        self._final: dict[str, Obj] = {}  # uid -> terminal status of a deleted pod
+        self.deletions = PodDeletions(
+            client, manager=manager, status=self.status, events=self.events
+        )
         self._runtime_synced = runtime_synced
-        manager.sources_ready = False  # no orphan removal before the first list
+        manager.set_sources_ready(False)  # no orphan removal before the first list
 
     def loops(self) -> dict[str, Loop]:
         return {
@@ -193,7 +187,7 @@ class ClusterLink:
             "pod-status": self.status.run,
             "mirror-pods": self.mirrors.run,
             "pod-references": self.refs.run,
-            "pod-events": self._derive_events,
+            "pod-events": self.pod_events.run,
             "event-sender": self.events.run,
         }
 
@@ -202,10 +196,8 @@ class ClusterLink:
         await self.pods.run()
 
     async def close(self) -> None:
-        for task in self._deleting.values():
-            task.cancel()
+        await self.deletions.close()
         await self.own_node.close()
-        await asyncio.gather(*self._deleting.values(), return_exceptions=True)
         await self.refs.close()
         await self.client.close()
 
@@ -233,25 +225,10 @@ class ClusterLink:
         self._rejected = {u: r for u, r in self.api.reject.items() if u in self.api.objects}
         self.own_node.keep(set(self.api.objects))
         self._warn_future_fields()
-        self._record_rejection_events()
+        self.pod_events.pods_read(self.api)
         self.refs.keep(set(self.api.objects))
-        for uid, obj in self.api.objects.items():
-            self._status_at_start.setdefault(uid, obj.get("status") or {})
-        for gone in set(self._status_at_start) - set(self.api.objects):
-            del self._status_at_start[gone]
-        self.manager.held = set(self.api.hold)
-        for uid, deletion in shortened(self._deleting_grace, self.api.delete).items():
-            log.info("pod_deletion_shortened", pod=deletion.pod.key, grace_s=deletion.grace_s)
-            self._deleting_grace[uid] = deletion.grace_s
-            self.manager.terminate(deletion.pod, deletion.grace_s)
-        for uid, deletion in self.api.delete.items():
-            if uid not in self._deleting:
-                self._start_deletion(deletion)
-        for uid in [u for u, t in self._deleting.items() if t.done()]:
-            if uid not in self.api.objects:
-                del self._deleting[uid]
-                self._deleting_grace.pop(uid, None)
-        self._final = {u: s for u, s in self._final.items() if u in self.api.objects}
+        self.manager.set_held(set(self.api.hold))
+        self.deletions.follow(self.api)
         self._publish()
         self.status.wake()
         self.mirrors.wake()
@@ -293,7 +270,7 @@ class ClusterLink:
             services=self.services,
             errors=self._service_errors,
         )
-        self.manager.sources_ready = synced
+        self.manager.set_sources_ready(synced)
         self._on_desired(desired)
 
     def _running(self, uid: PodUID) -> bool:
@@ -301,7 +278,7 @@ class ClusterLink:
         before any worker): either way it was admitted once, and is never judged again."""
         if self.manager.worker_for(uid) is not None:
             return True
-        found = self.manager.ctx.cache.get(uid)
+        found = self._cache.get(uid)
         return found.ready_sandbox() is not None or bool(found.running())
 
     def _node_view(self) -> admission.NodeView:
@@ -323,68 +300,9 @@ class ClusterLink:
             log.warning("pod_rejected", pod=pod.key, reason=refusal.reason, message=refusal.message)
         return refusal
 
-    # -- deletion ---------------------------------------------------------------------------
-
-    def _start_deletion(self, deletion: Deletion) -> None:
-        pod = deletion.pod
-        log.info("pod_deleting", pod=pod.key, uid=pod.uid, grace_s=deletion.grace_s)
-        self._deleting_grace[pod.uid] = deletion.grace_s
-        ran = self.manager.worker_for(pod.uid) is not None
-        worker = self.manager.terminate(pod, deletion.grace_s)
-        if ran:
-            names = [c.name for c in pod.spec.containers]
-            self.events.record(killing_events(PodRef(pod.namespace, pod.name, pod.uid), names))
-        task = asyncio.create_task(
-            self._finish_deletion(deletion, worker, ran=ran), name=f"delete:{pod.key}"
-        )
-        self._deleting[pod.uid] = task
-
-    async def _finish_deletion(self, deletion: Deletion, worker: PodWorker, *, ran: bool) -> None:
-        pod = deletion.pod
-        await worker.wait_terminated()
-        if ran:
-            await self._write_terminal_status(pod, worker)
-        backoff = Backoff()
-        while True:
-            try:
-                await self.client.delete_pod_now(pod.namespace, pod.name, pod.uid)
-                log.info("pod_deleted", pod=pod.key, uid=pod.uid)
-                return
-            except ApiFailure as exc:
-                if exc.not_found or exc.conflict:
-                    return  # gone already, or the name belongs to another pod now
-                if not exc.retryable:
-                    log.error("pod_delete_refused", pod=pod.key, error=str(exc))
-                    return
-                delay = backoff.next_delay()
-                log.warning("pod_delete_failed", pod=pod.key, error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-
     def record_final(self, uid: PodUID, status: Obj) -> None:
-        """A pod this node ended on its own (evicted): that status reaches the API at once, and
-        no later pass writes the worker's older one over it."""
-        self._final[uid] = status
-        self.status.wake()
-
-    async def _write_terminal_status(self, pod: Pod, worker: PodWorker) -> None:
-        """The final phase (Succeeded or Failed, containers terminated) before the DELETE, as
-        the kubelet writes it, so controllers (Jobs, say) see how the pod ended. Best effort:
-        an API that keeps refusing it does not hold the deletion back for ever."""
-        obj = self.api.objects.get(pod.uid)
-        if obj is None or worker.status is None:
-            return  # never ran here: nothing to report
-        final = terminal_status(worker.status, now=rfc3339(time.time()))
-        self._final[pod.uid] = final  # the periodic pass must not write an older status
-        backoff = Backoff()
-        for _ in range(FINAL_STATUS_ATTEMPTS):
-            try:
-                await self.status.write_now(_wanted(obj, final))
-                log.info("pod_final_status", pod=pod.key, uid=pod.uid, phase=final["phase"])
-                return
-            except ApiFailure as exc:
-                delay = backoff.next_delay()
-                log.warning("pod_final_status_failed", pod=pod.key, error=str(exc))
-                await asyncio.sleep(delay)
+        """A pod this node ended on its own (evicted): see ``PodDeletions.record_final``."""
+        self.deletions.record_final(uid, status)
 
     # -- static pods and their mirrors ------------------------------------------------------
 
@@ -399,121 +317,20 @@ class ClusterLink:
     def _mirror_objects(self) -> dict[str, Obj]:
         return {key: obj for key, obj in self.pods.objects.items() if is_mirror(obj)}
 
-    # -- events -----------------------------------------------------------------------------
-
-    async def _derive_events(self) -> None:
-        while True:
-            await asyncio.sleep(EVENT_POLL_S)
-            self.record_events()
-
-    def record_events(self) -> None:
-        """Events for what changed in the pods' statuses since the last look."""
-        pods: dict[str, tuple[PodRef, PodWorker, Obj | None]] = {}
-        for uid, obj in self.api.objects.items():
-            worker = self.manager.worker_for(uid)
-            if worker is not None:
-                meta = obj.get("metadata") or {}
-                ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
-                pods[uid] = (ref, worker, self._status_at_start.get(uid))
-        for pod, _ in (self._static_pods() or {}).values():
-            worker = self.manager.worker_for(pod.uid)
-            if worker is not None:
-                pods[pod.uid] = (PodRef(pod.namespace, pod.name, pod.uid), worker, None)
-        for key, (ref, worker, observed) in pods.items():
-            status = worker.status
-            if status is None:
-                continue
-            # First look: what the API showed before this agent wrote (a restart adopts pods
-            # whose containers were Created and Started long ago).
-            before = self._seen_status.get(key, observed)
-            images = {c.name: c.image for c in worker.pod.all_containers()}
-            events = pod_events(ref, before, status, images=images)
-            if worker.state is WorkerState.SYNCING:
-                probes = self.manager.ctx.prober.report(worker.pod, id_prefix="")
-                events += probe_events(ref, probes, self._seen_probes.setdefault(key, set()))
-            self._seen_status[key] = status
-            self.events.record(events)
-        for gone in set(self._seen_status) - set(pods):
-            del self._seen_status[gone]
-            self._seen_probes.pop(gone, None)
-        held = self._record_hold_events()
-        self.events.forget(set(pods) | held)
-
-    def _record_hold_events(self) -> set[str]:
-        """Events for pods waiting on a missing ConfigMap, Secret or token, once per distinct
-        problem (the pod's preparation retries with backoff meanwhile); the uids held."""
-        holds = {uid: h for uid, h in self.api.hold.items() if h.error}
-        for uid, hold in holds.items():
-            obj = self.api.objects.get(uid)
-            if obj is None or self._seen_holds.get(uid) == hold:
-                continue
-            self._seen_holds[uid] = hold
-            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
-            containers = [
-                (str(c.get("name")), group == "initContainers")
-                for group in ("initContainers", "containers")
-                for c in spec.get(group) or []
-            ]
-            self.events.record(
-                hold_events(ref, containers, reason=hold.reason, message=hold.message)
-            )
-        self._seen_holds = {u: h for u, h in self._seen_holds.items() if u in holds}
-        return set(holds)
-
-    def _record_rejection_events(self) -> None:
-        """A pod refused here (a field it needs that this node lacks, admission) gets one
-        Warning event with the reason and message its status shows, as rejectPod records.
-        Told when refused: once its status says Failed, the pod is no longer sorted at all."""
-        for uid, rejection in self.api.reject.items():
-            obj = self.api.objects.get(uid)
-            if obj is None or uid in self._rejection_events:
-                continue
-            self._rejection_events.add(uid)
-            meta = obj.get("metadata") or {}
-            ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name")), uid)
-            self.events.record([Event(ref, "", "Warning", rejection.reason, rejection.message)])
-        self._rejection_events &= set(self.api.objects)
-
     # -- outputs ----------------------------------------------------------------------------
 
     def _wanted(self) -> dict[str, Wanted]:
-        wanted: dict[str, Wanted] = {}
-        for uid, obj in self.api.objects.items():
-            meta = obj.get("metadata") or {}
-            rejection = self.api.reject.get(uid)
-            hold = self.api.hold.get(uid)
-            if rejection is not None:
-                status: Obj = {
-                    "phase": "Failed",
-                    "reason": rejection.reason,
-                    "message": rejection.message,
-                }
-            elif hold is not None:
-                if not hold.error or (obj.get("status") or {}).get("phase") != "Pending":
-                    continue  # nothing to say yet, or a pod that ran before an agent restart
-                status = _held_status(obj, hold)
-            elif uid in self._final:
-                status = self._final[uid]
-            else:
-                worker = self.manager.worker_for(uid)
-                if worker is None or worker.status is None:
-                    continue
-                status = worker.status
-            wanted[uid] = _wanted(obj, status)
-        static = self._static_pods() or {}
-        for key, obj in self._mirror_objects().items():
-            meta = obj.get("metadata") or {}
-            entry = static.get(key)
-            if (
-                entry is None
-                or (meta.get("annotations") or {}).get(MIRROR_ANNOTATION) != entry[0].uid
-            ):
-                continue
-            worker = self.manager.worker_for(entry[0].uid)
-            if worker is not None and worker.status is not None:
-                wanted[str(meta.get("uid"))] = _wanted(obj, worker.status)
-        return wanted
+        return wanted_statuses(
+            self.api,
+            final=self.deletions.final,
+            status_of=self._worker_status,
+            static=self._static_pods() or {},
+            mirrors=self._mirror_objects(),
+        )
+
+    def _worker_status(self, uid: PodUID) -> Obj | None:
+        worker = self.manager.worker_for(uid)
+        return worker.status if worker is not None else None
 
     def report(self) -> dict[str, Any]:
         """For the status endpoint: how the link to the control plane is doing."""
@@ -545,41 +362,3 @@ class ClusterLink:
         """Per collection, the watches opened again after the first (metrics, status)."""
         reflectors = (self.pods, self.service_objects, self.slice_objects)
         return {r.collection.path: max(0, r.watches - 1) for r in reflectors}
-
-
-def _wanted(obj: Obj, status: Obj) -> Wanted:
-    meta = obj.get("metadata") or {}
-    return Wanted(
-        namespace=str(meta.get("namespace") or "default"),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
-        status=status,
-        observed=obj,
-    )
-
-
-def _held_status(obj: Obj, hold: Hold) -> Obj:
-    """A pod waiting for its references: Pending, every container waiting with the reason."""
-    spec = obj.get("spec") or {}
-    waiting = {"reason": hold.reason, "message": hold.message}
-
-    def statuses(group: str) -> list[Obj]:
-        return [
-            {
-                "name": c.get("name"),
-                "image": c.get("image"),
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {"waiting": waiting},
-            }
-            for c in spec.get(group) or []
-        ]
-
-    status: Obj = {"phase": "Pending", "containerStatuses": statuses("containers")}
-    # The API's conditions as they are: a two-way patch would delete the ones left out.
-    status["conditions"] = (obj.get("status") or {}).get("conditions") or []
-    if spec.get("initContainers"):
-        status["initContainerStatuses"] = statuses("initContainers")
-    return status

@@ -68,6 +68,10 @@ class ImageManager:
         self._pulls: dict[str, asyncio.Task[float]] = {}  # image -> pull, returns its seconds
         self.listeners: list[PullListener] = []
 
+    def listen(self, listener: PullListener) -> None:
+        """``listener`` is told every pull note from now on."""
+        self.listeners.append(listener)
+
     def retry_at(self, image: str) -> float | None:
         """When a backed-off image may be pulled again (wall clock), if it is backing off."""
         entry = self._backoffs.get(image)

@@ -1,6 +1,8 @@
 """The pod manager: desired pods in, one worker per pod incarnation out.
 
-It owns the map ``namespace/name -> PodWorker`` and nothing else. A new uid under the same
+It owns the map ``namespace/name -> PodWorker``, and keeps what the pod sources tell it
+through its ``set_*`` methods: the pods they hold back, whether they have all listed once,
+and where containers' env is read again. A new uid under the same
 name (a static pod's edited manifest, an API pod deleted and created again) replaces the
 pod: the old worker terminates first, and only then does the new one start, so two
 incarnations of a pod never run side by side. A changed spec under the same uid (the
@@ -39,14 +41,32 @@ class PodManager:
         self._tasks: set[asyncio.Task[None]] = set()
         # False until every pod source has listed once (upstream's "sources ready"): until
         # then a pod nothing claims may yet be claimed, so no orphan is removed.
-        self.sources_ready = True
+        self._sources_ready = True
         # Pods a source claims but does not hand over yet (waiting for their ConfigMaps,
         # say): whatever of them runs is not an orphan.
-        self.held: set[PodUID] = set()
+        self._held: set[PodUID] = set()
         # Called when a pod's IP, readiness or phase changes (the daemon wakes the proxy).
         self.on_serving_change: Callable[[], None] = _nothing
-        # Cluster mode: a container's env read again from the API at each creation.
-        self.env_source: EnvSource | None = None
+        # Where a container's env is read again at each creation (the API's or the manifest
+        # directory's ConfigMaps and Secrets); None: the spec's env as it is.
+        self._env_source: EnvSource | None = None
+
+    # -- what the sources tell it -----------------------------------------------------------
+
+    def set_env_source(self, source: EnvSource | None) -> None:
+        self._env_source = source
+
+    def set_sources_ready(self, ready: bool) -> None:
+        """False until every pod source has listed once: no orphan is removed before."""
+        self._sources_ready = ready
+
+    @property
+    def sources_ready(self) -> bool:
+        return self._sources_ready
+
+    def set_held(self, uids: set[PodUID]) -> None:
+        """The pods a source claims but does not hand over yet: not orphans."""
+        self._held = set(uids)
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -110,7 +130,7 @@ class PodManager:
     def _spawn(self, pod: Pod) -> None:
         worker = PodWorker(pod, self.ctx)
         worker.on_serving_change = self._serving_changed
-        worker.env_source = self.env_source
+        worker.env_source = self._env_source
         self._workers[pod.key] = worker
         self._keys[pod.uid] = pod.key
         worker.start()
@@ -150,10 +170,10 @@ class PodManager:
 
     def cleanup_orphans(self) -> None:
         """Tear down runtime pods that are neither desired nor owned by a worker."""
-        if not self.sources_ready:
+        if not self._sources_ready:
             return
         owned = {w.pod.uid for w in self._all_workers()} | {p.uid for p in self._desired.values()}
-        owned |= self.held
+        owned |= self._held
         for runtime_pod in self.ctx.cache.pods():
             if runtime_pod.uid in owned:
                 continue

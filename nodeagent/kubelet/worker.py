@@ -13,7 +13,8 @@ relister, a probe result, a spec update handed over by ``update``) or until the 
 backoff or activeDeadlineSeconds deadline. Every failure
 of one pod stays in that pod: it becomes a waiting reason in its status and a log event.
 How one container is created and started is in starter.py; how containers are stopped
-(preStop, grace periods, sidecars last) is in stopper.py.
+(preStop, grace periods, sidecars last) is in stopper.py; the containers' waiting reasons and
+back-off holds are kept in waits.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import structlog
 
 from nodeagent import metrics
-from nodeagent.kubelet import backoff, specs, starter, stopper, termination, volumes
+from nodeagent.kubelet import specs, starter, stopper, termination, volumes
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.handlers import Target, run_handler
 from nodeagent.kubelet.images import ImageError, Puller
@@ -38,6 +39,7 @@ from nodeagent.kubelet.podstatus import StatusInput, Waiting, compute_status
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.kubelet.starter import EnvSource as EnvSource
 from nodeagent.kubelet.stopper import MIN_KILL_GRACE_S as MIN_KILL_GRACE_S
+from nodeagent.kubelet.waits import SANDBOX, ContainerWaits
 from nodeagent.model.fields import FieldError
 from nodeagent.model.pod import Container, Pod
 from nodeagent.model.security import privilege_errors
@@ -66,9 +68,7 @@ class PodWorker:
         self._task: asyncio.Task[None] | None = None
         self._grace_override: int | None = None
         self._hurry: asyncio.Task[None] | None = None  # a stop sped up by a shorter grace
-        self._waiting: dict[str, Waiting] = {}
-        self._backoffs: dict[str, backoff.Backoff] = {}
-        self._hold: dict[str, float] = {}  # container -> wall time before which no retry
+        self._waits = ContainerWaits()  # reasons, back-offs and holds of its containers
         self._unhealthy: dict[str, str] = {}
         self._ready: dict[str, bool] = {}
         self._started: dict[str, bool] = {}
@@ -152,7 +152,7 @@ class PodWorker:
     @property
     def backoff_until(self) -> dict[str, float]:
         """Container -> wall time before which it is not retried (crash or pull back-off)."""
-        return dict(self._hold)
+        return dict(self._waits.hold)
 
     def set_probe_state(
         self, *, ready: dict[str, bool], started: dict[str, bool], unhealthy: dict[str, str]
@@ -214,8 +214,7 @@ class PodWorker:
             if runtime_pod.running():
                 await self._kill_everything(runtime_pod, grace_s=self._grace(), remove=False)
                 runtime_pod = await self._refresh()
-            for container in self.pod.all_containers():
-                self._waiting[container.name] = Waiting("Blocked", "")
+            self._waits.fail_all(self.pod, "Blocked", "")
             self._publish(runtime_pod)
             return time.time() + self.ctx.resync_s
         for _ in range(MAX_ROUNDS):
@@ -226,13 +225,13 @@ class PodWorker:
                     pod=self.pod,
                     runtime=runtime_pod,
                     now=time.time(),
-                    backoffs=self._backoffs,
+                    backoffs=self._waits.backoffs,
                     unhealthy=self._unhealthy,
                     started=self._started,
                     start_time=self._start_time(runtime_pod),
                 )
             )
-            self._note_backoff(actions)
+            self._waits.note_backoff(self.pod, actions, self.log)
             self._publish(runtime_pod)  # observable now, not only after slow work (pulls)
             if not await self._execute(actions, runtime_pod):
                 break
@@ -247,26 +246,12 @@ class PodWorker:
 
     def _next_deadline(self) -> float:
         now = time.time()
-        wake = [*self._hold.values(), self._soon]
+        wake = [*self._waits.hold.values(), self._soon]
         if self.pod.spec.active_deadline_seconds is not None:
             runtime_pod = self.ctx.cache.get(self.pod.uid)
             wake.append(self._start_time(runtime_pod) + self.pod.spec.active_deadline_seconds)
         pending = [t for t in wake if t > now]
         return min([now + self.ctx.resync_s, *pending])
-
-    def _note_backoff(self, actions: PodActions) -> None:
-        now = time.time()
-        for name, until in actions.backoff.items():
-            entry = self._backoffs.get(name)
-            delay = int(entry.delay_s) if entry else int(backoff.INITIAL_S)
-            message = (
-                f"back-off {delay}s restarting failed container={name} "
-                f"pod={self.pod.name}_{self.pod.namespace}({self.pod.uid})"
-            )
-            if self._waiting.get(name, Waiting("")).reason != "CrashLoopBackOff":
-                self.log.info("container_backoff", container=name, seconds=round(until - now, 1))
-            self._waiting[name] = Waiting("CrashLoopBackOff", message)
-            self._hold[name] = until
 
     async def _execute(self, actions: PodActions, runtime_pod: RuntimePod) -> bool:
         """Carry out the actions; False when nothing was (or could be) done."""
@@ -282,8 +267,8 @@ class PodWorker:
         sandbox = runtime_pod.ready_sandbox()
         starts = []
         for start in actions.start:
-            if self._held(start.container.name):
-                self._still_held(start.container)
+            if self._waits.held(start.container.name):
+                self._waits.still_held(start.container)
             else:
                 starts.append(start)
         if starts and sandbox is not None:
@@ -297,31 +282,22 @@ class PodWorker:
             await stopper.ignore_missing(self.ctx.runtime.remove_sandbox(old.id))
             acted = True
         if actions.finished:
-            self._waiting.clear()  # a finished pod shows how its containers ended
+            self._waits.waiting.clear()  # a finished pod shows how its containers ended
         if actions.finished and sandbox is not None:
             await self.ctx.runtime.stop_sandbox(sandbox.id)
             self.log.info("pod_completed")
             acted = True
         return acted
 
-    def _held(self, name: str) -> bool:
-        return self._hold.get(name, 0.0) > time.time()
-
-    def _still_held(self, container: Container) -> None:
-        """A failed pull, seen again while its backoff runs, is ImagePullBackOff."""
-        if self._waiting.get(container.name, Waiting("")).reason == "ErrImagePull":
-            message = f'Back-off pulling image "{container.image}"'
-            self._waiting[container.name] = Waiting("ImagePullBackOff", message)
-
     # -- actions ----------------------------------------------------------------------------
 
     async def _create_sandbox(self, attempt: int) -> bool:
-        if self._held(""):
+        if self._waits.held(SANDBOX):
             return False
         if not self.pod.spec.host_network and (problem := self.ctx.network_problem()):
             # The kubelet's NetworkNotReady: the pod waits (no backoff, no failure) and is
             # woken when the network is ready.
-            self._fail_all("ContainerCreating", f"network is not ready: {problem}")
+            self._waits.fail_all(self.pod, "ContainerCreating", f"network is not ready: {problem}")
             return False
         try:
             self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
@@ -331,35 +307,22 @@ class PodWorker:
             await asyncio.to_thread(os.makedirs, config.log_directory, 0o755, True)
             sandbox_id = await self.ctx.runtime.run_sandbox(config)
         except (volumes.VolumeError, RuntimeFailure, OSError, ValueError) as exc:
-            self._fail_all("ContainerCreating", f"failed to create pod sandbox: {exc}")
+            self._waits.fail_all(
+                self.pod, "ContainerCreating", f"failed to create pod sandbox: {exc}"
+            )
             self.log.warning("sandbox_create_failed", error=str(exc))
-            self._hold_with_backoff("")
+            self._waits.hold_with_backoff(SANDBOX)
             return False
         self.log.info("sandbox_created", sandbox=sandbox_id[:13], attempt=attempt)
-        for name, waiting in list(self._waiting.items()):
-            if waiting.reason == "ContainerCreating":
-                del self._waiting[name]
+        self._waits.sandbox_created()
         return True
-
-    def _fail_all(self, reason: str, message: str) -> None:
-        for container in self.pod.all_containers():
-            self._waiting[container.name] = Waiting(reason, message)
-
-    def _hold_with_backoff(self, name: str) -> None:
-        now = time.time()
-        entry = backoff.advance(self._backoffs.get(name), now=now)
-        self._backoffs[name] = entry
-        self._hold[name] = now + entry.delay_s
 
     async def _start(self, start: StartContainer, sandbox: SandboxInfo) -> bool:
         container, log = start.container, self.log.bind(container=start.container.name)
         if not await self._pull(start, log):
             return False
         if start.attempt > 0 and not start.changed:
-            now = time.time()
-            self._backoffs[container.name] = backoff.advance(
-                self._backoffs.get(container.name), now=now
-            )
+            self._waits.restarted(container.name)
         try:
             container, container_id = await starter.create_and_start(
                 self.ctx,
@@ -371,17 +334,16 @@ class PodWorker:
                 volume_paths=self._ensure_volume_paths,
             )
         except starter.StartError as exc:
-            self._waiting[container.name] = Waiting(exc.reason, exc.message)
+            self._waits.waiting[container.name] = Waiting(exc.reason, exc.message)
             if exc.reason == "RunContainerError":
                 # The failed container itself drives the restart backoff; show this reason
                 # for a moment before the next sync turns it into CrashLoopBackOff.
                 self._soon = time.time() + 1.0
             else:
-                self._hold_with_backoff(container.name)
+                self._waits.hold_with_backoff(container.name)
             log.warning("container_start_failed", reason=exc.reason, error=exc.message)
             return False
-        self._waiting.pop(container.name, None)
-        self._hold.pop(container.name, None)
+        self._waits.started(container.name)
         log.info("container_started", attempt=start.attempt, id=container_id[:13])
         await self._post_start(container, container_id, sandbox, log)
         return True
@@ -393,8 +355,9 @@ class PodWorker:
             puller = Puller(pod.namespace, pod.name, pod.uid, container.name, init=start.init)
             await self.ctx.images.ensure(container.image, container.image_pull_policy, puller)
         except ImageError as exc:
-            self._waiting[container.name] = Waiting(exc.reason, exc.message)
-            self._hold[container.name] = self.ctx.images.retry_at(container.image) or time.time()
+            self._waits.waiting[container.name] = Waiting(exc.reason, exc.message)
+            retry_at = self.ctx.images.retry_at(container.image) or time.time()
+            self._waits.hold[container.name] = retry_at
             if exc.reason == "ErrImagePull":
                 # Look again shortly, so that status moves on to ImagePullBackOff as upstream.
                 self._soon = time.time() + 1.0
@@ -440,7 +403,7 @@ class PodWorker:
         )
         if not outcome.ok:
             log.warning("post_start_hook_failed", error=outcome.message)
-            self._waiting[container.name] = Waiting("PostStartHookError", outcome.message)
+            self._waits.waiting[container.name] = Waiting("PostStartHookError", outcome.message)
             await self._stop_container_id(
                 container, container_id, sandbox.ip, grace_s=MIN_KILL_GRACE_S
             )
@@ -503,7 +466,7 @@ class PodWorker:
                 now=time.time(),
                 host_ip=self.ctx.host_ip,
                 runtime_name=self.ctx.runtime_name,
-                waiting=dict(self._waiting),
+                waiting=dict(self._waits.waiting),
                 ready=self._ready,
                 started=self._started,
                 previous=self.status,

@@ -4,7 +4,8 @@ Shape:
 
 - A pod sandbox is a pause container (``--pause-image``) with network ``none`` and a
   shareable IPC namespace; app and init containers join its network and IPC namespaces.
-  Names, labels and the mapping of Docker states live in ``docker_convert`` (pure).
+  Names, labels and create requests live in ``docker_convert``, the reading of Docker's
+  answers (states, times) in ``docker_read`` (both pure).
 - Docker does not run CNI, so we do: after the pause container starts, ``network.add``
   attaches ``/proc/<pause pid>/ns/net`` to the node's CNI network (the same conflist
   containerd reads), and ``stop_sandbox``/``remove_sandbox`` call ``network.delete``, which
@@ -44,6 +45,7 @@ import structlog
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
 from nodeagent.runtime import docker_convert as convert
+from nodeagent.runtime import docker_read as read
 from nodeagent.runtime.docker_engine import Engine
 
 log = structlog.get_logger("nodeagent.runtime.docker")
@@ -218,7 +220,7 @@ class DockerRuntime(base.Runtime):
                 if c.state is base.ContainerState.RUNNING
             )
         )
-        if not convert.inspect_is_host_network(data):
+        if not read.inspect_is_host_network(data):
             await self._detach(sandbox_id, _netns(data))
         await self._call(
             "StopSandbox",
@@ -235,7 +237,7 @@ class DockerRuntime(base.Runtime):
             return  # already gone: removal is idempotent, as containerd's
         for container in await self._members(sandbox_id):
             await self.remove_container(container.id)
-        if not convert.inspect_is_host_network(data):
+        if not read.inspect_is_host_network(data):
             await self._detach(sandbox_id, _netns(data))
         await self._call(
             "RemoveSandbox", self._engine.remove_quietly, sandbox_id, timeout_s=self._timeout_s * 2
@@ -276,7 +278,7 @@ class DockerRuntime(base.Runtime):
             ]
         }
         items = await self._call("ListContainers", self._api.containers, all=True, filters=filters)
-        return [convert.container_from_summary(item) for item in items]
+        return [read.container_from_summary(item) for item in items]
 
     # --- containers ----------------------------------------------------------------------------
 
@@ -330,12 +332,12 @@ class DockerRuntime(base.Runtime):
 
     async def container_status(self, container_id: base.ContainerID) -> base.ContainerInfo:
         data = await self._call("InspectContainer", self._api.inspect_container, container_id)
-        return convert.container_from_inspect(data)
+        return read.container_from_inspect(data)
 
     async def list_containers(self, uid: PodUID | None = None) -> Sequence[base.ContainerInfo]:
         filters = convert.list_filters(convert.TYPE_CONTAINER, uid)
         items = await self._call("ListContainers", self._api.containers, all=True, filters=filters)
-        return [convert.container_from_summary(item) for item in items]
+        return [read.container_from_summary(item) for item in items]
 
     async def exec_sync(
         self, container_id: base.ContainerID, command: Sequence[str], timeout_s: float
@@ -358,7 +360,7 @@ class DockerRuntime(base.Runtime):
                 await asyncio.shield(self._kill_exec(exec_id, output))
         exit_code = await self._call("ExecInspect", self._engine.exec_exit_code, exec_id)
         result = base.ExecResult(exit_code=exit_code, stdout=stdout or b"", stderr=stderr or b"")
-        failure = convert.exec_start_failure(result)
+        failure = read.exec_start_failure(result)
         if failure:  # the command never ran: an error, as the CRI backend reports it
             raise base.RuntimeFailure(f"ExecSync: {failure}")
         return result
@@ -397,10 +399,10 @@ class DockerRuntime(base.Runtime):
 
     def _sandbox_status(self, sandbox_id: str) -> base.SandboxInfo:
         data = self._api.inspect_container(sandbox_id)
-        if convert.inspect_is_host_network(data):
-            return convert.sandbox_from_inspect(data, network_ready=True, ip="")
+        if read.inspect_is_host_network(data):
+            return read.sandbox_from_inspect(data, network_ready=True, ip="")
         ip = self._network.address(sandbox_id)
-        return convert.sandbox_from_inspect(data, network_ready=ip is not None, ip=ip or "")
+        return read.sandbox_from_inspect(data, network_ready=ip is not None, ip=ip or "")
 
     def _list_sandboxes(self, uid: PodUID | None) -> tuple[list[base.SandboxInfo], list[str]]:
         """Our sandboxes and, on a full list, the attachments whose sandbox is gone.
@@ -415,10 +417,10 @@ class DockerRuntime(base.Runtime):
         found = []
         for item in self._api.containers(all=True, filters=filters):
             ready = item.get("State") == "running" and (
-                convert.summary_is_host_network(item)
+                read.summary_is_host_network(item)
                 or self._network.address(str(item["Id"])) is not None
             )
-            found.append(convert.sandbox_from_summary(item, network_ready=ready))
+            found.append(read.sandbox_from_summary(item, network_ready=ready))
         listed = {s.id for s in found}
         return found, [r for r in recorded if r not in listed]
 

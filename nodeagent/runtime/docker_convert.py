@@ -18,22 +18,14 @@ Pure functions, no I/O, so ``runtime.docker`` stays a thin list of API calls. Th
   network (``container:<sandbox id>``, or ``host``) and IPC namespaces. PID stays per
   container, as the CRI backend asks containerd for, unless the pod shares one (the
   sandbox's, ``container:<sandbox id>``) or the host's; hostIPC makes IPC ``host``.
-- States. Docker's ``created`` with an exit code or an error is a container whose start
-  failed; containerd reports that as exited, exit code 128, reason ``StartError``, and so do
-  we (Docker's own code, 126 or 127, is dropped; its error is the message). Likewise an exec
-  whose command could not start is an error, not exit code 126.
 - IPv6. The sandbox namespace keeps IPv6 enabled, as a namespace containerd makes does.
 
-Image names are reported normalized, as containerd reports them. Timestamps become
-nanoseconds since the epoch. Inspect gives RFC 3339 with nanoseconds; list
-summaries give whole seconds; Docker's zero time ``0001-01-01T00:00:00Z`` is 0.
+Docker's answers (lists, inspects, exec results) are read back in ``docker_read``.
 """
 
 from __future__ import annotations
 
-import calendar
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +34,6 @@ import docker.errors
 
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
-from nodeagent.runtime.image import InvalidImageReference, normalize_image
 
 MANAGED_VALUE = "true"
 LABEL_TYPE = "io.kubernetes.docker.type"
@@ -54,12 +45,8 @@ _INTERNAL_LABELS = frozenset({LABEL_TYPE, LABEL_LOG_PATH})
 
 NAME_PREFIX = "k8s"
 SANDBOX_CONTAINER_NAME = "POD"
-# What a failed start reports, the way containerd reports it.
-START_ERROR_EXIT_CODE = 128
-START_ERROR_REASON = "StartError"
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
-_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -333,179 +320,6 @@ def cni_args(config: base.SandboxConfig, sandbox_id: str) -> list[tuple[str, str
         ("K8S_POD_INFRA_CONTAINER_ID", sandbox_id),
         ("K8S_POD_UID", config.uid),
     ]
-
-
-# --- responses -----------------------------------------------------------------------------------
-
-
-def parse_time_ns(value: str | None) -> int:
-    """RFC 3339 (Docker's, with up to nine fraction digits) to epoch ns; zero time is 0."""
-    if not value:
-        return 0
-    match = _TIMESTAMP.match(value)
-    if match is None:
-        return 0
-    whole, fraction, zone = match.groups()
-    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    if zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    if seconds <= 0:
-        return 0  # Docker's "never" (year 1), and anything before the epoch
-    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
-
-
-_SUMMARY_STATES: Mapping[str, base.ContainerState] = {
-    "created": base.ContainerState.CREATED,
-    "running": base.ContainerState.RUNNING,
-    "paused": base.ContainerState.RUNNING,
-    "restarting": base.ContainerState.RUNNING,
-    "removing": base.ContainerState.EXITED,
-    "exited": base.ContainerState.EXITED,
-    "dead": base.ContainerState.EXITED,
-}
-
-
-def summary_state(state: str) -> base.ContainerState:
-    return _SUMMARY_STATES.get(state, base.ContainerState.UNKNOWN)
-
-
-def summary_name(item: Mapping[str, Any]) -> str:
-    names = item.get("Names") or [""]
-    return str(names[0])
-
-
-def summary_is_host_network(item: Mapping[str, Any]) -> bool:
-    return (item.get("HostConfig") or {}).get("NetworkMode") == "host"
-
-
-def sandbox_from_summary(item: Mapping[str, Any], *, network_ready: bool) -> base.SandboxInfo:
-    """A list entry; READY only while the pause process runs and its network is attached."""
-    labels = item.get("Labels") or {}
-    parsed = parse_name(summary_name(item))
-    running = item.get("State") == "running"
-    return base.SandboxInfo(
-        id=base.SandboxID(str(item["Id"])),
-        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
-        name=labels.get(base.LABEL_POD_NAME, ""),
-        namespace=labels.get(base.LABEL_POD_NAMESPACE, ""),
-        attempt=parsed.attempt if parsed is not None else 0,
-        state=base.SandboxState.READY if running and network_ready else base.SandboxState.NOTREADY,
-        created_at_ns=int(item.get("Created") or 0) * 1_000_000_000,
-        labels=visible_labels(labels),
-    )
-
-
-def sandbox_from_inspect(
-    data: Mapping[str, Any], *, network_ready: bool, ip: str
-) -> base.SandboxInfo:
-    config = data.get("Config") or {}
-    labels = config.get("Labels") or {}
-    parsed = parse_name(str(data.get("Name", "")))
-    running = bool((data.get("State") or {}).get("Running"))
-    ready = running and network_ready
-    return base.SandboxInfo(
-        id=base.SandboxID(str(data["Id"])),
-        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
-        name=labels.get(base.LABEL_POD_NAME, ""),
-        namespace=labels.get(base.LABEL_POD_NAMESPACE, ""),
-        attempt=parsed.attempt if parsed is not None else 0,
-        state=base.SandboxState.READY if ready else base.SandboxState.NOTREADY,
-        created_at_ns=parse_time_ns(data.get("Created")),
-        labels=visible_labels(labels),
-        ip=ip if ready else "",
-    )
-
-
-def inspect_is_host_network(data: Mapping[str, Any]) -> bool:
-    return (data.get("HostConfig") or {}).get("NetworkMode") == "host"
-
-
-def container_from_summary(item: Mapping[str, Any]) -> base.ContainerInfo:
-    labels = item.get("Labels") or {}
-    parsed = parse_name(summary_name(item))
-    return base.ContainerInfo(
-        id=base.ContainerID(str(item["Id"])),
-        sandbox_id=base.SandboxID(labels.get(base.LABEL_SANDBOX_ID, "")),
-        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
-        name=labels.get(base.LABEL_CONTAINER_NAME) or (parsed.container if parsed else ""),
-        attempt=parsed.attempt if parsed is not None else 0,
-        image=reported_image(str(item.get("Image", ""))),
-        state=summary_state(str(item.get("State", ""))),
-        created_at_ns=int(item.get("Created") or 0) * 1_000_000_000,
-        labels=visible_labels(labels),
-    )
-
-
-def reported_image(image: str) -> str:
-    """The image as containerd reports it (``busybox`` is ``docker.io/library/busybox:latest``);
-    Docker reports it as the pod spelled it."""
-    try:
-        return normalize_image(image)
-    except InvalidImageReference:
-        return image
-
-
-def _sandbox_of(data: Mapping[str, Any], labels: Mapping[str, str]) -> str:
-    if labels.get(base.LABEL_SANDBOX_ID):
-        return labels[base.LABEL_SANDBOX_ID]
-    mode = str((data.get("HostConfig") or {}).get("IpcMode", ""))
-    return mode.removeprefix("container:") if mode.startswith("container:") else ""
-
-
-def container_from_inspect(data: Mapping[str, Any]) -> base.ContainerInfo:
-    config = data.get("Config") or {}
-    labels = config.get("Labels") or {}
-    state = data.get("State") or {}
-    parsed = parse_name(str(data.get("Name", "")))
-    status = str(state.get("Status", ""))
-    exit_code = int(state.get("ExitCode") or 0)
-    error = str(state.get("Error") or "")
-    reason = ""
-    created_ns = parse_time_ns(data.get("Created"))
-    finished_ns = parse_time_ns(state.get("FinishedAt"))
-    if status == "created" and (exit_code or error):
-        info_state = base.ContainerState.EXITED
-        reason, exit_code = START_ERROR_REASON, START_ERROR_EXIT_CODE
-        # Docker keeps no time for a failed start; it came right after the create.
-        finished_ns = finished_ns or created_ns
-    else:
-        info_state = summary_state(status)
-        if info_state is base.ContainerState.EXITED:
-            if state.get("OOMKilled"):
-                reason = "OOMKilled"
-            else:
-                reason = "Completed" if exit_code == 0 else "Error"
-    return base.ContainerInfo(
-        id=base.ContainerID(str(data["Id"])),
-        sandbox_id=base.SandboxID(_sandbox_of(data, labels)),
-        uid=PodUID(labels.get(base.LABEL_POD_UID, "")),
-        name=labels.get(base.LABEL_CONTAINER_NAME) or (parsed.container if parsed else ""),
-        attempt=parsed.attempt if parsed is not None else 0,
-        image=reported_image(str(config.get("Image", ""))),
-        state=info_state,
-        created_at_ns=created_ns,
-        labels=visible_labels(labels),
-        image_ref=str(data.get("Image", "")),
-        started_at_ns=parse_time_ns(state.get("StartedAt")),
-        finished_at_ns=finished_ns,
-        exit_code=exit_code if info_state is base.ContainerState.EXITED else 0,
-        reason=reason,
-        message=error,
-        detailed=True,
-    )
-
-
-def exec_start_failure(result: base.ExecResult) -> str:
-    """Docker's report of an exec that could not start ("" if it ran).
-
-    Docker answers a missing or non-executable command with exit code 126 or 127 and the
-    runtime's error as output; containerd answers ExecSync with an error instead.
-    """
-    if result.exit_code not in (126, 127):
-        return ""
-    text = (result.stdout + result.stderr).decode(errors="replace").strip()
-    return text if text.startswith("OCI runtime exec failed") else ""
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@
   ``docker.io/library/busybox:latest``). A pull succeeds and adds the image, unless
   ``registry`` is set and lacks it. Creating a container of an absent image is ``NotFound``.
 
+The stored objects and their naming rules are in ``fakeobjects``.
+
 Test controls: ``exit_container``, ``kill_sandbox``, ``fail_next(method, exc)`` (raised at
 the start of the next call of ``method``, before it has any effect), ``start_errors`` (start
 failures the containerd way: the container exits 128 with reason ``StartError``),
@@ -33,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nodeagent.model.pod import PodUID
@@ -60,14 +62,20 @@ from nodeagent.runtime.base import (
     SandboxInfo,
     SandboxState,
 )
-from nodeagent.runtime.image import InvalidImageReference, normalize_image
-
-MANAGED_VALUE = "true"
-# What a container killed by stop_container or stop_sandbox exits with (SIGKILL).
-KILLED_EXIT_CODE = 137
-# containerd's exit code and reason for a container whose start failed.
-START_ERROR_EXIT_CODE = 128
-START_ERROR_REASON = "StartError"
+from nodeagent.runtime.fakeobjects import (
+    KILLED_EXIT_CODE,
+    MANAGED_VALUE,
+    START_ERROR_EXIT_CODE,
+    START_ERROR_REASON,
+    FakeContainer,
+    FakeSandbox,
+    container_name,
+    image_id,
+    normalized,
+    normalized_set,
+    sandbox_name,
+    selected,
+)
 
 METHODS = frozenset(
     {
@@ -92,86 +100,6 @@ METHODS = frozenset(
 )
 
 ExecHandler = Callable[[ContainerID, tuple[str, ...]], ExecResult]
-
-
-@dataclass
-class FakeSandbox:
-    id: SandboxID
-    config: SandboxConfig
-    labels: dict[str, str]
-    state: SandboxState
-    ip: str
-    created_at_ns: int
-
-    def info(self, *, with_ip: bool) -> SandboxInfo:
-        return SandboxInfo(
-            id=self.id,
-            uid=PodUID(self.labels.get(LABEL_POD_UID, self.config.uid)),
-            name=self.config.name,
-            namespace=self.config.namespace,
-            attempt=self.config.attempt,
-            state=self.state,
-            created_at_ns=self.created_at_ns,
-            labels=dict(self.labels),
-            ip=self.ip if with_ip else "",
-        )
-
-
-@dataclass
-class FakeContainer:
-    id: ContainerID
-    sandbox_id: SandboxID
-    config: ContainerConfig
-    sandbox_config: SandboxConfig
-    labels: dict[str, str]
-    image_ref: str
-    created_at_ns: int
-    state: ContainerState = ContainerState.CREATED
-    started_at_ns: int = 0
-    finished_at_ns: int = 0
-    exit_code: int = 0
-    reason: str = ""
-    message: str = ""
-
-    @property
-    def uid(self) -> PodUID:
-        return PodUID(self.labels.get(LABEL_POD_UID, ""))
-
-    def info(self, *, detailed: bool) -> ContainerInfo:
-        summary = ContainerInfo(
-            id=self.id,
-            sandbox_id=self.sandbox_id,
-            uid=self.uid,
-            name=self.config.name,
-            attempt=self.config.attempt,
-            image=self.config.image,
-            state=self.state,
-            created_at_ns=self.created_at_ns,
-            labels=dict(self.labels),
-        )
-        if not detailed:
-            return summary
-        reason = self.reason
-        if self.state is ContainerState.EXITED and not reason:
-            reason = "Completed" if self.exit_code == 0 else "Error"
-        return ContainerInfo(
-            id=summary.id,
-            sandbox_id=summary.sandbox_id,
-            uid=summary.uid,
-            name=summary.name,
-            attempt=summary.attempt,
-            image=_normalized(self.config.image) or self.config.image,
-            state=summary.state,
-            created_at_ns=summary.created_at_ns,
-            labels=summary.labels,
-            image_ref=self.image_ref,
-            started_at_ns=self.started_at_ns,
-            finished_at_ns=self.finished_at_ns,
-            exit_code=self.exit_code,
-            reason=reason,
-            message=self.message,
-            detailed=True,
-        )
 
 
 @dataclass
@@ -301,7 +229,7 @@ class FakeRuntime:
 
     async def list_sandboxes(self, uid: PodUID | None = None) -> Sequence[SandboxInfo]:
         self._enter("list_sandboxes", *(() if uid is None else (uid,)))
-        return [s.info(with_ip=False) for s in self.sandboxes.values() if _selected(s.labels, uid)]
+        return [s.info(with_ip=False) for s in self.sandboxes.values() if selected(s.labels, uid)]
 
     # -- Runtime: containers ----------------------------------------------------------------
 
@@ -315,9 +243,9 @@ class FakeRuntime:
         image = self._present(config.image)
         if image is None:
             raise NotFound(f'CreateContainer: failed to resolve image "{config.image}": not found')
-        reserved = _container_name(sandbox, config)
+        reserved = container_name(sandbox, config)
         for other in self.containers.values():
-            if _container_name(other.sandbox_config, other.config) == reserved:
+            if container_name(other.sandbox_config, other.config) == reserved:
                 raise RuntimeFailure(
                     f'CreateContainer: name "{reserved}" is reserved for "{other.id}"'
                 )
@@ -336,7 +264,7 @@ class FakeRuntime:
             config=config,
             sandbox_config=sandbox,
             labels=labels,
-            image_ref=_image_id(image),
+            image_ref=image_id(image),
             created_at_ns=self._now_ns(),
         )
         return container_id
@@ -376,9 +304,7 @@ class FakeRuntime:
 
     async def list_containers(self, uid: PodUID | None = None) -> Sequence[ContainerInfo]:
         self._enter("list_containers", *(() if uid is None else (uid,)))
-        return [
-            c.info(detailed=False) for c in self.containers.values() if _selected(c.labels, uid)
-        ]
+        return [c.info(detailed=False) for c in self.containers.values() if selected(c.labels, uid)]
 
     async def exec_sync(
         self, container_id: ContainerID, command: Sequence[str], timeout_s: float
@@ -395,7 +321,7 @@ class FakeRuntime:
 
     async def image_present(self, image: str) -> bool:
         self._enter("image_present", image)
-        if _normalized(image) is None:
+        if normalized(image) is None:
             raise InvalidInput(f"ImageStatus: invalid image reference {image!r}")
         return self._present(image) is not None
 
@@ -407,10 +333,10 @@ class FakeRuntime:
 
     async def pull_image(self, image: str) -> None:
         self._enter("pull_image", image)
-        wanted = _normalized(image)
+        wanted = normalized(image)
         if wanted is None:
             raise ImagePullFailed(f"PullImage: invalid image reference {image!r}")
-        if self.registry is not None and wanted not in _normalized_set(self.registry):
+        if self.registry is not None and wanted not in normalized_set(self.registry):
             raise ImagePullFailed(f'PullImage: "{image}": not found')
         self.images.add(image)
 
@@ -433,9 +359,9 @@ class FakeRuntime:
 
     def _create_sandbox(self, config: SandboxConfig) -> SandboxID:
         for other in self.sandboxes.values():
-            if _sandbox_name(other.config) == _sandbox_name(config):
+            if sandbox_name(other.config) == sandbox_name(config):
                 raise RuntimeFailure(
-                    f'RunPodSandbox: name "{_sandbox_name(config)}" is reserved for "{other.id}"'
+                    f'RunPodSandbox: name "{sandbox_name(config)}" is reserved for "{other.id}"'
                 )
         sandbox_id = SandboxID(self._new_id("s"))
         labels = {
@@ -483,39 +409,10 @@ class FakeRuntime:
 
     def _present(self, image: str) -> str | None:
         """The normalized name of ``image`` if it is present."""
-        wanted = _normalized(image)
-        if wanted is not None and wanted in _normalized_set(self.images):
+        wanted = normalized(image)
+        if wanted is not None and wanted in normalized_set(self.images):
             return wanted
         return None
-
-
-def _selected(labels: Mapping[str, str], uid: PodUID | None) -> bool:
-    if labels.get(LABEL_MANAGED_BY) != MANAGED_VALUE:
-        return False
-    return uid is None or labels.get(LABEL_POD_UID) == uid
-
-
-def _sandbox_name(config: SandboxConfig) -> str:
-    return f"k8s_POD_{config.name}_{config.namespace}_{config.uid}_{config.attempt}"
-
-
-def _container_name(sandbox: SandboxConfig, config: ContainerConfig) -> str:
-    return f"k8s_{config.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{config.attempt}"
-
-
-def _normalized(image: str) -> str | None:
-    try:
-        return normalize_image(image)
-    except InvalidImageReference:
-        return None
-
-
-def _normalized_set(images: Iterable[str]) -> set[str]:
-    return {n for n in (_normalized(i) for i in images) if n is not None}
-
-
-def _image_id(normalized: str) -> str:
-    return "sha256:" + hashlib.sha256(normalized.encode()).hexdigest()
 
 
 def _conforms(fake: FakeRuntime) -> Runtime:

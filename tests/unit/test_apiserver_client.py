@@ -14,7 +14,8 @@ import yaml
 
 from nodeagent.apiserver import client as client_module
 from nodeagent.apiserver.client import ApiClient, ApiFailure, KubeconfigError, load_kubeconfig
-from nodeagent.apiserver.events import BURST, Event, EventRecorder, PodRef, node_event
+from nodeagent.apiserver.events import Event, PodRef, node_event
+from nodeagent.apiserver.eventsender import BURST, EventRecorder
 from nodeagent.apiserver.node import (
     KUBELET_VERSION,
     LEASE_DURATION_S,

@@ -79,6 +79,9 @@ class Rig:
             with_files=with_files,
             runtime_synced=self.cache.synced,
             state_dir=tmp_path / "state",
+            cache=self.cache,
+            images=self.ctx.images,
+            probes=lambda pod: self.ctx.prober.report(pod, id_prefix=""),
         )
         self.link.pods._backoff = Backoff(initial_s=0.05, cap_s=0.2)
         self.link.status._backoff = Backoff(initial_s=0.05, cap_s=0.2)

@@ -11,6 +11,7 @@ import requests
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
 from nodeagent.runtime import docker_convert as convert
+from nodeagent.runtime import docker_read as read
 
 SANDBOX_ID = base.SandboxID("s" * 64)
 
@@ -247,7 +248,7 @@ def test_cni_port_mappings_and_args() -> None:
     ],
 )
 def test_parse_time_ns(text: str | None, ns: int) -> None:
-    assert convert.parse_time_ns(text) == ns
+    assert read.parse_time_ns(text) == ns
 
 
 # --- responses -----------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def inspect(status: str, **state: Any) -> dict[str, Any]:
 
 
 def test_running_container() -> None:
-    info = convert.container_from_inspect(inspect("running"))
+    info = read.container_from_inspect(inspect("running"))
     assert info.state is base.ContainerState.RUNNING
     assert (info.name, info.attempt, info.uid, info.sandbox_id) == (
         "main",
@@ -308,7 +309,7 @@ def test_running_container() -> None:
     ],
 )
 def test_exited_container(state: dict[str, Any], code: int, reason: str) -> None:
-    info = convert.container_from_inspect(
+    info = read.container_from_inspect(
         inspect("exited", FinishedAt="2026-11-25T16:11:26Z", **state)
     )
     assert info.state is base.ContainerState.EXITED
@@ -318,7 +319,7 @@ def test_exited_container(state: dict[str, Any], code: int, reason: str) -> None
 
 def test_failed_start_is_exited_the_containerd_way() -> None:
     error = 'exec: "/no/such": stat /no/such: no such file or directory: unknown'
-    info = convert.container_from_inspect(inspect("created", ExitCode=127, Error=error))
+    info = read.container_from_inspect(inspect("created", ExitCode=127, Error=error))
     assert info.state is base.ContainerState.EXITED
     assert (info.exit_code, info.reason) == (128, "StartError")
     assert info.message == error
@@ -335,14 +336,14 @@ def test_failed_start_is_exited_the_containerd_way() -> None:
     ],
 )
 def test_exec_start_failure(code: int, output: bytes, failure: bool) -> None:
-    found = convert.exec_start_failure(base.ExecResult(code, output, b""))
+    found = read.exec_start_failure(base.ExecResult(code, output, b""))
     assert bool(found) is failure
     if failure:
         assert found.startswith("OCI runtime exec failed") and not found.endswith("\n")
 
 
 def test_created_container() -> None:
-    info = convert.container_from_inspect(inspect("created", StartedAt="0001-01-01T00:00:00Z"))
+    info = read.container_from_inspect(inspect("created", StartedAt="0001-01-01T00:00:00Z"))
     assert info.state is base.ContainerState.CREATED
     assert (info.exit_code, info.reason, info.started_at_ns) == (0, "", 0)
 
@@ -350,7 +351,7 @@ def test_created_container() -> None:
 def test_sandbox_id_falls_back_to_the_ipc_mode() -> None:
     data = inspect("running")
     del data["Config"]["Labels"][base.LABEL_SANDBOX_ID]
-    assert convert.container_from_inspect(data).sandbox_id == SANDBOX_ID
+    assert read.container_from_inspect(data).sandbox_id == SANDBOX_ID
 
 
 def summary(state: str, name: str, labels: dict[str, str], mode: str = "none") -> dict[str, Any]:
@@ -380,9 +381,7 @@ def summary(state: str, name: str, labels: dict[str, str], mode: str = "none") -
 )
 def test_container_summary_states(state: str, want: base.ContainerState) -> None:
     labels = convert.container_labels(SANDBOX_ID, container_config(), sandbox_config())
-    info = convert.container_from_summary(
-        summary(state, "/k8s_main_web_default_0f3c-uid_3", labels)
-    )
+    info = read.container_from_summary(summary(state, "/k8s_main_web_default_0f3c-uid_3", labels))
     assert info.state is want
     assert (info.name, info.attempt, info.sandbox_id) == ("main", 3, SANDBOX_ID)
     assert info.image == "docker.io/library/busybox:latest"
@@ -402,7 +401,7 @@ def test_container_summary_states(state: str, want: base.ContainerState) -> None
 def test_sandbox_summary(state: str, network_ready: bool, want: base.SandboxState) -> None:
     labels = convert.sandbox_labels(sandbox_config(annotations={"a": "b"}))
     item = summary(state, "/k8s_POD_web_default_0f3c-uid_2", labels)
-    info = convert.sandbox_from_summary(item, network_ready=network_ready)
+    info = read.sandbox_from_summary(item, network_ready=network_ready)
     assert info.state is want
     assert (info.name, info.namespace, info.uid, info.attempt) == ("web", "default", "0f3c-uid", 2)
     assert info.ip == ""
@@ -412,17 +411,17 @@ def test_sandbox_summary(state: str, network_ready: bool, want: base.SandboxStat
         base.LABEL_POD_UID,
         base.LABEL_MANAGED_BY,
     }
-    assert not convert.summary_is_host_network(item)
-    assert convert.summary_is_host_network(summary(state, "/n", {}, mode="host"))
+    assert not read.summary_is_host_network(item)
+    assert read.summary_is_host_network(summary(state, "/n", {}, mode="host"))
 
 
 def test_sandbox_inspect_reports_the_ip_only_while_ready() -> None:
     data = inspect("running", Running=True)
     data["Name"] = "/k8s_POD_web_default_0f3c-uid_2"
-    ready = convert.sandbox_from_inspect(data, network_ready=True, ip="10.244.1.5")
+    ready = read.sandbox_from_inspect(data, network_ready=True, ip="10.244.1.5")
     assert (ready.state, ready.ip, ready.attempt) == (base.SandboxState.READY, "10.244.1.5", 2)
     data["State"]["Running"] = False
-    stopped = convert.sandbox_from_inspect(data, network_ready=True, ip="10.244.1.5")
+    stopped = read.sandbox_from_inspect(data, network_ready=True, ip="10.244.1.5")
     assert (stopped.state, stopped.ip) == (base.SandboxState.NOTREADY, "")
 
 
@@ -500,7 +499,7 @@ def test_seam_errors_pass_through() -> None:
     ],
 )
 def test_reported_image(image: str, want: str) -> None:
-    assert convert.reported_image(image) == want
+    assert read.reported_image(image) == want
 
 
 # --- security and namespaces -----------------------------------------------------------------

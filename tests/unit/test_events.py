@@ -7,8 +7,9 @@ from typing import Any, cast
 import pytest
 
 from nodeagent.apiserver.client import ApiClient
-from nodeagent.apiserver.events import BURST, EventRecorder, PodRef, pod_events
 from nodeagent.apiserver.events import Event as ApiEvent
+from nodeagent.apiserver.events import PodRef, pod_events
+from nodeagent.apiserver.eventsender import BURST, EventRecorder
 from nodeagent.events import (
     AGGREGATE_MAX,
     AGGREGATE_WINDOW_S,

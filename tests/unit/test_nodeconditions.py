@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from nodeagent import metrics
 from nodeagent.apiserver.events import Event as ApiEvent
 from nodeagent.config import Config
 from nodeagent.daemon import Node
+from nodeagent.events import EventRing, node_event_recorder
 from nodeagent.kubelet.nodeconditions import (
     ConditionState,
     NodeConditionTracker,
@@ -188,15 +188,17 @@ def test_the_status_sample_is_observed_and_stamped(tmp_path: Path) -> None:
     assert "NodeHasSufficientMemory" in reasons or "NodeHasInsufficientMemory" in reasons
 
 
-def test_cluster_transitions_go_to_the_api_recorder(tmp_path: Path) -> None:
-    node = standalone(tmp_path)
+def test_cluster_transitions_go_to_the_api_recorder() -> None:
+    ring = EventRing()
     sent: list[ApiEvent] = []
-    node.cluster = SimpleNamespace(events=SimpleNamespace(record=sent.extend))  # type: ignore[assignment]
-    node.conditions.observe(sample(memory="True"))
+    tracker = NodeConditionTracker(
+        lambda: [], on_transition=node_event_recorder(ring, "n1", send=sent.extend)
+    )
+    tracker.observe(sample(memory="True"))
     assert [e.reason for e in sent] == [
         "NodeHasInsufficientMemory",
         "NodeHasNoDiskPressure",
         "NodeHasSufficientPID",
     ]
     assert sent[0].pod.kind == "Node" and sent[0].pod.namespace == ""
-    assert len(node.events) == 0  # the recorder's sink fills the ring, not a second road
+    assert len(ring) == 0  # the recorder's sink fills the ring, not a second road

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from nodeagent import daemon
 from nodeagent.config import Config
 from nodeagent.daemon import Node
 from nodeagent.runtime.fake import FakeRuntime
+from nodeagent.server import snapshot
 
 
 def standalone(tmp_path: Path) -> tuple[Node, list[str]]:
@@ -53,7 +53,7 @@ def test_node_status_is_sampled_at_most_once_a_ttl(
 
     assert node.snapshot()["node"] is first  # a polling client costs no new sample
 
-    monkeypatch.setattr(daemon, "NODE_STATUS_TTL_S", 0.0)
+    monkeypatch.setattr(snapshot, "NODE_STATUS_TTL_S", 0.0)
     fresh = node.snapshot()["node"]
     assert fresh is not first
     assert fresh["conditions"]  # a real sample, not an empty placeholder
