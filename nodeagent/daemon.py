@@ -213,6 +213,7 @@ class Node:
             facts=self._node_facts,
             on_desired=self._desired_changed,
             on_pod_cidr=self._pod_cidr_changed,
+            on_node_deleting=lambda deleting: self.proxy.set_node_deleting(deleting),
             with_files=self.config.manifests is not None,
             runtime_synced=self.cache.synced,
             state_dir=self.config.state_dir,

@@ -93,6 +93,7 @@ class ClusterLink:
         facts: Callable[[], NodeFacts],
         on_desired: Callable[[DesiredState], None],
         on_pod_cidr: Callable[[str], None],
+        on_node_deleting: Callable[[bool], None] = lambda deleting: None,
         with_files: bool,
         runtime_synced: asyncio.Event,
         state_dir: Path,
@@ -134,7 +135,11 @@ class ClusterLink:
         self.endpoints: dict[str, Endpoints] = {}
         self._service_errors: list[SourceError] = []
         self.registration = NodeRegistration(
-            client, name=node_name, facts=facts, on_pod_cidr=on_pod_cidr
+            client,
+            name=node_name,
+            facts=facts,
+            on_pod_cidr=on_pod_cidr,
+            on_deleting=on_node_deleting,
         )
         self.lease = LeaseHeartbeat(client, self.registration)
         # Our own Node, fresh: its labels and taints are what admission judges by.

@@ -201,12 +201,17 @@ class NodeRegistration:
         name: str,
         facts: Callable[[], nodestatus.NodeFacts],
         on_pod_cidr: Callable[[str], None],
+        on_deleting: Callable[[bool], None] = lambda deleting: None,
         backoff: Backoff | None = None,
     ) -> None:
+        """``on_deleting(True)``: the Node got a deletionTimestamp (the proxy's healthz then
+        fails, so load balancers drain the node, as kube-proxy's)."""
         self.client = client
         self.name = name
         self._facts = facts
         self._on_pod_cidr = on_pod_cidr
+        self._on_deleting = on_deleting
+        self.deleting = False
         self._backoff = backoff or Backoff(initial_s=1.0, cap_s=STATUS_INTERVAL_S)
         self.host = HostInfo.read()
         self.registered = asyncio.Event()
@@ -313,6 +318,11 @@ class NodeRegistration:
         meta = node.get("metadata") or {}
         self.uid = str(meta.get("uid") or "")
         self.labels = dict(meta.get("labels") or {})
+        deleting = bool(meta.get("deletionTimestamp"))
+        if deleting != self.deleting:
+            log.info("node_deleting" if deleting else "node_not_deleting", node=self.name)
+            self.deleting = deleting
+            self._on_deleting(deleting)
         cidr = str((node.get("spec") or {}).get("podCIDR") or "")
         if cidr and cidr != self.pod_cidr:
             log.info("node_pod_cidr", node=self.name, pod_cidr=cidr)

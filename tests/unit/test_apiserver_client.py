@@ -281,6 +281,28 @@ async def test_registers_the_node_with_labels_addresses_info_and_conditions(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_node_being_deleted_is_told(api: ApiServer, client: ApiClient) -> None:
+    # A finalizer holds the Node: a DELETE gives it a deletionTimestamp, as a drain tool's
+    # or the cloud controller's delete would while something still holds it.
+    api.store.create(NODES, None, {"metadata": {"name": NODE, "finalizers": ["test/hold"]}})
+    told: list[bool] = []
+    reg = NodeRegistration(
+        client, name=NODE, facts=facts, on_pod_cidr=lambda cidr: None, on_deleting=told.append
+    )
+    tasks = [asyncio.create_task(reg.run()), asyncio.create_task(reg.watch())]
+    try:
+        await asyncio.wait_for(reg.registered.wait(), 5)
+        await eventually(lambda: reg.node is not None and reg.node.get("metadata"))
+        assert told == [] and not reg.deleting
+        api.store.delete(NODES, None, NODE)
+        await eventually(lambda: told == [True])
+        assert reg.deleting
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_adopts_an_existing_node_and_takes_its_pod_cidr(
     api: ApiServer, client: ApiClient
 ) -> None:
