@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import psutil
 
 from tests.harness import TestNode
 from tests.harness.agent import Agent
+from tests.harness.cluster import Link, veth_link
 
 MIB = 1024 * 1024
 
@@ -141,34 +141,8 @@ def load_average() -> float:
 # -- the test API server, reachable from a node ----------------------------------------------
 
 
-@dataclass(frozen=True)
-class Link:
-    """A veth pair: ``host_ip`` in the root namespace, ``node_ip`` in the node's."""
-
-    host_dev: str
-    host_ip: str
-    node_ip: str
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
-
-
-@contextlib.contextmanager
-def node_link(node: TestNode) -> Iterator[Link]:
-    """A private link-local /30 between the root namespace and the node's (as the cluster
-    tests make): the test API server listens on the root end. Nothing else is touched."""
-    n = (os.getpid() + 30011) % 60000
-    third, fourth = 16 + n // 64 % 200, (n % 64) * 4
-    host_ip, node_ip = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
-    host_dev, node_dev = f"nb{n}h", f"nb{n}n"
-    _ip("link", "add", host_dev, "type", "veth", "peer", "name", node_dev)
-    try:
-        _ip("link", "set", node_dev, "netns", node.netns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_dev)
-        _ip("link", "set", host_dev, "up")
-        _ip("-n", node.netns, "addr", "add", f"{node_ip}/30", "dev", node_dev)
-        _ip("-n", node.netns, "link", "set", node_dev, "up")
-        yield Link(host_dev, host_ip, node_ip)
-    finally:
-        subprocess.run(["ip", "link", "del", host_dev], capture_output=True, check=False)
+def node_link(node: TestNode) -> contextlib.AbstractContextManager[Link]:
+    """A private link-local /30 between the root namespace and the node's, as the cluster
+    tests make it (``tests.harness.cluster.veth_link``, our own device names): the test API
+    server listens on the root end."""
+    return veth_link(node, tag="nb")
