@@ -180,16 +180,14 @@ class RuntimeCache:
             else:
                 missing.append(len(result))
                 result.append(None)
-        fetched = await asyncio.gather(*(self._detailed(summaries[i]) for i in missing))
+        fetched = await asyncio.gather(*(self._fetch_details(summaries[i]) for i in missing))
         for i, info in zip(missing, fetched, strict=True):
             result[i] = info
         return result
 
-    async def _detailed(self, summary: ContainerInfo) -> ContainerInfo | None:
+    async def _fetch_details(self, summary: ContainerInfo) -> ContainerInfo | None:
+        """The runtime's details of a container ``_detailed_all`` found changed or unsettled."""
         cached = self._details.get(summary.id)
-        settled = self._unsettled.get(summary.id, 0.0) <= _clock()
-        if cached is not None and cached.state is summary.state and settled:
-            return cached
         try:
             info = await self._runtime.container_status(summary.id)
         except NotFound:
