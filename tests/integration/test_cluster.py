@@ -50,6 +50,23 @@ def agent(node: TestNode, api: ApiServerProcess) -> Iterator[Agent]:
         yield a
 
 
+async def web_answers_on(admin: AsyncClient, agent: Agent, node: TestNode, cluster_ip: str) -> None:
+    """A pod labelled app=web serving its name on 8080 answers through ``cluster_ip``:80."""
+    script = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
+    body = pod_manifest("web-1", script, grace=1)
+    body["metadata"]["labels"] = {"app": "web"}
+    await create(admin, body)
+    await wait_ready(admin, agent, "web-1")
+    answer = await asyncio.to_thread(
+        lambda: wait_for(
+            lambda: http_get(node, f"http://{cluster_ip}:80/"),
+            30,
+            message=lambda: f"an answer from {cluster_ip}\n{agent.log_tail()}",
+        )
+    )
+    assert answer == "web-1"
+
+
 # --- tests ---------------------------------------------------------------------------------
 
 
@@ -240,19 +257,7 @@ async def test_a_service_and_its_endpoint_slice_program_rules_that_forward(
     }
     created = await admin.create(Service.from_dict(service))  # type: ignore[call-overload]
     cluster_ip = created.spec.clusterIP
-    script = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
-    body = pod_manifest("web-1", script, grace=1)
-    body["metadata"]["labels"] = {"app": "web"}
-    await create(admin, body)
-    await wait_ready(admin, agent, "web-1")
-    answer = await asyncio.to_thread(
-        lambda: wait_for(
-            lambda: http_get(node, f"http://{cluster_ip}:80/"),
-            30,
-            message=lambda: f"an answer from {cluster_ip}\n{agent.log_tail()}",
-        )
-    )
-    assert answer == "web-1"
+    await web_answers_on(admin, agent, node, cluster_ip)
     shown = {s["metadata"]["name"] for s in agent.status()["services"]}
     assert {"web", "kubernetes"} <= shown
 
@@ -410,19 +415,7 @@ async def test_api_services_keep_their_cluster_ips_whatever_the_service_cidr(
         created = await admin.create(Service.from_dict(service))  # type: ignore[call-overload]
         cluster_ip, hc_port = created.spec.clusterIP, created.spec.healthCheckNodePort
         assert cluster_ip.startswith("10.96.") and hc_port
-        script = "hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"
-        body = pod_manifest("web-1", script, grace=1)
-        body["metadata"]["labels"] = {"app": "web"}
-        await create(admin, body)
-        await wait_ready(admin, agent, "web-1")
-        answer = await asyncio.to_thread(
-            lambda: wait_for(
-                lambda: http_get(node, f"http://{cluster_ip}:80/"),
-                30,
-                message=lambda: f"an answer from {cluster_ip}\n{agent.log_tail()}",
-            )
-        )
-        assert answer == "web-1"
+        await web_answers_on(admin, agent, node, cluster_ip)
         assert not [e for e in agent.status()["errors"] if e["object"].startswith("Service")]
         health = await asyncio.to_thread(
             lambda: wait_for(
