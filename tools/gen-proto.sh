@@ -1,5 +1,6 @@
 #!/bin/sh
-# Regenerate the CRI Python stubs from nodeagent/runtime/cri/api.proto.
+# Regenerate the CRI Python stubs from nodeagent/runtime/cri/api.proto, and the messages of
+# containerd's task service from tasks.proto.
 # The generated files are committed, so a normal install needs no protoc.
 # Run from anywhere; needs grpcio-tools (the "dev" extra).
 set -eu
@@ -10,6 +11,7 @@ out=nodeagent/runtime/cri
 python -m grpc_tools.protoc -I "$out" \
     --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
     "$out/api.proto"
+python -m grpc_tools.protoc -I "$out" --python_out="$out" --pyi_out="$out" "$out/tasks.proto"
 
 # protoc writes a top-level "import api_pb2", which only works with the package directory on
 # sys.path; make it a package import.

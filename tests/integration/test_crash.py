@@ -70,9 +70,11 @@ class Residue:
 
     A SIGKILL that lands inside StartContainer cancels the call in containerd 1.6, with two
     outcomes seen here:
-    - a task containerd calls running for a container CRI reports exited: RemoveContainer
-      fails FAILED_PRECONDITION ("cannot delete running task"). Fixed, and asserted: the CRI
-      client stops it and retries the removal (CRIRuntime.remove_container).
+    - a task containerd still holds for a container CRI reports exited (a start error):
+      RemoveContainer fails FAILED_PRECONDITION ("cannot delete running task") and CRI's
+      StopContainer does nothing for an exited container (1 run in 4 here before the fix).
+      Fixed, and asserted: the CRI client kills and deletes the task through containerd's
+      task service and retries the removal (CRIRuntime.remove_container, runtime/cri/tasks.py).
     - rarely (1 run in 18 here), a start that never finishes: the container stays "starting"
       (its runc init hangs; upstream containerd issue #11674), and CRI refuses to remove it
       ("container is in starting state, can't be removed") until containerd restarts. Nothing

@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc.aio
 import pytest
 
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
-from nodeagent.runtime.cri import CRIRuntime
+from nodeagent.runtime.cri import CRIRuntime, tasks
 from tests.harness.wait import async_wait_for
 
 pytestmark = pytest.mark.integration
@@ -231,6 +232,29 @@ async def test_stop_and_remove_container(pod: Pod, running: base.ContainerID) ->
     with pytest.raises(base.NotFound):
         await pod.runtime.container_status(running)
     assert await pod.runtime.list_containers(pod.config.uid) == []
+
+
+async def test_containerd_task_service_reaps_a_task_behind_cri(
+    node: Any, pod: Pod, running: base.ContainerID
+) -> None:
+    # The way out of the one state CRI cannot leave (a task left behind a container CRI
+    # believes exited: see runtime/cri/tasks.py), shown on a running container: the task
+    # service's kill reaches the real process, and CRI hears it exit.
+    channel = grpc.aio.insecure_channel(node.endpoint)
+    try:
+        await tasks.reap(channel, running, timeout_s=10)
+    finally:
+        await channel.close()
+
+    async def exited() -> base.ContainerInfo | None:
+        status = await pod.runtime.container_status(running)
+        return status if status.state is base.ContainerState.EXITED else None
+
+    status = await async_wait_for(exited, 30)
+    assert status.exit_code == 137
+    await pod.runtime.remove_container(running)
+    with pytest.raises(base.NotFound):
+        await pod.runtime.container_status(running)
 
 
 async def test_stop_and_remove_sandbox(pod: Pod, running: base.ContainerID) -> None:

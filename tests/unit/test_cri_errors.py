@@ -16,7 +16,7 @@ import grpc.aio
 import pytest
 
 from nodeagent.runtime import base
-from nodeagent.runtime.cri import CRIRuntime
+from nodeagent.runtime.cri import CRIRuntime, tasks, tasks_pb2
 from nodeagent.runtime.cri import api_pb2 as pb
 from nodeagent.runtime.cri import api_pb2_grpc as pb_grpc
 from nodeagent.runtime.cri.client import EXEC_TIMEOUT_EXIT_CODE, Refused, translate_rpc_error
@@ -80,6 +80,7 @@ class FakeRuntime(pb_grpc.RuntimeServiceServicer):
         # does while it still holds the container's task.
         self.refuse_removal = 0
         self.calls: list[str] = []
+        self.killed: list[tuple[int, bool]] = []  # (signal, all) of each Tasks/Kill
 
     async def _answer(self, rpc: str, context: Any, response: Any) -> Any:
         if rpc not in self.codes:
@@ -120,6 +121,30 @@ class FakeImages(pb_grpc.ImageServiceServicer):
         return pb.ImageStatusResponse()
 
 
+def fake_tasks(servicer: FakeRuntime) -> grpc.GenericRpcHandler:
+    """containerd's task service, as far as the client uses it: records Kill and Delete."""
+
+    def handler(name: str, request_type: Any) -> Any:
+        async def answer(request: Any, context: Any) -> bytes:
+            namespace = dict(context.invocation_metadata()).get("containerd-namespace")
+            servicer.calls.append(f"Tasks/{name} {request.container_id} in {namespace}")
+            if name == "Kill":
+                servicer.killed.append((request.signal, request.all))
+            return b""  # google.protobuf.Empty and an empty DeleteResponse alike
+
+        return grpc.unary_unary_rpc_method_handler(
+            answer, request_deserializer=request_type.FromString, response_serializer=bytes
+        )
+
+    return grpc.method_handlers_generic_handler(
+        "containerd.services.tasks.v1.Tasks",
+        {
+            "Kill": handler("Kill", tasks_pb2.KillRequest),
+            "Delete": handler("Delete", tasks_pb2.DeleteTaskRequest),
+        },
+    )
+
+
 @pytest.fixture
 async def fake(tmp_path: Path) -> AsyncIterator[tuple[FakeRuntime, CRIRuntime]]:
     socket = tmp_path / "cri.sock"
@@ -128,6 +153,7 @@ async def fake(tmp_path: Path) -> AsyncIterator[tuple[FakeRuntime, CRIRuntime]]:
     # The generated registration functions are untyped.
     pb_grpc.add_RuntimeServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     pb_grpc.add_ImageServiceServicer_to_server(FakeImages(), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((fake_tasks(servicer),))
     server.add_insecure_port(f"unix://{socket}")
     await server.start()
     client = CRIRuntime(str(socket), timeout_s=0.5)  # a bare path is accepted too
@@ -209,13 +235,19 @@ async def test_remove_outwaits_a_task_the_runtime_still_holds(
     servicer, client = fake
     servicer.refuse_removal = 2
     await client.remove_container(base.ContainerID("c"))
+    # CRI's stop is a no-op for a container CRI believes exited: containerd's task service
+    # kills and deletes the task, in the namespace of containerd's CRI objects.
+    reap = ["Tasks/Kill c in k8s.io", "Tasks/Delete c in k8s.io"]
     assert servicer.calls == [
         "RemoveContainer",
         "StopContainer",
+        *reap,
         "RemoveContainer",
         "StopContainer",
+        *reap,
         "RemoveContainer",
     ]
+    assert servicer.killed == [(9, True), (9, True)]
 
 
 async def test_remove_gives_up_when_the_task_never_goes(
@@ -235,4 +267,23 @@ async def test_remove_retries_when_stop_finds_nothing_to_stop(
     servicer.refuse_removal = 1
     servicer.codes["StopContainer"] = grpc.StatusCode.NOT_FOUND  # stop finds it gone: fine
     await client.remove_container(base.ContainerID("c"))
-    assert servicer.calls == ["RemoveContainer", "StopContainer", "RemoveContainer"]
+    assert servicer.calls == [
+        "RemoveContainer",
+        "StopContainer",
+        "Tasks/Kill c in k8s.io",
+        "Tasks/Delete c in k8s.io",
+        "RemoveContainer",
+    ]
+
+
+async def test_a_runtime_without_containerd_task_service_is_left_to_cri(tmp_path: Path) -> None:
+    socket = tmp_path / "other.sock"
+    server = grpc.aio.server()  # serves nothing: every call is UNIMPLEMENTED, as on CRI-O
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"unix://{socket}")
+    try:
+        await tasks.reap(channel, "c", timeout_s=0.5)  # no error: removal is retried by CRI
+    finally:
+        await channel.close()
+        await server.stop(grace=None)

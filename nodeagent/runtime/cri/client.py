@@ -43,7 +43,7 @@ from nodeagent.model.pod import PodUID
 from nodeagent.runtime import base
 from nodeagent.runtime.cri import api_pb2 as pb
 from nodeagent.runtime.cri import api_pb2_grpc as pb_grpc
-from nodeagent.runtime.cri import convert
+from nodeagent.runtime.cri import convert, tasks
 
 # The CRI API version we speak; runtimes answer with theirs in VersionResponse.
 CRI_API_VERSION = "v1"
@@ -272,8 +272,9 @@ class CRIRuntime(base.Runtime):
         A SIGKILL landing inside StartContainer can leave containerd 1.6 holding a task it
         calls running for a container CRI reports exited; RemoveContainer then fails with
         FAILED_PRECONDITION ("cannot delete running task"). Stopping it (timeout 0: it is
-        meant to be dead) lets the task go; removal is retried with a bounded backoff until
-        the runtime lets go of it, or ``timeout_s`` has passed.
+        meant to be dead) lets the task go where CRI still knows it runs; where CRI believes
+        it exited, only containerd's task service can (``tasks.reap``). Removal is retried
+        with a bounded backoff until the runtime lets go of it, or ``timeout_s`` has passed.
         """
         request = pb.RemoveContainerRequest(container_id=container_id)
         deadline = time.monotonic() + self._timeout_s
@@ -282,11 +283,14 @@ class CRIRuntime(base.Runtime):
             try:
                 await self._call(self._runtime.RemoveContainer, request, pb.RemoveContainerResponse)
                 return
-            except Refused:
+            except Refused as refused:
                 if time.monotonic() + delay > deadline:
                     raise
+                held = "running task" in str(refused)
             with contextlib.suppress(base.NotFound):
                 await self.stop_container(container_id, 0)
+            if held:
+                await tasks.reap(self._open().channel, container_id, self._timeout_s)
             await asyncio.sleep(delay)
             delay = min(delay * 2, REMOVE_RETRY_MAX_S)
 
