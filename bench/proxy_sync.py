@@ -57,10 +57,11 @@ sys.path.insert(0, str(REPO))
 
 from nodeagent.log import configure_logging  # noqa: E402
 from nodeagent.model.service import Protocol  # noqa: E402
-from nodeagent.proxy.iptables import WAIT_S, Backend, Iptables  # noqa: E402
-from nodeagent.proxy.rules import MARK_MASQ, RulesConfig  # noqa: E402
+from nodeagent.proxy.iptables.rules import MARK_MASQ  # noqa: E402
+from nodeagent.proxy.iptables.runner import WAIT_S, Backend, Iptables  # noqa: E402
+from nodeagent.proxy.iptables.sync import Syncer  # noqa: E402
+from nodeagent.proxy.ruleconfig import RulesConfig  # noqa: E402
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName  # noqa: E402
-from nodeagent.proxy.sync import Syncer  # noqa: E402
 
 CONFIG = RulesConfig(cluster_cidr="10.128.0.0/9")
 LOCAL_PODS = 110

@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from proxy_sync import CONFIG, Mode, endpoint_changes, main, measure, timed_full_sync  # noqa: E402
 
 from nodeagent.log import configure_logging  # noqa: E402
-from nodeagent.proxy.nftables import Nftables  # noqa: E402
-from nodeagent.proxy.nftrules import TABLE  # noqa: E402
-from nodeagent.proxy.nftsync import NftSyncer  # noqa: E402
+from nodeagent.proxy.nftables.rules import TABLE  # noqa: E402
+from nodeagent.proxy.nftables.runner import Nftables  # noqa: E402
+from nodeagent.proxy.nftables.sync import NftSyncer  # noqa: E402
 
 
 class TimedNftables(Nftables):

@@ -68,7 +68,7 @@ _STARTED_MEMORY = 10_000  # pods whose start was recorded, remembered so it coun
 
 
 class SyncFacts(Protocol):
-    """What a proxy sync reports (nodeagent.proxy.sync.SyncStats has these)."""
+    """What a proxy sync reports (nodeagent.proxy.tracked.SyncStats has these)."""
 
     @property
     def duration_s(self) -> float: ...

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from nodeagent.log import get_logger
 from nodeagent.model.service import Protocol
 from nodeagent.proxy import command
-from nodeagent.proxy.rules import categorize
+from nodeagent.proxy.ruleconfig import categorize
 from nodeagent.proxy.state import Endpoint, ServicePortInfo
 
 log = get_logger(__name__)

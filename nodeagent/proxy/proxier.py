@@ -50,13 +50,13 @@ from nodeagent.proxy.allocator import Allocation, AllocationError, Ranges
 from nodeagent.proxy.conntrack import Conntrack
 from nodeagent.proxy.endpoints import PortMemory, service_endpoints, service_ports, settled
 from nodeagent.proxy.healthcheck import HealthCheckServers, ProxyHealth, health_check_services
-from nodeagent.proxy.iptables import Iptables, IptablesError, remove_rules
-from nodeagent.proxy.nftables import Nftables, NftablesError, remove_table
-from nodeagent.proxy.nftsync import NftSyncer
+from nodeagent.proxy.iptables.runner import Iptables, IptablesError, remove_rules
+from nodeagent.proxy.iptables.sync import RuleWriter, Syncer
+from nodeagent.proxy.nftables.runner import Nftables, NftablesError, remove_table
+from nodeagent.proxy.nftables.sync import NftSyncer
 from nodeagent.proxy.nodeports import nodeport_ips, primary_ip
-from nodeagent.proxy.rules import RulesConfig
+from nodeagent.proxy.ruleconfig import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
-from nodeagent.proxy.sync import RuleWriter, Syncer
 
 log = get_logger(__name__)
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import iptables, nftrules, nftscript
-from nodeagent.proxy.nftables import NftablesError
-from nodeagent.proxy.nftrules import Element, PortObjects, port_objects, shared_script
-from nodeagent.proxy.nftsync import NftSyncer
-from nodeagent.proxy.rules import RulesConfig
+from nodeagent.proxy.iptables import runner as iptables
+from nodeagent.proxy.nftables import rules as nftrules
+from nodeagent.proxy.nftables import script as nftscript
+from nodeagent.proxy.nftables.rules import Element, PortObjects, port_objects, shared_script
+from nodeagent.proxy.nftables.runner import NftablesError
+from nodeagent.proxy.nftables.sync import NftSyncer
+from nodeagent.proxy.ruleconfig import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
 CONFIG = RulesConfig(cluster_cidr="10.244.0.0/16")

@@ -1,4 +1,4 @@
-"""The rule builder (nodeagent.proxy.rules): golden iptables-restore text, full and partial."""
+"""The iptables rule builder: golden iptables-restore text, full and partial."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import textwrap
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import nodeports, restore, rules, shared
-from nodeagent.proxy.restore import Written, render
-from nodeagent.proxy.rules import RulesConfig, service_rules
+from nodeagent.proxy import nodeports
+from nodeagent.proxy.iptables import restore, rules, shared
+from nodeagent.proxy.iptables.restore import Written, render
+from nodeagent.proxy.iptables.rules import service_rules
+from nodeagent.proxy.ruleconfig import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
 CONFIG = RulesConfig(cluster_cidr="10.244.0.0/16")
@@ -279,15 +281,16 @@ def two_services(
 
 def test_full_sync_golden() -> None:
     state = two_services()
-    existing = {"nat": {"NA-SVC-OLD0000000000000", "CNI-HOSTPORT-DNAT", "NA-SERVICES"}}
+    # The kernel has an old service chain, CNI's chain and a shared one, and none of our jumps.
+    chains = ("NA-SVC-OLD0000000000000", "CNI-HOSTPORT-DNAT", "NA-SERVICES")
+    saved = {"nat": "".join(f":{c} - [0:0]\n" for c in chains)}
     out = render(
         state,
         write=set(),
         previous=Written(),
         full=True,
         config=CONFIG,
-        existing=existing,
-        missing_jumps=restore.missing_jumps({}, CONFIG),
+        saved=saved,
     )
     assert out.text["filter"] + out.text["nat"] == FULL.lstrip("\n")
     assert out.chains_deleted == 1  # the old service chain; never CNI's

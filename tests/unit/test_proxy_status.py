@@ -16,7 +16,7 @@ from nodeagent.model.service import Service
 from nodeagent.model.validate import parse_service
 from nodeagent.proxy import allocator
 from nodeagent.proxy.allocator import Allocation
-from nodeagent.proxy.iptables import IptablesError
+from nodeagent.proxy.iptables.runner import IptablesError
 from nodeagent.proxy.proxier import (
     Connection,
     ProxyInputs,

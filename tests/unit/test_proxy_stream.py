@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import restore, rules
-from nodeagent.proxy.iptables import Backend, Iptables, IptablesError, Tools
-from nodeagent.proxy.restore import FullStream, Written, missing_jumps, render, saved_chains
-from nodeagent.proxy.rules import RulesConfig, service_rules
+from nodeagent.proxy.iptables import restore, rules
+from nodeagent.proxy.iptables.restore import (
+    FullStream,
+    Written,
+    render,
+    saved_chains,
+)
+from nodeagent.proxy.iptables.rules import service_rules
+from nodeagent.proxy.iptables.runner import Backend, Iptables, IptablesError, Tools
+from nodeagent.proxy.ruleconfig import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
 CONFIG = RulesConfig(cluster_cidr="10.244.0.0/16", pod_egress_masquerade=True)
@@ -119,8 +125,7 @@ def test_the_stream_writes_what_render_writes(
         previous=Written(),
         full=True,
         config=CONFIG,
-        existing={t: saved_chains(v) for t, v in SAVED.items()},
-        missing_jumps=missing_jumps(SAVED, CONFIG),
+        saved=SAVED,
     )
     assert tables(text) == {t: tables(v)[t] for t, v in expected.text.items()}
     assert asked == [len(built)]  # the save is needed only once every port is written

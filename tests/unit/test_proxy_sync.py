@@ -8,12 +8,14 @@ from collections.abc import Iterable, Mapping
 import pytest
 
 from nodeagent.model.service import Protocol
-from nodeagent.proxy import conntrack, iptables
-from nodeagent.proxy.iptables import Backend, IptablesError
-from nodeagent.proxy.rules import RulesConfig, is_service_chain
-from nodeagent.proxy.shared import shared_chains
+from nodeagent.proxy import conntrack
+from nodeagent.proxy.iptables import runner as iptables
+from nodeagent.proxy.iptables.rules import is_service_chain
+from nodeagent.proxy.iptables.runner import Backend, IptablesError
+from nodeagent.proxy.iptables.shared import shared_chains
+from nodeagent.proxy.iptables.sync import Syncer
+from nodeagent.proxy.ruleconfig import RulesConfig
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
-from nodeagent.proxy.sync import Syncer
 
 WEB = ServicePortName("ns", "web", "", "TCP")
 DNS = ServicePortName("ns", "dns", "", "UDP")

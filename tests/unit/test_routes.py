@@ -145,8 +145,9 @@ def test_a_missing_bridge_sysctl_names_the_module(tmp_path: Path) -> None:
 
 
 def test_pod_egress_chain_keeps_pod_to_pod_sources_and_masquerades_the_rest() -> None:
-    from nodeagent.proxy.rules import NAT, POD_EGRESS, POSTROUTING, RulesConfig
-    from nodeagent.proxy.shared import shared_chains
+    from nodeagent.proxy.iptables.rules import NAT, POD_EGRESS, POSTROUTING
+    from nodeagent.proxy.iptables.shared import shared_chains
+    from nodeagent.proxy.ruleconfig import RulesConfig
 
     config = RulesConfig(cluster_cidr="10.244.0.0/16", pod_egress_masquerade=True)
     chains = shared_chains({}, config)
@@ -161,8 +162,9 @@ def test_pod_egress_chain_keeps_pod_to_pod_sources_and_masquerades_the_rest() ->
 
 
 def test_no_pod_egress_chain_unless_asked() -> None:
-    from nodeagent.proxy.rules import NAT, POD_EGRESS, RulesConfig
-    from nodeagent.proxy.shared import shared_chains
+    from nodeagent.proxy.iptables.rules import NAT, POD_EGRESS
+    from nodeagent.proxy.iptables.shared import shared_chains
+    from nodeagent.proxy.ruleconfig import RulesConfig
 
     assert (NAT, POD_EGRESS) not in shared_chains({}, RulesConfig(cluster_cidr="10.244.0.0/16"))
 

@@ -1,8 +1,8 @@
 """The nftables rule builder: proxy state -> the objects of our ``ip nodeagent`` table. Pure.
 
-The nftables mode does what the iptables mode does (``rules``), shaped like kube-proxy's
-nftables mode: lookups in maps replace the long shared chains, so that a change of one
-service port touches only that port's chain and its map elements::
+The nftables mode does what the iptables mode does (``nodeagent.proxy.iptables.rules``),
+shaped like kube-proxy's nftables mode: lookups in maps replace the long shared chains, so
+that a change of one service port touches only that port's chain and its map elements::
 
     nat-prerouting, nat-output -> services:
         ip daddr . l4proto . dport  vmap @service-ips     -> svc-/svl-/ext- chain of a port
@@ -43,7 +43,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from nodeagent.proxy.rules import (
+from nodeagent.proxy.ruleconfig import (
     LOCALHOST,
     MASQ_MARK,
     MULTICAST,

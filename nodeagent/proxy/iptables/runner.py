@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from nodeagent.log import get_logger
 from nodeagent.proxy import command
-from nodeagent.proxy.rules import CANARY, FILTER, HINT, NAT
+from nodeagent.proxy.iptables.rules import CANARY, FILTER, HINT, NAT
 
 log = get_logger(__name__)
 

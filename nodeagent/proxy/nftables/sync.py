@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from nodeagent.proxy import nftrules, nftscript
 from nodeagent.proxy.conntrack import Conntrack
-from nodeagent.proxy.nftables import NftablesError
-from nodeagent.proxy.rules import RulesConfig
+from nodeagent.proxy.nftables import rules as nftrules
+from nodeagent.proxy.nftables import script as nftscript
+from nodeagent.proxy.nftables.runner import NftablesError
+from nodeagent.proxy.ruleconfig import RulesConfig
 from nodeagent.proxy.state import ServicePortName
-from nodeagent.proxy.sync import TrackedSync
+from nodeagent.proxy.tracked import TrackedSync
 
 
 class ScriptWriter(Protocol):

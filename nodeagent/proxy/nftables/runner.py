@@ -18,7 +18,7 @@ import shutil
 
 from nodeagent.log import get_logger
 from nodeagent.proxy import command
-from nodeagent.proxy.nftrules import CANARY, TABLE
+from nodeagent.proxy.nftables.rules import CANARY, TABLE
 
 log = get_logger(__name__)
 

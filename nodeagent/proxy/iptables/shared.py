@@ -10,27 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 
-from nodeagent.proxy.rules import (
+from nodeagent.proxy.iptables.rules import (
     CANARY,
     EXTERNAL_SERVICES,
     FILTER,
     FIREWALL,
     FORWARD,
     HAIRPIN,
-    LOCALHOST,
     MARK_MASQ,
-    MASQ_MARK,
-    MULTICAST,
     NAT,
     NODEPORTS,
     POD_EGRESS,
     POSTROUTING,
     PROXY_FIREWALL,
     SERVICES,
-    RulesConfig,
     ServiceRules,
-    sort_key,
 )
+from nodeagent.proxy.ruleconfig import LOCALHOST, MASQ_MARK, MULTICAST, RulesConfig, sort_key
 from nodeagent.proxy.state import ServicePortName
 
 ChainKey = tuple[str, str]  # (table, chain)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 
-from nodeagent.proxy.nftrules import (
+from nodeagent.proxy.nftables.rules import (
     HAIRPIN,
     MAPS,
     TABLE,
@@ -45,7 +45,7 @@ from nodeagent.proxy.nftrules import (
     shared_chains,
     shared_script,
 )
-from nodeagent.proxy.rules import RulesConfig, sort_key
+from nodeagent.proxy.ruleconfig import RulesConfig, sort_key
 from nodeagent.proxy.state import ServicePortName
 
 ElementKey = tuple[str, str]  # (map, key)

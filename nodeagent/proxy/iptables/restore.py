@@ -18,7 +18,7 @@ it arrives, and parsing is about 40% of a large restore (the kernel's commit is 
 so the rules are built while it parses what came before. iptables-restore starts on an
 opened nat table before any port is looked at. For iptables-legacy the chains are then
 declared first, in descending order, from each service port's ``plan`` (names only); for
-iptables-nft, whose full-sync input starts with ``-Z`` (see ``iptables``), the order of
+iptables-nft, whose full-sync input starts with ``-Z`` (see ``runner``), the order of
 declarations costs nothing (measured at 1000 x 10: descending, ascending, shuffled and
 interleaved within 5%), so each batch of ports declares its own chains just before its
 rules, and parsing starts without a planning pass. Then come the shared chains, which
@@ -32,21 +32,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-from nodeagent.proxy.rules import (
+from nodeagent.proxy.iptables.rules import (
     FILTER,
     FIREWALL,
     JUMPS,
     NAT,
     Jump,
     Plan,
-    RulesConfig,
     ServiceRules,
     is_service_chain,
     plan,
     service_rules,
-    sort_key,
 )
-from nodeagent.proxy.shared import ChainKey, shared_chains
+from nodeagent.proxy.iptables.shared import ChainKey, shared_chains
+from nodeagent.proxy.ruleconfig import RulesConfig, sort_key
 from nodeagent.proxy.state import Endpoint, ServicePortInfo, ServicePortName
 
 STREAM_BATCH = 64  # service ports per chunk: few writes, yet parsing starts early
@@ -78,18 +77,17 @@ def render(
     previous: Written,
     full: bool,
     config: RulesConfig,
-    existing: Mapping[str, Set[str]] | None = None,
-    missing_jumps: Sequence[Jump] = (),
+    saved: Mapping[str, str] | None = None,
     shared: Mapping[ChainKey, tuple[str, ...]] | None = None,
 ) -> Restore:
     """The restore input for one sync.
 
     ``rules`` holds every current service port; those in ``write`` (all of them on a full
     sync) must still carry their rule text. ``previous`` is what the last successful sync
-    wrote. On a full sync ``existing`` lists the chains the kernel has per table (from
-    ``iptables-save``), so stale chains of an earlier run are deleted too, and
-    ``missing_jumps`` are inserted into the built-in chains. ``shared``, when given, is the
-    content of the shared chains, known not to have changed (a shortcut for the caller).
+    wrote. On a full sync ``saved`` is the kernel's ``iptables-save`` output per table, as
+    ``FullStream`` reads it: stale chains of an earlier run are deleted too, and the jumps
+    the built-in chains lack are inserted. ``shared``, when given, is the content of the
+    shared chains, known not to have changed (a shortcut for the caller).
     """
     targets = set(rules) if full else set(write) & set(rules)
     for key in targets:
@@ -102,8 +100,8 @@ def render(
     if full:
         current_own = {chain for r in rules.values() for chain in r.chains}
         candidates = {c for chains in previous.chains.values() for c in chains}
-        if existing is not None:
-            candidates |= {c for c in existing.get(NAT, ()) if is_service_chain(c)}
+        if saved is not None:
+            candidates |= _saved_service_chains(saved)
     else:
         # Own chains belong to one service port each (their names hash its key), so only
         # the touched ports' chains can have gone stale.
@@ -112,6 +110,7 @@ def render(
         current_own = {c for key in targets for c in rules[key].chains}
     stale = sorted(candidates - current_own)
 
+    all_jumps = missing_jumps(saved, config) if full and saved is not None else []
     text: dict[str, str] = {}
     declared: dict[str, int] = {}
     written_rules = 0
@@ -120,7 +119,7 @@ def render(
         own_chains = [c for k in ordered_targets for c in rules[k].chains] if table == NAT else []
         table_stale = stale if table == NAT else []
         shared_here = [chain for (t, chain) in shared_out if t == table]
-        jumps = [j for j in missing_jumps if j.table == table]
+        jumps = [j for j in all_jumps if j.table == table]
         if not (own_chains or table_stale or shared_here or jumps):
             continue
         names = sorted({*shared_here, *own_chains, *table_stale}, reverse=True)
@@ -163,6 +162,10 @@ def missing_jumps(saved: Mapping[str, str], config: RulesConfig) -> list[Jump]:
         if f"-A {jump.chain} {jump.spec}" not in text:
             missing.append(jump)
     return missing
+
+
+def _saved_service_chains(saved: Mapping[str, str]) -> set[str]:
+    return {c for c in saved_chains(saved.get(NAT, "")) if is_service_chain(c)}
 
 
 def saved_chains(saved: str) -> set[str]:
@@ -259,7 +262,7 @@ class FullStream:
             written += len(shared[(NAT, chain)])
         saved = self._saved()
         candidates = {c for chains in self._previous.chains.values() for c in chains}
-        candidates |= {c for c in saved_chains(saved.get(NAT, "")) if is_service_chain(c)}
+        candidates |= _saved_service_chains(saved)
         stale = sorted(candidates - own)
         jumps = missing_jumps(saved, config)
         # A chain is flushed by its declaration and deleted by -X: only at the end of nat,
