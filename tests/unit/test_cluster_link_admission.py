@@ -3,7 +3,7 @@ in-process test API server: labels and taints come fresh from our own Node, a po
 running at an agent restart is not judged again, a later shorter grace period hurries a
 termination under way, and a mirror pod deleted gracefully is made again at once.
 
-Uses the cluster link's rig (``test_cluster_link``)."""
+Uses the cluster link's rig (``linkrig``)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from nodeagent.runtime.base import ContainerID, SandboxConfig
 from nodeagent.runtime.fake import FakeRuntime
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import NODES, PODS
-from tests.unit import test_cluster_link as link_tests
+from tests.unit import linkrig
+from tests.unit.linkrig import NODE, Rig, phase, pod_body, ready, static_state
 from tests.unit.rig import eventually
-from tests.unit.test_cluster_link import NODE, Rig, phase, pod_body, ready, static_state
 
-# The cluster link suite's fixtures, by name: api (test API server), rig (a started Rig).
-api, rig = link_tests.api, link_tests.rig
+# The rig's fixtures, by name: api (test API server), rig (a started Rig).
+api, rig = linkrig.api, linkrig.rig
 
 MERGE = "application/merge-patch+json"
 

@@ -16,8 +16,8 @@ from nodeagent.model.pod import HostPathSource, Pod, PodUID
 from tests.apiserver import ApiServer
 from tests.apiserver.resources import CONFIGMAPS, PODS, SECRETS
 from tests.apiserver.subresources import patch_ephemeral
+from tests.unit.linkrig import Rig, events_of, pod_body, ready
 from tests.unit.rig import IMAGE, eventually
-from tests.unit.test_cluster_link import Rig, events_of, pod_body, ready
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MERGE = "application/merge-patch+json"
