@@ -30,6 +30,7 @@ from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, cluster
 from tests.harness.agent import Agent, RuntimeTarget
 from tests.harness.cluster import NODE_NAME, create, get_pod, pod_manifest
+from tests.harness.typed import present
 
 MERGE = PatchType.MERGE
 FS_GROUP = 2345
@@ -62,12 +63,14 @@ def on_node(node: str) -> dict[str, Any]:
     return {"required": {"nodeSelectorTerms": [{"matchExpressions": [expr]}]}}
 
 
-async def make_claim(admin: AsyncClient, name: str, **meta: Any) -> None:
+async def make_claim(
+    admin: AsyncClient, name: str, mode: str = "ReadWriteOnce", **meta: Any
+) -> None:
     body = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": "default", **meta},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "1Gi"}}},
     }
     await admin.create(PersistentVolumeClaim.from_dict(body))  # type: ignore[call-overload]
 
@@ -83,7 +86,7 @@ async def bind(admin: AsyncClient, claim: str, pv: dict[str, Any]) -> None:
         namespace="default",
         patch_type=MERGE,
     )
-    ref = {"namespace": "default", "name": claim, "uid": pvc.metadata.uid}
+    ref = {"namespace": "default", "name": claim, "uid": present(pvc.metadata).uid}
     await admin.patch(PersistentVolume, name, {"spec": {"claimRef": ref}}, patch_type=MERGE)
     await admin.patch(
         PersistentVolumeStatus, name, {"status": {"phase": "Bound"}}, patch_type=MERGE
@@ -163,6 +166,18 @@ async def test_claims_bound_to_hostpath_and_local_volumes(
     await create(admin, claim_pod("ro", refused, claim="kept", read_only=True))
     assert await finished(admin, agent, "ro") == "Succeeded"
     assert not (kept / "x").exists()
+
+    # ReadWriteOncePod: while one pod of this node uses the claim, the next one waits.
+    await make_claim(admin, "solo", "ReadWriteOncePod")
+    solo = pv_body("pv-solo", {"hostPath": {"path": str(kept)}}, accessModes=["ReadWriteOncePod"])
+    await bind(admin, "solo", solo)
+    await create(admin, claim_pod("first", "touch /data/first; sleep 3600", claim="solo"))
+    await async_wait_for(
+        lambda: (kept / "first").exists(), 60, message=lambda: f"first runs\n{agent.log_tail()}"
+    )
+    await create(admin, claim_pod("second", "true", claim="solo"))
+    message = await failed_mount(admin, agent, "second", "ReadWriteOncePod")
+    assert "default/first" in message
 
     # The late claim is bound now: its pod starts on a later retry.
     await bind(admin, "late", pv_body("pv-late", {"hostPath": {"path": str(late)}}))

@@ -363,9 +363,11 @@ async def test_claims_and_volumes_are_validated_and_defaulted_as_upstream(
         )
     assert "spec is immutable after creation" in caught.value.message
     # Status only through the subresource.
-    api.store.patch(PERSISTENTVOLUMECLAIMS, "default", "c", merge, {"status": {"phase": "Bound"}})
-    assert api.store.find(PERSISTENTVOLUMECLAIMS, "default", "c")["status"]["phase"] == "Pending"
-    api.store.patch(
+    kept = api.store.patch(
+        PERSISTENTVOLUMECLAIMS, "default", "c", merge, {"status": {"phase": "Bound"}}
+    )
+    assert kept["status"]["phase"] == "Pending"
+    bound = api.store.patch(
         PERSISTENTVOLUMECLAIMS,
         "default",
         "c",
@@ -373,4 +375,4 @@ async def test_claims_and_volumes_are_validated_and_defaulted_as_upstream(
         {"status": {"phase": "Bound"}},
         subresource="status",
     )
-    assert api.store.find(PERSISTENTVOLUMECLAIMS, "default", "c")["status"]["phase"] == "Bound"
+    assert bound["status"]["phase"] == "Bound"
