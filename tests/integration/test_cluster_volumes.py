@@ -157,9 +157,16 @@ async def test_claims_bound_to_hostpath_and_local_volumes(
     await make_claim(admin, "kept")
     source = {"hostPath": {"path": str(kept), "type": "DirectoryOrCreate"}}
     await bind(admin, "kept", pv_body("pv-kept", source))
-    await create(admin, claim_pod("writer", "echo hello > /data/f", claim="kept"))
+    writer = claim_pod("writer", "echo hello > /data/f; echo sub > /sub/g", claim="kept")
+    sub = {"name": "data", "mountPath": "/sub", "subPathExpr": "$(POD)"}
+    writer["spec"]["containers"][0]["volumeMounts"].append(sub)
+    writer["spec"]["containers"][0]["env"] = [
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
+    await create(admin, writer)
     assert await finished(admin, agent, "writer") == "Succeeded"
     assert (kept / "f").read_text() == "hello\n"
+    assert (kept / "writer" / "g").read_text() == "sub\n"  # subPathExpr, as for any volume
     await create(admin, claim_pod("reader", "grep -qx hello /data/f", claim="kept"))
     assert await finished(admin, agent, "reader") == "Succeeded"
     refused = "if touch /data/x; then exit 1; fi; grep -qx hello /data/f"
