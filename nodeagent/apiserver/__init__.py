@@ -13,7 +13,9 @@ What a kubelet (and kube-proxy's watch) does against the API server, one role pe
     ownnode.py      our own Node as admission reads it: watched, read again on demand
     refs.py         (pure) ConfigMap, Secret, downward API and token references -> a pod the
                     pod manager can run, and the files of its volumes
-    podrefs.py      fetching those references, writing the files, keeping them current
+    claims.py       (pure) PersistentVolumeClaims -> the PV directory to mount, or why not
+    podrefs.py      fetching those references (claims and PVs too), writing the files,
+                    keeping them current
     node.py         Node registration and watch (podCIDR), node status, the Lease heartbeat
     statuspatch.py  (pure) a pod status patch: the kubelet's two-way strategic merge patch
     statuswriter.py pod status patches: only what changed, coalesced, retried

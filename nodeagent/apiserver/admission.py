@@ -248,6 +248,12 @@ def _affinity_matches(affinity: Mapping[str, Any], node: NodeView) -> bool:
     return any(_term_matches(term or {}, node) for term in terms)
 
 
+def terms_match(terms: Iterable[Any], node: NodeView) -> bool:
+    """Whether ``node`` matches any of the nodeSelectorTerms (ORed, as upstream); a PV's
+    ``nodeAffinity.required`` is read the same way."""
+    return any(_term_matches(term or {}, node) for term in terms)
+
+
 def _term_matches(term: Mapping[str, Any], node: NodeView) -> bool:
     expressions = term.get("matchExpressions") or []
     fields = term.get("matchFields") or []

@@ -140,6 +140,7 @@ class ClusterLink:
             facts=facts,
             on_pod_cidr=on_pod_cidr,
             on_deleting=on_node_deleting,
+            volumes_in_use=lambda: self.refs.volumes_in_use(),
         )
         self.lease = LeaseHeartbeat(client, self.registration)
         # Our own Node, fresh: its labels and taints are what admission judges by.
@@ -164,6 +165,7 @@ class ClusterLink:
             state_dir=state_dir,
             on_change=self._pods_changed,
             active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
+            node=lambda: admission.NodeView.from_allocatable(node_name, self.own_node.labels(), {}),
         )
         manager.set_env_source(self.refs.container_env)
         self.mirrors = MirrorPods(

@@ -202,6 +202,7 @@ class NodeRegistration:
         facts: Callable[[], nodestatus.NodeFacts],
         on_pod_cidr: Callable[[str], None],
         on_deleting: Callable[[bool], None] = lambda deleting: None,
+        volumes_in_use: Callable[[], list[str]] = list,
         backoff: Backoff | None = None,
     ) -> None:
         """``on_deleting(True)``: the Node got a deletionTimestamp (the proxy's healthz then
@@ -211,6 +212,7 @@ class NodeRegistration:
         self._facts = facts
         self._on_pod_cidr = on_pod_cidr
         self._on_deleting = on_deleting
+        self._volumes_in_use = volumes_in_use
         self.deleting = False
         self._backoff = backoff or Backoff(initial_s=1.0, cap_s=STATUS_INTERVAL_S)
         self.host = HostInfo.read()
@@ -258,9 +260,13 @@ class NodeRegistration:
         facts = self._facts()
         host_ip = self.node_ip  # never guessed here: a bridge's address would mislead peers
         previous = (self.node or {}).get("status")
-        return await asyncio.to_thread(
+        status = await asyncio.to_thread(
             node_status, facts, host=self.host, host_ip=host_ip, previous=previous
         )
+        # null, not []: the strategic merge patch then drops the field, which upstream omits
+        # when empty.
+        status["volumesInUse"] = self._volumes_in_use() or None
+        return status
 
     async def _register(self) -> None:
         status = await self._status()

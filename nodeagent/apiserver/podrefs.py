@@ -20,6 +20,12 @@ keeps the env of the last resolution). Its files follow their sources too: every
 replaced, and each token is renewed when 80% of its lifetime (at most 24 h) has passed, as
 the kubelet does.
 
+PersistentVolumeClaims (``claims.py``) are resolved in the same preparation: each claim and
+then its PV is read, the claim volume becomes a hostPath of the PV's directory, a local PV
+gets the pod's fsGroup, and a ReadWriteOncePod claim that another of this node's live pods
+holds keeps the pod waiting (FailedMount) until that pod is gone. A claim is resolved once,
+when the pod is prepared: a pod keeps the volume it started with, as the kubelet does.
+
 Files are written by ``kubelet/projection.py`` (atomically, through a ``..data`` symlink;
 secrets on tmpfs), which the manifest directory's pods share.
 """
@@ -36,10 +42,14 @@ from typing import Any
 
 import structlog
 
+from nodeagent.apiserver import claims
+from nodeagent.apiserver.admission import NodeView
+from nodeagent.apiserver.claims import ClaimMount
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.pods import Hold
 from nodeagent.apiserver.reflector import Backoff
 from nodeagent.kubelet.projection import write_volumes
+from nodeagent.kubelet.volumes import set_ownership
 from nodeagent.model.pod import EnvVar, Pod
 from nodeagent.model.refs import (
     MOUNT_ERROR,
@@ -81,6 +91,7 @@ class _Entry:
     hold: Hold = field(default_factory=lambda: Hold(MOUNT_ERROR, "", error=False))
     task: asyncio.Task[None] | None = None
     tokens: dict[TokenSpec, _Token] = field(default_factory=dict)
+    mounts: dict[str, ClaimMount] = field(default_factory=dict)  # by volume name
 
 
 class PodReferences:
@@ -91,9 +102,11 @@ class PodReferences:
         state_dir: Path,
         on_change: Callable[[], None],
         active: Callable[[str], bool],
+        node: Callable[[], NodeView],
         refresh_s: float = REFRESH_S,
     ) -> None:
         self.client = client
+        self._node = node  # this node's name and labels, for a PV's nodeAffinity
         self.state_dir = state_dir
         self._on_change = on_change
         self._active = active  # a worker runs this pod uid: keep its files current
@@ -104,7 +117,7 @@ class PodReferences:
 
     def prepared(self, obj: Obj) -> Obj | None:
         """The document to run, if ready (no side effects)."""
-        if not needs_rewrite(obj):
+        if not _needs_work(obj):
             return obj
         entry = self._entries.get(_uid(obj))
         if entry is None or entry.spec is None:
@@ -118,7 +131,7 @@ class PodReferences:
         """Rewrite an updated spec with the references of the preparation. A new reference
         (an ephemeral container's env) that lookup lacks keeps the last good spec."""
         try:
-            doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=entry.lookup)
+            doc = self._rewrite(entry.obj, entry.lookup, entry.mounts)
         except RefError as exc:
             log.warning("pod_update_not_followed", pod=_name(entry.obj), error=exc.message)
         else:
@@ -159,8 +172,10 @@ class PodReferences:
             try:
                 lookup = await self._fetch(entry)
                 source = entry.obj.get("spec")  # what ``doc`` is made of: obj may change
-                doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=lookup)
+                mounts = await self._claims(entry)
+                doc = self._rewrite(entry.obj, lookup, mounts)
                 await self._write_volumes(entry.obj, lookup)
+                await self._own(entry.obj, mounts)
             except RefError as exc:
                 entry.hold = Hold(exc.reason, exc.message)
             except ApiFailure as exc:
@@ -169,6 +184,7 @@ class PodReferences:
                 entry.hold = Hold(MOUNT_ERROR, f"cannot write the pod's volumes: {exc}")
             else:
                 entry.spec, entry.source, entry.lookup = doc["spec"], source, lookup
+                entry.mounts = mounts
                 log.info("pod_references_ready", pod=name)
                 self._on_change()
                 return
@@ -201,7 +217,7 @@ class PodReferences:
             return None
         try:
             lookup = await self._fetch(entry)
-            doc = rewrite(entry.obj, pod_dir=self._pod_dir(entry.obj), lookup=lookup)
+            doc = self._rewrite(entry.obj, lookup, entry.mounts)
         except RefError as exc:
             raise ValueError(exc.message) from exc
         except ApiFailure as exc:
@@ -267,6 +283,69 @@ class PodReferences:
         )
         return _Token(token, now, expires)
 
+    def _rewrite(self, obj: Obj, lookup: Lookup | None, mounts: dict[str, ClaimMount]) -> Obj:
+        doc = rewrite(obj, pod_dir=self._pod_dir(obj), lookup=lookup)
+        return claims.apply(doc, mounts)
+
+    async def _claims(self, entry: _Entry) -> dict[str, ClaimMount]:
+        """The pod's claim volumes resolved (RefError while one cannot be mounted)."""
+        obj, namespace = entry.obj, _namespace(entry.obj)
+        mounts: dict[str, ClaimMount] = {}
+        for use in claims.claim_uses(obj):
+            claim = await self._get(namespace, "persistentvolumeclaims", use.claim)
+            bound, pv_name = claims.check_claim(use, obj, claim)
+            pv = await self._get_cluster("persistentvolumes", pv_name)
+            mount = claims.resolve(use, bound, pv, self._node())
+            if mount.csi is not None:
+                # Until a CSI mounter joins, as the kubelet words a driver it does not know.
+                raise RefError(MOUNT_ERROR, f"CSI driver not registered: {mount.csi.driver}")
+            holder = self._once_pod_holder(mount, _uid(obj)) if mount.once_pod else None
+            if holder is not None:
+                raise RefError(
+                    MOUNT_ERROR,
+                    f"persistentvolumeclaim {mount.claim!r} has access mode ReadWriteOncePod "
+                    f"and pod {holder} on this node uses it",
+                )
+            mounts[use.volume] = mount
+        return mounts
+
+    def _once_pod_holder(self, mount: ClaimMount, uid: str) -> str | None:
+        """The live pod of this node that holds ``mount``'s claim, if another does."""
+        for other_uid, other in self._entries.items():
+            if other_uid == uid or other.spec is None:
+                continue
+            phase = (other.obj.get("status") or {}).get("phase")
+            live = self._active(other_uid) or phase not in ("Succeeded", "Failed")
+            if live and any(m.claim == mount.claim for m in other.mounts.values()):
+                return _name(other.obj)
+        return None
+
+    async def _own(self, obj: Obj, mounts: dict[str, ClaimMount]) -> None:
+        context = ((obj.get("spec") or {}).get("securityContext")) or {}
+        group = context.get("fsGroup")
+        if not isinstance(group, int) or isinstance(group, bool):
+            return
+        on_mismatch = context.get("fsGroupChangePolicy") == "OnRootMismatch"
+        for mount in mounts.values():
+            if mount.fs_group_applies and not mount.read_only:
+                await asyncio.to_thread(
+                    set_ownership, Path(mount.path), group, on_root_mismatch=on_mismatch
+                )
+
+    def volumes_in_use(self) -> list[str]:
+        """The persistent volumes the prepared pods of this node mount (Node volumesInUse)."""
+        return claims.in_use(
+            m for uid, e in self._entries.items() if self._active(uid) for m in e.mounts.values()
+        )
+
+    async def _get_cluster(self, plural: str, name: str) -> Obj | None:
+        try:
+            return await self.client.request("GET", f"/api/v1/{plural}/{name}")
+        except ApiFailure as exc:
+            if exc.not_found:
+                return None
+            raise
+
     def _pod_dir(self, obj: Obj) -> str:
         return str(self.state_dir / "pods" / _uid(obj))
 
@@ -280,6 +359,10 @@ def _parse_time(text: str) -> float | None:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _needs_work(obj: Obj) -> bool:
+    return needs_rewrite(obj) or claims.uses_claims(obj)
 
 
 def _uid(obj: Obj) -> str:

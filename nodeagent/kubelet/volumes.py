@@ -1,5 +1,8 @@
 """Pod volumes on the node: emptyDir (disk or tmpfs) and hostPath, laid out per pod uid.
 
+A PersistentVolumeClaim reaches here as the hostPath of its PV's directory (see
+``apiserver/claims.py``); ``set_ownership`` applies the pod's fsGroup to a local PV.
+
 Layout: ``<state_dir>/pods/<uid>/volumes/<kind>/<name>``, the kubelet's shape, so that a
 restarted agent finds the same directories for the pods it adopts, and removing a pod is
 removing one directory (after unmounting any tmpfs in it).
@@ -50,6 +53,33 @@ def share_with_group(directory: Path, gid: int) -> None:
     group's too. Only the top: an emptyDir is empty when this runs."""
     os.chown(directory, -1, gid)
     os.chmod(directory, os.stat(directory).st_mode & 0o777 | 0o070 | stat.S_ISGID)
+
+
+def set_ownership(directory: Path, gid: int, *, on_root_mismatch: bool) -> None:
+    """fsGroup on a persistent volume, as the kubelet's SetVolumeOwnership: every file and
+    directory becomes the group's and group-readable and -writable, directories setgid.
+    With ``fsGroupChangePolicy: OnRootMismatch`` a root that already has the group and the
+    permissions means the volume is done (a large volume is not walked at every start)."""
+    if on_root_mismatch and _owned(directory, gid):
+        return
+    for root, dirs, files in os.walk(directory):
+        for name in [*dirs, *files]:
+            _own(Path(root) / name, gid)
+    _own(directory, gid)
+
+
+def _owned(path: Path, gid: int) -> bool:
+    st = os.stat(path)
+    return st.st_gid == gid and st.st_mode & (0o060 | stat.S_ISGID) == 0o060 | stat.S_ISGID
+
+
+def _own(path: Path, gid: int) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return  # a symlink's target may be outside the volume
+    os.chown(path, -1, gid)
+    extra = 0o060 | (0o010 | stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
+    os.chmod(path, stat.S_IMODE(st.st_mode) | extra)
 
 
 def expand_sub_path_exprs(container: Container, env: Mapping[str, str]) -> Container:

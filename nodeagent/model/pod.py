@@ -152,6 +152,8 @@ class PodSecurityContext:
     run_as_group: int | None = None
     run_as_non_root: bool | None = None
     fs_group: int | None = None  # a supplemental group of every container; volumes use it too
+    # "Always" (every volume walked at each mount) or "OnRootMismatch" (only if its root differs).
+    fs_group_change_policy: str = "Always"
     supplemental_groups: tuple[int, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = ()
     seccomp: SeccompProfile = SeccompProfile.UNSET

@@ -56,6 +56,7 @@ _POD_KNOWN = (
     "runAsGroup",
     "runAsNonRoot",
     "fsGroup",
+    "fsGroupChangePolicy",
     "supplementalGroups",
     "sysctls",
     "seccompProfile",
@@ -115,6 +116,9 @@ def pod_security_context(spec: Node) -> PodSecurityContext:
         run_as_group=_id(sc, "runAsGroup"),
         run_as_non_root=_optional_bool(sc, "runAsNonRoot"),
         fs_group=_id(sc, "fsGroup"),
+        fs_group_change_policy=sc.enum_value(
+            "fsGroupChangePolicy", ("Always", "OnRootMismatch"), default="Always"
+        ),
         supplemental_groups=tuple(groups),
         sysctls=_sysctls(sc, host_network=spec.boolean("hostNetwork")),
         seccomp=_seccomp(sc),

@@ -390,11 +390,24 @@ def _check_unique(spec: Node, what: str, names: list[str]) -> None:
         seen.add(name)
 
 
+_CLAIM_SOURCES = ("persistentVolumeClaim", "ephemeral")
+
+
 def _volume(v: Node) -> Volume:
-    v.reject_unknown(("name", "emptyDir", "hostPath"))
+    for key in _CLAIM_SOURCES:
+        if v.present(key):
+            # API pods reach here with their claims resolved (apiserver/claims.py).
+            v.error(
+                "a PersistentVolumeClaim needs the Kubernetes API to be read: only an agent "
+                "in cluster mode mounts one",
+                key,
+            )
+    v.reject_unknown(("name", "emptyDir", "hostPath", *_CLAIM_SOURCES))
     name = v.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):
         v.error(f"{name!r} is not a valid DNS-1123 label", "name")
+    if any(v.present(key) for key in _CLAIM_SOURCES):
+        return Volume(name=name, source=EmptyDirSource())
     sources = [k for k in ("emptyDir", "hostPath") if v.present(k)]
     if len(sources) > 1:
         v.error(f"exactly one volume source is allowed (found {', '.join(sources)})")

@@ -8,6 +8,7 @@ upstream documents it follows and what it simplifies:
     resources.py    served kinds, discovery documents
     store.py        objects, resourceVersion, conflicts, subresources, graceful deletion
     admission.py    defaults, validation, ServiceAccount admission, pod immutability
+    storage.py      PersistentVolumes and PersistentVolumeClaims: defaults, validation
     podstatus.py    pod status IP conversion and ValidatePodStatusUpdate
     authz.py        Node authorizer, RBAC ClusterRoles/Bindings (system:node-proxier)
     noderestriction.py  what a node credential may write (NodeRestriction)

@@ -17,6 +17,7 @@ Follows, per kind:
 - Namespaces: the ``kubernetes`` finalizer, ``phase: Active`` and the
   ``kubernetes.io/metadata.name`` label. Secrets: ``type: Opaque``, ``stringData`` folded into
   ``data``. Secrets and ConfigMaps with ``immutable: true`` reject data changes.
+- PersistentVolumes and PersistentVolumeClaims: ``storage.py``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from tests.apiserver import errors, podstatus
+from tests.apiserver import errors, podstatus, storage
 from tests.apiserver.allocators import AllocationError, assign
 from tests.apiserver.resources import (
     CONFIGMAPS,
     NAMESPACES,
+    PERSISTENTVOLUMECLAIMS,
+    PERSISTENTVOLUMES,
     PODS,
     SECRETS,
     SERVICEACCOUNTS,
@@ -117,6 +120,10 @@ class Admission:
             self._namespace_label(obj)
         elif rt is SECRETS:
             self._secret(obj)
+        elif rt is PERSISTENTVOLUMES:
+            storage.on_create_pv(obj)
+        elif rt is PERSISTENTVOLUMECLAIMS:
+            storage.on_create_pvc(obj)
 
     def on_update(self, rt: ResourceType, old: Obj, new: Obj, subresource: str | None) -> None:
         if rt is PODS and "status" in new:
@@ -136,6 +143,10 @@ class Admission:
             self._namespace_label(new)
         elif rt is SECRETS:
             self._secret(new)
+        elif rt is PERSISTENTVOLUMES:
+            storage.on_update_pv(old, new)
+        elif rt is PERSISTENTVOLUMECLAIMS:
+            storage.on_update_pvc(old, new)
         if rt in (SECRETS, CONFIGMAPS) and old.get("immutable"):
             for field in ("data", "binaryData", "immutable"):
                 if new.get(field) != old.get(field):

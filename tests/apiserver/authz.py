@@ -15,6 +15,9 @@ NodeRestriction admission plugin (plugin/pkg/admission/noderestriction):
     only pods bound to itself deleted); update and patch ``pods/status`` of its own pods;
   - get, list and watch (by name) the Secrets and ConfigMaps its pods reference; create
     tokens for the service accounts its pods run as, bound to such a pod;
+  - get (only) the PersistentVolumeClaims its pods use (``persistentVolumeClaim.claimName``,
+    and ``<pod>-<volume>`` for a generic ephemeral volume) and the PersistentVolumes those
+    claims are bound to (``spec.volumeName``): the graph's pod -> pvc -> pv edges;
   - its own Lease in ``kube-node-lease``;
   - get, list and watch Services and RuntimeClasses; get Endpoints; create, update and
     patch Events (the static "node rules").
@@ -45,6 +48,8 @@ from tests.apiserver.resources import (
     CONFIGMAPS,
     LEASES,
     NODES,
+    PERSISTENTVOLUMECLAIMS,
+    PERSISTENTVOLUMES,
     PODS,
     SECRETS,
     ResourceType,
@@ -207,6 +212,14 @@ def _node_authorizer(store: Store, node: str, a: Attributes) -> tuple[bool, str]
         if not a.namespace or not _pod_references(store, node, rt, a.namespace, a.name):
             return False, f"no relationship found between node '{node}' and this object"
         return True, ""
+    if rt in (PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES):
+        if a.verb != "get" or not a.name:
+            return False, "can only get individual resources of this type"
+        if a.subresource:
+            return False, "cannot get subresource"
+        if not _uses_storage(store, node, rt, a.namespace, a.name):
+            return False, f"no relationship found between node '{node}' and this object"
+        return True, ""
     if rt.plural == "serviceaccounts" and not rt.group:
         if a.verb != "create" or not a.name:
             return False, "can only create tokens for individual service accounts"
@@ -288,6 +301,35 @@ def _pod_references(store: Store, node: str, rt: ResourceType, namespace: str, n
         elif name in set(pod_references(spec, rt.kind)):
             return True
     return False
+
+
+def _uses_storage(
+    store: Store, node: str, rt: ResourceType, namespace: str | None, name: str
+) -> bool:
+    """pod -> pvc (namespaced) and pvc -> pv edges, from the pods bound to ``node``."""
+    for pod in store.items(PODS):
+        spec = pod.get("spec") or {}
+        if spec.get("nodeName") != node:
+            continue
+        pod_ns = str(pod["metadata"].get("namespace") or "")
+        for claim in pod_claims(pod):
+            if rt is PERSISTENTVOLUMECLAIMS and (pod_ns, claim) == (namespace, name):
+                return True
+            if rt is PERSISTENTVOLUMES:
+                pvc = store.find(PERSISTENTVOLUMECLAIMS, pod_ns, claim)
+                if pvc is not None and (pvc.get("spec") or {}).get("volumeName") == name:
+                    return True
+    return False
+
+
+def pod_claims(pod: Obj) -> Iterator[str]:
+    """The claims a pod uses (podutil's PVC visitor: ephemeral volumes included)."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        source = volume.get("persistentVolumeClaim")
+        if isinstance(source, dict) and source.get("claimName"):
+            yield str(source["claimName"])
+        elif isinstance(volume.get("ephemeral"), dict):
+            yield f"{pod['metadata'].get('name')}-{volume.get('name')}"
 
 
 def pod_references(spec: Obj, kind: str) -> Iterator[str]:

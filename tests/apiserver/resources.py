@@ -117,6 +117,18 @@ SERVICES = ResourceType(
     name_is_label=True,
 )
 CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",))
+PERSISTENTVOLUMES = ResourceType(
+    "", "v1", "persistentvolumes", "PersistentVolume", False, ("pv",), status_subresource=True
+)
+PERSISTENTVOLUMECLAIMS = ResourceType(
+    "",
+    "v1",
+    "persistentvolumeclaims",
+    "PersistentVolumeClaim",
+    True,
+    ("pvc",),
+    status_subresource=True,
+)
 SECRETS = ResourceType("", "v1", "secrets", "Secret", True, selectable_fields=("type",))
 EVENTS = ResourceType(
     "",
@@ -161,6 +173,8 @@ ALL: tuple[ResourceType, ...] = (
     SERVICES,
     CONFIGMAPS,
     SECRETS,
+    PERSISTENTVOLUMES,
+    PERSISTENTVOLUMECLAIMS,
     EVENTS,
     NAMESPACES,
     SERVICEACCOUNTS,

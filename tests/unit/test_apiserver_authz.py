@@ -17,7 +17,16 @@ from nodeagent.apiserver.reflector import NODE_PROXIER, Collection, Reflector
 from nodeagent.server.nodeview import render_node
 from tests.apiserver import ApiServer
 from tests.apiserver.authz import binding_body
-from tests.apiserver.resources import CLUSTERROLEBINDINGS, CONFIGMAPS, NODES, PODS, SECRETS
+from tests.apiserver.errors import ApiError
+from tests.apiserver.resources import (
+    CLUSTERROLEBINDINGS,
+    CONFIGMAPS,
+    NODES,
+    PERSISTENTVOLUMECLAIMS,
+    PERSISTENTVOLUMES,
+    PODS,
+    SECRETS,
+)
 from tests.unit.rig import eventually
 
 Obj = dict[str, Any]
@@ -263,3 +272,107 @@ def test_status_node_names_the_refused_collection_and_the_cluster_role() -> None
     ]
     del snapshot["cluster"]["forbidden"], snapshot["network"]
     assert "WARNING" not in render_node(snapshot, datetime.now(UTC))
+
+
+async def test_a_node_gets_only_the_claims_and_volumes_of_its_pods(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    claim_spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    for name in ("mine", "theirs", "web-scratch"):
+        api.store.create(
+            PERSISTENTVOLUMECLAIMS, "default", {"metadata": {"name": name}, "spec": claim_spec}
+        )
+    pv_spec = {
+        "capacity": {"storage": "1Gi"},
+        "accessModes": ["ReadWriteOnce"],
+        "hostPath": {"path": "/srv/pv"},
+    }
+    for name in ("pv-mine", "pv-theirs"):
+        api.store.create(PERSISTENTVOLUMES, None, {"metadata": {"name": name}, "spec": pv_spec})
+    for claim, pv in (("mine", "pv-mine"), ("theirs", "pv-theirs")):
+        api.store.patch(
+            PERSISTENTVOLUMECLAIMS,
+            "default",
+            claim,
+            "application/merge-patch+json",
+            {"spec": {"volumeName": pv}},
+        )
+    volumes = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "mine"}},
+        {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": claim_spec}}},
+    ]
+    api.store.create(PODS, "default", pod("web", NODE, volumes=volumes))
+    other = [{"name": "data", "persistentVolumeClaim": {"claimName": "theirs"}}]
+    api.store.create(PODS, "default", pod("db", OTHER, volumes=other))
+    base = "/api/v1/namespaces/default/persistentvolumeclaims"
+    async with node_client(api, tmp_path, proxier=False) as c:
+        for name in ("mine", "web-scratch"):
+            assert (await c.request("GET", f"{base}/{name}"))["metadata"]["name"] == name
+        assert (await c.request("GET", "/api/v1/persistentvolumes/pv-mine"))["spec"]
+        exc = await refused(c.request("GET", f"{base}/theirs"))
+        assert exc.message.endswith("no relationship found between node 'n1' and this object")
+        await refused(c.request("GET", "/api/v1/persistentvolumes/pv-theirs"))
+        exc = await refused(c.list(base, {}))
+        assert exc.message.endswith("can only get individual resources of this type")
+
+
+async def test_claims_and_volumes_are_validated_and_defaulted_as_upstream(
+    api: ApiServer,
+) -> None:
+    with pytest.raises(ApiError) as caught:
+        api.store.create(PERSISTENTVOLUMECLAIMS, "default", {"metadata": {"name": "c"}})
+    assert "spec.accessModes: Required value" in caught.value.message
+    local = {
+        "capacity": {"storage": "1Gi"},
+        "accessModes": ["ReadWriteOnce"],
+        "local": {"path": "/srv/local"},
+    }
+    with pytest.raises(ApiError) as caught:
+        api.store.create(PERSISTENTVOLUMES, None, {"metadata": {"name": "l"}, "spec": local})
+    assert caught.value.message == (
+        'PersistentVolume "l" is invalid: spec.nodeAffinity: Required value: Local volumes '
+        "require node affinity"
+    )
+    hostpath = {**local, "hostPath": {"path": "/srv/h"}}
+    del hostpath["local"]
+    made = api.store.create(PERSISTENTVOLUMES, None, {"metadata": {"name": "h"}, "spec": hostpath})
+    assert made["status"] == {"phase": "Pending"}
+    assert made["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    assert made["spec"]["volumeMode"] == "Filesystem"
+    with pytest.raises(ApiError) as caught:
+        api.store.patch(
+            PERSISTENTVOLUMES,
+            None,
+            "h",
+            "application/merge-patch+json",
+            {"spec": {"hostPath": {"path": "/srv/other"}}},
+        )
+    assert "spec.persistentvolumesource is immutable" in caught.value.message
+    claim_spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    api.store.create(
+        PERSISTENTVOLUMECLAIMS, "default", {"metadata": {"name": "c"}, "spec": claim_spec}
+    )
+    merge = "application/merge-patch+json"
+    bound = api.store.patch(
+        PERSISTENTVOLUMECLAIMS, "default", "c", merge, {"spec": {"volumeName": "h"}}
+    )
+    assert bound["spec"]["volumeName"] == "h"
+    with pytest.raises(ApiError) as caught:
+        api.store.patch(
+            PERSISTENTVOLUMECLAIMS, "default", "c", merge, {"spec": {"volumeName": "x"}}
+        )
+    assert "spec is immutable after creation" in caught.value.message
+    # Status only through the subresource.
+    kept = api.store.patch(
+        PERSISTENTVOLUMECLAIMS, "default", "c", merge, {"status": {"phase": "Bound"}}
+    )
+    assert kept["status"]["phase"] == "Pending"
+    bound = api.store.patch(
+        PERSISTENTVOLUMECLAIMS,
+        "default",
+        "c",
+        merge,
+        {"status": {"phase": "Bound"}},
+        subresource="status",
+    )
+    assert bound["status"]["phase"] == "Bound"

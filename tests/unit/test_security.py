@@ -165,9 +165,9 @@ def test_bad_container_fields_are_named(spec: Doc, container: Doc, path: str, wo
     ("spec", "path", "words"),
     [
         (
-            {"securityContext": {"fsGroupChangePolicy": "Always"}},
+            {"securityContext": {"fsGroupChangePolicy": "Sometimes"}},
             "securityContext.fsGroupChangePolicy",
-            "not supported",
+            "unsupported value",
         ),
         (
             {"securityContext": {"supplementalGroups": [-5]}},

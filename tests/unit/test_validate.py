@@ -290,6 +290,16 @@ def _containers(doc: Doc) -> list[Doc]:
         (lambda d: d["spec"]["volumes"].append({"name": "html", "emptyDir": {}}), "spec.volumes"),
         (lambda d: d["spec"]["volumes"].append({"name": "nothing"}), "spec.volumes[3]"),
         (
+            lambda d: d["spec"]["volumes"].append(
+                {"name": "claim", "persistentVolumeClaim": {"claimName": "data"}}
+            ),
+            "spec.volumes[3].persistentVolumeClaim",
+        ),
+        (
+            lambda d: d["spec"]["volumes"].append({"name": "eph", "ephemeral": {}}),
+            "spec.volumes[3].ephemeral",
+        ),
+        (
             lambda d: d["spec"]["volumes"][2]["hostPath"].update(path="srv"),
             "spec.volumes[2].hostPath.path",
         ),

@@ -49,6 +49,31 @@ async def test_fs_group_owns_an_empty_dir_setgid_and_group_writable(tmp_path: Pa
     assert info.st_mode & 0o7777 == 0o2777
 
 
+def test_fs_group_on_a_persistent_volume_walks_it_unless_the_root_already_matches(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "pv"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f").write_text("x")
+    os.chmod(root / "sub" / "f", 0o600)
+    outside = tmp_path / "outside"
+    outside.write_text("host")
+    (root / "link").symlink_to(outside)  # a symlink's target is not the volume's
+    volumes.set_ownership(root, 2345, on_root_mismatch=True)
+    assert (root / "sub" / "f").stat().st_gid == 2345
+    assert (root / "sub" / "f").stat().st_mode & 0o7777 == 0o660
+    assert (root / "sub").stat().st_mode & 0o2070 == 0o2070
+    assert outside.stat().st_gid != 2345
+    # OnRootMismatch: the root matches now, so a new file is left as it is...
+    (root / "new").write_text("y")
+    os.chmod(root / "new", 0o600)
+    volumes.set_ownership(root, 2345, on_root_mismatch=True)
+    assert (root / "new").stat().st_mode & 0o777 == 0o600
+    # ...while Always walks the volume again.
+    volumes.set_ownership(root, 2345, on_root_mismatch=False)
+    assert (root / "new").stat().st_mode & 0o777 == 0o660
+
+
 def test_fs_group_makes_projected_files_group_readable(tmp_path: Path) -> None:
     assert fs_group({"spec": {"securityContext": {"fsGroup": 2000}}}) == 2000
     assert fs_group({"spec": {}}) is None
