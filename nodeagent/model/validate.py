@@ -28,6 +28,7 @@ from typing import Any
 
 from nodeagent.model import quantity, security
 from nodeagent.model.containers import DNS1123_LABEL, parse_container, read_quantity
+from nodeagent.model.csi import CSI_DRIVER_NAME, CSIInlineSource
 from nodeagent.model.fields import FieldError, Node, ValidationError
 from nodeagent.model.pod import (
     Container,
@@ -391,13 +392,15 @@ def _check_unique(spec: Node, what: str, names: list[str]) -> None:
 
 
 def _volume(v: Node) -> Volume:
-    v.reject_unknown(("name", "emptyDir", "hostPath"))
+    v.reject_unknown(("name", "emptyDir", "hostPath", "csi"))
     name = v.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):
         v.error(f"{name!r} is not a valid DNS-1123 label", "name")
-    sources = [k for k in ("emptyDir", "hostPath") if v.present(k)]
+    sources = [k for k in ("emptyDir", "hostPath", "csi") if v.present(k)]
     if len(sources) > 1:
         v.error(f"exactly one volume source is allowed (found {', '.join(sources)})")
+    if v.present("csi"):
+        return Volume(name=name, source=_csi_inline(v.child("csi")))
     if v.present("hostPath"):
         hp = v.child("hostPath")
         hp.reject_unknown(("path", "type"))
@@ -413,6 +416,26 @@ def _volume(v: Node) -> Volume:
     if not v.present("emptyDir"):
         v.error(
             "a volume source is required (nodeagent supports emptyDir, hostPath, configMap, "
-            "secret, downwardAPI and projected)"
+            "secret, downwardAPI, projected and csi)"
         )
     return Volume(name=name, source=EmptyDirSource(medium=medium, size_limit_bytes=size))
+
+
+def _csi_inline(csi: Node) -> CSIInlineSource:
+    """``volumes[].csi``: a CSI ephemeral volume (the driver is asked at mount time)."""
+    csi.reject_unknown(("driver", "readOnly", "fsType", "volumeAttributes", "nodePublishSecretRef"))
+    driver = csi.string("driver", required=True)
+    if driver and not CSI_DRIVER_NAME.match(driver):
+        csi.error(
+            f"{driver!r} is not a valid CSI driver name (at most 63 alphanumerics, '-' and '.')",
+            "driver",
+        )
+    secret = csi.child("nodePublishSecretRef")
+    secret.reject_unknown(("name",))
+    return CSIInlineSource(
+        driver=driver,
+        read_only=csi.boolean("readOnly"),
+        fs_type=csi.string("fsType"),
+        volume_attributes=tuple(sorted(csi.string_map("volumeAttributes").items())),
+        node_publish_secret_ref=secret.string("name", required=csi.present("nodePublishSecretRef")),
+    )
