@@ -148,11 +148,11 @@ class CSIVolumes:
         )
         async with self._lock(request.volume_id):
             await asyncio.to_thread(_write_record, self.state_dir, record)
-            if staging and not await asyncio.to_thread(os.path.ismount, staging):
+            if staging and not await asyncio.to_thread(is_mount_point, staging):
                 await asyncio.to_thread(os.makedirs, staging, 0o750, True)
                 await registered.client.stage(dataclasses.replace(request, staging_path=staging))
                 log.info("csi_volume_staged", driver=driver, volume=request.volume_id)
-            if not await asyncio.to_thread(os.path.ismount, request.target_path):
+            if not await asyncio.to_thread(is_mount_point, request.target_path):
                 await registered.client.publish(dataclasses.replace(request, staging_path=staging))
                 log.info("csi_volume_published", driver=driver, pod_uid=pod_uid, volume=volume_name)
         return request.target_path
@@ -172,7 +172,7 @@ class CSIVolumes:
         client = self.registry.client(record.driver)
         async with self._lock(record.volume_handle):
             await client.unpublish(record.volume_handle, record.target_path)
-            if await asyncio.to_thread(os.path.ismount, record.target_path):
+            if await asyncio.to_thread(is_mount_point, record.target_path):
                 raise CSIError(
                     f"CSI driver {record.driver!r}: NodeUnpublishVolume left "
                     f"{record.target_path} mounted"
@@ -211,6 +211,21 @@ class CSIVolumes:
         # One operation per volume at a time: two pods sharing a staged volume must not
         # race an unstage against a publish.
         return self._locks.setdefault(volume_id, asyncio.Lock())
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether ``path`` is a mount point, from the mount table: a bind mount of a directory
+    on the same filesystem (what most plugins publish) looks like any directory to stat,
+    so ``os.path.ismount`` misses it."""
+    wanted = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as table:
+        for line in table:
+            point = line.split()[4]
+            if "\\" in point:
+                point = point.encode().decode("unicode_escape")
+            if point == wanted:
+                return True
+    return False
 
 
 def pods_with_records(state_dir: Path) -> set[str]:

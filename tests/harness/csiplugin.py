@@ -151,21 +151,21 @@ class Node(pb_grpc.NodeServicer):
         if not request.volume_id or not request.staging_target_path:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "volume_id and staging path needed")
         staging = request.staging_target_path
-        if not os.path.ismount(staging):
+        if not is_mount(staging):
             os.makedirs(staging, exist_ok=True)
             mount("--bind", str(self.plugin.data(request.volume_id)), staging)
 
     def _unstage(self, request: Any) -> None:
-        if os.path.ismount(request.staging_target_path):
+        if is_mount(request.staging_target_path):
             umount(request.staging_target_path)
 
     def _publish(self, request: Any) -> None:
         if not request.volume_id or not request.target_path:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "volume_id and target_path needed")
-        if self.plugin.stage and not os.path.ismount(request.staging_target_path):
+        if self.plugin.stage and not is_mount(request.staging_target_path):
             raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the volume is not staged")
         target = request.target_path
-        if os.path.ismount(target):
+        if is_mount(target):
             return
         if not os.path.isdir(os.path.dirname(target)):
             raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "the target has no parent")
@@ -179,10 +179,17 @@ class Node(pb_grpc.NodeServicer):
 
     def _unpublish(self, request: Any) -> None:
         target = request.target_path
-        if os.path.ismount(target):
+        if is_mount(target):
             umount(target)
         if os.path.isdir(target):
             os.rmdir(target)
+
+
+def is_mount(path: str) -> bool:
+    """From the mount table: a same-filesystem bind mount fools ``os.path.ismount``."""
+    real = os.path.realpath(path)
+    table = Path("/proc/self/mountinfo").read_text().splitlines()
+    return any(line.split()[4].encode().decode("unicode_escape") == real for line in table)
 
 
 def mount(*args: str) -> None:
