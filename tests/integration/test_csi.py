@@ -17,6 +17,7 @@ import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,7 @@ def plugin(node: TestNode) -> Iterator[CSIPlugin]:
             node.run(["umount", "-l", point], check=False)
 
 
-def published(plugin: CSIPlugin, volume: str) -> dict[str, str]:
+def published(plugin: CSIPlugin, volume: str) -> dict[str, Any]:
     """The NodePublishVolume request of the pod volume ``volume``."""
     calls = plugin.calls("NodePublishVolume")
     return next(c for c in calls if c["target_path"].endswith(f"/{volume}/mount"))
