@@ -101,6 +101,13 @@ class Node:
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
         )
         self.csi_plugins = PluginRegistry(config.csi_plugins_dir)
+        csi_hooks = None
+        if client is not None:  # the CSINode object, CSIDrivers, VolumeAttachments, Secrets
+            from nodeagent.apiserver.csi import ClusterCSI
+
+            cluster_csi = ClusterCSI(client, node_name=config.node_name)
+            self.csi_plugins.listener = cluster_csi.driver_changed
+            csi_hooks = cluster_csi.hooks()
         self.ctx = KubeletContext(
             node_name=config.node_name,
             host_ip=config.node_ip,
@@ -118,7 +125,7 @@ class Node:
             ),
             services=self._service_view,
             network_problem=self._network_problem,
-            csi=CSIVolumes(config.state_dir, self.csi_plugins),
+            csi=CSIVolumes(config.state_dir, self.csi_plugins, hooks=csi_hooks),
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
