@@ -38,6 +38,7 @@ from nodeagent.csi import csi_pb2 as pb
 from nodeagent.csi import csi_pb2_grpc as pb_grpc
 from nodeagent.csi import registration_pb2 as reg_pb
 from nodeagent.csi import registration_pb2_grpc as reg_grpc
+from tests.harness.node import mounts_under
 from tests.harness.wait import wait_for
 
 DRIVER = "csi.test.nodeagent.io"
@@ -264,6 +265,12 @@ class CSIPlugin:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    def close(self) -> None:
+        """Stop it and take away what a failed test left mounted below its directory."""
+        self.stop()
+        for point in mounts_under(self.dir):
+            subprocess.run(["umount", "-l", point], check=False)
 
     def calls(self, rpc: str | None = None) -> list[dict[str, Any]]:
         try:

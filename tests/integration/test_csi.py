@@ -56,9 +56,7 @@ def plugin(node: TestNode) -> Iterator[CSIPlugin]:
     try:
         yield started
     finally:
-        started.stop()
-        for point in mounts_under(started.dir):
-            node.run(["umount", "-l", point], check=False)
+        started.close()
 
 
 def published(plugin: CSIPlugin, volume: str) -> dict[str, Any]:
@@ -131,8 +129,8 @@ def staging_plugin(tmp_path: Path) -> Iterator[CSIPlugin]:
     try:
         yield started
     finally:
-        started.stop()
-        for point in mounts_under(tmp_path):  # what a failed test left
+        started.close()
+        for point in mounts_under(tmp_path):  # the staging path, when a test failed
             subprocess.run(["umount", "-l", point], check=False)
 
 
