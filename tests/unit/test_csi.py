@@ -24,7 +24,7 @@ from nodeagent.csi.registry import PluginRegistry
 from nodeagent.kubelet import volumes
 from nodeagent.model.csi import CSIInlineSource
 from nodeagent.model.fields import ValidationError
-from nodeagent.model.pod import Container, Pod, PodSpec, Volume, VolumeMount
+from nodeagent.model.pod import Container, Pod, PodSpec, PodUID, Volume, VolumeMount
 from nodeagent.model.validate import parse_pod
 
 DRIVER = "csi.example.com"
@@ -124,7 +124,10 @@ def test_read_only_csi_volume_makes_its_mounts_read_only() -> None:
         volume_mounts=(VolumeMount("ro", "/ro"), VolumeMount("rw", "/rw")),
     )
     pod = Pod(
-        uid="u", name="p", namespace="d", spec=PodSpec(containers=(container,), volumes=(ro, rw))
+        uid=PodUID("u"),
+        name="p",
+        namespace="d",
+        spec=PodSpec(containers=(container,), volumes=(ro, rw)),
     )
     forced = volumes.read_only_volumes(pod, container)
     assert [m.read_only for m in forced.volume_mounts] == [True, False]
