@@ -26,8 +26,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -71,12 +71,16 @@ async def _no_secret(namespace: str, name: str) -> Mapping[str, str]:
     raise CSIError(f"Secret {namespace}/{name}: no API to read it from in standalone mode")
 
 
-@dataclass
 class CSIVolumes:
-    state_dir: Path
-    registry: PluginRegistry
-    hooks: ClusterHooks | None = None
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    def __init__(
+        self, state_dir: Path, registry: PluginRegistry, *, hooks: ClusterHooks | None = None
+    ) -> None:
+        self.state_dir = state_dir
+        self.registry = registry
+        self.hooks = hooks
+        # One operation per volume at a time: two pods sharing a staged volume must not race
+        # an unstage against a publish. volume id -> (lock, operations holding or awaiting it)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- mounting ---------------------------------------------------------------------------
 
@@ -207,10 +211,19 @@ class CSIVolumes:
         except TimeoutError:
             raise CSIError("the CSI plugins directory has not been scanned yet") from None
 
-    def _lock(self, volume_id: str) -> asyncio.Lock:
-        # One operation per volume at a time: two pods sharing a staged volume must not
-        # race an unstage against a publish.
-        return self._locks.setdefault(volume_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, volume_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(volume_id, (asyncio.Lock(), 0))
+        self._locks[volume_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[volume_id]
+            if users == 1:
+                del self._locks[volume_id]  # the last one: the map does not grow forever
+            else:
+                self._locks[volume_id] = (lock, users - 1)
 
 
 def is_mount_point(path: str) -> bool:
