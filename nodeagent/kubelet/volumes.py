@@ -61,8 +61,9 @@ async def _csi_inline(pod: Pod, name: str, source: CSIInlineSource, csi: CSIVolu
 
 
 def read_only_volumes(pod: Pod, container: Container) -> Container:
-    """``container`` with its mounts of read-only CSI volumes made read-only too: the
-    plugin's read-only mount is not inherited by the runtime's bind of it."""
+    """``container`` with its mounts of read-only CSI volumes made read-only too, as the
+    kubelet does: the read-only promise is the runtime's to keep as well, not only the
+    plugin's (a plugin that ignores ``readonly`` still gives the container a read-only view)."""
     forced = {
         v.name
         for v in pod.spec.volumes
