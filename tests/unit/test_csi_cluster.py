@@ -154,3 +154,10 @@ async def test_secret_of_an_inline_volume_readable_when_a_pod_names_it(
     }
     api.store.create(PODS, "default", pod)
     assert await csi.secret("default", "creds") == {"token": "s3cret"}
+
+
+async def test_node_may_write_only_its_own_csinode(client: ApiClient) -> None:
+    body = {"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": "node-2"}}
+    with pytest.raises(ApiFailure) as refused:
+        await client.request("POST", "/apis/storage.k8s.io/v1/csinodes", body={**body, "spec": {}})
+    assert refused.value.code == 403
