@@ -100,14 +100,16 @@ class Node:
         self.cache = RuntimeCache(
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
         )
-        self.csi_plugins = PluginRegistry(config.csi_plugins_dir)
-        csi_hooks = None
+        cluster_csi = None
         if client is not None:  # the CSINode object, CSIDrivers, VolumeAttachments, Secrets
             from nodeagent.apiserver.csi import ClusterCSI
 
             cluster_csi = ClusterCSI(client, node_name=config.node_name)
-            self.csi_plugins.listener = cluster_csi.driver_changed
-            csi_hooks = cluster_csi.hooks()
+        self.csi_plugins = PluginRegistry(
+            config.csi_plugins_dir,
+            listener=cluster_csi.driver_changed if cluster_csi is not None else None,
+        )
+        csi_hooks = cluster_csi.hooks() if cluster_csi is not None else None
         self.ctx = KubeletContext(
             node_name=config.node_name,
             host_ip=config.node_ip,
