@@ -164,6 +164,13 @@ class Config:
         shown=" or ".join(map(str, CNI_BIN_CANDIDATES)),
     )
     pod_log_dir: Path = setting(parse.path, "container logs", Path("/var/log/pods"), metavar="DIR")
+    # Where CSI plugins put their registration sockets: the kubelet's plugins registry.
+    csi_plugins_dir: Path = setting(
+        parse.path,
+        "CSI plugin registration sockets",
+        Path("/var/lib/kubelet/plugins_registry"),
+        metavar="DIR",
+    )
     pause_image: str = setting(
         parse.image, "sandbox image", "registry.k8s.io/pause:3.6", metavar="IMAGE"
     )

@@ -41,6 +41,8 @@ import structlog
 
 from nodeagent import metrics, startup
 from nodeagent.config import DEFAULT_POD_CIDR, Config
+from nodeagent.csi.mounter import CSIVolumes
+from nodeagent.csi.registry import PluginRegistry
 from nodeagent.events import EventRing, PodEventFeed, node_event_recorder, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
@@ -98,6 +100,16 @@ class Node:
         self.cache = RuntimeCache(
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
         )
+        cluster_csi = None
+        if client is not None:  # the CSINode object, CSIDrivers, VolumeAttachments, Secrets
+            from nodeagent.apiserver.csi import ClusterCSI
+
+            cluster_csi = ClusterCSI(client, node_name=config.node_name)
+        self.csi_plugins = PluginRegistry(
+            config.csi_plugins_dir,
+            listener=cluster_csi.driver_changed if cluster_csi is not None else None,
+        )
+        csi_hooks = cluster_csi.hooks() if cluster_csi is not None else None
         self.ctx = KubeletContext(
             node_name=config.node_name,
             host_ip=config.node_ip,
@@ -115,6 +127,7 @@ class Node:
             ),
             services=self._service_view,
             network_problem=self._network_problem,
+            csi=CSIVolumes(config.state_dir, self.csi_plugins, hooks=csi_hooks),
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
@@ -473,6 +486,7 @@ async def run(config: Config) -> int:
         "relist": node.cache.run,
         "source": node.run_source,
         "orphans": node.sweep_orphans,
+        "csi-plugins": node.csi_plugins.run,
         "runtime-version": node.learn_runtime_version,
         "proxy": node.proxy.run,
         "pod-network": node.pod_network.run,

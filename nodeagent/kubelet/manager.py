@@ -10,7 +10,8 @@ updates the API allows: an image, activeDeadlineSeconds, ephemeral containers) g
 running worker, whose next plan acts on it in the same sandbox, as the kubelet's
 ``computePodActions`` does. Runtime pods that no worker owns
 (orphans: manifests removed while the agent was down, leftovers of a crash) are torn down
-once the first relist has shown what the runtime holds.
+once the first relist has shown what the runtime holds; so, once after a start, are the CSI
+volumes of pods that left nothing in the runtime.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from nodeagent.csi.mounter import pods_with_records
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.worker import MIN_KILL_GRACE_S, EnvSource, PodWorker, WorkerState
 from nodeagent.model.pod import Pod, PodSpec, PodUID
@@ -50,6 +52,7 @@ class PodManager:
         # Where a container's env is read again at each creation (the API's or the manifest
         # directory's ConfigMaps and Secrets); None: the spec's env as it is.
         self._env_source: EnvSource | None = None
+        self._volumes_swept = False  # CSI volumes left by pods the runtime no longer has
 
     # -- what the sources tell it -----------------------------------------------------------
 
@@ -183,13 +186,24 @@ class PodManager:
                 continue
             name = sandbox.name if sandbox is not None else "unknown"
             namespace = sandbox.namespace if sandbox is not None else "unknown"
-            orphan = _orphan_pod(runtime_pod.uid, name, namespace)
-            log.info("orphan_removing", pod=name, namespace=namespace, uid=runtime_pod.uid)
-            worker = PodWorker(orphan, self.ctx)
-            worker.terminate(MIN_KILL_GRACE_S)  # the spec is gone: the kubelet's minimum grace
-            self._retiring[orphan.uid] = worker
-            worker.start()
-            self._track(self._after_retirement(worker))
+            self._remove_orphan(_orphan_pod(runtime_pod.uid, name, namespace))
+        if not self._volumes_swept and self.ctx.csi is not None:
+            # Once after a start: CSI volumes of pods that left no trace in the runtime (an
+            # agent killed between removing the containers and unpublishing).
+            self._volumes_swept = True
+            for uid in pods_with_records(self.ctx.state_dir) - owned - self._all_uids():
+                self._remove_orphan(_orphan_pod(PodUID(uid), "unknown", "unknown"))
+
+    def _all_uids(self) -> set[PodUID]:
+        return {p.uid for p in self.ctx.cache.pods()} | set(self._retiring)
+
+    def _remove_orphan(self, orphan: Pod) -> None:
+        log.info("orphan_removing", pod=orphan.name, namespace=orphan.namespace, uid=orphan.uid)
+        worker = PodWorker(orphan, self.ctx)
+        worker.terminate(MIN_KILL_GRACE_S)  # the spec is gone: the kubelet's minimum grace
+        self._retiring[orphan.uid] = worker
+        worker.start()
+        self._track(self._after_retirement(worker))
 
     # -- outputs ----------------------------------------------------------------------------
 

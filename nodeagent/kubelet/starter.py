@@ -55,6 +55,7 @@ async def create_and_start(
             if fresh is not None:
                 container = dataclasses.replace(container, env=fresh)
         paths = await volume_paths()
+        container = volumes.read_only_volumes(pod, container)
         pod_facts = facts(ctx, sandbox.ip, pod)
         if any(m.sub_path_expr for m in container.volume_mounts):
             env = envvars.resolve_env(pod, container, pod_facts)

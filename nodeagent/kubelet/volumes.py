@@ -1,11 +1,13 @@
-"""Pod volumes on the node: emptyDir (disk or tmpfs) and hostPath, laid out per pod uid.
+"""Pod volumes on the node: emptyDir (disk or tmpfs), hostPath and CSI, laid out per pod uid.
 
 A PersistentVolumeClaim reaches here as the hostPath of its PV's directory (see
 ``apiserver/claims.py``); ``set_ownership`` applies the pod's fsGroup to a local PV.
 
 Layout: ``<state_dir>/pods/<uid>/volumes/<kind>/<name>``, the kubelet's shape, so that a
 restarted agent finds the same directories for the pods it adopts, and removing a pod is
-removing one directory (after unmounting any tmpfs in it).
+removing one directory (after unmounting any tmpfs in it). CSI volumes are published by
+their driver (``nodeagent.csi``) under ``volumes/kubernetes.io~csi/<name>/mount``; the pod
+worker has the driver unpublish them before ``cleanup`` removes the directory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from nodeagent.csi.client import CSIError
+from nodeagent.csi.mounter import CSIVolumes
 from nodeagent.kubelet import envvars
+from nodeagent.model.csi import CSIInlineSource
 from nodeagent.model.pod import Container, EmptyDirSource, HostPathSource, Pod
 
 
@@ -31,11 +36,13 @@ def pod_dir(state_dir: Path, pod: Pod | str) -> Path:
     return state_dir / "pods" / uid
 
 
-async def prepare(state_dir: Path, pod: Pod) -> dict[str, str]:
+async def prepare(state_dir: Path, pod: Pod, csi: CSIVolumes | None = None) -> dict[str, str]:
     """Create every volume of the pod; return volume name -> host path."""
     paths: dict[str, str] = {}
     for volume in pod.spec.volumes:
-        if isinstance(volume.source, HostPathSource):
+        if isinstance(volume.source, CSIInlineSource):
+            paths[volume.name] = await _csi_inline(pod, volume.name, volume.source, csi)
+        elif isinstance(volume.source, HostPathSource):
             paths[volume.name] = await asyncio.to_thread(_host_path, volume.name, volume.source)
         else:
             target = pod_dir(state_dir, pod) / "volumes" / "empty-dir" / volume.name
@@ -45,6 +52,33 @@ async def prepare(state_dir: Path, pod: Pod) -> dict[str, str]:
                 await asyncio.to_thread(share_with_group, target, fs_group)
             paths[volume.name] = str(target)
     return paths
+
+
+async def _csi_inline(pod: Pod, name: str, source: CSIInlineSource, csi: CSIVolumes | None) -> str:
+    if csi is None:
+        raise VolumeError(f"volume {name!r}: csi volumes need the CSI plugin registry")
+    try:
+        return await csi.mount_inline(pod, name, source)
+    except CSIError as exc:
+        raise VolumeError(str(exc)) from exc
+
+
+def read_only_volumes(pod: Pod, container: Container) -> Container:
+    """``container`` with its mounts of read-only CSI volumes made read-only too, as the
+    kubelet does: the read-only promise is the runtime's to keep as well, not only the
+    plugin's (a plugin that ignores ``readonly`` still gives the container a read-only view)."""
+    forced = {
+        v.name
+        for v in pod.spec.volumes
+        if isinstance(v.source, CSIInlineSource) and v.source.read_only
+    }
+    if not any(m.name in forced and not m.read_only for m in container.volume_mounts):
+        return container
+    mounts = tuple(
+        dataclasses.replace(m, read_only=True) if m.name in forced else m
+        for m in container.volume_mounts
+    )
+    return dataclasses.replace(container, volume_mounts=mounts)
 
 
 def share_with_group(directory: Path, gid: int) -> None:

@@ -300,7 +300,7 @@ class PodWorker:
             self._waits.fail_all(self.pod, "ContainerCreating", f"network is not ready: {problem}")
             return False
         try:
-            self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+            self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod, self.ctx.csi)
             config = specs.sandbox_config(
                 self.pod, attempt=attempt, pod_log_dir=self.ctx.pod_log_dir, dns=self.ctx.dns
             )
@@ -367,7 +367,7 @@ class PodWorker:
 
     async def _ensure_volume_paths(self) -> dict[str, str]:
         if self._volume_paths is None:  # an adopted pod: its sandbox predates this worker
-            self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod)
+            self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod, self.ctx.csi)
         return self._volume_paths
 
     async def _read_messages(self, runtime_pod: RuntimePod) -> None:
@@ -447,6 +447,8 @@ class PodWorker:
         stopped = await self.ctx.cache.refresh(self.pod.uid)
         self._publish(stopped)
         await self._kill_everything(stopped, grace_s=MIN_KILL_GRACE_S, remove=True)
+        if self.ctx.csi is not None:  # the driver unmounts its own, before the sweep below
+            await self.ctx.csi.unmount_pod(self.pod.uid)
         await volumes.cleanup(self.ctx.state_dir, self.pod.uid)
         left = await self.ctx.cache.refresh(self.pod.uid)
         if not left.empty:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NewType
 
+from nodeagent.model.csi import CSIInlineSource
+
 PodUID = NewType("PodUID", str)
 
 
@@ -209,7 +211,7 @@ class HostPathSource:
 @dataclass(frozen=True)
 class Volume:
     name: str
-    source: EmptyDirSource | HostPathSource
+    source: EmptyDirSource | HostPathSource | CSIInlineSource
 
 
 class DNSPolicy(enum.Enum):

@@ -28,6 +28,7 @@ from typing import Any
 
 from nodeagent.model import quantity, security
 from nodeagent.model.containers import DNS1123_LABEL, parse_container, read_quantity
+from nodeagent.model.csi import CSI_DRIVER_NAME, CSIInlineSource
 from nodeagent.model.fields import FieldError, Node, ValidationError
 from nodeagent.model.pod import (
     Container,
@@ -402,15 +403,17 @@ def _volume(v: Node) -> Volume:
                 "in cluster mode mounts one",
                 key,
             )
-    v.reject_unknown(("name", "emptyDir", "hostPath", *_CLAIM_SOURCES))
+    v.reject_unknown(("name", "emptyDir", "hostPath", "csi", *_CLAIM_SOURCES))
     name = v.string("name", required=True)
     if name and not DNS1123_LABEL.match(name):
         v.error(f"{name!r} is not a valid DNS-1123 label", "name")
     if any(v.present(key) for key in _CLAIM_SOURCES):
         return Volume(name=name, source=EmptyDirSource())
-    sources = [k for k in ("emptyDir", "hostPath") if v.present(k)]
+    sources = [k for k in ("emptyDir", "hostPath", "csi") if v.present(k)]
     if len(sources) > 1:
         v.error(f"exactly one volume source is allowed (found {', '.join(sources)})")
+    if v.present("csi"):
+        return Volume(name=name, source=_csi_inline(v.child("csi")))
     if v.present("hostPath"):
         hp = v.child("hostPath")
         hp.reject_unknown(("path", "type"))
@@ -426,6 +429,26 @@ def _volume(v: Node) -> Volume:
     if not v.present("emptyDir"):
         v.error(
             "a volume source is required (nodeagent supports emptyDir, hostPath, configMap, "
-            "secret, downwardAPI and projected)"
+            "secret, downwardAPI, projected and csi)"
         )
     return Volume(name=name, source=EmptyDirSource(medium=medium, size_limit_bytes=size))
+
+
+def _csi_inline(csi: Node) -> CSIInlineSource:
+    """``volumes[].csi``: a CSI ephemeral volume (the driver is asked at mount time)."""
+    csi.reject_unknown(("driver", "readOnly", "fsType", "volumeAttributes", "nodePublishSecretRef"))
+    driver = csi.string("driver", required=True)
+    if driver and not CSI_DRIVER_NAME.match(driver):
+        csi.error(
+            f"{driver!r} is not a valid CSI driver name (at most 63 alphanumerics, '-' and '.')",
+            "driver",
+        )
+    secret = csi.child("nodePublishSecretRef")
+    secret.reject_unknown(("name",))
+    return CSIInlineSource(
+        driver=driver,
+        read_only=csi.boolean("readOnly"),
+        fs_type=csi.string("fsType"),
+        volume_attributes=tuple(sorted(csi.string_map("volumeAttributes").items())),
+        node_publish_secret_ref=secret.string("name", required=csi.present("nodePublishSecretRef")),
+    )

@@ -46,12 +46,14 @@ from tests.apiserver.resources import (
     CLUSTERROLEBINDINGS,
     CLUSTERROLES,
     CONFIGMAPS,
+    CSINODES,
     LEASES,
     NODES,
     PERSISTENTVOLUMECLAIMS,
     PERSISTENTVOLUMES,
     PODS,
     SECRETS,
+    VOLUMEATTACHMENTS,
     ResourceType,
 )
 
@@ -118,6 +120,7 @@ NODE_RULES: list[Obj] = [
     _rule([""], ["endpoints"], ["get"]),
     _events_rule(),
     _rule(["node.k8s.io"], ["runtimeclasses"], ["get", "list", "watch"]),
+    _rule(["storage.k8s.io"], ["csidrivers"], ["get", "list", "watch"]),
     _rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
     _rule(
         ["authorization.k8s.io"], ["subjectaccessreviews", "localsubjectaccessreviews"], ["create"]
@@ -236,6 +239,16 @@ def _node_authorizer(store: Store, node: str, a: Attributes) -> tuple[bool, str]
         if a.verb != "create" and a.name != node:
             return False, "can only access node lease with the same name as the requesting node"
         return True, ""
+    if rt is CSINODES:
+        # Any verb but list/watch; NodeRestriction narrows writes to the node's own.
+        return a.verb in ("get", "create", "update", "patch", "delete"), ""
+    if rt is VOLUMEATTACHMENTS:
+        if a.verb != "get" or a.subresource:
+            return False, "can only get individual VolumeAttachments"
+        va = store.find(VOLUMEATTACHMENTS, "", a.name or "")
+        if va is None or (va.get("spec") or {}).get("nodeName") != node:
+            return False, _no_relation(node)
+        return True, ""
     if rt is NODES:
         return _authorize_node(node, a)
     if rt is PODS:
@@ -352,6 +365,9 @@ def pod_references(spec: Obj, kind: str) -> Iterator[str]:
             inner = projected.get(key)
             if isinstance(inner, dict) and inner.get("name"):
                 yield str(inner["name"])
+        secret_ref = (volume.get("csi") or {}).get("nodePublishSecretRef") or {}
+        if kind == "Secret" and isinstance(secret_ref, dict) and secret_ref.get("name"):
+            yield str(secret_ref["name"])
     groups = ("initContainers", "containers", "ephemeralContainers")
     for container in (c for g in groups for c in spec.get(g) or []):
         for env in container.get("env") or []:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tests.apiserver import errors
 from tests.apiserver.authz import MIRROR_ANNOTATION, NODE_LEASE_NAMESPACE, pod_references
-from tests.apiserver.resources import LEASES, NODES, PODS, ResourceType
+from tests.apiserver.resources import CSINODES, LEASES, NODES, PODS, ResourceType
 
 if TYPE_CHECKING:
     from tests.apiserver.store import Store
@@ -61,6 +61,8 @@ def admit_create(store: Store, node: str, rt: ResourceType, obj: Obj) -> None:
         _node_write(node, name, obj, None)
     elif rt is LEASES:
         _lease(node, obj, name)
+    elif rt is CSINODES:
+        _csinode(node, name)
 
 
 def admit_update(node: str, rt: ResourceType, old: Obj, new: Obj, subresource: str | None) -> None:
@@ -86,6 +88,8 @@ def admit_update(node: str, rt: ResourceType, old: Obj, new: Obj, subresource: s
         _node_write(node, name, new, old)
     elif rt is LEASES:
         _lease(node, new, name)
+    elif rt is CSINODES:
+        _csinode(node, name)
 
 
 def admit_delete(node: str, rt: ResourceType, old: Obj) -> None:
@@ -98,6 +102,13 @@ def admit_delete(node: str, rt: ResourceType, old: Obj) -> None:
         raise _refuse(rt, name, f'node "{node}" is not allowed to modify node "{name}"')
     if rt is LEASES:
         _lease(node, old, name)
+    if rt is CSINODES:
+        _csinode(node, name)
+
+
+def _csinode(node: str, name: str) -> None:
+    if name != node:
+        raise _refuse(CSINODES, name, f'node "{node}" is not allowed to modify object "{name}"')
 
 
 def admit_token(

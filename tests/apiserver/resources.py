@@ -167,6 +167,19 @@ CLUSTERROLEBINDINGS = ResourceType(
 # Which runtime handler a pod's runtimeClassName names (the kubelet watches them).
 RUNTIMECLASSES = ResourceType("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", False)
 
+# CSI (storage.k8s.io): a node's registered drivers, the drivers' policies, and the
+# attach/detach controller's record of a volume attached to a node.
+CSINODES = ResourceType("storage.k8s.io", "v1", "csinodes", "CSINode", False)
+CSIDRIVERS = ResourceType("storage.k8s.io", "v1", "csidrivers", "CSIDriver", False)
+VOLUMEATTACHMENTS = ResourceType(
+    "storage.k8s.io",
+    "v1",
+    "volumeattachments",
+    "VolumeAttachment",
+    False,
+    status_subresource=True,
+)
+
 ALL: tuple[ResourceType, ...] = (
     PODS,
     NODES,
@@ -183,6 +196,9 @@ ALL: tuple[ResourceType, ...] = (
     CLUSTERROLES,
     CLUSTERROLEBINDINGS,
     RUNTIMECLASSES,
+    CSINODES,
+    CSIDRIVERS,
+    VOLUMEATTACHMENTS,
 )
 BY_KIND: dict[str, ResourceType] = {rt.kind: rt for rt in ALL}
 

@@ -148,6 +148,8 @@ class Agent:
             str(node.cni_conf_dir),
             "--pod-log-dir",
             str(node.pod_log_dir),
+            "--csi-plugins-dir",
+            str(node.root / "plugins_registry"),
             "--log-format",
             "json",
             "--allow-privileged",

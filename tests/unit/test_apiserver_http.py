@@ -435,6 +435,7 @@ async def test_discovery_version_and_pagination(client: AsyncClient, api: ApiSer
         "discovery.k8s.io",
         "node.k8s.io",
         "rbac.authorization.k8s.io",
+        "storage.k8s.io",
     }
     _, body = await raw.request("GET", "/apis/discovery.k8s.io/v1")
     assert body["resources"][0]["kind"] == "EndpointSlice"
