@@ -85,7 +85,7 @@ class ClaimMount:
     volume: str
     claim: str  # namespace/name
     pv: str
-    path: str  # the directory to mount ("" for a csi source)
+    path: str  # the directory to mount ("" for a csi source until it is published)
     path_type: str  # the hostPath ``type`` the kubelet checks before mounting
     read_only: bool
     fs_group_applies: bool  # local volumes: the pod's fsGroup owns the files
@@ -223,7 +223,7 @@ def apply(doc: Obj, mounts: Mapping[str, ClaimMount]) -> Obj:
     volumes = []
     for volume in spec.get("volumes") or []:
         mount = mounts.get(str(volume.get("name") or ""))
-        if mount is not None and not mount.csi:
+        if mount is not None and mount.path:
             volume = {
                 "name": volume.get("name"),
                 "hostPath": {"path": mount.path, "type": mount.path_type},

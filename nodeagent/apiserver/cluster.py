@@ -166,6 +166,7 @@ class ClusterLink:
             on_change=self._pods_changed,
             active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
             node=lambda: admission.NodeView.from_allocatable(node_name, self.own_node.labels(), {}),
+            csi=manager.ctx.csi,
         )
         manager.set_env_source(self.refs.container_env)
         self.mirrors = MirrorPods(

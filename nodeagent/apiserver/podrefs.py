@@ -33,6 +33,7 @@ secrets on tmpfs), which the manifest directory's pods share.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import time
 from collections.abc import Callable
@@ -48,8 +49,11 @@ from nodeagent.apiserver.claims import ClaimMount
 from nodeagent.apiserver.client import ApiClient, ApiFailure
 from nodeagent.apiserver.pods import Hold
 from nodeagent.apiserver.reflector import Backoff
+from nodeagent.csi.client import CSIError
+from nodeagent.csi.mounter import CSIVolumes
 from nodeagent.kubelet.projection import write_volumes
 from nodeagent.kubelet.volumes import set_ownership
+from nodeagent.model.csi import CSIVolumeSource
 from nodeagent.model.pod import EnvVar, Pod
 from nodeagent.model.refs import (
     MOUNT_ERROR,
@@ -103,10 +107,12 @@ class PodReferences:
         on_change: Callable[[], None],
         active: Callable[[str], bool],
         node: Callable[[], NodeView],
+        csi: CSIVolumes | None = None,
         refresh_s: float = REFRESH_S,
     ) -> None:
         self.client = client
         self._node = node  # this node's name and labels, for a PV's nodeAffinity
+        self._csi = csi  # publishes the pods' csi PVs; None: no CSI plugin registry
         self.state_dir = state_dir
         self._on_change = on_change
         self._active = active  # a worker runs this pod uid: keep its files current
@@ -296,9 +302,6 @@ class PodReferences:
             bound, pv_name = claims.check_claim(use, obj, claim)
             pv = await self._get_cluster("persistentvolumes", pv_name)
             mount = claims.resolve(use, bound, pv, self._node())
-            if mount.csi is not None:
-                # Until a CSI mounter joins, as the kubelet words a driver it does not know.
-                raise RefError(MOUNT_ERROR, f"CSI driver not registered: {mount.csi.driver}")
             holder = self._once_pod_holder(mount, _uid(obj)) if mount.once_pod else None
             if holder is not None:
                 raise RefError(
@@ -306,8 +309,21 @@ class PodReferences:
                     f"persistentvolumeclaim {mount.claim!r} has access mode ReadWriteOncePod "
                     f"and pod {holder} on this node uses it",
                 )
+            if mount.csi is not None:
+                mount = await self._publish(mount, mount.csi, _uid(obj))
             mounts[use.volume] = mount
         return mounts
+
+    async def _publish(self, mount: ClaimMount, source: CSIVolumeSource, uid: str) -> ClaimMount:
+        """A csi PV staged and published for this pod: a directory to bind like any other.
+        The pod worker unpublishes it when the pod goes (``CSIVolumes.unmount_pod``)."""
+        if self._csi is None:  # as the kubelet words a driver it does not know
+            raise RefError(MOUNT_ERROR, f"CSI driver not registered: {source.driver}")
+        try:
+            path = await self._csi.mount(source, pod_uid=uid, volume_name=mount.volume)
+        except CSIError as exc:
+            raise RefError(MOUNT_ERROR, f"volume {mount.volume!r}: {exc}") from exc
+        return dataclasses.replace(mount, path=path, path_type="Directory")
 
     def _once_pod_holder(self, mount: ClaimMount, uid: str) -> str | None:
         """The live pod of this node that holds ``mount``'s claim, if another does."""

@@ -272,6 +272,10 @@ class CSIPlugin:
         for point in mounts_under(self.dir):
             subprocess.run(["umount", "-l", point], check=False)
 
+    def data_dir(self, volume_id: str) -> Path:
+        """Where the plugin keeps the data of ``volume_id`` (what it bind-mounts)."""
+        return self.dir / "data" / hashlib.sha256(volume_id.encode()).hexdigest()
+
     def calls(self, rpc: str | None = None) -> list[dict[str, Any]]:
         try:
             lines = (self.dir / "calls.jsonl").read_text().splitlines()

@@ -1,7 +1,9 @@
 """CSI in cluster mode, on containerd and on Docker Engine (``runtime_target``): the test
 plugin (tests/harness/csiplugin.py) registers, the agent writes the CSINode object, and an
 inline ephemeral volume is refused while no CSIDriver allows Ephemeral, then published with
-the pod's info (podInfoOnMount) and unpublished when the pod is deleted in the API."""
+the pod's info (podInfoOnMount) and unpublished when the pod is deleted in the API; a claim
+bound to a PersistentVolume with a ``csi`` source is published for its pod (the pod's data
+lands in the plugin's volume) and unpublished when the pod goes."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from nodeagent.csi import layout
 from tests.apiserver.process import ApiServerProcess
 from tests.harness import TestNode, async_wait_for, cluster
 from tests.harness.agent import Agent, RuntimeTarget
+from tests.harness.claims import bind, claim_pod, finished, make_claim, pv_body
 from tests.harness.cluster import NODE_NAME, SLEEP, create, get_pod, pod_manifest, wait_ready
 from tests.harness.csiplugin import DRIVER, ZONE_KEY, CSIPlugin
 from tests.harness.node import mounts_under
@@ -86,7 +89,8 @@ async def test_csinode_then_inline_volume_with_pod_info(
     assert not plugin.calls("NodePublishVolume")
     await admin.delete(Pod, "refused", namespace="default")
 
-    spec = {"attachRequired": False, "podInfoOnMount": True, "volumeLifecycleModes": ["Ephemeral"]}
+    modes = ["Persistent", "Ephemeral"]
+    spec = {"attachRequired": False, "podInfoOnMount": True, "volumeLifecycleModes": modes}
     driver = CSIDriver.from_dict({"metadata": {"name": DRIVER}, "spec": spec})
     await admin.create(driver)  # type: ignore[call-overload]
     uid = await create(admin, with_volume("csi"))
@@ -109,4 +113,25 @@ async def test_csinode_then_inline_volume_with_pod_info(
     )
     (unpublished,) = plugin.calls("NodeUnpublishVolume")
     assert unpublished["target_path"] == published["target_path"]
+    assert not mounts_under(node.state_dir / "pods")
+
+    # A PersistentVolume of the driver, bound to a claim: the pod writes into it.
+    await make_claim(admin, "csi-claim")
+    source = {"csi": {"driver": DRIVER, "volumeHandle": "pv-handle-1"}}
+    await bind(admin, "csi-claim", pv_body("csi-pv", source))
+    await create(admin, claim_pod("writer", "echo written > /data/f", claim="csi-claim"))
+    assert await finished(admin, cluster_agent, "writer") == "Succeeded"
+    publishes = plugin.calls("NodePublishVolume")
+    assert len(publishes) == 2  # the inline volume's, then the claim's
+    persistent = publishes[-1]
+    assert persistent["volume_id"] == "pv-handle-1"
+    assert (plugin.data_dir("pv-handle-1") / "f").read_text() == "written\n"
+    await admin.delete(Pod, "writer", namespace="default")
+    await async_wait_for(
+        lambda: gone(admin, "writer"),
+        30,
+        message=lambda: f"the writer gone\n{cluster_agent.log_tail()}",
+    )
+    targets = [c["target_path"] for c in plugin.calls("NodeUnpublishVolume")]
+    assert persistent["target_path"] in targets
     assert not mounts_under(node.state_dir / "pods")
