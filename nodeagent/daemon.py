@@ -43,6 +43,7 @@ from nodeagent import metrics, startup
 from nodeagent.config import DEFAULT_POD_CIDR, Config
 from nodeagent.events import EventRing, PodEventFeed, node_event_recorder, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
+from nodeagent.kubelet.cgroups.manager import CgroupSettings, PodCgroups
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.evicted import EvictedPods
@@ -80,7 +81,13 @@ READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see not
 class Node:
     """The running agent's parts, and the status snapshot they add up to."""
 
-    def __init__(self, config: Config, runtime: Runtime, client: ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime,
+        client: ApiClient | None = None,
+        cgroups: CgroupSettings | None = None,
+    ) -> None:
         self.config = config
         self.runtime = runtime
         self.runtime_version = ""
@@ -97,6 +104,16 @@ class Node:
         )
         self.cache = RuntimeCache(
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
+        )
+        self.cgroups = (
+            None
+            if cgroups is None
+            else PodCgroups(
+                cgroups,
+                pods=lambda: self.desired.pods.values(),
+                live=self.cache.uids,
+                ready=lambda: self.cache.synced.is_set() and self._desired_loaded,
+            )
         )
         self.ctx = KubeletContext(
             node_name=config.node_name,
@@ -115,6 +132,7 @@ class Node:
             ),
             services=self._service_view,
             network_problem=self._network_problem,
+            cgroups=self.cgroups,
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
@@ -349,6 +367,11 @@ class Node:
             state_dir=str(self.config.state_dir),
             now=time.time(),
             memory_pressure=self.eviction.under_pressure,
+            reservation=nodestatus.Reservation(
+                kube=self.config.kube_reserved,
+                system=self.config.system_reserved,
+                eviction=self.config.eviction_hard,
+            ),
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
@@ -440,7 +463,7 @@ async def run(config: Config) -> int:
     observed = metrics.Metrics()  # this agent's own registry, never the global one
     metrics.install(observed)
     runtime: Runtime = metrics.InstrumentedRuntime(startup.build_runtime(config), observed)
-    node = Node(config, runtime, client)
+    node = Node(config, runtime, client, await startup.cgroup_settings(config, runtime))
     if config.cluster_cidr is not None:
         node.sysctl_problems = sysctl.problems(await asyncio.to_thread(sysctl.prepare_node))
     server = StatusServer(str(config.status_socket), node.snapshot)
@@ -479,6 +502,7 @@ async def run(config: Config) -> int:
         "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
+        **({"cgroups": node.cgroups.run} if node.cgroups is not None else {}),
         "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeagent.kubelet.cgroups.manager import PodCgroups
 from nodeagent.kubelet.dns import DNSSettings
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.images import ImageManager
@@ -36,3 +37,5 @@ class KubeletContext:
     services: Callable[[], ServiceView] = ServiceView
     # Why a sandbox on the pod network may not start now ("" when it may): no podCIDR yet.
     network_problem: Callable[[], str] = field(default=lambda: "")
+    # Pod cgroups under kubepods (--cgroups-per-qos); None: the runtime's default placement.
+    cgroups: PodCgroups | None = None
