@@ -92,6 +92,15 @@ def main_pid(target: RuntimeTarget, pod: dict[str, Any]) -> int | None:
     return None
 
 
+def wait_main_pid(agent: Agent, target: RuntimeTarget, name: str) -> int:
+    def found() -> int | None:
+        return main_pid(target, agent.pod(name) or {})
+
+    return wait_for(
+        found, 20, message=lambda: f"{name}: {container_status(agent.pod(name) or {}, 'main')}"
+    )
+
+
 def proc_cgroup(pid: int, controller: str) -> str:
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
@@ -148,14 +157,7 @@ def test_pods_run_in_qos_cgroups_with_their_limits(
             "silver": f"{kubepods}/burstable/pod{pods['silver']['metadata']['uid']}",
             "bomb": f"{kubepods}/besteffort/pod{pods['bomb']['metadata']['uid']}",
         }
-        pids = {
-            n: wait_for(
-                lambda n=n: main_pid(runtime_target, agent.pod(n) or {}),
-                20,
-                message=lambda n=n: f"{n}: {container_status(agent.pod(n) or {}, 'main')}",
-            )
-            for n in pods
-        }
+        pids = {n: wait_main_pid(agent, runtime_target, n) for n in pods}
         for name, pod_cgroup in expected.items():
             for controller in ("cpu", "memory", "pids"):
                 where = proc_cgroup(pids[name], controller)

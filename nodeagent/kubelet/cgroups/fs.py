@@ -99,7 +99,7 @@ class CgroupFS:
             below = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
             for directory in [*below, top]:
                 try:
-                    directory.rmdir()
+                    self.rmdir(directory)
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
@@ -107,6 +107,10 @@ class CgroupFS:
                         raise CgroupError(f"cgroup {directory}: {exc}") from exc
                     done = False
         return done
+
+    def rmdir(self, directory: Path) -> None:
+        """One cgroup; its control files go with it (rmdir is how cgroupfs removes)."""
+        directory.rmdir()
 
     def children(self, path: str) -> list[str]:
         """The names of the cgroups directly below ``path`` (in the memory hierarchy on v1)."""
