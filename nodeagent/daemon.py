@@ -11,8 +11,9 @@ Data flows one way::
 Policy lives in the parts; ``Node`` holds them and passes each what it reads. The parts it
 connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``),
 the proxy's inputs and when they are known (``proxy/nodeinputs.py``), the status snapshot
-(``server/snapshot.py``), the runtime, node IP, DNS and loop supervision (``startup.py``),
-and in cluster mode the link to the API (``apiserver/cluster.py``).
+(``server/snapshot.py``), the runtime, node IP, DNS, cgroup settings and loop supervision
+(``startup.py``), pod cgroups (``kubelet/cgroups/``: made before each sandbox, removed after
+the pod by their own loop), and in cluster mode the link to the API (``apiserver/cluster.py``).
 
 The pod network (network/podnet.py) decides when pods may get addresses: at once with
 ``--pod-cidr`` or standalone, and in cluster mode once the Node's ``spec.podCIDR`` arrives;
