@@ -11,6 +11,7 @@ agent is stopped (found again after the restart).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,17 @@ spec:
       imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "sh -c '{BOMB_LOOP}' || echo refused; exec sleep 3600"]
 """
+
+
+def runtime_cgroup_driver(target: RuntimeTarget) -> str:
+    async def ask() -> str:
+        runtime = target.backend()
+        try:
+            return await runtime.cgroup_driver()
+        finally:
+            await runtime.close()
+
+    return asyncio.run(ask())
 
 
 def cgroup_file(hierarchy: str, path: str, name: str) -> str:
@@ -189,6 +201,9 @@ def test_pods_run_in_qos_cgroups_with_their_limits(
             "bomb": 1000,
         }
 
+        # What the agent asked to choose its driver: containerd 1.6 has no RuntimeConfig, so
+        # this is its runc options; Docker's from its info.
+        assert runtime_cgroup_driver(runtime_target) == "cgroupfs"
         allocatable = agent.status()["node"]["allocatable"]
         assert allocatable["cpu"] == policy.cpu_quantity((psutil.cpu_count() or 1) * 1000 - 100)
         assert allocatable["memory"] == f"{(total - 250 * MI) // 1024}Ki"

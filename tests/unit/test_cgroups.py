@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from nodeagent.kubelet.cgroups.policy import (
     QOSClass,
     ResourceConfig,
 )
+from nodeagent.kubelet.manager import PodManager
 from nodeagent.model.pod import Container, Pod, PodSpec, PodUID, Resources
 from nodeagent.runtime import base
 from nodeagent.runtime.cri import convert
@@ -407,3 +409,33 @@ def test_remove_reports_a_busy_cgroup_and_keeps_it(tmp_path: Path) -> None:
     assert not fs.remove("/k/pod1")
     assert (tmp_path / "memory/k/pod1/busy").exists()
     assert not (tmp_path / "memory/k/pod1/done").exists()
+
+
+async def test_a_worker_starts_its_pod_under_the_pod_cgroup(tmp_path: Path) -> None:
+    from tests.unit.rig import WorkerRig, eventually, make_pod
+
+    rig = WorkerRig(tmp_path)
+    mount = tmp_path / "cgroup"
+    mount.mkdir()
+    settings = CgroupSettings(
+        layout=CgroupLayout(CgroupDriver.CGROUPFS, ("n",)),
+        kubepods=ResourceConfig(),
+        memory_capacity_bytes=GI,
+    )
+    cgroups = PodCgroups(settings, pods=list, live=set, ready=lambda: True, fs=v1_mount(mount))
+    rig.ctx = dataclasses.replace(rig.ctx, cgroups=cgroups)
+    rig.manager = PodManager(rig.ctx)
+    web = make_pod()  # limits 500m and 64Mi, requests defaulted to them: Guaranteed
+    await rig.start()
+    try:
+        rig.run(web)
+        await eventually(lambda: rig.running(web), what="app running")
+        (sandbox,) = rig.fake.sandboxes.values()
+        assert sandbox.config.cgroup_parent == f"/n/kubepods/pod{web.uid}"
+        (app,) = rig.fake.containers.values()
+        assert app.sandbox_config.cgroup_parent == f"/n/kubepods/pod{web.uid}"
+        assert app.config.resources.oom_score_adj == -997
+        pod_dir = mount / f"memory/n/kubepods/pod{web.uid}"
+        assert (pod_dir / "memory.limit_in_bytes").read_text() == str(64 * MI)
+    finally:
+        await rig.close()
