@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeAlias, cast
 import yaml
 
 from nodeagent import configparse as parse
-from nodeagent.configparse import EVICTION_SIGNAL, EvictionThreshold, PodCIDR, Raw
+from nodeagent.configparse import EVICTION_SIGNAL, EvictionThreshold, PodCIDR, Raw, Reserved
 
 __all__ = ["EVICTION_SIGNAL", "Config", "ConfigError", "EvictionThreshold", "load_config"]
 
@@ -261,6 +261,49 @@ class Config:
         shown="100Mi",
     )
     eviction_interval_s: float = setting(parse.positive_float, default=10.0)  # the kubelet's
+    # Node resources as the kubelet manages them (kubelet/cgroups/): the QoS cgroup tree.
+    cgroups_per_qos: bool = setting(
+        parse.boolean,
+        "pods in kubepods/, kubepods/burstable/, kubepods/besteffort/ pod cgroups",
+        True,
+        metavar="BOOL",
+        shown="true",
+        bare="true",
+    )
+    cgroup_driver: str = setting(
+        parse.choice(("", "cgroupfs", "systemd")),
+        "cgroupfs or systemd",
+        "",
+        metavar="DRIVER",
+        shown="the runtime's",
+    )
+    cgroup_root: str = setting(
+        parse.cgroup_root, "the cgroup kubepods goes under", "/", metavar="PATH"
+    )
+    pod_max_pids: int = setting(
+        parse.pids_limit, "pids.max of every pod cgroup; -1: unlimited", -1, metavar="N"
+    )
+    kube_reserved: Reserved = setting(
+        parse.reserved,
+        "kept from pods for the agent and the runtime",
+        factory=Reserved,
+        metavar="cpu=X,memory=Y",
+        shown="none",
+    )
+    system_reserved: Reserved = setting(
+        parse.reserved,
+        "kept from pods for the system",
+        factory=Reserved,
+        metavar="cpu=X,memory=Y",
+        shown="none",
+    )
+    enforce_node_allocatable: tuple[str, ...] = setting(
+        parse.enforce_node_allocatable,
+        "'pods': kubepods capped at capacity less the reservations; 'none'",
+        ("pods",),
+        metavar="pods|none",
+        shown="pods",
+    )
     # A larger manifest file is an error, not read.
     max_manifest_bytes: int = setting(parse.positive_int, default=1024 * 1024)
     # host:port of /metrics and /healthz; "": off.

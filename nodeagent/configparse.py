@@ -50,6 +50,14 @@ class EvictionThreshold:
 EVICTION_SIGNAL = "memory.available"
 
 
+@dataclass(frozen=True)
+class Reserved:
+    """``--kube-reserved`` / ``--system-reserved``: cpu and memory kept from pods."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+
+
 # sun_path is 108 bytes on Linux including the terminating NUL. A longer path fails at bind
 # time with an unhelpful "AF_UNIX path too long", so it is caught here instead.
 MAX_SOCKET_PATH_BYTES = 107
@@ -308,6 +316,81 @@ def eviction_hard(raw: Raw) -> EvictionThreshold:
     number, suffix = match.groups()
     quantity = int(float(number) * _MEMORY_UNITS[suffix or ""])
     return EvictionThreshold(quantity_bytes=quantity, percent=None)
+
+
+def reserved(raw: Raw) -> Reserved:
+    """``cpu=100m,memory=256Mi`` (the kubelet's mapStringString); a YAML mapping too."""
+    if isinstance(raw.value, Mapping):
+        pairs = [(str(k), str(v)) for k, v in raw.value.items()]
+    else:
+        text = string(raw).replace(" ", "")
+        pairs = [tuple(p.split("=", 1)) for p in text.split(",") if p]  # type: ignore[misc]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"{text!r} is not a list like cpu=100m,memory=256Mi")
+    found = dict(pairs)
+    unknown = sorted(set(found) - {"cpu", "memory"})
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: only cpu and memory can be reserved")
+    return Reserved(
+        cpu_millis=_cpu_millis(found.get("cpu", "0")),
+        memory_bytes=_memory_bytes(found.get("memory", "0")),
+    )
+
+
+def _cpu_millis(text: str) -> int:
+    try:
+        value = int(text[:-1]) if text.endswith("m") else math.ceil(float(text) * 1000)
+    except (ValueError, OverflowError):
+        raise ValueError(f"cpu {text!r} is not a quantity like 500m or 1") from None
+    if value < 0:
+        raise ValueError(f"cpu {text!r} must not be negative")
+    return value
+
+
+def _memory_bytes(text: str) -> int:
+    match = _MEMORY_QUANTITY.fullmatch(text)
+    if match is None:
+        raise ValueError(f"memory {text!r} is not a quantity like 256Mi")
+    number, suffix = match.groups()
+    return int(float(number) * _MEMORY_UNITS[suffix or ""])
+
+
+def pids_limit(raw: Raw) -> int:
+    """``--pod-max-pids``: a positive count, or -1 (the kubelet's default) for no limit."""
+    value = int_value(raw)
+    if value == 0 or value < -1:
+        raise ValueError(f"must be a positive number of processes or -1, got {value}")
+    return value
+
+
+def int_value(raw: Raw) -> int:
+    if isinstance(raw.value, int) and not isinstance(raw.value, bool):
+        return raw.value
+    if isinstance(raw.value, str) and not raw.typed:
+        try:
+            return int(raw.value)
+        except ValueError:
+            raise ValueError(f"{raw.value!r} is not an integer") from None
+    raise ValueError(f"must be an integer, got {_type_name(raw.value)}")
+
+
+def cgroup_root(raw: Raw) -> str:
+    value = string(raw).strip()
+    if not value.startswith("/") and not value.endswith(".slice"):
+        raise ValueError(f"{value!r} is not an absolute cgroup path (/, /a/b) or a slice")
+    if ".." in value.split("/") or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a cgroup path")
+    return value
+
+
+def enforce_node_allocatable(raw: Raw) -> tuple[str, ...]:
+    """``pods`` or ``none`` (an empty list too); other kubelet keys are not supported."""
+    value = raw.value
+    items = [str(v) for v in value] if isinstance(value, list) else string(raw).split(",")
+    names = tuple(sorted({i.strip() for i in items if i.strip() and i.strip() != "none"}))
+    if any(n != "pods" for n in names):
+        raise ValueError(f"{','.join(names)!r}: only 'pods' or 'none' is supported")
+    return names
 
 
 # The Kubernetes quantity suffixes a memory threshold uses (the model's parser is a layer up).

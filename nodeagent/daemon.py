@@ -11,8 +11,9 @@ Data flows one way::
 Policy lives in the parts; ``Node`` holds them and passes each what it reads. The parts it
 connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``),
 the proxy's inputs and when they are known (``proxy/nodeinputs.py``), the status snapshot
-(``server/snapshot.py``), the runtime, node IP, DNS and loop supervision (``startup.py``),
-and in cluster mode the link to the API (``apiserver/cluster.py``).
+(``server/snapshot.py``), the runtime, node IP, DNS, cgroup settings and loop supervision
+(``startup.py``), pod cgroups (``kubelet/cgroups/``: made before each sandbox, removed after
+the pod by their own loop), and in cluster mode the link to the API (``apiserver/cluster.py``).
 
 The pod network (network/podnet.py) decides when pods may get addresses: at once with
 ``--pod-cidr`` or standalone, and in cluster mode once the Node's ``spec.podCIDR`` arrives;
@@ -45,6 +46,7 @@ from nodeagent.csi.mounter import CSIVolumes
 from nodeagent.csi.registry import PluginRegistry
 from nodeagent.events import EventRing, PodEventFeed, node_event_recorder, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
+from nodeagent.kubelet.cgroups.manager import CgroupSettings, PodCgroups
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.evicted import EvictedPods
@@ -82,7 +84,13 @@ READY_WAIT_S = 10.0  # how long READY=1 waits for a first desired state (see not
 class Node:
     """The running agent's parts, and the status snapshot they add up to."""
 
-    def __init__(self, config: Config, runtime: Runtime, client: ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime,
+        client: ApiClient | None = None,
+        cgroups: CgroupSettings | None = None,
+    ) -> None:
         self.config = config
         self.runtime = runtime
         self.runtime_version = ""
@@ -110,6 +118,16 @@ class Node:
             listener=cluster_csi.driver_changed if cluster_csi is not None else None,
         )
         csi_hooks = cluster_csi.hooks() if cluster_csi is not None else None
+        self.cgroups = (
+            None
+            if cgroups is None
+            else PodCgroups(
+                cgroups,
+                pods=lambda: self.desired.pods.values(),
+                live=self.cache.uids,
+                ready=lambda: self.cache.synced.is_set() and self._desired_loaded,
+            )
+        )
         self.ctx = KubeletContext(
             node_name=config.node_name,
             host_ip=config.node_ip,
@@ -128,6 +146,7 @@ class Node:
             services=self._service_view,
             network_problem=self._network_problem,
             csi=CSIVolumes(config.state_dir, self.csi_plugins, hooks=csi_hooks),
+            cgroups=self.cgroups,
         )
         self.manager = PodManager(self.ctx)
         self.static_refs = StaticReferences(config.state_dir)  # pods using ConfigMaps, ...
@@ -362,6 +381,11 @@ class Node:
             state_dir=str(self.config.state_dir),
             now=time.time(),
             memory_pressure=self.eviction.under_pressure,
+            reservation=nodestatus.Reservation(
+                kube=self.config.kube_reserved,
+                system=self.config.system_reserved,
+                eviction=self.config.eviction_hard,
+            ),
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
@@ -453,7 +477,7 @@ async def run(config: Config) -> int:
     observed = metrics.Metrics()  # this agent's own registry, never the global one
     metrics.install(observed)
     runtime: Runtime = metrics.InstrumentedRuntime(startup.build_runtime(config), observed)
-    node = Node(config, runtime, client)
+    node = Node(config, runtime, client, await startup.cgroup_settings(config, runtime))
     if config.cluster_cidr is not None:
         node.sysctl_problems = sysctl.problems(await asyncio.to_thread(sysctl.prepare_node))
     server = StatusServer(str(config.status_socket), node.snapshot)
@@ -493,6 +517,7 @@ async def run(config: Config) -> int:
         "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
+        **({"cgroups": node.cgroups.run} if node.cgroups is not None else {}),
         "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),

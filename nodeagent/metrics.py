@@ -292,6 +292,9 @@ class InstrumentedRuntime:
     async def status(self) -> RuntimeStatus:
         return await self._timed("status", self.inner.status())
 
+    async def cgroup_driver(self) -> str:
+        return await self._timed("cgroup_driver", self.inner.cgroup_driver())
+
     async def run_sandbox(self, config: SandboxConfig) -> SandboxID:
         return await self._timed("run_sandbox", self.inner.run_sandbox(config))
 

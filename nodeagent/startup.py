@@ -4,6 +4,8 @@
   agent running the CNI plugins itself, as Docker runs none).
 - The node's IP: ``--node-ip``, else the address ``network/nodeip.py`` chooses.
 - The node's DNS: the cluster's flags, and the node's own resolv.conf.
+- The pod cgroups' settings (``--cgroups-per-qos``): the driver is ``--cgroup-driver``, else
+  the runtime's own (CRI RuntimeConfig or its info), else cgroupfs, as the kubelet decides.
 - The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics.
 - ``supervised``: every long-lived loop runs under it: an unexpected exit is logged and the
   loop restarted after a short delay (doubling up to 30 s), so one broken loop never
@@ -19,9 +21,12 @@ import structlog
 
 from nodeagent import metrics
 from nodeagent.config import Config
+from nodeagent.kubelet import nodestatus
+from nodeagent.kubelet.cgroups import policy
+from nodeagent.kubelet.cgroups.manager import CgroupSettings, read_oom_score_floor
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
 from nodeagent.network import nodeip
-from nodeagent.runtime.base import Runtime
+from nodeagent.runtime.base import Runtime, RuntimeFailure
 
 log = structlog.get_logger("nodeagent.daemon")  # the daemon's events, named as they were
 
@@ -48,6 +53,35 @@ def build_runtime(config: Config) -> Runtime:
             timeout_s=config.runtime_timeout_s,
         )
     raise SystemExit(f"runtime {config.runtime!r} is not available in this version of nodeagent")
+
+
+async def cgroup_settings(config: Config, runtime: Runtime) -> CgroupSettings | None:
+    if not config.cgroups_per_qos:
+        return None
+    driver = config.cgroup_driver
+    if not driver:
+        try:
+            driver = await runtime.cgroup_driver()
+        except RuntimeFailure as exc:
+            log.warning("cgroup_driver_unknown", error=str(exc), using="cgroupfs")
+        driver = driver or "cgroupfs"
+    capacity = await asyncio.to_thread(nodestatus.node_capacity)
+    reserved = (config.kube_reserved, config.system_reserved)
+    layout = policy.CgroupLayout(
+        driver=policy.CgroupDriver(driver), root=policy.parse_cgroup_root(config.cgroup_root)
+    )
+    settings = CgroupSettings(
+        layout=layout,
+        kubepods=policy.kubepods_config(
+            capacity, reserved, enforce="pods" in config.enforce_node_allocatable
+        ),
+        memory_capacity_bytes=capacity.memory_bytes,
+        pids_max=config.pod_max_pids if config.pod_max_pids > 0 else None,
+        oom_score_floor=await asyncio.to_thread(read_oom_score_floor),
+        slice_parent=config.runtime == "docker",
+    )
+    log.info("cgroups", driver=driver, kubepods=layout.path(layout.kubepods()))
+    return settings
 
 
 async def supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:

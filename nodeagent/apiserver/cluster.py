@@ -294,7 +294,7 @@ class ClusterLink:
             self.node_name,
             self.own_node.current(),
             default_labels=node_labels(self.node_name, self.registration.host),
-            allocatable=nodestatus.allocatable(self._facts().max_pods),
+            allocatable=nodestatus.allocatable(self._facts().max_pods, self._facts().reservation),
         )
 
     def _admit(self, pod: Pod, obj: Obj, admitted: Sequence[Pod]) -> Rejection | Hold | None:

@@ -134,7 +134,7 @@ def node_status(
 ) -> Obj:
     """The Node's status; transition times carried over from ``previous`` where they hold."""
     capacity = nodestatus.capacity(facts.max_pods)
-    allocatable = nodestatus.allocatable(facts.max_pods)
+    allocatable = nodestatus.allocatable(facts.max_pods, facts.reservation)
     with contextlib.suppress(OSError):
         disk = psutil.disk_usage(facts.state_dir).total // 1024
         capacity["ephemeral-storage"] = allocatable["ephemeral-storage"] = f"{disk}Ki"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.csi.mounter import CSIVolumes
+from nodeagent.kubelet.cgroups.manager import PodCgroups
 from nodeagent.kubelet.dns import DNSSettings
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.images import ImageManager
@@ -39,3 +40,5 @@ class KubeletContext:
     network_problem: Callable[[], str] = field(default=lambda: "")
     # CSI volumes: the registered drivers and what they published (None: no CSI support).
     csi: CSIVolumes | None = None
+    # Pod cgroups under kubepods (--cgroups-per-qos); None: the runtime's default placement.
+    cgroups: PodCgroups | None = None

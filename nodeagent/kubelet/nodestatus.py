@@ -14,21 +14,31 @@ only while a changed podCIDR waits for the pods of the old range to go (see netw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
-from nodeagent.kubelet.eviction import MemoryReading
+from nodeagent.configparse import EvictionThreshold, Reserved
+from nodeagent.kubelet.cgroups.policy import NodeResources, cpu_quantity, node_allocatable
+from nodeagent.kubelet.eviction import MemoryReading, threshold_bytes
 from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.network.podnet import PodNetworkStatus
 from nodeagent.runtime.base import RuntimeStatus
 
-# Kept back from allocatable so that the agent and the system keep room to breathe.
-RESERVED_MEMORY_BYTES = 100 * 1024 * 1024
 MEMORY_PRESSURE_BYTES = 100 * 1024 * 1024
 DISK_PRESSURE_FRACTION = 0.10
 PID_PRESSURE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What allocatable keeps back: --kube-reserved, --system-reserved and the memory part
+    of --eviction-hard (upstream's GetNodeAllocatableReservation)."""
+
+    kube: Reserved = field(default_factory=Reserved)
+    system: Reserved = field(default_factory=Reserved)
+    eviction: EvictionThreshold = field(default_factory=EvictionThreshold)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class NodeFacts:
     pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
+    reservation: Reservation = field(default_factory=Reservation)
 
 
 def memory_reading() -> MemoryReading:
@@ -62,11 +73,24 @@ def capacity(max_pods: int) -> dict[str, str]:
     }
 
 
-def allocatable(max_pods: int) -> dict[str, str]:
-    memory = max(0, psutil.virtual_memory().total - RESERVED_MEMORY_BYTES)
+def node_capacity() -> NodeResources:
+    return NodeResources(
+        cpu_millis=(psutil.cpu_count() or 1) * 1000,
+        memory_bytes=psutil.virtual_memory().total,
+    )
+
+
+def allocatable(max_pods: int, reservation: Reservation | None = None) -> dict[str, str]:
+    reservation = reservation or Reservation()
+    total = node_capacity()
+    left = node_allocatable(
+        total,
+        (reservation.kube, reservation.system),
+        threshold_bytes(reservation.eviction, total.memory_bytes),
+    )
     return {
-        "cpu": str(psutil.cpu_count() or 1),
-        "memory": f"{memory // 1024}Ki",
+        "cpu": cpu_quantity(left.cpu_millis),
+        "memory": f"{left.memory_bytes // 1024}Ki",
         "pods": str(max_pods),
     }
 
@@ -186,7 +210,7 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
         "runtime": {"name": facts.runtime_name, "version": facts.runtime_version},
         "conditions": conditions(facts),
         "capacity": capacity(facts.max_pods),
-        "allocatable": allocatable(facts.max_pods),
+        "allocatable": allocatable(facts.max_pods, facts.reservation),
         "usage": {
             "cpuPercent": psutil.cpu_percent(interval=None),
             "memoryPercent": psutil.virtual_memory().percent,

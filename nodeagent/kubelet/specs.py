@@ -43,7 +43,12 @@ def log_directory(pod_log_dir: str, pod: Pod) -> str:
 
 
 def sandbox_config(
-    pod: Pod, *, attempt: int, pod_log_dir: str, dns: DNSSettings | None = None
+    pod: Pod,
+    *,
+    attempt: int,
+    pod_log_dir: str,
+    dns: DNSSettings | None = None,
+    cgroup_parent: str = "",
 ) -> SandboxConfig:
     ports = tuple(
         PortMapping(
@@ -73,10 +78,11 @@ def sandbox_config(
         share_pid=pod.spec.share_process_namespace,
         sysctls=dict(pod.spec.security_context.sysctls),
         security=security.sandbox_security(pod),
+        cgroup_parent=cgroup_parent,
     )
 
 
-def resources(container: Container) -> Resources:
+def resources(container: Container, oom_score_adj: int = 0) -> Resources:
     res = container.resources
     cpu_limit = res.cpu_limit_millis
     cpu_request = res.cpu_request_millis if res.cpu_request_millis is not None else cpu_limit
@@ -85,6 +91,7 @@ def resources(container: Container) -> Resources:
         cpu_quota=(cpu_limit * CPU_PERIOD_US) // 1000 if cpu_limit else 0,
         cpu_shares=max(MIN_SHARES, (cpu_request * 1024) // 1000) if cpu_request else MIN_SHARES,
         memory_limit_bytes=res.memory_limit_bytes or 0,
+        oom_score_adj=oom_score_adj,
     )
 
 
@@ -120,6 +127,7 @@ def container_config(
     files: PodFiles = PodFiles(),
     spec_hash: str = "",
     pid_target: str = "",
+    oom_score_adj: int = 0,
 ) -> ContainerConfig:
     """``spec_hash``: the hash of the container as the pod spec has it (before env is resolved
     afresh or sub-paths expanded), so that the next plan compares like with like."""
@@ -142,7 +150,7 @@ def container_config(
             "io.kubernetes.container.restartCount": str(attempt),
             LABEL_CONTAINER_HASH: spec_hash,
         },
-        resources=resources(container),
+        resources=resources(container, oom_score_adj),
         stdin=container.stdin,
         tty=container.tty,
         security=security.container_security(pod, container),

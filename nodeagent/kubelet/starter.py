@@ -71,9 +71,14 @@ async def create_and_start(
             files=await pod_files(ctx, pod, container, attempt, sandbox.ip),
             spec_hash=spec_hash,
             pid_target=pid_target(ctx, pod, container),
+            oom_score_adj=ctx.cgroups.oom_score_adj(pod, container) if ctx.cgroups else 0,
         )
         sandbox_config = specs.sandbox_config(
-            pod, attempt=sandbox.attempt, pod_log_dir=ctx.pod_log_dir, dns=ctx.dns
+            pod,
+            attempt=sandbox.attempt,
+            pod_log_dir=ctx.pod_log_dir,
+            dns=ctx.dns,
+            cgroup_parent=ctx.cgroups.parent(pod) if ctx.cgroups else "",
         )
         reason = "CreateContainerError"
         container_id = await ctx.runtime.create_container(sandbox.id, config, sandbox_config)

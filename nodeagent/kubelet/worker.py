@@ -31,6 +31,7 @@ import structlog
 
 from nodeagent import metrics
 from nodeagent.kubelet import specs, starter, stopper, termination, volumes
+from nodeagent.kubelet.cgroups.fs import CgroupError
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.handlers import Target, run_handler
 from nodeagent.kubelet.images import ImageError, Puller
@@ -301,12 +302,17 @@ class PodWorker:
             return False
         try:
             self._volume_paths = await volumes.prepare(self.ctx.state_dir, self.pod, self.ctx.csi)
+            cgroups = self.ctx.cgroups
             config = specs.sandbox_config(
-                self.pod, attempt=attempt, pod_log_dir=self.ctx.pod_log_dir, dns=self.ctx.dns
+                self.pod,
+                attempt=attempt,
+                pod_log_dir=self.ctx.pod_log_dir,
+                dns=self.ctx.dns,
+                cgroup_parent=await cgroups.ensure_pod(self.pod) if cgroups else "",
             )
             await asyncio.to_thread(os.makedirs, config.log_directory, 0o755, True)
             sandbox_id = await self.ctx.runtime.run_sandbox(config)
-        except (volumes.VolumeError, RuntimeFailure, OSError, ValueError) as exc:
+        except (volumes.VolumeError, RuntimeFailure, OSError, ValueError, CgroupError) as exc:
             self._waits.fail_all(
                 self.pod, "ContainerCreating", f"failed to create pod sandbox: {exc}"
             )

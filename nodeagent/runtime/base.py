@@ -126,6 +126,9 @@ class SandboxConfig:
     share_pid: bool = False  # shareProcessNamespace: one PID namespace for the pod
     sysctls: Mapping[str, str] = field(default_factory=dict)
     security: SandboxSecurity = SandboxSecurity()
+    # The pod's cgroup (``/kubepods/burstable/pod<uid>``, or a systemd slice path); "": the
+    # runtime's own default.
+    cgroup_parent: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Resources:
     cpu_quota: int = 0  # microseconds per period; 0 means unlimited
     cpu_shares: int = 0
     memory_limit_bytes: int = 0  # 0 means unlimited
+    oom_score_adj: int = 0  # 0 leaves the runtime's own score
 
 
 @dataclass(frozen=True)
@@ -274,5 +278,9 @@ class Runtime(Protocol):
         ...
 
     async def pull_image(self, image: str) -> None: ...
+
+    async def cgroup_driver(self) -> str:
+        """The runtime's cgroup driver, "cgroupfs" or "systemd"; "" when it does not say."""
+        ...
 
     async def close(self) -> None: ...

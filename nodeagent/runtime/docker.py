@@ -136,6 +136,11 @@ class DockerRuntime(base.Runtime):
             api_version=str(data.get("ApiVersion", "")),
         )
 
+    async def cgroup_driver(self) -> str:
+        data = await self._call("Info", self._api.info)
+        driver = str(data.get("CgroupDriver", ""))
+        return driver if driver in ("cgroupfs", "systemd") else ""
+
     async def status(self) -> base.RuntimeStatus:
         """Docker is ready when it answers; its network is ours, ready when our CNI config
         loads (Docker runs no CNI itself)."""

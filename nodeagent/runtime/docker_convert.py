@@ -173,6 +173,8 @@ def sandbox_spec(config: base.SandboxConfig, *, image: str, ipv6: bool = True) -
         )
     if sysctls:
         host["sysctls"] = sysctls
+    if config.cgroup_parent:
+        host["cgroup_parent"] = config.cgroup_parent
     if config.dns is not None:
         host.update(
             dns=list(config.dns.servers),
@@ -230,6 +232,8 @@ def container_spec(
         ],
         **resource_args(config.resources),
     }
+    if sandbox.cgroup_parent:  # Docker puts each container where it is told, not by pod
+        host["cgroup_parent"] = sandbox.cgroup_parent
     return CreateSpec(container=container, host=host)
 
 
@@ -291,6 +295,8 @@ def resource_args(resources: base.Resources) -> dict[str, int]:
         args["cpu_quota"] = resources.cpu_quota
     if resources.cpu_shares:
         args["cpu_shares"] = resources.cpu_shares
+    if resources.oom_score_adj:
+        args["oom_score_adj"] = resources.oom_score_adj
     if resources.memory_limit_bytes:
         # No swap beyond the limit, as the kubelet asked dockershim for.
         args["mem_limit"] = resources.memory_limit_bytes

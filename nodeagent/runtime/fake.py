@@ -198,6 +198,10 @@ class FakeRuntime:
         self._enter("status")
         return self.runtime_status
 
+    async def cgroup_driver(self) -> str:
+        self._enter("cgroup_driver")
+        return "cgroupfs"
+
     async def close(self) -> None:
         self._enter("close")
         self.closed = True

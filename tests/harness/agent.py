@@ -154,6 +154,9 @@ class Agent:
             "json",
             "--allow-privileged",
             "true" if self.allow_privileged else "false",
+            # Each node's kubepods under a cgroup of its own, removed with the node.
+            "--cgroup-root",
+            node.cgroup_root,
             *self.extra,
         ]
 

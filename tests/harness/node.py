@@ -276,6 +276,11 @@ class TestNode:
         return self.root / "containerd.log"
 
     @property
+    def cgroup_root(self) -> str:
+        """The agent's --cgroup-root on this node: its pods' cgroups stay apart from others'."""
+        return f"/{self.netns}"
+
+    @property
     def netns_argv(self) -> list[str]:
         """Prefix that runs a command in the node's network namespace (and nothing else)."""
         return ["nsenter", f"--net={NETNS_DIR / self.netns}"]
@@ -461,6 +466,7 @@ class TestNode:
         self._kill_shims()
         stuck = self._unmount_all()
         self._remove_container_leftovers(containers)
+        remove_cgroup_tree(self.cgroup_root)
         if self._netns_created:
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
         if stuck:
@@ -528,6 +534,21 @@ async def _remove_cri_pods(endpoint: str) -> None:
                 await runtime.remove_sandbox(sandbox.id)
     finally:
         await runtime.close()
+
+
+def remove_cgroup_tree(path: str) -> None:
+    """Remove a cgroup and every cgroup below it, deepest first, in every hierarchy."""
+    rel = path.strip("/")
+    if not rel:
+        return  # never the root
+    for hierarchy in _cgroup_hierarchies():
+        top = hierarchy / rel
+        if not top.is_dir():
+            continue
+        below = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for directory in [*below, top]:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _cgroup_hierarchies() -> Iterator[Path]:

@@ -5,7 +5,7 @@ import warnings
 
 from nodeagent.runtime.cri import api_pb2 as api__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -104,6 +104,11 @@ class RuntimeServiceStub:
                 request_serializer=api__pb2.StatusRequest.SerializeToString,
                 response_deserializer=api__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.RuntimeConfig = channel.unary_unary(
+                '/runtime.v1.RuntimeService/RuntimeConfig',
+                request_serializer=api__pb2.RuntimeConfigRequest.SerializeToString,
+                response_deserializer=api__pb2.RuntimeConfigResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -193,6 +198,13 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RuntimeConfig(self, request, context):
+        """Newer runtimes only (containerd 1.7.x+, CRI-O 1.28+); older ones answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +277,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=api__pb2.StatusRequest.FromString,
                     response_serializer=api__pb2.StatusResponse.SerializeToString,
+            ),
+            'RuntimeConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RuntimeConfig,
+                    request_deserializer=api__pb2.RuntimeConfigRequest.FromString,
+                    response_serializer=api__pb2.RuntimeConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -645,6 +662,33 @@ class RuntimeService:
             '/runtime.v1.RuntimeService/Status',
             api__pb2.StatusRequest.SerializeToString,
             api__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RuntimeConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/RuntimeConfig',
+            api__pb2.RuntimeConfigRequest.SerializeToString,
+            api__pb2.RuntimeConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -204,6 +204,23 @@ class CRIRuntime(base.Runtime):
         response = await self._call(self._runtime.Status, pb.StatusRequest(), pb.StatusResponse)
         return convert.runtime_status_from_pb(response.status)
 
+    async def cgroup_driver(self) -> str:
+        """The kubelet's way: RuntimeConfig where the runtime has it; else (containerd 1.6)
+        the runc options in the verbose Status's config; "" when neither tells."""
+        try:
+            response = await self._call(
+                self._runtime.RuntimeConfig, pb.RuntimeConfigRequest(), pb.RuntimeConfigResponse
+            )
+        except base.RuntimeUnavailable:
+            raise
+        except base.RuntimeFailure:  # UNIMPLEMENTED: an older runtime
+            request = pb.StatusRequest(verbose=True)
+            status = await self._call(self._runtime.Status, request, pb.StatusResponse)
+            return convert.cgroup_driver_from_info(status.info)
+        if not response.HasField("linux"):
+            return ""
+        return "systemd" if response.linux.cgroup_driver == pb.SYSTEMD else "cgroupfs"
+
     # --- sandboxes -----------------------------------------------------------------------------
 
     async def run_sandbox(self, config: base.SandboxConfig) -> base.SandboxID:

@@ -18,6 +18,7 @@ Timestamps stay in nanoseconds, as CRI sends them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from nodeagent.model.pod import PodUID
@@ -153,7 +154,9 @@ def sandbox_config_to_pb(config: base.SandboxConfig) -> pb.PodSandboxConfig:
         labels=sandbox_labels(config),
         annotations=dict(config.annotations),
         linux=pb.LinuxPodSandboxConfig(
-            security_context=sandbox_security_to_pb(config), sysctls=dict(config.sysctls)
+            cgroup_parent=config.cgroup_parent,
+            security_context=sandbox_security_to_pb(config),
+            sysctls=dict(config.sysctls),
         ),
     )
     if config.dns is not None:
@@ -208,13 +211,14 @@ def container_config_to_pb(
 
 
 def resources_to_pb(resources: base.Resources) -> pb.LinuxContainerResources:
-    # oom_score_adj stays 0 ("unset"): the runtime then keeps its own score, and on machines
-    # without CAP_SYS_RESOURCE (restrict_oom_score_adj) a lower score would be refused anyway.
+    # Without CAP_SYS_RESOURCE containerd (restrict_oom_score_adj) raises a lower score to its
+    # own; the kubelet's side already asks no lower than that (kubelet/cgroups/manager.py).
     return pb.LinuxContainerResources(
         cpu_period=resources.cpu_period,
         cpu_quota=resources.cpu_quota,
         cpu_shares=resources.cpu_shares,
         memory_limit_in_bytes=resources.memory_limit_bytes,
+        oom_score_adj=resources.oom_score_adj,
     )
 
 
@@ -283,6 +287,20 @@ def container_status_from_pb(
 
 def container_state(state: int) -> base.ContainerState:
     return _CONTAINER_STATES.get(state, base.ContainerState.UNKNOWN)
+
+
+def cgroup_driver_from_info(info: Mapping[str, str]) -> str:
+    """containerd's verbose Status: its CRI config as JSON; the default runtime's runc
+    ``SystemdCgroup`` option (or the old top-level ``systemdCgroup``) names the driver."""
+    try:
+        config = json.loads(info.get("config", ""))
+        runtimes = config["containerd"]["runtimes"]
+        default = runtimes[config["containerd"].get("defaultRuntimeName", "runc")]
+        options = default.get("options") or {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    systemd = options.get("SystemdCgroup", config.get("systemdCgroup", False))
+    return "systemd" if systemd is True else "cgroupfs"
 
 
 def runtime_status_from_pb(msg: pb.RuntimeStatus) -> base.RuntimeStatus:
