@@ -330,6 +330,9 @@ class DockerRuntime(base.Runtime):
             timeout_s=self._timeout_s * 2,
         )
 
+    async def reopen_container_log(self, container_id: base.ContainerID) -> None:
+        """Nothing to do: dockerd rotates its json-file logs itself (``log_config``)."""
+
     async def container_status(self, container_id: base.ContainerID) -> base.ContainerInfo:
         data = await self._call("InspectContainer", self._api.inspect_container, container_id)
         return read.container_from_inspect(data)
