@@ -323,8 +323,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         text = s.help
         if (shown := s.shown_default if s.shown_default is not None else _shown(f)) is not None:
             text += f" (default: {shown})"
-        # argparse formats help with %
-        options: dict[str, Any] = {"help": text.replace("%", "%%"), "metavar": s.metavar, "choices": s.choices}
+        text = text.replace("%", "%%")  # argparse formats help with %
+        options: dict[str, Any] = {"help": text, "metavar": s.metavar, "choices": s.choices}
         if s.bare is not None:
             options.update(nargs="?", const=s.bare)
         parser.add_argument(flag_name(f.name), **options)

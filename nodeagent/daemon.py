@@ -47,6 +47,8 @@ from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.evicted import EvictedPods
 from nodeagent.kubelet.images import ImageManager
+from nodeagent.kubelet.logplan import LogPolicy, live_logs
+from nodeagent.kubelet.logrotation import LogRotator
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
 from nodeagent.kubelet.pleg import RuntimeCache
@@ -127,6 +129,17 @@ class Node:
             pods=lambda: self.evicted.candidates(self.desired.pods.values()),
             evict=self.evicted.evict,
             interval_s=config.eviction_interval_s,
+        )
+        # Docker rotates its own json-file logs (its containers are created with the policy).
+        self.log_rotator = (
+            LogRotator(
+                runtime,
+                LogPolicy(config.container_log_max_size, config.container_log_max_files),
+                logs=lambda: live_logs(self.cache.pods(), str(config.pod_log_dir)),
+                interval_s=config.container_log_monitor_interval_s,
+            )
+            if config.runtime == "cri"
+            else None
         )
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
@@ -479,6 +492,7 @@ async def run(config: Config) -> int:
         "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
+        **({"log-rotation": node.log_rotator.run} if node.log_rotator is not None else {}),
         "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),

@@ -197,6 +197,7 @@ def container_spec(
     *,
     log_path: str = "",
     image_user: str = "",
+    log_rotation: LogRotation | None = None,
 ) -> CreateSpec:
     """``image_user`` (the image's USER) is needed only when runAsGroup comes without a user."""
     container: dict[str, Any] = {
@@ -230,7 +231,22 @@ def container_spec(
         ],
         **resource_args(config.resources),
     }
+    if log_rotation is not None:
+        host["log_config"] = log_rotation.log_config()
     return CreateSpec(container=container, host=host)
+
+
+@dataclass(frozen=True)
+class LogRotation:
+    """Docker's json-file rotation: rotate at ``max_bytes``, keep ``max_files`` files."""
+
+    max_bytes: int
+    max_files: int
+
+    def log_config(self) -> dict[str, Any]:
+        # dockerd reads a bare number as bytes.
+        options = {"max-size": str(self.max_bytes), "max-file": str(self.max_files)}
+        return {"Type": "json-file", "Config": options}
 
 
 def pid_mode(
