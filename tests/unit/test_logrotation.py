@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from nodeagent import podlogs
-from nodeagent.kubelet.logplan import LogPolicy, live_logs, log_files, plan_rotation
-from nodeagent.kubelet.logrotation import LiveLog, LogRotator
+from nodeagent.kubelet.logplan import LiveLog, LogPolicy, live_logs, log_files, plan_rotation
+from nodeagent.kubelet.logrotation import LogRotator
 from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import PodUID
 from nodeagent.runtime.base import (

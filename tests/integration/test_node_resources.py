@@ -1,0 +1,101 @@
+"""Node resources on each runtime: container logs rotate, dead things are collected.
+
+Every test runs on containerd (the agent rotates: rename, ReopenContainerLog, gzip) and on
+Docker Engine (dockerd rotates its json-file logs with the options the agent gave at create).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import TestNode, wait_for
+from tests.harness.agent import Agent, RuntimeTarget, cli, is_ready
+from tests.harness.manifests import static_pod_yaml
+
+MAX_SIZE = 16 * 1024
+MAX_FILES = 3
+# Bursts of 100 numbered lines (about 10 KiB), one a second: a rotation every pass or two,
+# and never more than the log monitor can keep up with.
+CHATTY = (
+    "i=0; trap 'exit 0' TERM; while true; do j=0; while [ $j -lt 100 ]; do "
+    'echo "line $i ........................................................................"; '
+    "i=$((i+1)); j=$((j+1)); done; sleep 1; done"
+)
+
+
+@pytest.fixture
+def resource_agent(
+    node: TestNode, runtime_target: RuntimeTarget, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Agent]:
+    monkeypatch.setenv("NODEAGENT_CONTAINER_LOG_MONITOR_INTERVAL_S", "1")
+    monkeypatch.setenv("NODEAGENT_GC_INTERVAL_S", "1")
+    extra = ["--container-log-max-size", str(MAX_SIZE), "--container-log-max-files", str(MAX_FILES)]
+    agent = Agent(node, runtime=runtime_target, extra=extra)
+    for old in agent.manifests.iterdir():
+        old.unlink()
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+def log_files(node: TestNode, pod: dict[str, object]) -> list[Path]:
+    """The container's log files as the runtime keeps them (Docker's beside its own file)."""
+    meta = pod["metadata"]
+    assert isinstance(meta, dict)
+    live = node.pod_log_dir / f"default_{meta['name']}_{meta['uid']}" / "main" / "0.log"
+    if live.is_symlink():
+        target = Path(os.path.realpath(live))
+        return sorted(target.parent.glob(target.name + "*"))
+    return sorted(live.parent.glob("0.log*"))
+
+
+def numbers(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^line (\d+) ", text, re.MULTILINE)]
+
+
+def test_a_chatty_container_logs_rotate_to_the_configured_count(
+    node: TestNode, resource_agent: Agent
+) -> None:
+    agent = resource_agent
+    agent.write_manifest("chatty.yaml", static_pod_yaml("chatty", script=CHATTY))
+    pod = agent.wait_pod("chatty", is_ready, what="ready")
+
+    def rotated_fully() -> list[Path] | None:
+        files = log_files(node, pod)
+        return files if len(files) == MAX_FILES else None
+
+    files = wait_for(
+        rotated_fully, 60, message=lambda: f"{MAX_FILES} log files\n{agent.log_tail()}"
+    )
+
+    # Enough lines were written that without rotation the log would hold more than the
+    # files may: wait until the oldest lines are gone for good.
+    def dropped_oldest() -> list[int] | None:
+        result = cli(agent, "logs", "chatty", check=False)
+        seen = numbers(result.stdout)
+        # A read during a rotation may miss a file: wait for a whole one.
+        whole = seen and seen == list(range(seen[0], seen[0] + len(seen)))
+        return seen if whole and seen[0] > 0 else None
+
+    seen = wait_for(dropped_oldest, 60, message=lambda: f"rotated logs\n{agent.log_tail()}")
+    assert len(seen) >= 100
+    files = wait_for(rotated_fully, 30, message="the log files")
+    live, *rotated = files
+    if agent.runtime.kind == "cri":
+        # The kubelet's scheme: the newest rotated file plain, older ones gzipped; a file
+        # is rotated once it reached the size.
+        assert live.name == "0.log"
+        older, newest = rotated
+        assert older.name.endswith(".gz") and not newest.name.endswith(".gz"), files
+        assert newest.stat().st_size >= MAX_SIZE
+    else:
+        # dockerd rotates once a write took the file to max-size: at most one record over.
+        sizes = [f.stat().st_size for f in rotated]
+        assert all(MAX_SIZE <= size <= MAX_SIZE + 1024 for size in sizes), sizes
