@@ -47,10 +47,9 @@ from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.evicted import EvictedPods
 from nodeagent.kubelet.images import ImageManager
-from nodeagent.kubelet.logplan import LogPolicy, live_logs
-from nodeagent.kubelet.logrotation import LogRotator
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
+from nodeagent.kubelet.noderesources import NodeResources
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
@@ -130,16 +129,14 @@ class Node:
             evict=self.evicted.evict,
             interval_s=config.eviction_interval_s,
         )
-        # Docker rotates its own json-file logs (its containers are created with the policy).
-        self.log_rotator = (
-            LogRotator(
-                runtime,
-                LogPolicy(config.container_log_max_size, config.container_log_max_files),
-                logs=lambda: live_logs(self.cache.pods(), str(config.pod_log_dir)),
-                interval_s=config.container_log_monitor_interval_s,
-            )
-            if config.runtime == "cri"
-            else None
+        self.resources = NodeResources(  # log rotation, garbage collection, disk eviction
+            config,
+            runtime,
+            cache=self.cache,
+            wanted=self.manager.wanted,
+            pods=lambda: self.desired.pods.values(),
+            candidates=self.evicted.candidates,
+            evict=self.evicted.evict,
         )
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
@@ -362,6 +359,7 @@ class Node:
             state_dir=str(self.config.state_dir),
             now=time.time(),
             memory_pressure=self.eviction.under_pressure,
+            disk_pressure=self.resources.disk.under_pressure,
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
@@ -373,7 +371,7 @@ class Node:
     def _node_status(self) -> dict[str, Any]:
         status = nodestatus.node_status(self._node_facts())
         status["conditions"] = self.conditions.observe(status["conditions"])
-        status["eviction"] = self.eviction.report()
+        status["eviction"] = {**self.eviction.report(), **self.resources.report()}
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
         return status
 
@@ -492,7 +490,7 @@ async def run(config: Config) -> int:
         "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
-        **({"log-rotation": node.log_rotator.run} if node.log_rotator is not None else {}),
+        **node.resources.loops(),
         "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),
