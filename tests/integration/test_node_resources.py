@@ -10,11 +10,12 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness import TestNode, wait_for
-from tests.harness.agent import Agent, RuntimeTarget, cli, is_ready
+from tests.harness.agent import Agent, RuntimeTarget, cli, condition, is_ready
 from tests.harness.manifests import static_pod_yaml
 
 MAX_SIZE = 16 * 1024
@@ -99,3 +100,66 @@ def test_a_chatty_container_logs_rotate_to_the_configured_count(
         # dockerd rotates once a write took the file to max-size: at most one record over.
         sizes = [f.stat().st_size for f in rotated]
         assert all(MAX_SIZE <= size <= MAX_SIZE + 1024 for size in sizes), sizes
+
+
+def test_a_removed_pod_leaves_no_log_or_pod_directory(
+    node: TestNode, resource_agent: Agent
+) -> None:
+    agent = resource_agent
+    # A leftover of a pod this agent never knew (an earlier life): collected too.
+    ghost = node.pod_log_dir / "default_ghost_0d5a3c1e-dead-4bee-8000-000000000000"
+    (ghost / "main").mkdir(parents=True)
+    ghost_dir = node.state_dir / "pods" / "0d5a3c1e-dead-4bee-8000-000000000000"
+    (ghost_dir / "volumes").mkdir(parents=True)
+    manifest = agent.write_manifest("brief.yaml", static_pod_yaml("brief"))
+    pod = agent.wait_pod("brief", is_ready, what="ready")
+    uid = pod["metadata"]["uid"]
+    logs = node.pod_log_dir / f"default_brief_{uid}"
+    assert logs.is_dir() and (node.state_dir / "pods" / uid).is_dir()
+    manifest.unlink()
+
+    def gone() -> bool:
+        leftovers = (logs, node.state_dir / "pods" / uid, ghost, ghost_dir)
+        return agent.pod("brief") is None and not any(p.exists() for p in leftovers)
+
+    wait_for(gone, 60, message=lambda: f"the pod's directories collected\n{agent.log_tail()}")
+    assert not [c for c in agent.runtime.containers() if c.uid == uid]
+    assert agent.status()["node"]["eviction"]["gc"]["removed"]["logDirs"] >= 2
+
+
+SIZE_LIMITED = """apiVersion: v1
+kind: Pod
+metadata: {name: filler}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+    - name: scratch
+      emptyDir: {sizeLimit: 1Mi}
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1M count=4; sleep 3600"]
+      volumeMounts:
+        - {name: scratch, mountPath: /scratch}
+"""
+
+
+def evicted(agent: Agent, name: str) -> dict[str, Any] | None:
+    pod = agent.pod(name)
+    return pod if pod is not None and pod["status"].get("reason") == "Evicted" else None
+
+
+def test_a_pod_filling_an_empty_dir_past_its_size_limit_is_evicted(
+    resource_agent: Agent,
+) -> None:
+    agent = resource_agent
+    agent.write_manifest("steady.yaml", static_pod_yaml("steady"))
+    agent.wait_pod("steady", is_ready, what="ready")
+    agent.write_manifest("filler.yaml", SIZE_LIMITED)
+    pod = wait_for(lambda: evicted(agent, "filler"), 60, message=lambda: agent.log_tail())
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["status"]["message"] == 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi".'
+    assert condition(pod, "DisruptionTarget") == "True"
+    steady = agent.pod("steady")
+    assert steady is not None and is_ready(steady)  # only the pod past its limit goes
