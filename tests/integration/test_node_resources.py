@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,101 @@ def test_a_pod_filling_an_empty_dir_past_its_size_limit_is_evicted(
     assert condition(pod, "DisruptionTarget") == "True"
     steady = agent.pod("steady")
     assert steady is not None and is_ready(steady)  # only the pod past its limit goes
+
+
+DISK_HOG = """apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+    - name: scratch
+      emptyDir: {}
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1M count=40; sleep 3600"]
+      volumeMounts:
+        - {name: scratch, mountPath: /scratch}
+"""
+
+GUARANTEED = """apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+      resources:
+        limits: {cpu: 100m, memory: 32Mi}
+"""
+
+
+@pytest.fixture
+def small_disk(node: TestNode) -> Iterator[Path]:
+    """A 64 MiB tmpfs for the agent's state: a disk a pod can fill in a moment."""
+    path = node.root / "small-disk"
+    path.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_disk_pressure_evicts_the_best_effort_pod(
+    node: TestNode,
+    runtime_target: RuntimeTarget,
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NODEAGENT_EVICTION_INTERVAL_S", "1")
+    # Half the small disk must stay free: the hog's 40 MiB takes it past that.
+    extra = ["--state-dir", str(small_disk), "--eviction-hard", "nodefs.available<50%"]
+    agent = Agent(node, runtime=runtime_target, extra=extra)
+    for old in agent.manifests.iterdir():
+        old.unlink()
+    agent.start()
+    try:
+        agent.write_manifest("steady.yaml", GUARANTEED)
+        agent.wait_pod("steady", is_ready, what="ready")
+        assert disk_condition(agent)["status"] == "False"
+        agent.write_manifest("hog.yaml", DISK_HOG)
+        hog = wait_for(lambda: evicted(agent, "hog"), 60, message=lambda: agent.log_tail())
+        assert hog["status"]["phase"] == "Failed"
+        assert "low on resource: ephemeral-storage" in hog["status"]["message"]
+        told = wait_for(
+            lambda: node_event(agent, "NodeHasDiskPressure"), 30, message="the pressure event"
+        )
+        assert told["message"] == f"Node {agent.name} status is now: NodeHasDiskPressure"
+        assert disk_condition(agent)["status"] == "True"  # held for the transition period
+        report = agent.status()["node"]["eviction"]["disk"]
+        assert report["evictions"] == 1 and report["reclaims"] >= 1, report
+        # The hog's emptyDir went with it: the node has room again and the rest stays.
+        wait_for(
+            lambda: agent.status()["node"]["eviction"]["disk"]["below"] == [],
+            30,
+            message="room again",
+        )
+        steady = agent.pod("steady")
+        assert steady is not None and is_ready(steady)
+        assert agent.status()["node"]["eviction"]["disk"]["evictions"] == 1
+    finally:
+        agent.stop()
+
+
+def disk_condition(agent: Agent) -> dict[str, Any]:
+    conditions = agent.status()["node"]["conditions"]
+    return next(c for c in conditions if c["type"] == "DiskPressure")
+
+
+def node_event(agent: Agent, reason: str) -> dict[str, Any] | None:
+    events = agent.status()["events"]
+    return next(
+        (e for e in events if e["involvedObject"].get("kind") == "Node" and e["reason"] == reason),
+        None,
+    )
