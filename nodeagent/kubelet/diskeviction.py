@@ -10,8 +10,10 @@ Each pass (every ``interval_s``, the eviction monitor's period):
 
 DiskPressure holds for the pressure transition period after the last reading below, as
 MemoryPressure does. Local storage use is what a pod leaves on the node's disk: its disk
-emptyDirs and its container logs, measured by walking the directories (in a thread; the
-writable layers of containers are the runtime's and not counted).
+emptyDirs and its container logs, measured by walking the directories (in a thread), and
+for a container with an ``ephemeral-storage`` limit its writable layer too: the overlay
+``upperdir`` of its root, read from ``/proc/<pid>/mountinfo`` of one of its processes (found
+by the cgroup path naming its id), as the runtime's stats would report it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from nodeagent.configparse import EvictionThreshold
 from nodeagent.kubelet import diskpressure, specs, volumes
 from nodeagent.kubelet.diskpressure import DiskReading, FsReading
 from nodeagent.kubelet.eviction import POD_CLEANUP_TIMEOUT_S, PRESSURE_TRANSITION_S, Candidate
+from nodeagent.kubelet.runtimepod import RuntimePod
 from nodeagent.model.pod import Pod, PodUID
 
 log = structlog.get_logger("nodeagent.diskeviction")
@@ -64,6 +67,35 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
+def container_pids(ids: Iterable[str]) -> dict[str, int]:
+    """A process of each running container, found by its cgroup path, which names the
+    container's id on both runtimes and both cgroup drivers. Blocking."""
+    wanted = set(ids)
+    found: dict[str, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or len(found) == len(wanted):
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cgroup", encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            continue  # gone while we looked
+        for cid in wanted - found.keys():
+            if cid in text:
+                found[cid] = int(entry.name)
+    return found
+
+
+def writable_layer_bytes(pid: int) -> int:
+    """Bytes in the container's writable layer (0 when it cannot be found). Blocking."""
+    try:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as f:
+            upper = diskpressure.upper_dir(f.read())
+    except OSError:
+        return 0
+    return tree_bytes(Path(upper)) if upper else 0
+
+
 def _same_device(path: str, device: int) -> bool:
     try:
         return os.lstat(path).st_dev == device
@@ -82,6 +114,7 @@ class DiskMonitor:
         state_dir: Path,
         pod_log_dir: Path,
         pods: Callable[[], Iterable[Pod]],
+        runtime_pods: Callable[[], Sequence[RuntimePod]],
         candidates: Callable[[Iterable[Pod]], Sequence[Candidate]],
         evict: Callable[[Candidate, str], Awaitable[None]],
         reclaim: Callable[[], Awaitable[int]],
@@ -91,6 +124,7 @@ class DiskMonitor:
         self.thresholds = threshold.disk
         self._state_dir, self._pod_log_dir = state_dir, pod_log_dir
         self._pods, self._candidates = pods, candidates
+        self._runtime_pods = runtime_pods
         self._evict, self._reclaim = evict, reclaim
         self.interval_s = interval_s
         self._clock = clock
@@ -143,12 +177,17 @@ class DiskMonitor:
             await self._evict_one(ranked[0], breaches[0].message)
 
     async def _enforce_limits(self, pods: list[Pod]) -> None:
-        limited = [p for p in pods if diskpressure.size_limited_volumes(p)]
+        limited = [
+            p
+            for p in pods
+            if diskpressure.size_limited_volumes(p) or diskpressure.storage_limited_containers(p)
+        ]
         if not limited:
             return
-        use = await asyncio.to_thread(self._volume_use, limited)
+        volume_use = await asyncio.to_thread(self._volume_use, limited)
+        container_use = await asyncio.to_thread(self._container_use, limited)
         running = {c.uid: c for c in self._candidates(limited)}
-        for breach in diskpressure.over_limits(limited, use):
+        for breach in diskpressure.over_limits(limited, volume_use, container_use):
             victim = running.get(breach.uid)
             if victim is not None:
                 await self._evict_one(victim, breach.message)
@@ -168,6 +207,26 @@ class DiskMonitor:
             base = volumes.pod_dir(self._state_dir, pod) / "volumes" / "empty-dir"
             for name in diskpressure.size_limited_volumes(pod):
                 use[(pod.uid, name)] = tree_bytes(base / name)
+        return use
+
+    def _container_use(self, pods: Sequence[Pod]) -> dict[tuple[PodUID, str], int]:
+        """Each limited container's writable layer and logs (its running instance's layer;
+        the logs of all its instances, as they stay on the node)."""
+        limited = {p.uid: (p, diskpressure.storage_limited_containers(p)) for p in pods}
+        instances = {
+            (c.uid, c.name): c.id
+            for rp in self._runtime_pods()
+            if rp.uid in limited
+            for c in rp.running()
+            if c.name in limited[rp.uid][1]
+        }
+        pids = container_pids(instances.values()) if instances else {}
+        use = {}
+        for (uid, name), cid in instances.items():
+            pod = limited[uid][0]
+            logs = Path(specs.log_directory(str(self._pod_log_dir), pod)) / name
+            layer = writable_layer_bytes(pids[cid]) if cid in pids else 0
+            use[(uid, name)] = layer + tree_bytes(logs)
         return use
 
     def _usage(self, candidates: Sequence[Candidate], pods: Sequence[Pod]) -> dict[PodUID, int]:

@@ -12,8 +12,10 @@ Facts matched (upstream's eviction manager):
   BestEffort first, then Burstable, then Guaranteed, and within each the largest local
   storage use first (upstream ranks by use above ephemeral-storage requests, which our pods
   do not state: every use is above a request of nothing, so QoS and use decide);
-- an emptyDir whose use passes its ``sizeLimit`` evicts its pod at once, whatever the node's
-  state, with upstream's message ("Usage of EmptyDir volume ... exceeds the limit ...").
+- an emptyDir whose use passes its ``sizeLimit``, or a container whose writable layer and
+  logs pass its ``ephemeral-storage`` limit, evicts its pod at once, whatever the node's
+  state, with upstream's messages ("Usage of EmptyDir volume ... exceeds the limit ...",
+  "Container ... exceeded its local ephemeral storage limit ...").
 """
 
 from __future__ import annotations
@@ -112,20 +114,58 @@ def size_limited_volumes(pod: Pod) -> dict[str, int]:
     }
 
 
+def storage_limited_containers(pod: Pod) -> dict[str, int]:
+    """The pod's containers with an ``ephemeral-storage`` limit: name -> limit bytes."""
+    return {
+        c.name: limit
+        for c in pod.spec.containers
+        if (limit := c.resources.ephemeral_storage_limit_bytes) is not None
+    }
+
+
 def over_limits(
-    pods: Sequence[Pod], volume_use: Mapping[tuple[PodUID, str], int]
+    pods: Sequence[Pod],
+    volume_use: Mapping[tuple[PodUID, str], int],
+    container_use: Mapping[tuple[PodUID, str], int],
 ) -> list[LimitBreach]:
-    """The pods with an emptyDir past its sizeLimit (``volume_use``: (uid, volume) -> bytes)."""
+    """The pods with an emptyDir past its sizeLimit or a container past its ephemeral-storage
+    limit (the uses: (uid, volume or container name) -> bytes), one breach per pod."""
     found = []
     for pod in pods:
+        message = ""
         for name, limit in sorted(size_limited_volumes(pod).items()):
             if volume_use.get((pod.uid, name), 0) > limit:
                 message = (
                     f'Usage of EmptyDir volume "{name}" exceeds the limit "{quantity(limit)}".'
                 )
-                found.append(LimitBreach(pod.uid, message))
                 break
+        for name, limit in sorted(storage_limited_containers(pod).items()):
+            if not message and container_use.get((pod.uid, name), 0) > limit:
+                # Upstream's words, its trailing space too.
+                message = (
+                    f"Container {name} exceeded its local ephemeral storage limit "
+                    f'"{quantity(limit)}". '
+                )
+        if message:
+            found.append(LimitBreach(pod.uid, message))
     return found
+
+
+def upper_dir(mountinfo: str) -> str | None:
+    """The writable layer of a container: the ``upperdir`` of the overlay mounted at ``/``
+    in its mount namespace (``/proc/<pid>/mountinfo``, as containerd's and Docker's overlay
+    snapshotters mount it). None when the root is not an overlay."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or fields[4] != "/":
+            continue
+        tail = fields[fields.index("-") + 1 :] if "-" in fields else []
+        if len(tail) < 3 or tail[0] != "overlay":
+            continue
+        for option in tail[2].split(","):
+            if option.startswith("upperdir="):
+                return option[len("upperdir=") :]
+    return None
 
 
 def quantity(value: int) -> str:

@@ -62,6 +62,7 @@ class NodeResources:
             state_dir=config.state_dir,
             pod_log_dir=config.pod_log_dir,
             pods=pods,
+            runtime_pods=cache.pods,
             candidates=candidates,
             evict=evict,
             reclaim=self.gc.reclaim,

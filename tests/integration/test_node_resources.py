@@ -262,3 +262,27 @@ def node_event(agent: Agent, reason: str) -> dict[str, Any] | None:
         (e for e in events if e["involvedObject"].get("kind") == "Node" and e["reason"] == reason),
         None,
     )
+
+
+STORAGE_LIMITED = """apiVersion: v1
+kind: Pod
+metadata: {name: scribbler}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: busybox
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "dd if=/dev/zero of=/scribble bs=1M count=4; sleep 3600"]
+      resources:
+        limits: {ephemeral-storage: 2Mi}
+"""
+
+
+def test_a_container_past_its_ephemeral_storage_limit_is_evicted(resource_agent: Agent) -> None:
+    agent = resource_agent
+    agent.write_manifest("scribbler.yaml", STORAGE_LIMITED)
+    pod = wait_for(lambda: evicted(agent, "scribbler"), 60, message=lambda: agent.log_tail())
+    assert pod["status"]["phase"] == "Failed"
+    message = 'Container main exceeded its local ephemeral storage limit "2Mi". '
+    assert pod["status"]["message"] == message

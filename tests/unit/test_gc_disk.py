@@ -193,8 +193,8 @@ def test_an_empty_dir_past_its_size_limit_names_the_volume() -> None:
     spec = dataclasses.replace(pod.spec, volumes=(*pod.spec.volumes, limited, memory))
     pod = dataclasses.replace(pod, spec=spec)
     assert diskpressure.size_limited_volumes(pod) == {"scratch": 2**20}  # tmpfs: the kernel's
-    assert diskpressure.over_limits([pod], {(pod.uid, "scratch"): 2**20}) == []
-    (breach,) = diskpressure.over_limits([pod], {(pod.uid, "scratch"): 2**20 + 1})
+    assert diskpressure.over_limits([pod], {(pod.uid, "scratch"): 2**20}, {}) == []
+    (breach,) = diskpressure.over_limits([pod], {(pod.uid, "scratch"): 2**20 + 1}, {})
     assert breach.uid == pod.uid
     assert breach.message == 'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi".'
 
@@ -221,6 +221,7 @@ def disk_monitor(
         state_dir=tmp_path,
         pod_log_dir=tmp_path,
         pods=lambda: [],
+        runtime_pods=lambda: [],
         candidates=lambda _: [cand("g", "Guaranteed"), cand("e", "BestEffort")],
         evict=evict,
         reclaim=reclaim,
@@ -252,3 +253,24 @@ async def test_disk_pressure_evicts_best_effort_when_reclaim_is_not_enough(tmp_p
     assert "low on resource: ephemeral-storage" in evicted[0][1]
     assert monitor.under_pressure is True
     assert monitor.report()["below"] == ["nodefs.available", "imagefs.available"]
+
+
+def test_a_container_past_its_ephemeral_storage_limit_evicts_its_pod() -> None:
+    pod = make_pod(extra={"resources": {"limits": {"ephemeral-storage": "2Mi"}}})
+    assert diskpressure.storage_limited_containers(pod) == {"app": 2 * 2**20}
+    assert diskpressure.over_limits([pod], {}, {(pod.uid, "app"): 2 * 2**20}) == []
+    (breach,) = diskpressure.over_limits([pod], {}, {(pod.uid, "app"): 3 * 2**20})
+    assert breach.message == 'Container app exceeded its local ephemeral storage limit "2Mi". '
+
+
+MOUNTINFO = (
+    "1234 1200 0:88 / / rw,relatime master:1 - overlay overlay "
+    "rw,lowerdir=/var/lib/c/snapshots/1/fs,upperdir=/var/lib/c/snapshots/7/fs,"
+    "workdir=/var/lib/c/snapshots/7/work\n"
+    "1235 1234 0:89 / /proc rw,nosuid - proc proc rw\n"
+)
+
+
+def test_the_writable_layer_is_the_root_overlays_upperdir() -> None:
+    assert diskpressure.upper_dir(MOUNTINFO) == "/var/lib/c/snapshots/7/fs"
+    assert diskpressure.upper_dir("25 1 8:1 / / rw - ext4 /dev/vda rw\n") is None
