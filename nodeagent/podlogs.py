@@ -136,9 +136,19 @@ def log_files(path: Path) -> list[Path]:
 
 
 def tail(path: Path, lines: int | None) -> list[LogRecord]:
-    """The last ``lines`` records (all when None) across the rotated files and the live one."""
-    records = parse_lines(logrotation.read_files(log_files(path)))
-    return list(deque(records, maxlen=lines) if lines is not None else records)
+    """The last ``lines`` records (all when None) across the rotated files and the live one.
+
+    With a count, the newest files are read first and older ones only while too few lines
+    were found (a termination message reads 80 lines; it need not unzip a whole history)."""
+    files = log_files(path)
+    if lines is None:
+        return list(parse_lines(logrotation.read_files(files)))
+    for start in range(len(files) - 1, -1, -1):
+        # Read through to the live file, so a record split across two files is joined.
+        records = deque(parse_lines(logrotation.read_files(files[start:])), maxlen=lines)
+        if len(records) == lines or start == 0:
+            return list(records)
+    return []
 
 
 def follow(path: Path, out: TextIO, *, poll_s: float = 0.2) -> None:
