@@ -65,6 +65,8 @@ def _prepare(log_path: str, policy: LogPolicy, now: float) -> RotationPlan | Non
         size = os.stat(log_path).st_size
     except OSError:
         return None
+    if size < policy.max_bytes:
+        return None  # the usual case: one stat, no listing
     plan = plan_rotation(log_path, size, siblings(log_path), policy, now)
     if plan is None:
         return None
