@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
 import pytest
 
+from nodeagent.config import ConfigError, load_config
 from nodeagent.configparse import DEFAULT_DISK_THRESHOLDS, DiskThreshold, EvictionThreshold
 from nodeagent.kubelet import diskpressure
 from nodeagent.kubelet.diskeviction import DiskMonitor
@@ -274,3 +276,46 @@ MOUNTINFO = (
 def test_the_writable_layer_is_the_root_overlays_upperdir() -> None:
     assert diskpressure.upper_dir(MOUNTINFO) == "/var/lib/c/snapshots/7/fs"
     assert diskpressure.upper_dir("25 1 8:1 / / rw - ext4 /dev/vda rw\n") is None
+
+
+def flags(**given: object) -> argparse.Namespace:
+    return argparse.Namespace(config=None, node_name="n1", **given)
+
+
+def test_eviction_hard_takes_disk_signals_and_keeps_the_other_defaults() -> None:
+    text = "memory.available<1Gi, nodefs.available<2Gi,nodefs.inodesFree<100k"
+    got = load_config(flags(eviction_hard=text)).eviction_hard
+    assert got.quantity_bytes == GI
+    assert got.disk == (
+        DiskThreshold("nodefs.available", quantity=2 * GI),
+        DiskThreshold("nodefs.inodesFree", quantity=100_000),
+        DiskThreshold("imagefs.available", percent=15.0),  # not given: the kubelet's default
+    )
+    # Memory alone, as before: the disk signals keep their defaults.
+    assert load_config(flags(eviction_hard="memory.available<1Gi")).eviction_hard.disk == (
+        DEFAULT_DISK_THRESHOLDS
+    )
+    assert str(load_config(flags()).eviction_hard) == (
+        "memory.available<104857600,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
+    )
+
+
+def test_log_rotation_flags() -> None:
+    config = load_config(flags(container_log_max_size="20Mi", container_log_max_files="3"))
+    assert (config.container_log_max_size, config.container_log_max_files) == (20 * 2**20, 3)
+    defaults = load_config(flags())
+    assert (defaults.container_log_max_size, defaults.container_log_max_files) == (10 * 2**20, 5)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("container_log_max_files", "1", "at least 2"),
+        ("container_log_max_size", "big", "not a positive size"),
+        ("container_log_max_size", "0", "not a positive size"),
+    ],
+)
+def test_bad_log_rotation_flags_name_the_flag(key: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as info:
+        load_config(flags(**{key: value}))
+    assert info.value.key == key
