@@ -9,7 +9,8 @@ Data flows one way::
                             +--> iptables (nat, filter), conntrack
 
 Policy lives in the parts; ``Node`` holds them and passes each what it reads. The parts it
-connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``),
+connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``
+for memory, by ``kubelet/noderesources.py`` for disk, beside log rotation and GC),
 the proxy's inputs and when they are known (``proxy/nodeinputs.py``), the status snapshot
 (``server/snapshot.py``), the runtime, node IP, DNS and loop supervision (``startup.py``),
 and in cluster mode the link to the API (``apiserver/cluster.py``).
