@@ -252,14 +252,31 @@ class Config:
         metavar="IP",
         shown="the address of the default route's interface",
     )
-    # Node-pressure eviction: below this much available memory, pods are evicted.
+    # Node-pressure eviction: below these, pods are evicted (memory and disk signals).
     eviction_hard: EvictionThreshold = setting(
         parse.eviction_hard,
-        "evict pods below this available memory, a quantity or a %",
+        "evict pods below these thresholds, each a quantity or a %",
         factory=EvictionThreshold,
-        metavar=f"{EVICTION_SIGNAL}<X",
-        shown="100Mi",
+        metavar=f"{EVICTION_SIGNAL}<X[,nodefs.available<Y,...]",
+        shown="memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,"
+        "imagefs.available<15%",
     )
+    # Container log rotation, the kubelet's --container-log-max-size/-max-files.
+    container_log_max_size: int = setting(
+        parse.byte_quantity,
+        "rotate a container's log file when it reaches this size",
+        10 * 1024 * 1024,
+        metavar="SIZE",
+        shown="10Mi",
+    )
+    container_log_max_files: int = setting(
+        parse.log_max_files, "log files kept per container, the live one included", 5, metavar="N"
+    )
+    # How often logs are checked for rotation (the kubelet's --container-log-monitor-interval).
+    container_log_monitor_interval_s: float = setting(parse.positive_float, default=10.0)
+    # Dead containers, sandboxes and orphaned directories are collected this often (the
+    # kubelet's ContainerGCPeriod), and at once when the disk is short.
+    gc_interval_s: float = setting(parse.positive_float, default=60.0)
     eviction_interval_s: float = setting(parse.positive_float, default=10.0)  # the kubelet's
     # Node resources as the kubelet manages them (kubelet/cgroups/): the QoS cgroup tree.
     cgroups_per_qos: bool = setting(
@@ -353,9 +370,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         s: Setting = f.metadata["setting"]
         if not s.help:
             continue
-        text = s.help.replace("%", "%%")  # argparse formats help with %
+        text = s.help
         if (shown := s.shown_default if s.shown_default is not None else _shown(f)) is not None:
             text += f" (default: {shown})"
+        text = text.replace("%", "%%")  # argparse formats help with %
         options: dict[str, Any] = {"help": text, "metavar": s.metavar, "choices": s.choices}
         if s.bare is not None:
             options.update(nargs="?", const=s.bare)

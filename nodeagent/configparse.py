@@ -32,19 +32,53 @@ class Raw:
 
 
 @dataclass(frozen=True)
-class EvictionThreshold:
-    """``--eviction-hard memory.available<X``: an absolute quantity or a share of memory.
+class DiskThreshold:
+    """One disk signal of ``--eviction-hard``: below this, the node is under DiskPressure.
 
-    Exactly one of ``quantity_bytes`` and ``percent`` is set. Upstream's default is 100Mi.
+    Exactly one of ``quantity`` (bytes; inodes for ``nodefs.inodesFree``) and ``percent``
+    (of the filesystem's size or inode count) is set.
+    """
+
+    signal: str  # one of DISK_SIGNALS
+    quantity: int | None = None
+    percent: float | None = None
+
+    def __str__(self) -> str:
+        value = f"{self.percent:g}%" if self.percent is not None else str(self.quantity)
+        return f"{self.signal}<{value}"
+
+
+NODEFS_AVAILABLE = "nodefs.available"
+NODEFS_INODES_FREE = "nodefs.inodesFree"
+IMAGEFS_AVAILABLE = "imagefs.available"
+DISK_SIGNALS = (NODEFS_AVAILABLE, NODEFS_INODES_FREE, IMAGEFS_AVAILABLE)
+# The kubelet's defaults (pkg/kubelet/eviction/defaults_linux.go).
+DEFAULT_DISK_THRESHOLDS = (
+    DiskThreshold(NODEFS_AVAILABLE, percent=10.0),
+    DiskThreshold(NODEFS_INODES_FREE, percent=5.0),
+    DiskThreshold(IMAGEFS_AVAILABLE, percent=15.0),
+)
+
+
+@dataclass(frozen=True)
+class EvictionThreshold:
+    """``--eviction-hard memory.available<X,nodefs.available<Y,...``.
+
+    For memory exactly one of ``quantity_bytes`` and ``percent`` is set; upstream's default is
+    100Mi. ``disk`` holds one threshold per disk signal; a signal the flag leaves out keeps
+    the kubelet's default (as upstream's MergeDefaultEvictionSettings does).
     """
 
     quantity_bytes: int | None = 100 * 1024 * 1024
     percent: float | None = None
+    disk: tuple[DiskThreshold, ...] = DEFAULT_DISK_THRESHOLDS
 
     def __str__(self) -> str:
         if self.percent is not None:
-            return f"{EVICTION_SIGNAL}<{self.percent:g}%"
-        return f"{EVICTION_SIGNAL}<{self.quantity_bytes}"
+            memory = f"{EVICTION_SIGNAL}<{self.percent:g}%"
+        else:
+            memory = f"{EVICTION_SIGNAL}<{self.quantity_bytes}"
+        return ",".join([memory, *map(str, self.disk)])
 
 
 EVICTION_SIGNAL = "memory.available"
@@ -296,12 +330,25 @@ def image(raw: Raw) -> str:
 
 
 def eviction_hard(raw: Raw) -> EvictionThreshold:
-    text = string(raw).replace(" ", "")
-    signal, sep, value = text.partition("<")
-    if not sep or not value:
-        raise ValueError(f"{text!r} is not a threshold like {EVICTION_SIGNAL}<100Mi")
-    if signal != EVICTION_SIGNAL:
-        raise ValueError(f"{signal!r}: only {EVICTION_SIGNAL} is supported")
+    memory: tuple[int | None, float | None] = (100 * 1024 * 1024, None)
+    disk = {t.signal: t for t in DEFAULT_DISK_THRESHOLDS}
+    for item in string(raw).replace(" ", "").split(","):
+        signal, sep, value = item.partition("<")
+        if not sep or not value:
+            raise ValueError(f"{item!r} is not a threshold like {EVICTION_SIGNAL}<100Mi")
+        if signal == EVICTION_SIGNAL:
+            memory = _threshold_value(value)
+        elif signal in DISK_SIGNALS:
+            quantity, percent = _threshold_value(value, inodes=signal == NODEFS_INODES_FREE)
+            disk[signal] = DiskThreshold(signal, quantity, percent)
+        else:
+            known = ", ".join((EVICTION_SIGNAL, *DISK_SIGNALS))
+            raise ValueError(f"{signal!r}: the signals known are {known}")
+    return EvictionThreshold(*memory, disk=tuple(disk[s] for s in DISK_SIGNALS))
+
+
+def _threshold_value(value: str, *, inodes: bool = False) -> tuple[int | None, float | None]:
+    """(quantity, percent) of one threshold's value, exactly one of them set."""
     if value.endswith("%"):
         try:
             percent = float(value[:-1])
@@ -309,13 +356,37 @@ def eviction_hard(raw: Raw) -> EvictionThreshold:
             raise ValueError(f"{value!r} is not a percentage") from None
         if not (math.isfinite(percent) and 0 < percent < 100):
             raise ValueError(f"{value!r} must be a percentage between 0 and 100")
-        return EvictionThreshold(quantity_bytes=None, percent=percent)
+        return None, percent
     match = _MEMORY_QUANTITY.fullmatch(value)
     if match is None:
-        raise ValueError(f"{value!r} is not a memory quantity like 100Mi or a percentage")
+        what = "an inode count like 100k" if inodes else "a memory quantity like 100Mi"
+        raise ValueError(f"{value!r} is not {what} or a percentage")
+    return _quantity(match), None
+
+
+def byte_quantity(raw: Raw) -> int:
+    """A positive size like 10Mi (a bare integer is bytes)."""
+    value = raw.value
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    text = string(raw)
+    match = _MEMORY_QUANTITY.fullmatch(text)
+    if match is None or _quantity(match) <= 0:
+        raise ValueError(f"{text!r} is not a positive size like 10Mi")
+    return _quantity(match)
+
+
+def log_max_files(raw: Raw) -> int:
+    """``--container-log-max-files``: the kubelet refuses fewer than 2 (current + rotated)."""
+    value = positive_int(raw)
+    if value < 2:
+        raise ValueError(f"{value} is too few: at least 2 (the live file and one rotated)")
+    return value
+
+
+def _quantity(match: re.Match[str]) -> int:
     number, suffix = match.groups()
-    quantity = int(float(number) * _MEMORY_UNITS[suffix or ""])
-    return EvictionThreshold(quantity_bytes=quantity, percent=None)
+    return int(float(number) * _MEMORY_UNITS[suffix or ""])
 
 
 def reserved(raw: Raw) -> Reserved:

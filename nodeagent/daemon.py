@@ -9,7 +9,8 @@ Data flows one way::
                             +--> iptables (nat, filter), conntrack
 
 Policy lives in the parts; ``Node`` holds them and passes each what it reads. The parts it
-connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``),
+connects, by role: evicted pods (``kubelet/evicted.py``, chosen by ``kubelet/eviction.py``
+for memory, by ``kubelet/noderesources.py`` for disk, beside log rotation and GC),
 the proxy's inputs and when they are known (``proxy/nodeinputs.py``), the status snapshot
 (``server/snapshot.py``), the runtime, node IP, DNS, cgroup settings and loop supervision
 (``startup.py``), pod cgroups (``kubelet/cgroups/``: made before each sandbox, removed after
@@ -53,6 +54,7 @@ from nodeagent.kubelet.evicted import EvictedPods
 from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
+from nodeagent.kubelet.noderesources import NodeResources
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
@@ -159,6 +161,15 @@ class Node:
             pods=lambda: self.evicted.candidates(self.desired.pods.values()),
             evict=self.evicted.evict,
             interval_s=config.eviction_interval_s,
+        )
+        self.resources = NodeResources(  # log rotation, garbage collection, disk eviction
+            config,
+            runtime,
+            cache=self.cache,
+            wanted=self.manager.wanted,
+            pods=lambda: self.desired.pods.values(),
+            candidates=self.evicted.candidates,
+            evict=self.evicted.evict,
         )
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
@@ -386,6 +397,7 @@ class Node:
                 system=self.config.system_reserved,
                 eviction=self.config.eviction_hard,
             ),
+            disk_pressure=self.resources.disk.under_pressure,
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
@@ -397,7 +409,7 @@ class Node:
     def _node_status(self) -> dict[str, Any]:
         status = nodestatus.node_status(self._node_facts())
         status["conditions"] = self.conditions.observe(status["conditions"])
-        status["eviction"] = self.eviction.report()
+        status["eviction"] = {**self.eviction.report(), **self.resources.report()}
         status["usage"] = {**status.get("usage", {}), **usage.usage(self.config.state_dir)}
         return status
 
@@ -518,6 +530,7 @@ async def run(config: Config) -> int:
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
         **({"cgroups": node.cgroups.run} if node.cgroups is not None else {}),
+        **node.resources.loops(),
         "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),

@@ -325,6 +325,9 @@ class InstrumentedRuntime:
     async def remove_container(self, container_id: ContainerID) -> None:
         await self._timed("remove_container", self.inner.remove_container(container_id))
 
+    async def reopen_container_log(self, container_id: ContainerID) -> None:
+        await self._timed("reopen_container_log", self.inner.reopen_container_log(container_id))
+
     async def container_status(self, container_id: ContainerID) -> ContainerInfo:
         return await self._timed("container_status", self.inner.container_status(container_id))
 

@@ -5,17 +5,23 @@ Each line is ``<RFC3339Nano time> <stream> <tag> <message>``, where tag ``P`` ma
 line that continues on the next record and ``F`` a full one. Under the Docker runtime the file
 at that path is Docker's own json-file log, which is read too. The pod's uid and the current
 attempt (restartCount) come from the agent's status, so ``--previous`` is ``attempt - 1``.
+A log is read across its rotated files (``log_files``), the kubelet's or Docker's, oldest
+first; following it moves to the new live file when the old one is rotated away.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from nodeagent.kubelet import logplan, logrotation
 
 
 class LogsError(Exception):
@@ -110,20 +116,55 @@ def find_log(
     return path
 
 
+def log_files(path: Path) -> list[Path]:
+    """The files of one container instance's log, oldest first, the live one last.
+
+    CRI runtimes: the kubelet's rotated ``<attempt>.log.<time>[.gz]`` beside the live file.
+    Docker: the live path links to Docker's json-file log, whose rotated files are
+    ``<file>.1`` (newest) to ``<file>.N``, gzipped when Docker compresses them."""
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        prefix = target.name + "."
+        rotated = []
+        for sibling in target.parent.glob(glob.escape(prefix) + "*"):
+            number = sibling.name[len(prefix) :].removesuffix(logplan.COMPRESS_SUFFIX)
+            if number.isdigit():
+                rotated.append((int(number), sibling))
+        return [p for _, p in sorted(rotated, reverse=True)] + [target]
+    names = logplan.log_files(str(path), logrotation.siblings(str(path)))
+    return [Path(n) for n in names]
+
+
 def tail(path: Path, lines: int | None) -> list[LogRecord]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        records = parse_lines(f)
-        return list(deque(records, maxlen=lines) if lines is not None else records)
+    """The last ``lines`` records (all when None) across the rotated files and the live one.
+
+    With a count, the newest files are read first and older ones only while too few lines
+    were found (a termination message reads 80 lines; it need not unzip a whole history)."""
+    files = log_files(path)
+    if lines is None:
+        return list(parse_lines(logrotation.read_files(files)))
+    for start in range(len(files) - 1, -1, -1):
+        # Read through to the live file, so a record split across two files is joined.
+        records = deque(parse_lines(logrotation.read_files(files[start:])), maxlen=lines)
+        if len(records) == lines or start == 0:
+            return list(records)
+    return []
 
 
 def follow(path: Path, out: TextIO, *, poll_s: float = 0.2) -> None:
-    """Print new whole lines as they are written, until interrupted."""
-    with path.open(encoding="utf-8", errors="replace") as f:
+    """Print new whole lines as they are written, until interrupted; after a rotation (the
+    live file renamed away, a new one in its place) the new file is followed."""
+    f = path.open(encoding="utf-8", errors="replace")
+    try:
         f.seek(0, 2)
         buffer = ""
         while True:
             chunk = f.read()
             if not chunk:
+                if _replaced(path, f):
+                    f.close()
+                    f = path.open(encoding="utf-8", errors="replace")
+                    continue
                 time.sleep(poll_s)
                 continue
             buffer += chunk
@@ -131,3 +172,12 @@ def follow(path: Path, out: TextIO, *, poll_s: float = 0.2) -> None:
             for record in parse_lines(complete):
                 out.write(record.text + "\n")
             out.flush()
+    finally:
+        f.close()
+
+
+def _replaced(path: Path, f: TextIO) -> bool:
+    try:
+        return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False  # between the rename and the reopen: the new file comes

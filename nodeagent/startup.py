@@ -39,6 +39,7 @@ def build_runtime(config: Config) -> Runtime:
     if config.runtime == "docker":
         from nodeagent.network.cniexec import CACHE_DIRNAME, CNIExec
         from nodeagent.runtime.docker import DockerRuntime
+        from nodeagent.runtime.docker_convert import LogRotation
 
         # Docker runs no CNI: the agent attaches each sandbox to the same conflist itself.
         network = CNIExec(
@@ -51,6 +52,8 @@ def build_runtime(config: Config) -> Runtime:
             network=network,
             pause_image=config.pause_image,
             timeout_s=config.runtime_timeout_s,
+            # Docker rotates its own logs; CRI runtimes' are rotated by the agent.
+            log_rotation=LogRotation(config.container_log_max_size, config.container_log_max_files),
         )
     raise SystemExit(f"runtime {config.runtime!r} is not available in this version of nodeagent")
 

@@ -1,6 +1,7 @@
 """The pods this node evicted: kept out of the desired set, and their final status told.
 
-``eviction.py`` decides which pod goes; this carries the decision out and keeps its record.
+``eviction.py`` (memory) and ``diskeviction.py`` (disk, local storage limits) decide which
+pod goes; this carries the decision out and keeps its record.
 The victim's worker is terminated with no grace (a hard threshold), and the pod stays
 evicted, shown with its final entry in the local status and never started again, until its
 source drops it or replaces it (a new uid). Once its containers have stopped, the final

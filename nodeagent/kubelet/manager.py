@@ -171,12 +171,19 @@ class PodManager:
 
     # -- orphans ----------------------------------------------------------------------------
 
+    def wanted(self) -> frozenset[PodUID] | None:
+        """Pods whose runtime state and files must stay: desired, held, or with a worker
+        still stopping them. None until every source is ready (the view is partial)."""
+        if not self._sources_ready:
+            return None
+        owned = {w.pod.uid for w in self._all_workers()} | {p.uid for p in self._desired.values()}
+        return frozenset(owned | self._held)
+
     def cleanup_orphans(self) -> None:
         """Tear down runtime pods that are neither desired nor owned by a worker."""
-        if not self._sources_ready:
+        owned = self.wanted()
+        if owned is None:
             return
-        owned = {w.pod.uid for w in self._all_workers()} | {p.uid for p in self._desired.values()}
-        owned |= self._held
         for runtime_pod in self.ctx.cache.pods():
             if runtime_pod.uid in owned:
                 continue

@@ -1,7 +1,8 @@
 """Node capacity, allocatable and conditions, from psutil and the runtime's health.
 
 MemoryPressure comes from the eviction monitor when one runs (``NodeFacts.memory_pressure``:
-the same threshold that evicts pods), and from the upstream default threshold otherwise.
+the same threshold that evicts pods), and from the upstream default threshold otherwise;
+DiskPressure likewise from the disk monitor (``NodeFacts.disk_pressure``).
 
 Ready is False with reason ``KubeletNotReady`` while the runtime is down or the pod network is
 not ready (``NodeFacts.pod_network``: no podCIDR yet; or the runtime's own RuntimeReady or
@@ -52,6 +53,7 @@ class NodeFacts:
     state_dir: str
     now: float
     memory_pressure: bool | None = None  # the eviction monitor's verdict; None: not known yet
+    disk_pressure: bool | None = None  # the disk monitor's verdict; None: not known yet
     pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
@@ -118,7 +120,11 @@ def conditions(facts: NodeFacts) -> list[dict[str, Any]]:
         if facts.memory_pressure is None
         else facts.memory_pressure
     )
-    low_disk = disk.free < disk.total * DISK_PRESSURE_FRACTION
+    low_disk = (
+        disk.free < disk.total * DISK_PRESSURE_FRACTION
+        if facts.disk_pressure is None
+        else facts.disk_pressure
+    )
     low_pids = pid_max - pids < pid_max * PID_PRESSURE_FRACTION
     found = [
         _condition(

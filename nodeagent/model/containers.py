@@ -265,13 +265,16 @@ def _is_meta_key_ref(path: str) -> bool:
 def _resources(r: Node) -> Resources:
     r.reject_unknown(("limits", "requests"), ("claims",))
     limits, requests = r.child("limits"), r.child("requests")
-    for node in (limits, requests):
-        node.reject_unknown(("cpu", "memory"), ("ephemeral-storage",))
+    requests.reject_unknown(("cpu", "memory"), ("ephemeral-storage",))
+    limits.reject_unknown(("cpu", "memory", "ephemeral-storage"))
     return Resources(
         cpu_limit_millis=read_quantity(limits, "cpu", quantity.cpu_millis),
         memory_limit_bytes=read_quantity(limits, "memory", quantity.memory_bytes),
         cpu_request_millis=read_quantity(requests, "cpu", quantity.cpu_millis),
         memory_request_bytes=read_quantity(requests, "memory", quantity.memory_bytes),
+        ephemeral_storage_limit_bytes=read_quantity(
+            limits, "ephemeral-storage", quantity.memory_bytes
+        ),
     )
 
 

@@ -118,6 +118,7 @@ class Resources:
     memory_limit_bytes: int | None = None
     cpu_request_millis: int | None = None
     memory_request_bytes: int | None = None
+    ephemeral_storage_limit_bytes: int | None = None  # evicts the pod when exceeded
 
 
 class SeccompProfile(enum.Enum):

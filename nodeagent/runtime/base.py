@@ -263,6 +263,12 @@ class Runtime(Protocol):
 
     async def container_status(self, container_id: ContainerID) -> ContainerInfo: ...
 
+    async def reopen_container_log(self, container_id: ContainerID) -> None:
+        """CRI ``ReopenContainerLog``: the running container writes to a new file at its log
+        path (after the old one was renamed away). Runtimes that rotate their own logs
+        (Docker's json-file) do nothing."""
+        ...
+
     async def list_containers(self, uid: PodUID | None = None) -> Sequence[ContainerInfo]:
         """Our containers, optionally of one pod only; ``detailed`` is False on these."""
         ...

@@ -28,6 +28,9 @@ that times out is exit code 124 with the reason on stderr, as the CRI client rep
 Logs: Docker keeps each container's output in its own json-file log (``LogPath``); we link
 the CRI log path (``<log_directory>/<log_path>``) to it, as dockershim did, so the file is
 where the kubelet layout says, but in Docker's JSON-lines format, not CRI's text format.
+Docker rotates that file itself: ``log_rotation`` (``--container-log-max-size``/``-max-files``)
+becomes the json-file driver's ``max-size``/``max-file`` options of each container, as
+dockershim passed them.
 """
 
 from __future__ import annotations
@@ -110,8 +113,10 @@ class DockerRuntime(base.Runtime):
         pause_image: str = DEFAULT_PAUSE_IMAGE,
         timeout_s: float = 10.0,
         pull_timeout_s: float = 300.0,
+        log_rotation: convert.LogRotation | None = None,
     ) -> None:
         self._timeout_s = timeout_s
+        self._log_rotation = log_rotation
         self._pull_timeout_s = pull_timeout_s
         self._pause_image = pause_image
         self._network = network
@@ -300,7 +305,12 @@ class DockerRuntime(base.Runtime):
         if config.security.run_as_group is not None and config.security.run_as_user is None:
             image_user = await self.image_user(config.image)
         spec = convert.container_spec(
-            sandbox_id, config, sandbox, log_path=log_path, image_user=image_user
+            sandbox_id,
+            config,
+            sandbox,
+            log_path=log_path,
+            image_user=image_user,
+            log_rotation=self._log_rotation,
         )
         return base.ContainerID(await self._call("CreateContainer", self._engine.create, spec))
 
@@ -334,6 +344,9 @@ class DockerRuntime(base.Runtime):
             container_id,
             timeout_s=self._timeout_s * 2,
         )
+
+    async def reopen_container_log(self, container_id: base.ContainerID) -> None:
+        """Nothing to do: dockerd rotates its json-file logs itself (``log_config``)."""
 
     async def container_status(self, container_id: base.ContainerID) -> base.ContainerInfo:
         data = await self._call("InspectContainer", self._api.inspect_container, container_id)

@@ -199,6 +199,7 @@ def container_spec(
     *,
     log_path: str = "",
     image_user: str = "",
+    log_rotation: LogRotation | None = None,
 ) -> CreateSpec:
     """``image_user`` (the image's USER) is needed only when runAsGroup comes without a user."""
     container: dict[str, Any] = {
@@ -234,7 +235,22 @@ def container_spec(
     }
     if sandbox.cgroup_parent:  # Docker puts each container where it is told, not by pod
         host["cgroup_parent"] = sandbox.cgroup_parent
+    if log_rotation is not None:
+        host["log_config"] = log_rotation.log_config()
     return CreateSpec(container=container, host=host)
+
+
+@dataclass(frozen=True)
+class LogRotation:
+    """Docker's json-file rotation: rotate at ``max_bytes``, keep ``max_files`` files."""
+
+    max_bytes: int
+    max_files: int
+
+    def log_config(self) -> dict[str, Any]:
+        # dockerd reads a bare number as bytes.
+        options = {"max-size": str(self.max_bytes), "max-file": str(self.max_files)}
+        return {"Type": "json-file", "Config": options}
 
 
 def pid_mode(

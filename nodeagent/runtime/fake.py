@@ -302,6 +302,10 @@ class FakeRuntime:
         self._container(container_id)
         del self.containers[container_id]
 
+    async def reopen_container_log(self, container_id: ContainerID) -> None:
+        self._enter("reopen_container_log", container_id)
+        self._container(container_id)
+
     async def container_status(self, container_id: ContainerID) -> ContainerInfo:
         self._enter("container_status", container_id)
         return self._container(container_id).info(detailed=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent import devenv
-from nodeagent.runtime.base import Runtime, SandboxInfo
+from nodeagent.runtime.base import ContainerInfo, Runtime, SandboxInfo
 from nodeagent.server.client import StatusUnavailable, fetch_status
 from tests.harness.dockerd import DockerDaemon
 from tests.harness.node import TestNode
@@ -80,6 +80,16 @@ class RuntimeTarget:
             runtime = self.backend()
             try:
                 return list(await runtime.list_sandboxes())
+            finally:
+                await runtime.close()
+
+        return asyncio.run(go())
+
+    def containers(self) -> list[ContainerInfo]:
+        async def go() -> list[ContainerInfo]:
+            runtime = self.backend()
+            try:
+                return list(await runtime.list_containers())
             finally:
                 await runtime.close()
 

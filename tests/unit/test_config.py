@@ -71,6 +71,8 @@ FILE_ONLY = {
     "max_pods",
     "eviction_interval_s",
     "max_manifest_bytes",
+    "container_log_monitor_interval_s",
+    "gc_interval_s",
 }
 
 
@@ -91,7 +93,8 @@ def test_flag_help_shows_the_declared_defaults(capsys: pytest.CaptureFixture[str
     # No pod CIDR by default: cluster mode waits for the Node's, standalone takes its own.
     assert defaults.pod_cidr is None
     assert "(default: the Node's spec.podCIDR; standalone 10.88.0.0/16)" in text
-    assert "(default: 30000-32767)" in text and "(default: 100Mi)" in text
+    assert "(default: 30000-32767)" in text and "(default: memory.available<100Mi," in text
+    assert "(default: 10Mi)" in text and "(default: 5)" in text
     assert "--max-pods" not in text  # a file and environment setting only
 
 

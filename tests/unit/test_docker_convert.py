@@ -197,6 +197,21 @@ def test_container_spec_joins_the_sandbox() -> None:
     assert spec.host["mem_limit"] == spec.host["memswap_limit"] == 20 << 20
 
 
+def test_container_spec_asks_docker_to_rotate_its_log() -> None:
+    rotation = convert.LogRotation(max_bytes=10 * 2**20, max_files=5)
+    spec = convert.container_spec(
+        SANDBOX_ID, container_config(), sandbox_config(), log_rotation=rotation
+    )
+    assert spec.host["log_config"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "10485760", "max-file": "5"},
+    }
+    assert (
+        "log_config"
+        not in convert.container_spec(SANDBOX_ID, container_config(), sandbox_config()).host
+    )
+
+
 def test_container_spec_keeps_image_defaults_when_unset() -> None:
     spec = convert.container_spec(SANDBOX_ID, container_config(), sandbox_config())
     assert spec.container["entrypoint"] is None

@@ -212,7 +212,8 @@ def test_eviction_hard_default_is_upstreams() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("nodefs.available<10%", "only memory.available"),
+        ("pid.available<10%", "the signals known are"),
+        ("nodefs.inodesFree<many", "not an inode count"),
         ("memory.available>1Gi", "not a threshold"),
         ("memory.available<lots", "not a memory quantity"),
         ("memory.available<100%", "between 0 and 100"),

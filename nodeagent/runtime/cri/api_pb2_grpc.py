@@ -5,7 +5,7 @@ import warnings
 
 from nodeagent.runtime.cri import api_pb2 as api__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -93,6 +93,11 @@ class RuntimeServiceStub:
                 '/runtime.v1.RuntimeService/ContainerStatus',
                 request_serializer=api__pb2.ContainerStatusRequest.SerializeToString,
                 response_deserializer=api__pb2.ContainerStatusResponse.FromString,
+                _registered_method=True)
+        self.ReopenContainerLog = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ReopenContainerLog',
+                request_serializer=api__pb2.ReopenContainerLogRequest.SerializeToString,
+                response_deserializer=api__pb2.ReopenContainerLogResponse.FromString,
                 _registered_method=True)
         self.ExecSync = channel.unary_unary(
                 '/runtime.v1.RuntimeService/ExecSync',
@@ -186,6 +191,12 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReopenContainerLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExecSync(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -267,6 +278,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.ContainerStatus,
                     request_deserializer=api__pb2.ContainerStatusRequest.FromString,
                     response_serializer=api__pb2.ContainerStatusResponse.SerializeToString,
+            ),
+            'ReopenContainerLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenContainerLog,
+                    request_deserializer=api__pb2.ReopenContainerLogRequest.FromString,
+                    response_serializer=api__pb2.ReopenContainerLogResponse.SerializeToString,
             ),
             'ExecSync': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecSync,
@@ -608,6 +624,33 @@ class RuntimeService:
             '/runtime.v1.RuntimeService/ContainerStatus',
             api__pb2.ContainerStatusRequest.SerializeToString,
             api__pb2.ContainerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenContainerLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ReopenContainerLog',
+            api__pb2.ReopenContainerLogRequest.SerializeToString,
+            api__pb2.ReopenContainerLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

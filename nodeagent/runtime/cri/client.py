@@ -311,6 +311,10 @@ class CRIRuntime(base.Runtime):
             await asyncio.sleep(delay)
             delay = min(delay * 2, REMOVE_RETRY_MAX_S)
 
+    async def reopen_container_log(self, container_id: base.ContainerID) -> None:
+        request = pb.ReopenContainerLogRequest(container_id=container_id)
+        await self._call(self._runtime.ReopenContainerLog, request, pb.ReopenContainerLogResponse)
+
     async def container_status(self, container_id: base.ContainerID) -> base.ContainerInfo:
         request = pb.ContainerStatusRequest(container_id=container_id)
         response = await self._call(
