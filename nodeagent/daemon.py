@@ -52,6 +52,7 @@ from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
+from nodeagent.kubeletapi.handlers import NodeView
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import podnet, sysctl
@@ -352,6 +353,7 @@ class Node:
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
+            kubelet_port=int(self.config.kubelet_api_bind.rpartition(":")[2] or 0),
         )
 
     def _sample_conditions(self) -> Sequence[Condition]:
@@ -417,6 +419,15 @@ class Node:
         notifier.ready(status=status)
         await asyncio.Event().wait()
 
+    def api_view(self) -> NodeView:
+        """What the kubelet API reads."""
+        return NodeView(
+            node_name=self.config.node_name,
+            pods=self.manager.snapshot,
+            sandboxes=self.runtime.list_sandboxes,
+            pod_log_dir=self.config.pod_log_dir,
+        )
+
     def _pods(self) -> list[dict[str, Any]]:
         evicted = list(self.evicted.entries.values())
         held = held_statuses(self.static_refs.held)
@@ -458,6 +469,9 @@ async def run(config: Config) -> int:
         )
         observed.watch_cluster(probe)
     exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
+    kubelet_api = await startup.start_kubelet_api(
+        config, node.api_view(), startup.api_reviews(client)
+    )
     log.info(
         "agent_started",
         node=config.node_name,
@@ -501,5 +515,7 @@ async def run(config: Config) -> int:
         await server.close()
         if exporter is not None:
             await exporter.close()
+        if kubelet_api is not None:
+            await kubelet_api.close()
         await runtime.close()
     return 0

@@ -45,6 +45,7 @@ class NodeFacts:
     pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
+    kubelet_port: int = 0  # the kubelet API's port (daemonEndpoints); 0: not served
 
 
 def memory_reading() -> MemoryReading:
