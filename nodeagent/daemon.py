@@ -469,9 +469,7 @@ async def run(config: Config) -> int:
         )
         observed.watch_cluster(probe)
     exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
-    kubelet_api = await startup.start_kubelet_api(
-        config, node.api_view(), startup.api_reviews(client)
-    )
+    kubelet_api = await startup.start_kubelet_api(config, node.api_view(), client)
     log.info(
         "agent_started",
         node=config.node_name,

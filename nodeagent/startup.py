@@ -4,7 +4,9 @@
   agent running the CNI plugins itself, as Docker runs none).
 - The node's IP: ``--node-ip``, else the address ``network/nodeip.py`` chooses.
 - The node's DNS: the cluster's flags, and the node's own resolv.conf.
-- The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics.
+- The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics,
+  and the kubelet API (``--kubelet-api-bind``, nodeagent/kubeletapi) likewise; its reviews
+  go through the API client in cluster mode.
 - ``supervised``: every long-lived loop runs under it: an unexpected exit is logged and the
   loop restarted after a short delay (doubling up to 30 s), so one broken loop never
   silently stops the node.
@@ -124,12 +126,13 @@ def api_reviews(client: ApiClient | None) -> Review | None:
 
 
 async def start_kubelet_api(
-    config: Config, view: NodeView, review: Review | None
+    config: Config, view: NodeView, client: ApiClient | None
 ) -> KubeletApi | None:
     """Serve the kubelet API unless --kubelet-api-bind is off. Unusable certificate files or
     a taken port cost the API (logged), not the node, as with the metrics."""
     if not config.kubelet_api_bind:
         return None
+    review = api_reviews(client)
     webhook = config.authorization_mode == "webhook" or (
         config.authorization_mode == "" and review is not None
     )
