@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -122,6 +123,27 @@ def _complete_lines(data: bytes) -> tuple[list[str], int]:
     return text.splitlines(), end
 
 
+def _partial(line: str) -> bool:
+    """A record continued by the next line: CRI tag ``P``, or Docker's split record."""
+    if line.startswith("{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return False
+        text = entry.get("log") if isinstance(entry, dict) else None
+        return isinstance(text, str) and not text.endswith("\n")
+    parts = line.split(" ", 3)
+    return len(parts) >= 3 and parts[2] == "P"
+
+
+def _whole_records(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(lines that end whole records, the trailing partial ones to carry)."""
+    end = len(lines)
+    while end and _partial(lines[end - 1]):
+        end -= 1
+    return lines[:end], lines[end:]
+
+
 def _initial(path: Path, tail_lines: int | None) -> tuple[list[LogRecord], int]:
     with path.open("rb") as f:
         data = f.read()
@@ -148,6 +170,7 @@ async def stream(
         if not options.follow:
             return
         records = []
+        carried: list[str] = []  # partial records waiting for the line that ends them
         while not records:
             # Asked before reading: a last line written just before the container stopped
             # is read before the answer "not running" ends the stream.
@@ -157,7 +180,8 @@ async def stream(
             if not used and len(data) == READ_CHUNK:
                 lines, used = [data.decode("utf-8", errors="replace")], len(data)  # no newline
             offset += used
-            records = list(parse_lines(lines))
+            complete, carried = _whole_records(carried + lines)
+            records = list(parse_lines(complete))
             if records:
                 break
             if not used and not was_running:
