@@ -45,6 +45,8 @@ class KubeletApi:
     async def start(self) -> None:
         """Listen; OSError or ssl.SSLError (bad files, a taken port) go to the caller."""
         s = self._settings
+        if (s.tls_cert_file is None) != (s.tls_private_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-private-key-file go together")
         if s.tls_cert_file is not None and s.tls_private_key_file is not None:
             files = certs.ServingFiles(s.tls_cert_file, s.tls_private_key_file)
         else:

@@ -213,3 +213,54 @@ async def test_the_self_signed_certificate_is_kept_until_the_names_change(tmp_pa
     assert certs.self_signed(tmp_path, "n1", ("10.0.0.1",)).cert.read_bytes() == pem
     assert certs.self_signed(tmp_path, "n1", ("10.0.0.2",)).cert.read_bytes() != pem
     assert oct(first.key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_flags_parse_as_documented(tmp_path: Path) -> None:
+    import argparse
+
+    from nodeagent.config import ConfigError, add_flags, load_config
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_flags(parser)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+
+    def load(*argv: str) -> Any:
+        return load_config(parser.parse_args(["--node-name", "n1", *argv]))
+
+    defaults = load()
+    assert defaults.kubelet_api_bind == "0.0.0.0:10250"
+    assert (defaults.anonymous_auth, defaults.authorization_mode) == (False, "")
+    given = load(
+        "--kubelet-api-bind",
+        "off",
+        "--authorization-mode",
+        "AlwaysAllow",
+        "--anonymous-auth",
+        "--client-ca-file",
+        str(ca),
+    )
+    assert given.kubelet_api_bind == "" and given.anonymous_auth is True
+    assert given.authorization_mode == "alwaysallow" and given.client_ca_file == ca
+    with pytest.raises(ConfigError, match="authorization_mode: 'Node' is not one of"):
+        load("--authorization-mode", "Node")
+    with pytest.raises(ConfigError, match=r"client_ca_file: .* is not a readable file"):
+        load("--client-ca-file", str(tmp_path / "missing"))
+
+
+async def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
+    settings = ApiSettings(
+        bind="127.0.0.1:0",
+        state_dir=tmp_path,
+        node_ip="",
+        tls_cert_file=tmp_path / "c.crt",
+        tls_private_key_file=None,
+        client_ca_file=None,
+        anonymous_auth=False,
+        token_webhook=False,
+        webhook_authz=False,
+    )
+    server = KubeletApi(settings, NodeView("n1", lambda: [], no_sandboxes, tmp_path), None)
+    with pytest.raises(ValueError, match="--tls-cert-file and --tls-private-key-file go together"):
+        await server.start()
