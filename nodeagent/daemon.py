@@ -58,7 +58,7 @@ from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import podnet, sysctl
 from nodeagent.proxy.nodeinputs import NodeInputs
 from nodeagent.proxy.proxier import ProxySettings, ServiceProxy, connect_host
-from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus
+from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus, StreamingRuntime
 from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server import snapshot, usage
 from nodeagent.server.status import StatusServer, StatusServerError
@@ -426,6 +426,9 @@ class Node:
             pods=self.manager.snapshot,
             sandboxes=self.runtime.list_sandboxes,
             pod_log_dir=self.config.pod_log_dir,
+            streaming=(
+                self.runtime.streaming_url if isinstance(self.runtime, StreamingRuntime) else None
+            ),
         )
 
     def _pods(self) -> list[dict[str, Any]]:

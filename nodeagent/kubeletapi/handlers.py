@@ -8,6 +8,8 @@ against the node object (403 naming the user, verb and subresources), then route
     GET /containerLogs/{namespace}/{pod}/{container}   see logs.py
     GET /stats/summary                            see stats.py
     GET /metrics/resource                         see stats.py
+    GET|POST /exec/{namespace}/{pod}/{container}, /attach/..., /portForward/{namespace}/{pod}
+                                                  see streams.py (a CRI runtime only: 501)
 
 An unknown pod or container is a 404 and a malformed query a 400, each with a ``Status``
 body as the API server's, naming what was not found or which parameter is wrong.
@@ -15,16 +17,17 @@ body as the API server's, naming what was not found or which parameter is wrong.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodeagent.kubeletapi import auth, logs, stats
+from nodeagent.kubeletapi import auth, logs, stats, streams
 from nodeagent.kubeletapi.wire import Request, Response
 from nodeagent.podlogs import LogsError, find_log
-from nodeagent.runtime.base import SandboxInfo
+from nodeagent.runtime.base import RuntimeFailure, SandboxInfo, StreamRequest
 
 Obj = dict[str, Any]
 _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
@@ -40,6 +43,8 @@ class NodeView:
     pods: Callable[[], list[Obj]]  # metadata + status, as the status socket's
     sandboxes: Callable[[], Awaitable[Sequence[SandboxInfo]]]
     pod_log_dir: Path
+    # The runtime's streaming sessions (CRI); None: exec, attach, port-forward unavailable.
+    streaming: Callable[[StreamRequest], Awaitable[str]] | None = None
 
 
 def status(code: int, message: str) -> Response:
@@ -81,7 +86,7 @@ class Handlers:
                 f"Forbidden (user={user.name}, verb={attrs.verb}, resource=nodes, "
                 f"subresource(s)=[{subresources}])",
             )
-        if request.method not in ("GET", "HEAD"):
+        if request.method not in ("GET", "HEAD") and not _streaming(request.path):
             return status(405, f"{request.method} is not supported on {request.path}")
         return await self._route(request)
 
@@ -91,6 +96,8 @@ class Handlers:
             return Response(200, b"ok")
         if path == "/pods":
             return _json(self._pod_list())
+        if path.split("/")[1] in ("exec", "attach", "portForward"):
+            return await self._stream(request, path.split("/")[1:])
         if path.startswith("/containerLogs/"):
             return self._logs(request, path.split("/")[2:])
         if path == "/stats/summary":
@@ -105,6 +112,24 @@ class Handlers:
 
     def _pods(self) -> list[Obj]:
         return [{k: v for k, v in p.items() if k not in _EXTRAS} for p in self._view.pods()]
+
+    async def _stream(self, request: Request, parts: list[str]) -> Response:
+        if self._view.streaming is None:
+            return status(501, "exec, attach and port-forward need a CRI runtime (containerd)")
+        sandboxes = await self._view.sandboxes() if parts[0] == "portForward" else []
+        asked = streams.session(parts, request.query, self._view.pods(), sandboxes)
+        if isinstance(asked, streams.Refusal):
+            return status(asked.code, asked.message)
+        try:
+            url = await self._view.streaming(asked)
+        except RuntimeFailure as exc:
+            return status(502, f"the runtime refused the session: {exc}")
+        head = streams.relay_head(request.method, url, request.raw_query, request.headers)
+
+        async def takeover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await streams.relay(url, head, (reader, writer))
+
+        return Response(101, takeover=takeover)
 
     def _pod_list(self) -> Obj:
         items = [
@@ -154,6 +179,10 @@ class Handlers:
             return False
 
         return running
+
+
+def _streaming(path: str) -> bool:
+    return path.split("/")[1] in ("exec", "attach", "portForward")
 
 
 def _json(body: Obj) -> Response:

@@ -28,6 +28,8 @@ HEAD_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 HANDSHAKE_TIMEOUT_S = 10.0
 _MORE_REASONS = {401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error"}
+_MORE_REASONS[501] = "Not Implemented"
+_MORE_REASONS[502] = "Bad Gateway"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Request:
     query: Mapping[str, list[str]]
     headers: Mapping[str, str]  # names lower-cased
     peer_cert: Mapping[str, Any] | None  # ssl's getpeercert(): verified against the client CA
+    raw_query: str = ""  # as sent, for relaying
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -50,6 +53,11 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     # A streamed body (chunked); ``body`` is ignored when it is set.
     stream: AsyncIterator[bytes] | None = field(default=None, compare=False)
+    # The connection itself, for an upgrade (exec, attach, port-forward): it answers alone.
+    takeover: Takeover | None = field(default=None, compare=False)
+
+
+Takeover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -129,8 +137,13 @@ class HttpsServer:
             query=parse_qs(split.query, keep_blank_values=True),
             headers=headers,
             peer_cert=writer.get_extra_info("peercert"),
+            raw_query=split.query,
         )
-        await _write(writer, await self._handle(request))
+        response = await self._handle(request)
+        if response.takeover is not None:
+            await response.takeover(reader, writer)
+            return
+        await _write(writer, response)
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from lightkube import AsyncClient
 
@@ -268,3 +269,31 @@ def kubectl_apply(api: ApiServerProcess, *objects: dict[str, Any]) -> None:
     argv = ["kubectl", "--kubeconfig", str(api.kubeconfig), "create", "--validate=false", "-f", "-"]
     result = subprocess.run(argv, input=doc, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+async def test_exec_is_relayed_to_the_runtimes_streaming_server(
+    api: ApiServerProcess, admin: AsyncClient, agent: Agent, link: Link, runtime: str
+) -> None:
+    await talker_second_run(admin, agent)
+    query = "command=sh&command=-c&command=echo+out%3B+echo+err+%3E%262%3B+exit+3"
+    url = f"https://{link.node_ip}:{PORT}/exec/default/talker/main?{query}&stdout=1&stderr=1"
+    headers = {"Authorization": f"Bearer {api.token}"}
+    async with aiohttp.ClientSession() as session:
+        if runtime == "docker":  # Docker has no streaming server to relay to (yet)
+            async with session.get(url, headers=headers, ssl=False) as answer:
+                assert answer.status == 501
+                assert "need a CRI runtime" in (await answer.json())["message"]
+            return
+        channels: dict[int, bytes] = {}
+        async with session.ws_connect(
+            url, headers=headers, ssl=False, protocols=("v4.channel.k8s.io",)
+        ) as ws:
+            assert ws.protocol == "v4.channel.k8s.io"
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.BINARY and message.data:
+                    channel, data = message.data[0], message.data[1:]
+                    channels[channel] = channels.get(channel, b"") + data
+    assert channels[1] == b"out\n" and channels[2] == b"err\n"
+    status = json.loads(channels[3])
+    assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
