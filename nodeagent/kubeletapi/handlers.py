@@ -124,7 +124,7 @@ class Handlers:
             url = await self._view.streaming(asked)
         except RuntimeFailure as exc:
             return status(502, f"the runtime refused the session: {exc}")
-        head = streams.relay_head(request.method, url, request.raw_query, request.headers)
+        head = streams.relay_head(request.method, url, request.raw_query, request.header_lines)
 
         async def takeover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await streams.relay(url, head, (reader, writer))

@@ -111,13 +111,13 @@ def _port_forward(
     return StreamRequest(StreamKind.PORT_FORWARD, sandbox.id, ports=tuple(ports))
 
 
-def relay_head(method: str, url: str, raw_query: str, headers: Mapping[str, str]) -> bytes:
+def relay_head(method: str, url: str, raw_query: str, headers: Sequence[tuple[str, str]]) -> bytes:
     """The client's request, re-addressed to the streaming server's ``url``."""
     target = urlsplit(url)
     path = target.path or "/"
     query = "&".join(q for q in (target.query, raw_query) if q)
     lines = [f"{method} {path}{'?' + query if query else ''} HTTP/1.1", f"Host: {target.netloc}"]
-    lines += [f"{k}: {v}" for k, v in headers.items() if k not in _DROPPED]
+    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in _DROPPED]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

@@ -40,6 +40,9 @@ class Request:
     headers: Mapping[str, str]  # names lower-cased
     peer_cert: Mapping[str, Any] | None  # ssl's getpeercert(): verified against the client CA
     raw_query: str = ""  # as sent, for relaying
+    # Every header line as sent (name, value), repeated ones too: SPDY's
+    # X-Stream-Protocol-Version is one line per protocol, and a relay must keep them apart.
+    header_lines: tuple[tuple[str, str], ...] = ()
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -126,7 +129,7 @@ class HttpsServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S):
-                method, target, headers = await read_head(reader)
+                method, target, lines = await read_head(reader)
         except BadRequest as exc:
             await _write(writer, Response(400, f"{exc}\n".encode()))
             return
@@ -135,9 +138,10 @@ class HttpsServer:
             method=method,
             path=unquote(split.path),
             query=parse_qs(split.query, keep_blank_values=True),
-            headers=headers,
+            headers={name.lower(): value for name, value in lines},
             peer_cert=writer.get_extra_info("peercert"),
             raw_query=split.query,
+            header_lines=tuple(lines),
         )
         response = await self._handle(request)
         if response.takeover is not None:
@@ -146,8 +150,8 @@ class HttpsServer:
         await _write(writer, response)
 
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
-    """(method, target, headers); BadRequest when malformed or over the size limit."""
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple[str, str]]]:
+    """(method, target, header lines); BadRequest when malformed or over the size limit."""
     lines: list[str] = []
     total = 0
     while True:
@@ -166,12 +170,12 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, s
     parts = lines[0].split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
         raise BadRequest("malformed request line")
-    headers: dict[str, str] = {}
+    headers: list[tuple[str, str]] = []
     for header in lines[1:]:
         name, sep, value = header.partition(":")
         if not sep or not name.strip():
             raise BadRequest(f"malformed header line {header[:40]!r}")
-        headers[name.strip().lower()] = value.strip()
+        headers.append((name.strip(), value.strip()))
     return parts[0], parts[1], headers
 
 

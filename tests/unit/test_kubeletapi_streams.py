@@ -74,9 +74,16 @@ def test_the_relayed_head_goes_to_the_streaming_url_without_our_credentials() ->
         "POST",
         "http://127.0.0.1:4321/exec/Tok3n",
         "command=id&stdout=1",
-        {"host": "node-a:10250", "authorization": "Bearer x", "upgrade": "SPDY/3.1"},
+        [
+            ("Host", "node-a:10250"),
+            ("Authorization", "Bearer x"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+            ("X-Stream-Protocol-Version", "channel.k8s.io"),
+        ],
     )
     assert head == (
         b"POST /exec/Tok3n?command=id&stdout=1 HTTP/1.1\r\nHost: 127.0.0.1:4321\r\n"
-        b"upgrade: SPDY/3.1\r\n\r\n"
+        b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+        b"X-Stream-Protocol-Version: channel.k8s.io\r\n\r\n"
     )
