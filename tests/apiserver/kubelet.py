@@ -6,23 +6,29 @@
   as this server decides (``authz.allows``: system:masters, the Node authorizer, RBAC), and
   strictly: a user no rule allows is denied, unlike the server's own permissive default for
   non-node users.
-- ``pods/{name}/log`` and ``nodes/{name}/proxy/{path}``: forwarded to the node's kubelet
+- ``pods/{name}/log``, ``pods/{name}/exec|attach|portforward`` and
+  ``nodes/{name}/proxy/{path}``: forwarded to the node's kubelet
   endpoint (its InternalIP and ``status.daemonEndpoints.kubeletEndpoint.Port``) over HTTPS with
   the server's kubelet client certificate (CN ``kube-apiserver-kubelet-client`` in
   ``system:masters``, as kubeadm issues it), streaming the answer back (``kubectl logs -f``).
   As kube-apiserver without ``--kubelet-certificate-authority``, the kubelet's serving
-  certificate is not verified. The caller needs ``get`` on pods/log or nodes/proxy.
+  certificate is not verified. The caller needs ``get`` on pods/log or nodes/proxy, ``create``
+  (POST) or ``get`` on pods/exec and the like. The streaming ones are upgrades (SPDY/3.1 or
+  WebSocket): the request goes to the kubelet as it came, and the client's connection is
+  taken from aiohttp and joined byte for byte to the kubelet's (no protocol translation:
+  kube-apiserver 1.30+ would turn a WebSocket client into SPDY towards the kubelet).
 
 Simplified: anyone authenticated may create reviews (upstream: RBAC ``create`` on them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -35,6 +41,9 @@ from tests.apiserver.subresources import Tokens
 from tests.apiserver.tls import TLSBundle
 
 Obj = dict[str, Any]
+# pods/<subresource> -> the kubelet's path
+_STREAMS = {"exec": "exec", "attach": "attach", "portforward": "portForward"}
+_HOP = ("host", "authorization", "content-length")  # not the kubelet's to see
 Groups = Callable[[str], tuple[str, ...]]  # a token user's groups, as authentication gives
 KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 # PodLogOptions that travel to the kubelet as its query parameters.
@@ -100,6 +109,13 @@ class KubeletProxy:
             )
             path = "/" + "/".join(rest[3:])
             return await self._forward(request, node, path, request.query_string)
+        if len(rest) == 5 and rest[0] == "namespaces" and rest[2] == "pods" and rest[4] in _STREAMS:
+            namespace, name, sub = rest[1], rest[3], rest[4]
+            verb = "create" if request.method == "POST" else "get"
+            authz.authorize(
+                self._store, who, Attributes(verb, resources.PODS, namespace, name, sub)
+            )
+            return await self._stream(request, namespace, name, sub)
         if len(rest) == 5 and rest[0] == "namespaces" and rest[2] == "pods" and rest[4] == "log":
             namespace, name = rest[1], rest[3]
             attrs = Attributes("get", resources.PODS, namespace, name, "log")
@@ -126,6 +142,43 @@ class KubeletProxy:
         return await self._forward(
             request, node, f"/containerLogs/{namespace}/{name}/{container}", query
         )
+
+    async def _stream(
+        self, request: web.BaseRequest, namespace: str, name: str, sub: str
+    ) -> web.StreamResponse:
+        pod = self._store.get(resources.PODS, namespace, name)
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        if not node:
+            raise errors.bad_request(f"pod {name} does not have a host assigned")
+        path = f"/{_STREAMS[sub]}/{namespace}/{name}"
+        query = [(k, v) for k, v in request.query.items() if k != "container"]
+        if sub != "portforward":
+            names = [c["name"] for c in pod["spec"].get("containers") or []]
+            container = request.query.get("container") or (names[0] if len(names) == 1 else "")
+            if not container:
+                raise errors.bad_request(f"a container name must be specified for pod {name}")
+            path += f"/{container}"
+        return await self._upgrade(request, node, f"{path}?{urlencode(query)}")
+
+    async def _upgrade(self, request: web.BaseRequest, node: str, target: str) -> web.Response:
+        """Relay an upgrade (SPDY or WebSocket) byte for byte: the request goes to the kubelet,
+        and the client's connection is taken from aiohttp and joined to the kubelet's."""
+        base = urlsplit(self._endpoint(node))
+        reader, writer = await asyncio.open_connection(base.hostname, base.port, ssl=self._ssl)
+        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {base.netloc}"]
+        lines += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() not in _HOP]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        transport = request.transport
+        if transport is None:
+            raise errors.internal("the client went away")
+        transport.set_protocol(_Pipe(writer))
+        try:
+            while data := await reader.read(64 * 1024):
+                transport.write(data)
+        finally:
+            writer.close()
+            transport.close()
+        return web.Response()  # written nowhere: the transport is closed
 
     def _endpoint(self, node: str) -> str:
         obj = self._store.get(resources.NODES, None, node)
@@ -156,6 +209,19 @@ class KubeletProxy:
                     await response.write(chunk)
                 await response.write_eof()
                 return response
+
+
+class _Pipe(asyncio.Protocol):
+    """The client's side of a relayed upgrade: what it sends goes to the kubelet."""
+
+    def __init__(self, upstream: asyncio.StreamWriter) -> None:
+        self._upstream = upstream
+
+    def data_received(self, data: bytes) -> None:
+        self._upstream.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._upstream.close()
 
 
 async def review_answer(

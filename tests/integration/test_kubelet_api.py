@@ -1,7 +1,8 @@
 """The kubelet HTTPS API of a cluster-mode agent, through Debian's kubectl and direct clients.
 
 The test API server (tests/apiserver/kubelet.py) answers the agent's TokenReviews and
-SubjectAccessReviews and forwards ``pods/log`` and ``nodes/{name}/proxy`` to the agent's
+SubjectAccessReviews and forwards ``pods/log``, ``pods/exec`` and ``nodes/{name}/proxy`` to
+the agent's
 port 10250 with its kubelet client certificate, which the agent trusts through
 ``--client-ca-file`` (the API server's CA). Direct clients talk to the node's address on the
 veth link. Runs once per runtime (containerd over CRI, Docker).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import threading
@@ -297,3 +299,18 @@ async def test_exec_is_relayed_to_the_runtimes_streaming_server(
     status = json.loads(channels[3])
     assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
     assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+
+    # kubectl through the API server: 1.27 speaks SPDY/3.1, the current one WebSocket first.
+    for binary in (old_kubectl(), "kubectl"):
+        argv = [binary, "--kubeconfig", str(api.kubeconfig), "exec", "-i", "talker", "--"]
+        argv += ["sh", "-c", "read line; echo got-$line; exit 3"]
+        result = await asyncio.to_thread(
+            subprocess.run, argv, input="hello\n", capture_output=True, text=True, timeout=60
+        )
+        assert (result.returncode, result.stdout) == (3, "got-hello\n"), result.stderr
+
+
+def old_kubectl() -> str:
+    """The kubectl 1.27 that sits beside the real binary (SPDY only)."""
+    real = Path(shutil.which("kubectl") or "kubectl").resolve()
+    return str(real.parent / "kubectl.1.27")
