@@ -193,7 +193,8 @@ def resource_metrics(summary: Obj, *, parse_time: Callable[[str], float | None])
         if value is None:
             return
         text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        samples[name].append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+        number = _number(value)
+        samples[name].append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
 
     node = summary["node"]
     add("node_cpu_usage_seconds_total", {}, _seconds(node["cpu"].get("usageCoreNanoSeconds")))
@@ -215,6 +216,11 @@ def resource_metrics(summary: Obj, *, parse_time: Callable[[str], float | None])
     lines.append("# HELP scrape_error [STABLE] 1 if there was an error while getting metrics")
     lines += ["# TYPE scrape_error gauge", "scrape_error 0"]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Every digit kept (``:g`` would round a byte count or a timestamp to 6 of them)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _seconds(ns: int | None) -> float | None:
