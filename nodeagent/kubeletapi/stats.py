@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,19 +37,26 @@ class Sources:
     state_dir: Path
     pod_log_dir: Path
     started_at: float  # the agent's start, the node's startTime
+    cgroup_root: Path = cgroups.ROOT
 
 
 class Collector:
     def __init__(self, sources: Sources) -> None:
         self._sources = sources
         self._previous: dict[str, tuple[float, int]] = {}  # cgroup -> (time, cpu ns)
+        self._seen: dict[str, tuple[float, int]] = {}  # this scrape's; replaces _previous
+        self._lock = threading.Lock()  # scrapes run in threads, maybe two at once
 
     async def summary(self, pods: list[Obj], sandboxes: Sequence[SandboxInfo]) -> Obj:
         ready = {s.uid: s.id for s in sandboxes if s.state is SandboxState.READY}
         return await asyncio.to_thread(self._summary, pods, ready)
 
     def _summary(self, pods: list[Obj], sandboxes: Mapping[Any, str]) -> Obj:
-        index = cgroups.CgroupIndex()
+        with self._lock:
+            return self._summary_locked(pods, sandboxes)
+
+    def _summary_locked(self, pods: list[Obj], sandboxes: Mapping[Any, str]) -> Obj:
+        index = cgroups.CgroupIndex(self._sources.cgroup_root)
         now = time.time()
         stamp = rfc3339(now)
         node = {
@@ -63,6 +71,8 @@ class Collector:
         if total is not None and node["memory"].get("workingSetBytes") is not None:
             node["memory"]["availableBytes"] = max(total - node["memory"]["workingSetBytes"], 0)
         items = [self._pod(index, p, sandboxes.get(p["metadata"]["uid"]), now) for p in pods]
+        # Only what this scrape saw is kept: gone containers' samples do not pile up.
+        self._previous, self._seen = self._seen, {}
         return {"node": node, "pods": items}
 
     def _pod(self, index: cgroups.CgroupIndex, pod: Obj, sandbox: str | None, now: float) -> Obj:
@@ -105,7 +115,7 @@ class Collector:
             before = self._previous.get(key)
             if before is not None and now > before[0] and sample.cpu_ns >= before[1]:
                 cpu["usageNanoCores"] = int((sample.cpu_ns - before[1]) / (now - before[0]))
-            self._previous[key] = (now, sample.cpu_ns)
+            self._seen[key] = (now, sample.cpu_ns)
         memory: Obj = {"time": stamp}
         for name, value in (
             ("usageBytes", sample.usage_bytes),

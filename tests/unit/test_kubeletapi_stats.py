@@ -72,3 +72,32 @@ def test_resource_metrics_render_the_summary() -> None:
     assert "# TYPE node_cpu_usage_seconds_total counter" in lines
     assert "# TYPE container_memory_working_set_bytes gauge" in lines
     assert lines[-1] == "scrape_error 0"
+
+
+async def test_usage_nano_cores_is_the_rate_since_the_previous_scrape(tmp_path: Path) -> None:
+    cid = "ef" * 32
+    container = tmp_path / "cg" / "cpuacct" / "k8s.io" / cid
+    write(tmp_path / "cg" / "memory" / "k8s.io" / cid, "memory.usage_in_bytes=10")
+    write(container, "cpuacct.usage=1000")
+    pod = {
+        "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+        "status": {
+            "containerStatuses": [
+                {"name": "app", "containerID": f"containerd://{cid}", "state": {"running": {}}}
+            ]
+        },
+    }
+    collector = stats.Collector(
+        stats.Sources("n1", tmp_path, tmp_path, started_at=0.0, cgroup_root=tmp_path / "cg")
+    )
+    first = await collector.summary([pod], [])
+    [app] = first["pods"][0]["containers"]
+    assert app["cpu"]["usageCoreNanoSeconds"] == 1000 and "usageNanoCores" not in app["cpu"]
+    assert app["memory"]["workingSetBytes"] == 10
+    write(container, "cpuacct.usage=5000")
+    second = await collector.summary([pod], [])
+    [app] = second["pods"][0]["containers"]
+    assert app["cpu"]["usageCoreNanoSeconds"] == 5000 and app["cpu"]["usageNanoCores"] > 0
+    await collector.summary([], [])  # the pod is gone; so is its sample
+    third = await collector.summary([pod], [])
+    assert "usageNanoCores" not in third["pods"][0]["containers"][0]["cpu"]
