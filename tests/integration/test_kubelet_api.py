@@ -312,6 +312,32 @@ async def test_exec_is_relayed_to_the_runtimes_streaming_server(
         assert (result.returncode, result.stdout) == (3, "got-hello\n"), result.stderr
 
 
+async def test_attach_reaches_the_containers_own_stdin_and_stdout(
+    api: ApiServerProcess, admin: AsyncClient, agent: Agent, link: Link, runtime: str
+) -> None:
+    if runtime == "docker":
+        pytest.skip("attach under Docker is not served yet (docs/kubeletapi.md)")
+    body = pod_manifest("echoer", "while read line; do echo attached-$line; done", grace=1)
+    body["spec"]["containers"][0]["stdin"] = True
+    await create(admin, body)
+    await wait_ready(admin, agent, "echoer")
+    url = f"https://{link.node_ip}:{PORT}/attach/default/echoer/main?stdin=1&stdout=1"
+    headers = {"Authorization": f"Bearer {api.token}"}
+    heard = b""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers=headers, ssl=False, protocols=("v4.channel.k8s.io",)) as ws,
+    ):
+        await ws.send_bytes(b"\x00hello\n")  # channel 0: stdin
+        async with asyncio.timeout(30):
+            while b"attached-hello\n" not in heard:
+                message = await ws.receive()
+                assert message.type is aiohttp.WSMsgType.BINARY, message
+                if message.data[:1] == b"\x01":  # stdout
+                    heard += message.data[1:]
+    assert heard == b"attached-hello\n"
+
+
 async def test_port_forward_carries_an_http_request(
     api: ApiServerProcess, admin: AsyncClient, agent: Agent, runtime: str
 ) -> None:
