@@ -17,6 +17,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -301,6 +302,22 @@ async def test_exec_is_relayed_to_the_runtimes_streaming_server(
     status = json.loads(channels[3])
     assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
     assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+
+    # A terminal: the size sent on channel 4 (resize) reaches the command's tty.
+    script = 'until [ "$(stty size)" = "37 91" ]; do sleep 0.1; done; echo sized'
+    query = "command=sh&command=-c&command=" + urllib.parse.quote(script)
+    url = f"https://{link.node_ip}:{PORT}/exec/default/talker/main?{query}&stdin=1&stdout=1&tty=1"
+    heard = b""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers=headers, ssl=False, protocols=("v4.channel.k8s.io",)) as ws,
+    ):
+        await ws.send_bytes(b"\x04" + json.dumps({"Width": 91, "Height": 37}).encode())
+        async with asyncio.timeout(30):
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.BINARY and message.data[:1] == b"\x01":
+                    heard += message.data[1:]
+    assert heard == b"sized\r\n"  # a terminal's line end
 
     # kubectl through the API server: 1.27 speaks SPDY/3.1, the current one WebSocket first.
     for binary in (old_kubectl(), "kubectl"):
