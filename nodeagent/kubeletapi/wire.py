@@ -143,7 +143,12 @@ class HttpsServer:
             raw_query=split.query,
             header_lines=tuple(lines),
         )
-        response = await self._handle(request)
+        try:
+            response = await self._handle(request)
+        except Exception:
+            # A bug behind one route costs that answer, not the server.
+            log.exception("kubelet_api_request_failed", path=request.path)
+            response = Response(500, b"internal error; see the agent's log\n")
         if response.takeover is not None:
             await response.takeover(reader, writer)
             return

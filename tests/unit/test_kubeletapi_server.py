@@ -264,3 +264,31 @@ async def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     server = KubeletApi(settings, NodeView("n1", lambda: [], no_sandboxes, tmp_path), None)
     with pytest.raises(ValueError, match="--tls-cert-file and --tls-private-key-file go together"):
         await server.start()
+
+
+async def test_a_failing_route_is_a_500_and_the_server_lives_on(
+    tmp_path: Path, ca: TLSBundle
+) -> None:
+    def broken() -> list[dict[str, Any]]:
+        raise RuntimeError("a bug")
+
+    settings = ApiSettings(
+        bind="127.0.0.1:0",
+        state_dir=tmp_path / "state",
+        node_ip="127.0.0.1",
+        tls_cert_file=None,
+        tls_private_key_file=None,
+        client_ca_file=ca.ca_path,
+        anonymous_auth=False,
+        token_webhook=False,
+        webhook_authz=False,
+    )
+    server = KubeletApi(settings, NodeView("n1", broken, no_sandboxes, tmp_path), None)
+    await server.start()
+    try:
+        cert = ca.issue("admin", ("system:masters",))
+        context = client_context(tmp_path / "state", cert, tmp_path)
+        assert (await get(server.port, context, "/pods"))[0] == 500
+        assert await get(server.port, context, "/healthz") == (200, b"ok")
+    finally:
+        await server.close()
