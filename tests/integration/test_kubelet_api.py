@@ -304,7 +304,7 @@ async def test_exec_is_relayed_to_the_runtimes_streaming_server(
     assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
 
     # A terminal: the size sent on channel 4 (resize) reaches the command's tty.
-    script = 'until [ "$(stty size)" = "37 91" ]; do sleep 0.1; done; echo sized'
+    script = 'until [ "$(stty size 2>/dev/null)" = "37 91" ]; do sleep 0.1; done; echo sized'
     query = "command=sh&command=-c&command=" + urllib.parse.quote(script)
     url = f"https://{link.node_ip}:{PORT}/exec/default/talker/main?{query}&stdin=1&stdout=1&tty=1"
     heard = b""
