@@ -55,6 +55,8 @@ ProxyMode: TypeAlias = Literal["iptables", "nftables"]
 RUNTIMES: tuple[RuntimeName, ...] = ("cri", "docker")
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
 PROXY_MODES: tuple[ProxyMode, ...] = ("iptables", "nftables")
+# "": Webhook in cluster mode, AlwaysAllow standalone (which has no API to ask).
+AUTHORIZATION_MODES = ("", "webhook", "alwaysallow")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 DEFAULT_ENDPOINTS: Mapping[RuntimeName, str] = {
@@ -329,6 +331,56 @@ class Config:
         "serve /metrics and /healthz here; empty: off",
         DEFAULT_METRICS_BIND,
         metavar="HOST:PORT",
+    )
+    # The kubelet's HTTPS API (logs, stats, pods; nodeagent/kubeletapi); "": off.
+    kubelet_api_bind: str = setting(
+        parse.kubelet_api_bind,
+        "serve the kubelet API (HTTPS) here; off: no kubelet API",
+        "0.0.0.0:10250",
+        metavar="HOST:PORT",
+    )
+    # Its serving certificate; None: a self-signed one made in the state dir.
+    tls_cert_file: Path | None = setting(
+        parse.optional_file,
+        "the kubelet API's serving certificate",
+        None,
+        metavar="FILE",
+        shown="self-signed, in the state dir",
+    )
+    tls_private_key_file: Path | None = setting(
+        parse.optional_file, "the key of --tls-cert-file", None, metavar="FILE"
+    )
+    # Client certificates signed by these CAs authenticate (user = CN, groups = O).
+    client_ca_file: Path | None = setting(
+        parse.optional_file,
+        "CA bundle of the kubelet API's client certificates",
+        None,
+        metavar="FILE",
+        shown="no client certificates",
+    )
+    anonymous_auth: bool = setting(
+        parse.boolean,
+        "let unauthenticated kubelet API requests through as system:anonymous",
+        False,
+        metavar="BOOL",
+        shown="false",
+        bare="true",
+    )
+    # Bearer tokens checked with TokenReview (cluster mode).
+    authentication_token_webhook: bool = setting(
+        parse.boolean,
+        "check kubelet API bearer tokens with a TokenReview",
+        False,
+        metavar="BOOL",
+        shown="false",
+        bare="true",
+    )
+    authorization_mode: str = setting(
+        parse.choice(AUTHORIZATION_MODES),
+        "kubelet API authorization: Webhook (SubjectAccessReview) or AlwaysAllow",
+        "",
+        metavar="MODE",
+        shown="Webhook in cluster mode, AlwaysAllow standalone",
     )
     # Privileged containers, hostNetwork/PID/IPC and hostPath volumes; refused when false.
     allow_privileged: bool = setting(

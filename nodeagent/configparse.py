@@ -314,6 +314,13 @@ def bind(raw: Raw) -> str:
     return value
 
 
+def kubelet_api_bind(raw: Raw) -> str:
+    """``host:port`` of the kubelet API, or ``off`` (empty too) to switch it off."""
+    if isinstance(raw.value, str) and raw.value.strip().lower() == "off":
+        return ""
+    return bind(raw)
+
+
 def boolean(raw: Raw) -> bool:
     if isinstance(raw.value, bool):
         return raw.value

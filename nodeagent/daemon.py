@@ -58,12 +58,13 @@ from nodeagent.kubelet.noderesources import NodeResources
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
+from nodeagent.kubeletapi.handlers import NodeView
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import podnet, sysctl
 from nodeagent.proxy.nodeinputs import NodeInputs
 from nodeagent.proxy.proxier import ProxySettings, ServiceProxy, connect_host
-from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus
+from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus, StreamingRuntime
 from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server import snapshot, usage
 from nodeagent.server.status import StatusServer, StatusServerError
@@ -401,6 +402,7 @@ class Node:
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
+            kubelet_port=int(self.config.kubelet_api_bind.rpartition(":")[2] or 0),
         )
 
     def _sample_conditions(self) -> Sequence[Condition]:
@@ -466,6 +468,18 @@ class Node:
         notifier.ready(status=status)
         await asyncio.Event().wait()
 
+    def api_view(self) -> NodeView:
+        """What the kubelet API reads."""
+        return NodeView(
+            node_name=self.config.node_name,
+            pods=self.manager.snapshot,
+            sandboxes=self.runtime.list_sandboxes,
+            pod_log_dir=self.config.pod_log_dir,
+            streaming=(
+                self.runtime.streaming_url if isinstance(self.runtime, StreamingRuntime) else None
+            ),
+        )
+
     def _pods(self) -> list[dict[str, Any]]:
         evicted = list(self.evicted.entries.values())
         held = held_statuses(self.static_refs.held)
@@ -507,6 +521,7 @@ async def run(config: Config) -> int:
         )
         observed.watch_cluster(probe)
     exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
+    kubelet_api = await startup.start_kubelet_api(config, node.api_view(), client)
     log.info(
         "agent_started",
         node=config.node_name,
@@ -553,5 +568,7 @@ async def run(config: Config) -> int:
         await server.close()
         if exporter is not None:
             await exporter.close()
+        if kubelet_api is not None:
+            await kubelet_api.close()
         await runtime.close()
     return 0

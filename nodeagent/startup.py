@@ -6,7 +6,9 @@
 - The node's DNS: the cluster's flags, and the node's own resolv.conf.
 - The pod cgroups' settings (``--cgroups-per-qos``): the driver is ``--cgroup-driver``, else
   the runtime's own (CRI RuntimeConfig or its info), else cgroupfs, as the kubelet decides.
-- The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics.
+- The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics,
+  and the kubelet API (``--kubelet-api-bind``, nodeagent/kubeletapi) likewise; its reviews
+  go through the API client in cluster mode.
 - ``supervised``: every long-lived loop runs under it: an unexpected exit is logged and the
   loop restarted after a short delay (doubling up to 30 s), so one broken loop never
   silently stops the node.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -25,8 +28,14 @@ from nodeagent.kubelet import nodestatus
 from nodeagent.kubelet.cgroups import policy
 from nodeagent.kubelet.cgroups.manager import CgroupSettings, read_oom_score_floor
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
+from nodeagent.kubeletapi.auth import Review
+from nodeagent.kubeletapi.handlers import NodeView
+from nodeagent.kubeletapi.server import ApiSettings, KubeletApi
 from nodeagent.network import nodeip
 from nodeagent.runtime.base import Runtime, RuntimeFailure
+
+if TYPE_CHECKING:  # standalone agents never load the API client
+    from nodeagent.apiserver.client import ApiClient
 
 log = structlog.get_logger("nodeagent.daemon")  # the daemon's events, named as they were
 
@@ -140,3 +149,48 @@ async def start_metrics(
         log.error("metrics_unavailable", error=str(exc))
         return None
     return exporter
+
+
+def api_reviews(client: ApiClient | None) -> Review | None:
+    """TokenReview and SubjectAccessReview through the API client (cluster mode)."""
+    if client is None:
+        return None
+
+    async def review(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await client.request("POST", path, body=body)
+
+    return review
+
+
+async def start_kubelet_api(
+    config: Config, view: NodeView, client: ApiClient | None
+) -> KubeletApi | None:
+    """Serve the kubelet API unless --kubelet-api-bind is off. Unusable certificate files or
+    a taken port cost the API (logged), not the node, as with the metrics."""
+    if not config.kubelet_api_bind:
+        return None
+    review = api_reviews(client)
+    webhook = config.authorization_mode == "webhook" or (
+        config.authorization_mode == "" and review is not None
+    )
+    if webhook and review is None:
+        log.error("kubelet_api_unavailable", error="Webhook authorization needs a kubeconfig")
+        return None
+    settings = ApiSettings(
+        bind=config.kubelet_api_bind,
+        state_dir=config.state_dir,
+        node_ip=config.node_ip,
+        tls_cert_file=config.tls_cert_file,
+        tls_private_key_file=config.tls_private_key_file,
+        client_ca_file=config.client_ca_file,
+        anonymous_auth=config.anonymous_auth,
+        token_webhook=config.authentication_token_webhook,
+        webhook_authz=webhook,
+    )
+    api = KubeletApi(settings, view, review)
+    try:
+        await api.start()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        log.error("kubelet_api_unavailable", bind=config.kubelet_api_bind, error=str(exc))
+        return None
+    return api

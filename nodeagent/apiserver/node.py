@@ -151,7 +151,9 @@ def node_status(
     addresses = [{"type": "InternalIP", "address": host_ip}] if host_ip else []
     addresses.append({"type": "Hostname", "address": facts.name})
     runtime = f"{facts.runtime_name}://{facts.runtime_version or 'unknown'}"
+    endpoints = {"kubeletEndpoint": {"Port": facts.kubelet_port}} if facts.kubelet_port else {}
     return {
+        "daemonEndpoints": endpoints,
         "capacity": capacity,
         "allocatable": allocatable,
         "conditions": conditions,

@@ -58,6 +58,7 @@ class NodeFacts:
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
     reservation: Reservation = field(default_factory=Reservation)
+    kubelet_port: int = 0  # the kubelet API's port (daemonEndpoints); 0: not served
 
 
 def memory_reading() -> MemoryReading:

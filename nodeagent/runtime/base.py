@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NewType, Protocol
+from typing import NewType, Protocol, runtime_checkable
 
 from nodeagent.model.pod import PodUID
 
@@ -290,3 +290,31 @@ class Runtime(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class StreamKind(enum.Enum):
+    EXEC = "exec"  # a new process in a container
+    ATTACH = "attach"  # the container's own stdio
+    PORT_FORWARD = "portforward"  # connections into the sandbox's network namespace
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One session the runtime's streaming server is to serve (CRI Exec/Attach/PortForward)."""
+
+    kind: StreamKind
+    target: str  # the container id (exec, attach) or the sandbox id (port-forward)
+    command: tuple[str, ...] = ()
+    stdin: bool = False
+    stdout: bool = False
+    stderr: bool = False
+    tty: bool = False
+    ports: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class StreamingRuntime(Protocol):
+    """A runtime with its own streaming server (CRI): it answers a session with the URL the
+    kubelet API proxies the client's upgraded connection to."""
+
+    async def streaming_url(self, request: StreamRequest) -> str: ...

@@ -21,6 +21,7 @@ upstream documents it follows and what it simplifies:
     subresources.py TokenRequest, Binding, ephemeral containers, bearer tokens
     handlers.py     the verbs over HTTP
     faults.py       fault injection
+    kubelet.py      TokenReview, SubjectAccessReview, proxying pods/log and nodes/proxy
     tls.py          CA, certificates, kubeconfig files
     server.py       the server: lifecycle, authentication, authorization, routing, test hooks
 """

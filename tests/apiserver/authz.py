@@ -180,6 +180,16 @@ def authorize(store: Store, who: Identity, attrs: Attributes) -> None:
     raise _forbidden(who, attrs, reason)
 
 
+def allows(store: Store, who: Identity, attrs: Attributes) -> bool:
+    """A SubjectAccessReview's answer: only what a rule grants (no permissive default)."""
+    if MASTERS in who.groups:
+        return True
+    node = who.node
+    if node is not None and _node_authorizer(store, node, attrs)[0]:
+        return True
+    return _rbac_allows(store, who, attrs)
+
+
 def _forbidden(who: Identity, attrs: Attributes, reason: str) -> errors.ApiError:
     rt = attrs.rt
     resource = rt.plural + (f"/{attrs.subresource}" if attrs.subresource else "")

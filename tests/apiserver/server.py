@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.apiserver import authz, errors, ipam, resources
+from tests.apiserver import authz, errors, ipam, kubelet, resources
 from tests.apiserver.authz import Attributes, Identity
 from tests.apiserver.controllers import (
     DEFAULT_NODE_MONITOR_GRACE_S,
@@ -107,6 +107,14 @@ def _attributes(request: web.BaseRequest, target: Target) -> Attributes:
 
 def _watching(request: web.BaseRequest) -> bool:
     return str(request.query.get("watch", "")) in ("1", "t", "T", "true", "TRUE", "True")
+
+
+def token_groups(user: str) -> tuple[str, ...]:
+    """The groups of a bearer token's user: the admin's, or a service account's."""
+    if user == ADMIN_USER:
+        return (authz.MASTERS, "system:authenticated")
+    namespace = user.split(":")[2] if user.startswith("system:serviceaccount:") else ""
+    return ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated")
 
 
 def _unspecified(host: str) -> bool:
@@ -175,6 +183,7 @@ class ApiServer:
             self.store.add_hook(self.node_ipam.on_change)
         self.namespaces.bootstrap()
         authz.bootstrap(self.store)
+        self.kubelets = kubelet.KubeletProxy(self.store, self.pki, self.state_dir / "kubelet")
         self._handlers = ResourceHandlers(
             self.store, self.tokens, bookmark_interval=lambda: self.bookmark_interval
         )
@@ -356,17 +365,7 @@ class ApiServer:
             user = self.tokens.authenticate(header[len("Bearer ") :].strip())
             if user is None:
                 raise errors.unauthorized()  # a bad token fails even with a good cert
-            if user == ADMIN_USER:
-                return Identity(user, (authz.MASTERS, "system:authenticated"))
-            namespace = user.split(":")[2] if user.startswith("system:serviceaccount:") else ""
-            return Identity(
-                user,
-                (
-                    "system:serviceaccounts",
-                    f"system:serviceaccounts:{namespace}",
-                    "system:authenticated",
-                ),
-            )
+            return Identity(user, token_groups(user))
         transport = request.transport
         peer = transport.get_extra_info("peercert") if transport is not None else None
         if peer:
@@ -408,6 +407,11 @@ class ApiServer:
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
             raise errors.path_not_found()
+        answer = await kubelet.review_answer(
+            request, self.store, self.tokens, group, rest, token_groups
+        ) or await self.kubelets.maybe(request, who, group, rest)
+        if answer is not None:
+            return answer
         if not rest:
             return self._discovery(resources.api_resource_list(group, version))
         target = dataclasses.replace(self._target(group, version, rest), who=who)

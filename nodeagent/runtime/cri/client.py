@@ -363,6 +363,32 @@ class CRIRuntime(base.Runtime):
             exit_code=response.exit_code, stdout=response.stdout, stderr=response.stderr
         )
 
+    async def streaming_url(self, request: base.StreamRequest) -> str:
+        """The streaming server's URL for one exec, attach or port-forward session."""
+        kind = base.StreamKind
+        if request.kind is kind.EXEC:
+            exec_request = pb.ExecRequest(
+                container_id=request.target,
+                cmd=list(request.command),
+                tty=request.tty,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+            )
+            return (await self._call(self._runtime.Exec, exec_request, pb.ExecResponse)).url
+        if request.kind is kind.ATTACH:
+            attach = pb.AttachRequest(
+                container_id=request.target,
+                stdin=request.stdin,
+                tty=request.tty,
+                stdout=request.stdout,
+                stderr=request.stderr,
+            )
+            return (await self._call(self._runtime.Attach, attach, pb.AttachResponse)).url
+        forward = pb.PortForwardRequest(pod_sandbox_id=request.target, port=list(request.ports))
+        response = await self._call(self._runtime.PortForward, forward, pb.PortForwardResponse)
+        return response.url
+
     # --- images --------------------------------------------------------------------------------
 
     async def image_present(self, image: str) -> bool:
