@@ -131,9 +131,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging(config.log_format, config.log_level)
     # Imported here, not at the top: see the module docstring.
-    from nodeagent import daemon
+    from nodeagent import agent
 
-    return asyncio.run(daemon.run(config))
+    return asyncio.run(agent.run(config))
 
 
 def _socket_flag(parser: argparse.ArgumentParser) -> None:

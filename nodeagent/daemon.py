@@ -1,4 +1,4 @@
-"""Daemon wiring: build the components, connect them, run their loops.
+"""Daemon wiring: build the components and connect them (``nodeagent.agent`` runs them).
 
 Data flows one way::
 
@@ -34,17 +34,14 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from nodeagent import metrics, startup
+from nodeagent import startup
 from nodeagent.config import DEFAULT_POD_CIDR, Config
-from nodeagent.csi.mounter import CSIVolumes
-from nodeagent.csi.registry import PluginRegistry
 from nodeagent.events import EventRing, PodEventFeed, node_event_recorder, record_api_event
 from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.cgroups.manager import CgroupSettings, PodCgroups
@@ -61,13 +58,12 @@ from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_stat
 from nodeagent.kubeletapi.handlers import NodeView
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
-from nodeagent.network import podnet, sysctl
+from nodeagent.network import podnet
 from nodeagent.proxy.nodeinputs import NodeInputs
 from nodeagent.proxy.proxier import ProxySettings, ServiceProxy, connect_host
 from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus, StreamingRuntime
 from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server import snapshot, usage
-from nodeagent.server.status import StatusServer, StatusServerError
 from nodeagent.sources.file import DesiredState, FileSource
 
 if TYPE_CHECKING:
@@ -111,16 +107,7 @@ class Node:
         self.cache = RuntimeCache(
             runtime, on_change=self._runtime_changed, interval_s=config.relist_interval_s
         )
-        cluster_csi = None
-        if client is not None:  # the CSINode object, CSIDrivers, VolumeAttachments, Secrets
-            from nodeagent.apiserver.csi import ClusterCSI
-
-            cluster_csi = ClusterCSI(client, node_name=config.node_name)
-        self.csi_plugins = PluginRegistry(
-            config.csi_plugins_dir,
-            listener=cluster_csi.driver_changed if cluster_csi is not None else None,
-        )
-        csi_hooks = cluster_csi.hooks() if cluster_csi is not None else None
+        self.csi_plugins, csi = startup.csi_volumes(config, client)
         self.cgroups = (
             None
             if cgroups is None
@@ -148,7 +135,7 @@ class Node:
             ),
             services=self._service_view,
             network_problem=self._network_problem,
-            csi=CSIVolumes(config.state_dir, self.csi_plugins, hooks=csi_hooks),
+            csi=csi,
             cgroups=self.cgroups,
         )
         self.manager = PodManager(self.ctx)
@@ -485,90 +472,24 @@ class Node:
         held = held_statuses(self.static_refs.held)
         return snapshot.sorted_pods(self.manager.snapshot(), evicted, held)
 
-
-async def run(config: Config) -> int:
-    client = None
-    if config.kubeconfig is not None:  # imported only here: standalone agents never load it
-        from nodeagent.apiserver.client import ApiClient, KubeconfigError
-
-        try:
-            client = ApiClient.from_file(config.kubeconfig)
-        except KubeconfigError as exc:
-            log.error("kubeconfig_unusable", error=str(exc))
-            return 2
-    await asyncio.to_thread(config.state_dir.mkdir, parents=True, exist_ok=True)
-    # The chosen address stands in for the flag from here on: every part reports the same one.
-    config = dataclasses.replace(config, node_ip=await startup.node_ip(config))
-    notifier = Notifier()
-    observed = metrics.Metrics()  # this agent's own registry, never the global one
-    metrics.install(observed)
-    runtime: Runtime = metrics.InstrumentedRuntime(startup.build_runtime(config), observed)
-    node = Node(config, runtime, client, await startup.cgroup_settings(config, runtime))
-    if config.cluster_cidr is not None:
-        node.sysctl_problems = sysctl.problems(await asyncio.to_thread(sysctl.prepare_node))
-    server = StatusServer(str(config.status_socket), node.snapshot)
-    try:
-        await server.start()
-    except StatusServerError as exc:
-        log.error("status_socket_unavailable", path=str(config.status_socket), error=str(exc))
-        await runtime.close()
-        return 1
-    if node.cluster is not None:
-        cluster = node.cluster
-        probe = metrics.ClusterProbe(
-            watch_restarts=cluster.watch_restarts,
-            last_heartbeat=lambda: cluster.lease.last_renewed,
-        )
-        observed.watch_cluster(probe)
-    exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
-    kubelet_api = await startup.start_kubelet_api(config, node.api_view(), client)
-    log.info(
-        "agent_started",
-        node=config.node_name,
-        runtime=config.runtime,
-        endpoint=config.runtime_endpoint,
-        manifests=str(config.manifests),
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loops = {
-        "relist": node.cache.run,
-        "source": node.run_source,
-        "orphans": node.sweep_orphans,
-        "csi-plugins": node.csi_plugins.run,
-        "runtime-version": node.learn_runtime_version,
-        "proxy": node.proxy.run,
-        "pod-network": node.pod_network.run,
-        "runtime-status": node.watch_runtime_status,
-        **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
-        "eviction": node.eviction.run,
-        **({"cgroups": node.cgroups.run} if node.cgroups is not None else {}),
-        **node.resources.loops(),
-        "node-conditions": node.conditions.run,
-        **(node.cluster.loops() if node.cluster is not None else {}),
-        **(node.routes.loops() if node.routes is not None else {}),
-        "sd-ready": lambda: node.notify_ready(notifier),
-        "sd-watchdog": Watchdog(notifier).run,
-    }
-    tasks = [asyncio.create_task(startup.supervised(n, f), name=n) for n, f in loops.items()]
-    try:
-        await stop.wait()
-    finally:
-        log.info("agent_stopping", pods_left_running=len(node.manager.snapshot()))
-        notifier.stopping()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await node.manager.detach_all()
-        await node.static_refs.close()
-        if node.cluster is not None:
-            await node.cluster.close()
-        await server.close()
-        if exporter is not None:
-            await exporter.close()
-        if kubelet_api is not None:
-            await kubelet_api.close()
-        await runtime.close()
-    return 0
+    def loops(self, notifier: Notifier) -> dict[str, Callable[[], Awaitable[None]]]:
+        """Every long-lived task of the node, by name (each runs under ``supervised``)."""
+        return {
+            "relist": self.cache.run,
+            "source": self.run_source,
+            "orphans": self.sweep_orphans,
+            "csi-plugins": self.csi_plugins.run,
+            "runtime-version": self.learn_runtime_version,
+            "proxy": self.proxy.run,
+            "pod-network": self.pod_network.run,
+            "runtime-status": self.watch_runtime_status,
+            **({"pod-events": self.event_feed.run} if self.cluster is None else {}),
+            "eviction": self.eviction.run,
+            **({"cgroups": self.cgroups.run} if self.cgroups is not None else {}),
+            **self.resources.loops(),
+            "node-conditions": self.conditions.run,
+            **(self.cluster.loops() if self.cluster is not None else {}),
+            **(self.routes.loops() if self.routes is not None else {}),
+            "sd-ready": lambda: self.notify_ready(notifier),
+            "sd-watchdog": Watchdog(notifier).run,
+        }

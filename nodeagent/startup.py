@@ -6,6 +6,8 @@
 - The node's DNS: the cluster's flags, and the node's own resolv.conf.
 - The pod cgroups' settings (``--cgroups-per-qos``): the driver is ``--cgroup-driver``, else
   the runtime's own (CRI RuntimeConfig or its info), else cgroupfs, as the kubelet decides.
+- The CSI plugin registry (``--csi-plugins-dir``) and the volumes its drivers publish, with
+  the API's CSI objects in cluster mode.
 - The metrics endpoint (``--metrics-bind``), whose failure to bind costs only the metrics,
   and the kubelet API (``--kubelet-api-bind``, nodeagent/kubeletapi) likewise; its reviews
   go through the API client in cluster mode.
@@ -24,6 +26,8 @@ import structlog
 
 from nodeagent import metrics
 from nodeagent.config import Config
+from nodeagent.csi.mounter import CSIVolumes
+from nodeagent.csi.registry import PluginRegistry
 from nodeagent.kubelet import nodestatus
 from nodeagent.kubelet.cgroups import policy
 from nodeagent.kubelet.cgroups.manager import CgroupSettings, read_oom_score_floor
@@ -94,6 +98,22 @@ async def cgroup_settings(config: Config, runtime: Runtime) -> CgroupSettings | 
     )
     log.info("cgroups", driver=driver, kubepods=layout.path(layout.kubepods()))
     return settings
+
+
+def csi_volumes(config: Config, client: ApiClient | None) -> tuple[PluginRegistry, CSIVolumes]:
+    """The CSI plugin registry and the volumes it mounts; in cluster mode also the CSINode
+    object, CSIDrivers, VolumeAttachments and publish Secrets, through the API."""
+    cluster_csi = None
+    if client is not None:
+        from nodeagent.apiserver.csi import ClusterCSI
+
+        cluster_csi = ClusterCSI(client, node_name=config.node_name)
+    plugins = PluginRegistry(
+        config.csi_plugins_dir,
+        listener=cluster_csi.driver_changed if cluster_csi is not None else None,
+    )
+    hooks = cluster_csi.hooks() if cluster_csi is not None else None
+    return plugins, CSIVolumes(config.state_dir, plugins, hooks=hooks)
 
 
 async def supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:
