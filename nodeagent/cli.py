@@ -3,7 +3,7 @@
 Thin on purpose: parse arguments, call into the packages, turn their errors into exit codes.
 
 - ``run`` builds the Config (flags override environment override file override defaults;
-  see nodeagent.config), configures logging and hands over to the daemon. The daemon module is
+  see nodeagent.config), configures logging and hands over to ``nodeagent.agent``, which is
   imported only here, so ``status`` and ``version`` start fast and work on a machine where
   the daemon's heavy dependencies (grpc, pyroute2, docker) are broken or missing.
 - ``status`` reads the running agent's snapshot over its unix socket and renders it (the

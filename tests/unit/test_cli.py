@@ -270,7 +270,7 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("clean_env", "restore_logging")
-def test_run_hands_config_to_daemon(
+def test_run_hands_config_to_the_agent(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     seen: list[Config] = []
@@ -280,10 +280,10 @@ def test_run_hands_config_to_daemon(
         get_logger("test").info("daemon_called", node=config.node_name)
         return 7
 
-    fake = types.ModuleType("nodeagent.daemon")
+    fake = types.ModuleType("nodeagent.agent")
     fake.run = fake_run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "nodeagent.daemon", fake)
-    monkeypatch.setattr("nodeagent.daemon", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "nodeagent.agent", fake)
+    monkeypatch.setattr("nodeagent.agent", fake, raising=False)
 
     code = cli.main(
         ["run", "--node-name", "n1", "--manifests", str(tmp_path), "--log-format", "json"]
