@@ -273,6 +273,23 @@ class Config:
         shown="false",
         bare="true",
     )
+    # The node's registry credentials (docker config.json); None: the kubelet's default paths.
+    image_credentials: Path | None = setting(
+        parse.optional_file,
+        "the node's registry credentials, a docker config.json",
+        None,
+        metavar="FILE",
+        shown="/var/lib/kubelet/config.json, else ~/.docker/config.json",
+    )
+    serialize_image_pulls: bool = setting(  # as the kubelet's flag
+        parse.boolean, "pull one image at a time", True, metavar="BOOL", shown="true", bare="true"
+    )
+    max_parallel_image_pulls: int = setting(  # as the kubelet's flag; 0: no limit
+        parse.non_negative_int,
+        "most image pulls at once when not serialized; 0: no limit",
+        0,
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:

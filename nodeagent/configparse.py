@@ -159,6 +159,12 @@ def positive_float(raw: Raw) -> float:
     return value
 
 
+def non_negative_int(raw: Raw) -> int:
+    if raw.value in (0, "0"):
+        return 0
+    return positive_int(raw)
+
+
 def positive_int(raw: Raw) -> int:
     value: int
     if isinstance(raw.value, int) and not isinstance(raw.value, bool):

@@ -46,7 +46,7 @@ from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.evicted import EvictedPods
-from nodeagent.kubelet.images import ImageManager
+from nodeagent.kubelet.images import ImageManager, PullSettings
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
 from nodeagent.kubelet.pleg import RuntimeCache
@@ -106,7 +106,14 @@ class Node:
             runtime=runtime,
             runtime_name=self.runtime_name,
             cache=self.cache,
-            images=ImageManager(runtime),
+            images=ImageManager(
+                runtime,
+                PullSettings(
+                    serialize=config.serialize_image_pulls,
+                    max_parallel=config.max_parallel_image_pulls,
+                    node_credentials=config.image_credentials,
+                ),
+            ),
             prober=ProbeManager(runtime),
             dns=startup.dns_settings(config),
             privilege=PrivilegePolicy(
@@ -132,6 +139,7 @@ class Node:
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         if self.cluster is None:  # env from the directory's ConfigMaps, at each creation
             self.manager.set_env_source(self.static_refs.container_env)
+            self.ctx.images.set_secret_source(self._file_secret)
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
         if self.cluster is not None:
@@ -267,6 +275,11 @@ class Node:
         """The Services the proxy is given, for the pods' Service variables: one view, no
         second watch (a Service the proxy has not allocated an IP for yet has none here)."""
         return ServiceView(self.desired.services, self.proxy.cluster_ips())
+
+    async def _file_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod's pull secret, standalone: the manifest directory's, as the API would serve."""
+        found = self.desired.secrets.get(f"{namespace}/{name}")
+        return None if found is None else found.obj
 
     def _runtime_changed(self, uid: PodUID) -> None:
         self.manager.on_runtime_change(uid)

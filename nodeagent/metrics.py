@@ -47,6 +47,7 @@ from nodeagent.runtime.base import (
     ContainerID,
     ContainerInfo,
     ExecResult,
+    RegistryAuth,
     Runtime,
     RuntimeStatus,
     RuntimeVersion,
@@ -340,8 +341,8 @@ class InstrumentedRuntime:
     async def image_user(self, image: str) -> str:
         return await self._timed("image_user", self.inner.image_user(image))
 
-    async def pull_image(self, image: str) -> None:
-        await self._timed("pull_image", self.inner.pull_image(image))
+    async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
+        return await self._timed("pull_image", self.inner.pull_image(image, auth))
 
     async def close(self) -> None:
         await self.inner.close()

@@ -166,6 +166,7 @@ class ClusterLink:
             active=lambda uid: self.manager.worker_for(PodUID(uid)) is not None,
         )
         manager.set_env_source(self.refs.container_env)
+        images.set_secret_source(self.refs.secret)
         self.mirrors = MirrorPods(
             client,
             node_name=node_name,

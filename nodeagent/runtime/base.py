@@ -55,6 +55,19 @@ class ImagePullFailed(RuntimeFailure):
     """Pulling an image failed: unknown image, unreachable registry, bad reference."""
 
 
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one pull, as CRI's AuthConfig (Docker takes the same fields)."""
+
+    username: str = ""
+    password: str = ""
+    server_address: str = ""  # the config key they were found under
+    identity_token: str = ""
+
+    def __repr__(self) -> str:  # never log a password
+        return f"RegistryAuth(username={self.username!r}, server={self.server_address!r})"
+
+
 class ContainerState(enum.Enum):
     CREATED = "created"  # created, never started
     RUNNING = "running"  # process alive
@@ -273,6 +286,8 @@ class Runtime(Protocol):
         """The user a present image runs as: its USER ("", "1000", "app", "1000:50")."""
         ...
 
-    async def pull_image(self, image: str) -> None: ...
+    async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
+        """Pull ``image`` (with ``auth``, else anonymously); its size in bytes (0: unknown)."""
+        ...
 
     async def close(self) -> None: ...

@@ -386,14 +386,17 @@ class DockerRuntime(base.Runtime):
         user = (found.get("Config") or {}).get("User") or ""
         return str(user)
 
-    async def pull_image(self, image: str) -> None:
+    async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         await self._call(
             "PullImage",
             self._engine.pull,
             image,
+            auth,
             timeout_s=self._pull_timeout_s,
             failure=base.ImagePullFailed,
         )
+        found = await self._call("InspectImage", self._api.inspect_image, image)
+        return int(found.get("Size") or 0)
 
     # --- blocking helpers, run through the engine -------------------------------------------
 

@@ -53,6 +53,7 @@ from nodeagent.runtime.base import (
     ImagePullFailed,
     InvalidInput,
     NotFound,
+    RegistryAuth,
     Runtime,
     RuntimeFailure,
     RuntimeStatus,
@@ -111,6 +112,9 @@ class FakeRuntime:
     exec_handler: ExecHandler | None = None  # None: every command exits 0 with no output
     start_errors: dict[str, str] = field(default_factory=dict)  # container name -> message
     image_users: dict[str, str] = field(default_factory=dict)  # image -> USER; absent: ""
+    # Set: the registry answers only these users (401 otherwise); pull_auths records each try.
+    registry_users: set[str] = field(default_factory=set)
+    pull_auths: list[RegistryAuth | None] = field(default_factory=list)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     sandboxes: dict[SandboxID, FakeSandbox] = field(default_factory=dict)
     containers: dict[ContainerID, FakeContainer] = field(default_factory=dict)
@@ -331,14 +335,18 @@ class FakeRuntime:
             raise NotFound(f"ImageStatus: image {image!r} is not present")
         return self.image_users.get(image, "")
 
-    async def pull_image(self, image: str) -> None:
+    async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         self._enter("pull_image", image)
+        self.pull_auths.append(auth)
         wanted = normalized(image)
         if wanted is None:
             raise ImagePullFailed(f"PullImage: invalid image reference {image!r}")
         if self.registry is not None and wanted not in normalized_set(self.registry):
             raise ImagePullFailed(f'PullImage: "{image}": not found')
+        if self.registry_users and (auth is None or auth.username not in self.registry_users):
+            raise ImagePullFailed(f'PullImage: "{image}": 401 Unauthorized')
         self.images.add(image)
+        return len(image)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -355,15 +355,27 @@ class CRIRuntime(base.Runtime):
         found = response.image
         return str(found.uid.value) if found.HasField("uid") else found.username
 
-    async def pull_image(self, image: str) -> None:
+    async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
-        await self._call(
+        if auth is not None:
+            request.auth.CopyFrom(
+                pb.AuthConfig(
+                    username=auth.username,
+                    password=auth.password,
+                    server_address=auth.server_address,
+                    identity_token=auth.identity_token,
+                )
+            )
+        response = await self._call(
             self._images.PullImage,
             request,
             pb.PullImageResponse,
             timeout_s=self._pull_timeout_s,
             failure=base.ImagePullFailed,
         )
+        status = pb.ImageStatusRequest(image=pb.ImageSpec(image=response.image_ref or image))
+        found = await self._call(self._images.ImageStatus, status, pb.ImageStatusResponse)
+        return int(found.image.size) if found.HasField("image") else 0
 
 
 def _exec_timed_out(timeout_s: int, details: str) -> base.ExecResult:
