@@ -16,7 +16,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nodeagent.model.pod import PodUID
@@ -137,6 +137,17 @@ def reported_image(image: str) -> str:
         return normalize_image(image)
     except InvalidImageReference:
         return image
+
+
+def repo_digest(digests: Sequence[str], image: str) -> str:
+    """Of an image's RepoDigests, the one of ``image``'s repository (fully qualified, as
+    containerd spells it), else the first; "" when it has none."""
+    qualified = [reported_image(d) for d in digests]
+    name = reported_image(image).split("@", 1)[0]
+    colon = name.rfind(":")
+    repo = name[:colon] if colon > name.rfind("/") else name
+    mine = [d for d in qualified if d.split("@", 1)[0] == repo]
+    return (mine or qualified or [""])[0]
 
 
 def _sandbox_of(data: Mapping[str, Any], labels: Mapping[str, str]) -> str:

@@ -358,11 +358,12 @@ class CRIRuntime(base.Runtime):
     async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
         if auth is not None:
+            # No server_address, as the kubelet: containerd would parse a config key like
+            # "127.0.0.1:5000" as a URL and fail; the image names the registry anyway.
             request.auth.CopyFrom(
                 pb.AuthConfig(
                     username=auth.username,
                     password=auth.password,
-                    server_address=auth.server_address,
                     identity_token=auth.identity_token,
                 )
             )

@@ -1,0 +1,148 @@
+"""Pulls from a real private registry, on each runtime (``runtime_target``), standalone.
+
+One registry per module (``tests/harness/registry.py``: Debian's docker-registry with
+htpasswd auth on 127.0.0.1:5000 in the node's netns), holding the local busybox image pushed
+with skopeo. Pods name it with ``imagePullPolicy: Always`` so that every test pulls, whatever
+an earlier test left in the runtime's image store.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodeagent import localimages
+from tests.harness import TestNode
+from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
+from tests.harness.manifests import SLEEP
+from tests.harness.registry import HOST, Registry, docker_config, missing_tools
+
+SECRET_NAME = "regcred"
+
+
+@pytest.fixture(scope="module")
+def registry(
+    module_node: TestNode, image_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Registry, dict[str, str]]]:
+    """The module's registry and the digest of each pushed repo:tag."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"registry tests need {', '.join(missing)} (tools/setup-host.sh)")
+    made = Registry.start(module_node, tmp_path_factory.mktemp("registry"))
+    try:
+        busybox = image_archives[localimages.BUSYBOX_IMAGE]
+        digests = {"private/busybox:1": made.push(busybox, "private/busybox", "1")}
+        yield made, digests
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def registry_agent(
+    node: TestNode, runtime_target: RuntimeTarget, tmp_path: Path
+) -> Iterator[Agent]:
+    """An agent whose node credentials (``--image-credentials``) hold the registry's user."""
+    credentials = tmp_path / "config.json"
+    credentials.write_text(docker_config())
+    a = Agent(node, runtime=runtime_target, extra=["--image-credentials", str(credentials)])
+    for old in a.manifests.iterdir():
+        old.unlink()
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def pod_yaml(name: str, image: str, *, secret: str = "") -> str:
+    pull_secrets = f"  imagePullSecrets: [{{name: {secret}}}]\n" if secret else ""
+    return f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+{pull_secrets}  containers:
+    - name: main
+      image: {image}
+      imagePullPolicy: Always
+      command: ["sh", "-c", {json.dumps(SLEEP)}]
+"""
+
+
+def secret_yaml(name: str, config: str) -> str:
+    encoded = base64.b64encode(config.encode()).decode()
+    return f"""apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+type: kubernetes.io/dockerconfigjson
+data:
+  .dockerconfigjson: {encoded}
+"""
+
+
+def test_a_pod_secret_pulls_a_private_image_and_image_id_is_its_digest(
+    registry: tuple[Registry, dict[str, str]], agent: Agent
+) -> None:
+    _, digests = registry
+    agent.write_manifest("secret.yaml", secret_yaml(SECRET_NAME, docker_config()))
+    agent.write_manifest(
+        "p.yaml", pod_yaml("private", f"{HOST}/private/busybox:1", secret=SECRET_NAME)
+    )
+    pod = agent.wait_pod("private", is_ready, timeout=60, what="pulled and ready")
+    status = container_status(pod, "main")
+    assert status["imageID"] == f"{HOST}/private/busybox@{digests['private/busybox:1']}"
+
+
+def test_by_digest_with_node_credentials(
+    registry: tuple[Registry, dict[str, str]], registry_agent: Agent
+) -> None:
+    _, digests = registry
+    by_digest = f"{HOST}/private/busybox@{digests['private/busybox:1']}"
+    registry_agent.write_manifest("p.yaml", pod_yaml("pinned", by_digest))
+    pod = registry_agent.wait_pod("pinned", is_ready, timeout=60, what="pulled and ready")
+    assert container_status(pod, "main")["imageID"] == by_digest
+
+
+def test_a_wrong_password_is_err_image_pull_then_backoff_with_the_registrys_reason(
+    registry: tuple[Registry, dict[str, str]], agent: Agent
+) -> None:
+    agent.write_manifest("secret.yaml", secret_yaml(SECRET_NAME, docker_config(password="nope")))
+    agent.write_manifest(
+        "p.yaml", pod_yaml("denied", f"{HOST}/private/busybox:1", secret=SECRET_NAME)
+    )
+
+    def backing_off(pod: dict[str, object]) -> bool:
+        waiting = container_status(pod, "main").get("state", {}).get("waiting", {})  # type: ignore[arg-type]
+        return bool(waiting.get("reason") == "ImagePullBackOff")
+
+    pod = agent.wait_pod("denied", backing_off, timeout=60, what="ImagePullBackOff")
+    message = container_status(pod, "main")["state"]["waiting"]["message"]
+    assert "ErrImagePull" in message and f"{HOST}/private/busybox:1" in message
+    assert "401" in message or "unauthorized" in message.lower(), message
+
+
+def test_always_pulls_a_moved_tag_again(
+    registry: tuple[Registry, dict[str, str]],
+    image_archives: dict[str, Path],
+    registry_agent: Agent,
+) -> None:
+    reg, _ = registry
+    first = reg.push(image_archives[localimages.BUSYBOX_IMAGE], "moving/app", "v1")
+    registry_agent.write_manifest("a.yaml", pod_yaml("first", f"{HOST}/moving/app:v1"))
+    pod = registry_agent.wait_pod("first", is_ready, timeout=60, what="pulled and ready")
+    assert container_status(pod, "main")["imageID"].endswith(first)
+    # The tag moves to another image (the pause image; it runs its own command).
+    second = reg.push(image_archives[localimages.PAUSE_IMAGE], "moving/app", "v1")
+    assert second != first
+    registry_agent.write_manifest(
+        "b.yaml",
+        pod_yaml("second", f"{HOST}/moving/app:v1").replace(
+            f'      command: ["sh", "-c", {json.dumps(SLEEP)}]\n', ""
+        ),
+    )
+    pod = registry_agent.wait_pod("second", is_ready, timeout=60, what="pulled again and ready")
+    assert container_status(pod, "main")["imageID"].endswith(second)
