@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,8 +116,8 @@ def test_a_wrong_password_is_err_image_pull_then_backoff_with_the_registrys_reas
         "p.yaml", pod_yaml("denied", f"{HOST}/private/busybox:1", secret=SECRET_NAME)
     )
 
-    def backing_off(pod: dict[str, object]) -> bool:
-        waiting = container_status(pod, "main").get("state", {}).get("waiting", {})  # type: ignore[arg-type]
+    def backing_off(pod: dict[str, Any]) -> bool:
+        waiting = container_status(pod, "main").get("state", {}).get("waiting", {})
         return bool(waiting.get("reason") == "ImagePullBackOff")
 
     pod = agent.wait_pod("denied", backing_off, timeout=60, what="ImagePullBackOff")
