@@ -1,4 +1,5 @@
-"""Pulls from a real private registry, on each runtime (``runtime_target``), standalone.
+"""Pulls from a real private registry, on each runtime (``runtime_target``), standalone and
+in cluster mode (the pod's pull secret from the test API server).
 
 One registry per module (``tests/harness/registry.py``: Debian's docker-registry with
 htpasswd auth on 127.0.0.1:5000 in the node's netns), holding the local busybox image pushed
@@ -15,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Event, Secret
 
 from nodeagent import localimages
-from tests.harness import TestNode
+from tests.apiserver.process import ApiServerProcess
+from tests.harness import TestNode, async_wait_for, cluster
 from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
 from tests.harness.manifests import SLEEP
 from tests.harness.registry import HOST, Registry, docker_config, missing_tools
@@ -147,3 +151,40 @@ def test_always_pulls_a_moved_tag_again(
     )
     pod = registry_agent.wait_pod("second", is_ready, timeout=60, what="pulled again and ready")
     assert container_status(pod, "main")["imageID"].endswith(second)
+
+
+async def test_cluster_mode_reads_the_pull_secret_from_the_api_and_records_the_pull(
+    registry: tuple[Registry, dict[str, str]],
+    node: TestNode,
+    api: ApiServerProcess,
+    admin: AsyncClient,
+    runtime_target: RuntimeTarget,
+) -> None:
+    _, digests = registry
+    encoded = base64.b64encode(docker_config().encode()).decode()
+    secret = {
+        "metadata": {"name": SECRET_NAME, "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": encoded},
+    }
+    await admin.create(Secret.from_dict(secret))  # type: ignore[call-overload]
+    image = f"{HOST}/private/busybox:1"
+    with cluster.cluster_agent(node, api, runtime=runtime_target) as agent:
+        body = cluster.pod_manifest(
+            "private", cluster.SLEEP, grace=1, imagePullSecrets=[{"name": SECRET_NAME}]
+        )
+        body["spec"]["containers"][0].update(image=image, imagePullPolicy="Always")
+        await cluster.create(admin, body)
+        pod = await cluster.wait_ready(admin, agent, "private", within=60)
+        status = pod["status"]["containerStatuses"][0]
+        assert status["imageID"] == f"{HOST}/private/busybox@{digests['private/busybox:1']}"
+
+        async def pulled() -> str | None:
+            async for event in admin.list(Event, namespace="default"):
+                if event.reason == "Pulled" and event.involvedObject.name == "private":
+                    return str(event.message)
+            return None
+
+        message = await async_wait_for(pulled, 30, interval=0.2, message="a Pulled event")
+        assert message.startswith(f'Successfully pulled image "{image}" in ')
+        assert "including waiting). Image size: " in message and message.endswith(" bytes.")
