@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -112,17 +113,15 @@ class Registry:
         )
         return digest_file.read_text().strip()
 
-    def manifest_requests(self, repo: str) -> int:
-        """GET/HEAD requests the registry answered for ``repo``'s manifests (pulls made)."""
+    def manifest_requests(self, repo: str, reference: str) -> int:
+        """Requests the registry answered (200) for the manifest ``repo:reference``. Each pull
+        by tag resolves the tag once (a HEAD on containerd, a GET on Docker); fetching the
+        manifest by digest after it may be skipped when the runtime still has the content."""
+        # The access log's lines: "HEAD /v2/REPO/manifests/REF HTTP/1.1" 200 ...
+        request = re.escape(f"/v2/{repo}/manifests/{reference}")
+        pattern = re.compile(rf'"(GET|HEAD) {request} HTTP/[0-9.]+" 200 ')
         text = self.log_path.read_text(errors="replace")
-        needle = f"/v2/{repo}/manifests/"
-        return sum(
-            1
-            for line in text.splitlines()
-            if needle in line
-            and "response completed" in line
-            and "http.response.status=200" in line
-        )
+        return sum(1 for line in text.splitlines() if pattern.search(line))
 
     def close(self) -> None:
         stop_process(self.proc, timeout=10)
