@@ -365,6 +365,7 @@ class Node:
             pod_network=self.pod_network.status(),
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
+            images=self.ctx.images.images,
         )
 
     def _sample_conditions(self) -> Sequence[Condition]:
@@ -492,6 +493,7 @@ async def run(config: Config) -> int:
         "runtime-status": node.watch_runtime_status,
         **({"pod-events": node.event_feed.run} if node.cluster is None else {}),
         "eviction": node.eviction.run,
+        "images": node.ctx.images.run,
         "node-conditions": node.conditions.run,
         **(node.cluster.loops() if node.cluster is not None else {}),
         **(node.routes.loops() if node.routes is not None else {}),

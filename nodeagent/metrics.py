@@ -47,6 +47,7 @@ from nodeagent.runtime.base import (
     ContainerID,
     ContainerInfo,
     ExecResult,
+    ImageInfo,
     RegistryAuth,
     Runtime,
     RuntimeStatus,
@@ -340,6 +341,9 @@ class InstrumentedRuntime:
 
     async def image_user(self, image: str) -> str:
         return await self._timed("image_user", self.inner.image_user(image))
+
+    async def list_images(self) -> Sequence[ImageInfo]:
+        return await self._timed("list_images", self.inner.list_images())
 
     async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         return await self._timed("pull_image", self.inner.pull_image(image, auth))

@@ -1,4 +1,5 @@
-"""Image pulls by policy and credentials, with the kubelet's pull backoff, events and limits.
+"""Image pulls by policy and credentials, with the kubelet's pull backoff, events and limits;
+and the node's image list (``run`` reads it every LIST_INTERVAL_S for the node's status).
 
 One ``ImageManager`` per node: backoff is per image, so ten pods waiting on the same bad
 image back off together instead of hammering the runtime. Concurrent pulls of one image with
@@ -39,9 +40,17 @@ import structlog
 from nodeagent.kubelet import backoff, credentials
 from nodeagent.kubelet.credentials import Credential, CredentialError
 from nodeagent.model.pod import PullPolicy
-from nodeagent.runtime.base import InvalidInput, RegistryAuth, Runtime, RuntimeFailure
+from nodeagent.runtime.base import (
+    ImageInfo,
+    InvalidInput,
+    RegistryAuth,
+    Runtime,
+    RuntimeFailure,
+)
 
 log = structlog.get_logger("nodeagent.images")
+
+LIST_INTERVAL_S = 10.0  # how often the node's image list (status.images) is read again
 
 # (namespace, name) -> the Secret as the API serves it (base64 ``data``); None: not found.
 SecretSource = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
@@ -104,6 +113,16 @@ class ImageManager:
         self._secrets: SecretSource | None = None
         self._node_keyring = _NodeKeyring(self._settings.node_credentials)
         self.listeners: list[PullListener] = []
+        self.images: tuple[ImageInfo, ...] = ()  # the runtime's images, as last listed
+
+    async def run(self) -> None:
+        """Keep ``images`` current (the Node's status.images, ``nodeagent status node``)."""
+        while True:
+            try:
+                self.images = tuple(await self._runtime.list_images())
+            except RuntimeFailure as exc:
+                log.debug("image_list_failed", error=str(exc))
+            await asyncio.sleep(LIST_INTERVAL_S)
 
     def listen(self, listener: PullListener) -> None:
         """``listener`` is told every pull note from now on."""

@@ -22,7 +22,9 @@ import psutil
 from nodeagent.kubelet.eviction import MemoryReading
 from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.network.podnet import PodNetworkStatus
-from nodeagent.runtime.base import RuntimeStatus
+from nodeagent.runtime.base import ImageInfo, RuntimeStatus
+
+MAX_NODE_IMAGES = 50  # the kubelet's nodeStatusMaxImages
 
 # Kept back from allocatable so that the agent and the system keep room to breathe.
 RESERVED_MEMORY_BYTES = 100 * 1024 * 1024
@@ -45,6 +47,7 @@ class NodeFacts:
     pod_network: PodNetworkStatus | None = None  # None: not the agent's to report
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
+    images: tuple[ImageInfo, ...] = ()  # the runtime's images, as last listed
 
 
 def memory_reading() -> MemoryReading:
@@ -180,6 +183,13 @@ def _pid_max() -> int:
         return 32768
 
 
+def node_images(images: tuple[ImageInfo, ...]) -> list[dict[str, Any]]:
+    """The Node's status.images: the largest MAX_NODE_IMAGES images first, each with its
+    repo digests and tags (an image with no name is left out, as the API wants names)."""
+    named = sorted((i for i in images if i.names), key=lambda i: i.size, reverse=True)
+    return [{"names": list(i.names), "sizeBytes": i.size} for i in named[:MAX_NODE_IMAGES]]
+
+
 def node_status(facts: NodeFacts) -> dict[str, Any]:
     return {
         "name": facts.name,
@@ -195,4 +205,5 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
         "addresses": [{"type": "Hostname", "address": facts.name}]
         + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip) else []),
         **({"podNetwork": facts.pod_network.to_json()} if facts.pod_network else {}),
+        "images": {"count": len(facts.images), "bytes": sum(i.size for i in facts.images)},
     }

@@ -68,6 +68,21 @@ class RegistryAuth:
         return f"RegistryAuth(username={self.username!r}, server={self.server_address!r})"
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image the runtime holds (CRI ``Image``; Docker's image list)."""
+
+    id: str  # sha256:<config digest>
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    size: int = 0  # bytes
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What the Node's status.images lists: repo digests, then tags (as the kubelet)."""
+        return self.repo_digests + self.repo_tags
+
+
 class ContainerState(enum.Enum):
     CREATED = "created"  # created, never started
     RUNNING = "running"  # process alive
@@ -285,6 +300,8 @@ class Runtime(Protocol):
     async def image_user(self, image: str) -> str:
         """The user a present image runs as: its USER ("", "1000", "app", "1000:50")."""
         ...
+
+    async def list_images(self) -> Sequence[ImageInfo]: ...
 
     async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         """Pull ``image`` (with ``auth``, else anonymously); its size in bytes (0: unknown)."""

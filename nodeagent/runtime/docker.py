@@ -403,6 +403,10 @@ class DockerRuntime(base.Runtime):
         user = (found.get("Config") or {}).get("User") or ""
         return str(user)
 
+    async def list_images(self) -> Sequence[base.ImageInfo]:
+        items = await self._call("ListImages", self._api.images)
+        return [read.image_from_summary(item) for item in items]
+
     async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         await self._call(
             "PullImage",

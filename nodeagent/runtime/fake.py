@@ -50,6 +50,7 @@ from nodeagent.runtime.base import (
     ContainerInfo,
     ContainerState,
     ExecResult,
+    ImageInfo,
     ImagePullFailed,
     InvalidInput,
     NotFound,
@@ -96,6 +97,7 @@ METHODS = frozenset(
         "image_present",
         "image_user",
         "pull_image",
+        "list_images",
         "close",
     }
 )
@@ -334,6 +336,13 @@ class FakeRuntime:
         if self._present(image) is None:
             raise NotFound(f"ImageStatus: image {image!r} is not present")
         return self.image_users.get(image, "")
+
+    async def list_images(self) -> Sequence[ImageInfo]:
+        self._enter("list_images")
+        return [
+            ImageInfo(id=image_id(name), repo_tags=(name,), size=len(name))
+            for name in sorted(normalized_set(self.images))
+        ]
 
     async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         self._enter("pull_image", image)

@@ -61,6 +61,10 @@ def render_node(snapshot: Mapping[str, Any], now: datetime) -> str:
         _field("ALLOCATABLE", _resources(as_map(node.get("allocatable")))),
     ]
     lines += _usage(as_map(node.get("usage")))
+    images = node.get("images")
+    if isinstance(images, Mapping):
+        count, size = as_int(images.get("count")), as_int(images.get("bytes"))
+        lines.append(_field("IMAGES", f"{count} using {bytes_text(size)}"))
     proxy = snapshot.get("proxy")
     if isinstance(proxy, Mapping):
         lines.append(proxy_line(proxy, now))

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 from lightkube import AsyncClient
-from lightkube.resources.core_v1 import Event, Secret
+from lightkube.resources.core_v1 import Event, Node, Secret
 
 from nodeagent import localimages
 from tests.apiserver.process import ApiServerProcess
-from tests.harness import TestNode, async_wait_for, cluster
-from tests.harness.agent import Agent, RuntimeTarget, container_status, is_ready
+from tests.harness import TestNode, async_wait_for, cluster, wait_for
+from tests.harness.agent import Agent, RuntimeTarget, cli, container_status, is_ready
 from tests.harness.manifests import SLEEP
 from tests.harness.registry import HOST, Registry, docker_config, missing_tools
 
@@ -100,6 +100,12 @@ def test_a_pod_secret_pulls_a_private_image_and_image_id_is_its_digest(
     pod = agent.wait_pod("private", is_ready, timeout=60, what="pulled and ready")
     status = container_status(pod, "main")
     assert status["imageID"] == f"{HOST}/private/busybox@{digests['private/busybox:1']}"
+    # The node view counts the runtime's images (the image list is read every 10 s).
+    wait_for(
+        lambda: "IMAGES:" in cli(agent, "status", "node").stdout,
+        30,
+        message=lambda: cli(agent, "status", "node").stdout,
+    )
 
 
 def test_by_digest_with_node_credentials(
@@ -188,3 +194,13 @@ async def test_cluster_mode_reads_the_pull_secret_from_the_api_and_records_the_p
         message = await async_wait_for(pulled, 30, interval=0.2, message="a Pulled event")
         assert message.startswith(f'Successfully pulled image "{image}" in ')
         assert "including waiting). Image size: " in message and message.endswith(" bytes.")
+
+        # The Node lists the pulled image by its digest (status.images, largest first).
+        async def listed() -> list[dict[str, Any]] | None:
+            node = await admin.get(Node, cluster.NODE_NAME)
+            found = [i.to_dict() for i in (node.status.images or [])]  # type: ignore[union-attr]
+            return found if any(status["imageID"] in i["names"] for i in found) else None
+
+        images = await async_wait_for(listed, 40, interval=0.5, message="status.images")
+        sizes = [i["sizeBytes"] for i in images]
+        assert sizes == sorted(sizes, reverse=True)

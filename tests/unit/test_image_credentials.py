@@ -16,6 +16,7 @@ from nodeagent.kubelet.images import ImageError, ImageManager, Puller, PullNote,
 from nodeagent.model.pod import PullPolicy
 from nodeagent.runtime.base import RegistryAuth
 from nodeagent.runtime.fake import FakeRuntime
+from tests.unit.rig import eventually
 
 A = Puller("team", "a", "uid-a", "app")
 IMAGE = "reg.example.com/team/app:1"
@@ -159,3 +160,20 @@ async def test_pull_limits(settings: PullSettings, most: int) -> None:
     fake.gate.set()
     await asyncio.gather(*pulls)
     assert fake.most == most and fake.count("pull_image") == 3  # img0 pulled once
+
+
+async def test_the_image_list_feeds_the_nodes_status_images_largest_first() -> None:
+    from nodeagent.kubelet.nodestatus import MAX_NODE_IMAGES, node_images
+
+    fake = FakeRuntime(images={f"img{i:02d}:{'x' * i}" for i in range(1, 61)})
+    images = ImageManager(fake)
+    runner = asyncio.create_task(images.run())
+    try:
+        await eventually(lambda: images.images, what="the image list read")
+    finally:
+        runner.cancel()
+    listed = node_images(images.images)
+    assert len(images.images) == 60 and len(listed) == MAX_NODE_IMAGES
+    sizes = [entry["sizeBytes"] for entry in listed]
+    assert sizes == sorted(sizes, reverse=True)
+    assert listed[0]["names"] == [f"docker.io/library/img60:{'x' * 60}"]

@@ -355,6 +355,20 @@ class CRIRuntime(base.Runtime):
         found = response.image
         return str(found.uid.value) if found.HasField("uid") else found.username
 
+    async def list_images(self) -> Sequence[base.ImageInfo]:
+        response = await self._call(
+            self._images.ListImages, pb.ListImagesRequest(), pb.ListImagesResponse
+        )
+        return [
+            base.ImageInfo(
+                id=image.id,
+                repo_tags=tuple(image.repo_tags),
+                repo_digests=tuple(image.repo_digests),
+                size=int(image.size),
+            )
+            for image in response.images
+        ]
+
     async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
         if auth is not None:
