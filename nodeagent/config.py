@@ -290,6 +290,22 @@ class Config:
         0,
         metavar="N",
     )
+    # Image GC (the kubelet's flags): collect unused images, least recently used first, when
+    # the image filesystem is this full, down to the low threshold.
+    image_gc_high_threshold: int = setting(
+        parse.percent, "percent of the image filesystem used that starts image GC", 85, metavar="N"
+    )
+    image_gc_low_threshold: int = setting(
+        parse.percent, "percent of the image filesystem image GC frees down to", 80, metavar="N"
+    )
+    image_minimum_gc_age: float = setting(
+        parse.duration,
+        "least age of an unused image before GC removes it",
+        120.0,
+        metavar="DURATION",
+        shown="2m",
+    )
+    image_gc_interval_s: float = setting(parse.positive_float, default=300.0)  # ImageGCPeriod
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -426,4 +442,13 @@ def load_config(args: argparse.Namespace) -> Config:
         values["node_name"] = _parse("node_name", fallback)
     # The parsers produced exactly the types the fields declare; mypy cannot see through the
     # table, hence the cast.
-    return Config(**cast(dict[str, Any], values))
+    config = Config(**cast(dict[str, Any], values))
+    if config.image_gc_low_threshold >= config.image_gc_high_threshold:
+        key = "image_gc_low_threshold"
+        raw = merged.get(key) or merged.get("image_gc_high_threshold")
+        raise ConfigError(
+            f"must be below image_gc_high_threshold ({config.image_gc_high_threshold})",
+            key=key,
+            source=raw.source if raw else "defaults",
+        )
+    return config

@@ -345,6 +345,12 @@ class InstrumentedRuntime:
     async def list_images(self) -> Sequence[ImageInfo]:
         return await self._timed("list_images", self.inner.list_images())
 
+    async def remove_image(self, image_id: str) -> None:
+        await self._timed("remove_image", self.inner.remove_image(image_id))
+
+    async def image_fs_path(self) -> str:
+        return await self.inner.image_fs_path()
+
     async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         return await self._timed("pull_image", self.inner.pull_image(image, auth))
 

@@ -31,18 +31,19 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from nodeagent.kubelet import backoff, credentials
+from nodeagent.kubelet import backoff, credentials, imagegc
 from nodeagent.kubelet.credentials import Credential, CredentialError
 from nodeagent.model.pod import PullPolicy
 from nodeagent.runtime.base import (
     ImageInfo,
     InvalidInput,
+    NotFound,
     RegistryAuth,
     Runtime,
     RuntimeFailure,
@@ -90,19 +91,22 @@ PullListener = Callable[[PullNote], None]
 
 
 @dataclass(frozen=True)
-class PullSettings:
-    """How pulls are made on this node (the kubelet's flags of the same names)."""
+class ImageSettings:
+    """How images are pulled and collected on this node (the kubelet's flags)."""
 
     serialize: bool = True
     max_parallel: int = 0  # when not serialized; 0: no limit
     # The node's docker config; None: the kubelet's default paths (credentials.py).
     node_credentials: Path | None = None
+    gc: imagegc.GcPolicy = field(default_factory=imagegc.GcPolicy)
+    gc_interval_s: float = 300.0  # the kubelet's ImageGCPeriod
+    sandbox_image: str = ""  # pinned: never collected
 
 
 class ImageManager:
-    def __init__(self, runtime: Runtime, settings: PullSettings | None = None) -> None:
+    def __init__(self, runtime: Runtime, settings: ImageSettings | None = None) -> None:
         self._runtime = runtime
-        self._settings = settings or PullSettings()
+        self._settings = settings or ImageSettings()
         limit = 1 if self._settings.serialize else self._settings.max_parallel
         self._slots = asyncio.Semaphore(limit) if limit > 0 else None
         self._backoffs: dict[str, tuple[backoff.Backoff, float]] = {}
@@ -114,15 +118,65 @@ class ImageManager:
         self._node_keyring = _NodeKeyring(self._settings.node_credentials)
         self.listeners: list[PullListener] = []
         self.images: tuple[ImageInfo, ...] = ()  # the runtime's images, as last listed
+        self._records: dict[str, imagegc.Record] = {}  # image id -> first seen, last used
+        self._used: set[str] = set()  # ids of images containers use, as last listed
 
     async def run(self) -> None:
-        """Keep ``images`` current (the Node's status.images, ``nodeagent status node``)."""
+        """Keep ``images`` current (the Node's status.images, ``nodeagent status node``) and
+        collect unused images every ``gc_interval_s`` (see imagegc.py)."""
+        interval = self._settings.gc_interval_s
+        next_gc = time.monotonic() + interval
         while True:
             try:
-                self.images = tuple(await self._runtime.list_images())
+                await self._observe()
+                if time.monotonic() >= next_gc:
+                    next_gc = time.monotonic() + interval
+                    await self.collect()
             except RuntimeFailure as exc:
                 log.debug("image_list_failed", error=str(exc))
-            await asyncio.sleep(LIST_INTERVAL_S)
+            await asyncio.sleep(min(LIST_INTERVAL_S, interval))
+
+    async def _observe(self) -> None:
+        images = tuple(await self._runtime.list_images())
+        containers = await self._runtime.list_containers()
+        refs = [c.image for c in containers] + [c.image_ref for c in containers if c.image_ref]
+        self._used = imagegc.in_use(images, refs)
+        self._records = imagegc.track(self._records, images, self._used, time.time())
+        self.images = images
+
+    async def collect(self) -> list[ImageInfo]:
+        """One image GC pass over what ``_observe`` saw last; the images removed."""
+        path = await self._runtime.image_fs_path()
+        if not path:
+            return []
+        try:
+            stat = await asyncio.to_thread(os.statvfs, path)
+        except OSError as exc:
+            log.warning("image_fs_unreadable", path=path, error=str(exc))
+            return []
+        usage = imagegc.FsUsage(stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize)
+        keep = self._used | imagegc.pinned(self.images, self._settings.sandbox_image)
+        chosen = imagegc.plan(
+            self.images, self._records, keep, usage, self._settings.gc, time.time()
+        )
+        removed: list[ImageInfo] = []
+        for image in chosen:
+            try:
+                await self._runtime.remove_image(image.id)
+            except NotFound:
+                continue
+            except RuntimeFailure as exc:  # in use after all (a container just made): skip
+                log.warning("image_gc_remove_failed", id=image.id, error=str(exc))
+                continue
+            log.info(
+                "image_removed",
+                id=image.id,
+                names=list(image.names),
+                size=image.size,
+                fs_used_percent=usage.percent,
+            )
+            removed.append(image)
+        return removed
 
     def listen(self, listener: PullListener) -> None:
         """``listener`` is told every pull note from now on."""

@@ -303,6 +303,14 @@ class Runtime(Protocol):
 
     async def list_images(self) -> Sequence[ImageInfo]: ...
 
+    async def remove_image(self, image_id: str) -> None:
+        """Remove the image (by id) and all its names; NotFound-tolerant callers expect it."""
+        ...
+
+    async def image_fs_path(self) -> str:
+        """A path on the filesystem holding the images ("" when unknown), for image GC."""
+        ...
+
     async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         """Pull ``image`` (with ``auth``, else anonymously); its size in bytes (0: unknown)."""
         ...

@@ -407,6 +407,15 @@ class DockerRuntime(base.Runtime):
         items = await self._call("ListImages", self._api.images)
         return [read.image_from_summary(item) for item in items]
 
+    async def remove_image(self, image_id: str) -> None:
+        # force: an image with several names goes as a whole (the caller checked its use).
+        await self._call("RemoveImage", self._api.remove_image, image_id, force=True)
+        self._repo_digests.pop(image_id, None)
+
+    async def image_fs_path(self) -> str:
+        info = await self._call("Info", self._api.info)
+        return str(info.get("DockerRootDir") or "")
+
     async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         await self._call(
             "PullImage",

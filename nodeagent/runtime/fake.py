@@ -72,12 +72,12 @@ from nodeagent.runtime.fakeobjects import (
     FakeContainer,
     FakeSandbox,
     container_name,
-    image_id,
     normalized,
     normalized_set,
     sandbox_name,
     selected,
 )
+from nodeagent.runtime.fakeobjects import image_id as fake_image_id
 
 METHODS = frozenset(
     {
@@ -98,6 +98,7 @@ METHODS = frozenset(
         "image_user",
         "pull_image",
         "list_images",
+        "remove_image",
         "close",
     }
 )
@@ -117,6 +118,7 @@ class FakeRuntime:
     # Set: the registry answers only these users (401 otherwise); pull_auths records each try.
     registry_users: set[str] = field(default_factory=set)
     pull_auths: list[RegistryAuth | None] = field(default_factory=list)
+    image_fs: str = ""  # what image_fs_path answers ("": unknown, no image GC)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     sandboxes: dict[SandboxID, FakeSandbox] = field(default_factory=dict)
     containers: dict[ContainerID, FakeContainer] = field(default_factory=dict)
@@ -270,7 +272,7 @@ class FakeRuntime:
             config=config,
             sandbox_config=sandbox,
             labels=labels,
-            image_ref=image_id(image),
+            image_ref=fake_image_id(image),
             created_at_ns=self._now_ns(),
         )
         return container_id
@@ -340,9 +342,20 @@ class FakeRuntime:
     async def list_images(self) -> Sequence[ImageInfo]:
         self._enter("list_images")
         return [
-            ImageInfo(id=image_id(name), repo_tags=(name,), size=len(name))
+            ImageInfo(id=fake_image_id(name), repo_tags=(name,), size=len(name))
             for name in sorted(normalized_set(self.images))
         ]
+
+    async def remove_image(self, image_id: str) -> None:
+        self._enter("remove_image", image_id)
+        wanted = image_id
+        gone = {i for i in self.images if (n := normalized(i)) and fake_image_id(n) == wanted}
+        if not gone:
+            raise NotFound(f"RemoveImage: no image {wanted!r}")
+        self.images -= gone
+
+    async def image_fs_path(self) -> str:
+        return self.image_fs
 
     async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         self._enter("pull_image", image)

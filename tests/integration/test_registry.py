@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def test_a_pod_secret_pulls_a_private_image_and_image_id_is_its_digest(
     assert status["imageID"] == f"{HOST}/private/busybox@{digests['private/busybox:1']}"
     # The node view counts the runtime's images (the image list is read every 10 s).
     wait_for(
-        lambda: "IMAGES:" in cli(agent, "status", "node").stdout,
+        lambda: re.search(r"IMAGES: +[1-9][0-9]* using ", cli(agent, "status", "node").stdout),
         30,
         message=lambda: cli(agent, "status", "node").stdout,
     )

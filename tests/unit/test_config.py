@@ -71,6 +71,7 @@ FILE_ONLY = {
     "max_pods",
     "eviction_interval_s",
     "max_manifest_bytes",
+    "image_gc_interval_s",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent.kubelet.images import ImageError, ImageManager, Puller, PullNote, PullSettings
+from nodeagent.kubelet.images import ImageError, ImageManager, ImageSettings, Puller, PullNote
 from nodeagent.model.pod import PullPolicy
 from nodeagent.runtime.base import RegistryAuth
 from nodeagent.runtime.fake import FakeRuntime
@@ -35,9 +35,9 @@ def pull_secret(user: str, host: str = "reg.example.com") -> dict[str, Any]:
 
 
 def manager(
-    fake: FakeRuntime, secrets: dict[str, dict[str, Any]], settings: PullSettings | None = None
+    fake: FakeRuntime, secrets: dict[str, dict[str, Any]], settings: ImageSettings | None = None
 ) -> tuple[ImageManager, list[PullNote]]:
-    images = ImageManager(fake, settings or PullSettings(node_credentials=Path("/nonexistent")))
+    images = ImageManager(fake, settings or ImageSettings(node_credentials=Path("/nonexistent")))
     notes: list[PullNote] = []
     images.listen(notes.append)
 
@@ -66,7 +66,7 @@ async def test_each_matching_credential_is_tried_until_one_works(tmp_path: Path)
     entry = {"username": "alice", "password": "p"}
     node.write_text(json.dumps({"auths": {"*.example.com": entry}}))
     fake = FakeRuntime(registry_users={"alice"})
-    settings = PullSettings(node_credentials=node)
+    settings = ImageSettings(node_credentials=node)
     images, _ = manager(fake, {"team/old": pull_secret("bob")}, settings)
     await images.ensure(IMAGE, PullPolicy.ALWAYS, A, ("old",))
     assert users(fake) == ["bob", "alice"]  # the pod's secret first, then the node's
@@ -142,12 +142,12 @@ class GatedRuntime(FakeRuntime):
 @pytest.mark.parametrize(
     ("settings", "most"),
     [
-        (PullSettings(serialize=True), 1),
-        (PullSettings(serialize=False, max_parallel=2), 2),
-        (PullSettings(serialize=False), 3),
+        (ImageSettings(serialize=True), 1),
+        (ImageSettings(serialize=False, max_parallel=2), 2),
+        (ImageSettings(serialize=False), 3),
     ],
 )
-async def test_pull_limits(settings: PullSettings, most: int) -> None:
+async def test_pull_limits(settings: ImageSettings, most: int) -> None:
     fake = GatedRuntime()
     images = ImageManager(fake, settings)
     pulls = [

@@ -369,6 +369,16 @@ class CRIRuntime(base.Runtime):
             for image in response.images
         ]
 
+    async def remove_image(self, image_id: str) -> None:
+        request = pb.RemoveImageRequest(image=pb.ImageSpec(image=image_id))
+        await self._call(self._images.RemoveImage, request, pb.RemoveImageResponse)
+
+    async def image_fs_path(self) -> str:
+        response = await self._call(
+            self._images.ImageFsInfo, pb.ImageFsInfoRequest(), pb.ImageFsInfoResponse
+        )
+        return next((fs.fs_id.mountpoint for fs in response.image_filesystems), "")
+
     async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
         if auth is not None:
