@@ -9,7 +9,9 @@ an earlier test left in the runtime's image store.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -205,3 +207,59 @@ async def test_cluster_mode_reads_the_pull_secret_from_the_api_and_records_the_p
         images = await async_wait_for(listed, 40, interval=0.5, message="status.images")
         sizes = [i["sizeBytes"] for i in images]
         assert sizes == sorted(sizes, reverse=True)
+
+
+def image_names(target: RuntimeTarget) -> set[str]:
+    """Every name (tags and repo digests) of every image the runtime holds."""
+
+    async def go() -> set[str]:
+        runtime = target.backend()
+        try:
+            return {name for image in await runtime.list_images() for name in image.names}
+        finally:
+            await runtime.close()
+
+    return asyncio.run(go())
+
+
+# Last in the module: its GC removes every unused image of the node's runtime.
+def test_image_gc_removes_an_unused_image_and_keeps_a_used_one(
+    registry: tuple[Registry, dict[str, str]],
+    registry_agent: Agent,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    reg, _ = registry
+    # An image of its own (a label makes its id differ from busybox's, which stays in use).
+    spec = dataclasses.replace(localimages.busybox_spec(), labels={"test": "gc"})
+    localimages.write_archive([spec], tmp_path / "variant.tar")
+    reg.push(tmp_path / "variant.tar", "gc/unused", "1")
+    kept, dropped = f"{HOST}/private/busybox:1", f"{HOST}/gc/unused:1"
+    agent = registry_agent
+    agent.write_manifest("keeper.yaml", pod_yaml("keeper", kept))
+    agent.write_manifest("brief.yaml", pod_yaml("brief", dropped))
+    agent.wait_pod("keeper", is_ready, timeout=60, what="pulled and ready")
+    agent.wait_pod("brief", is_ready, timeout=60, what="pulled and ready")
+    (agent.manifests / "brief.yaml").unlink()
+    wait_for(lambda: agent.pod("brief") is None, 30, message="brief removed")
+    assert {kept, dropped} <= image_names(agent.runtime)
+    # The same node, now with GC at any use of the filesystem and no minimum age: the pod
+    # still running keeps its image, the sandbox image stays, the unused one goes.
+    agent.stop()
+    monkeypatch.setenv("NODEAGENT_IMAGE_GC_INTERVAL_S", "1")
+    agent.extra += [
+        "--image-gc-high-threshold", "1",
+        "--image-gc-low-threshold", "0",
+        "--image-minimum-gc-age", "0s",
+    ]  # fmt: skip
+    agent.start()
+    wait_for(
+        lambda: dropped not in image_names(agent.runtime),
+        30,
+        message=lambda: f"{dropped} collected\n{agent.log_tail()}",
+    )
+    names = image_names(agent.runtime)
+    assert kept in names and localimages.PAUSE_IMAGE in names
+    assert is_ready(agent.wait_pod("keeper", is_ready, what="still running"))
+    removed = [line for line in agent.log_path.read_text().splitlines() if "image_removed" in line]
+    assert any(dropped in line for line in removed)
