@@ -20,8 +20,8 @@ image's repository path must start with the key's path. ``index.docker.io`` (als
 ``https://index.docker.io/v1/``) is Docker Hub's legacy name and matches ``docker.io``
 images. More specific keys come first (upstream sorts its index in reverse order).
 
-Bad input never raises past ``parse_secret``/``parse_config``: they raise
-``CredentialError`` naming the key and what is wrong, for an event naming the secret.
+Bad input is a ``CredentialError`` (never another exception) naming the key and what is
+wrong, so that the caller can tell the pod which secret and key to fix.
 """
 
 from __future__ import annotations

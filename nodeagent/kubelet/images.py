@@ -1,5 +1,7 @@
 """Image pulls by policy and credentials, with the kubelet's pull backoff, events and limits;
-and the node's image list (``run`` reads it every LIST_INTERVAL_S for the node's status).
+the node's image list (``run`` reads it every LIST_INTERVAL_S for the node's status, and
+notes which images containers use); and image GC (``collect``, every ``gc_interval_s``: the
+policy is ``imagegc.py``'s, the removals are logged as ``image_removed``).
 
 One ``ImageManager`` per node: backoff is per image, so ten pods waiting on the same bad
 image back off together instead of hammering the runtime. Concurrent pulls of one image with
