@@ -374,6 +374,7 @@ class Node:
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
             images=self.ctx.images.images,
+            image_fs=self.ctx.images.image_fs,
         )
 
     def _sample_conditions(self) -> Sequence[Condition]:

@@ -31,6 +31,7 @@ class GcPolicy:
 class FsUsage:
     capacity_bytes: int
     available_bytes: int
+    path: str = ""  # the mountpoint or directory it was read at
 
     @property
     def percent(self) -> int:

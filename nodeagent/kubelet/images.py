@@ -120,6 +120,7 @@ class ImageManager:
         self._node_keyring = _NodeKeyring(self._settings.node_credentials)
         self.listeners: list[PullListener] = []
         self.images: tuple[ImageInfo, ...] = ()  # the runtime's images, as last listed
+        self.image_fs: imagegc.FsUsage | None = None  # their filesystem, as last read
         self._records: dict[str, imagegc.Record] = {}  # image id -> first seen, last used
         self._used: set[str] = set()  # ids of images containers use, as last listed
 
@@ -145,18 +146,25 @@ class ImageManager:
         self._used = imagegc.in_use(images, refs)
         self._records = imagegc.track(self._records, images, self._used, time.time())
         self.images = images
+        self.image_fs = await self._image_fs()
 
-    async def collect(self) -> list[ImageInfo]:
-        """One image GC pass over what ``_observe`` saw last; the images removed."""
+    async def _image_fs(self) -> imagegc.FsUsage | None:
         path = await self._runtime.image_fs_path()
         if not path:
-            return []
+            return None
         try:
             stat = await asyncio.to_thread(os.statvfs, path)
         except OSError as exc:
             log.warning("image_fs_unreadable", path=path, error=str(exc))
+            return None
+        capacity, available = stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
+        return imagegc.FsUsage(capacity, available, path)
+
+    async def collect(self) -> list[ImageInfo]:
+        """One image GC pass over what ``_observe`` saw last; the images removed."""
+        usage = await self._image_fs()
+        if usage is None:
             return []
-        usage = imagegc.FsUsage(stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize)
         keep = self._used | imagegc.pinned(self.images, self._settings.sandbox_image)
         chosen = imagegc.plan(
             self.images, self._records, keep, usage, self._settings.gc, time.time()

@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 
 from nodeagent.kubelet.eviction import MemoryReading
+from nodeagent.kubelet.imagegc import FsUsage
 from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.network.podnet import PodNetworkStatus
 from nodeagent.runtime.base import ImageInfo, RuntimeStatus
@@ -48,6 +49,7 @@ class NodeFacts:
     node_ip: str = ""  # the InternalIP (--node-ip, or as network/nodeip.py chooses)
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
     images: tuple[ImageInfo, ...] = ()  # the runtime's images, as last listed
+    image_fs: FsUsage | None = None  # the filesystem holding them; None: not known
 
 
 def memory_reading() -> MemoryReading:
@@ -190,6 +192,15 @@ def node_images(images: tuple[ImageInfo, ...]) -> list[dict[str, Any]]:
     return [{"names": list(i.names), "sizeBytes": i.size} for i in named[:MAX_NODE_IMAGES]]
 
 
+def _images(facts: NodeFacts) -> dict[str, Any]:
+    """The image count and size, and the image filesystem's use, for the node view."""
+    out: dict[str, Any] = {"count": len(facts.images), "bytes": sum(i.size for i in facts.images)}
+    fs = facts.image_fs
+    if fs is not None:
+        out["fs"] = {"path": fs.path, "percent": fs.percent, "totalBytes": fs.capacity_bytes}
+    return out
+
+
 def node_status(facts: NodeFacts) -> dict[str, Any]:
     return {
         "name": facts.name,
@@ -205,5 +216,5 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
         "addresses": [{"type": "Hostname", "address": facts.name}]
         + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip) else []),
         **({"podNetwork": facts.pod_network.to_json()} if facts.pod_network else {}),
-        "images": {"count": len(facts.images), "bytes": sum(i.size for i in facts.images)},
+        "images": _images(facts),
     }

@@ -64,7 +64,13 @@ def render_node(snapshot: Mapping[str, Any], now: datetime) -> str:
     images = node.get("images")
     if isinstance(images, Mapping):
         count, size = as_int(images.get("count")), as_int(images.get("bytes"))
-        lines.append(_field("IMAGES", f"{count} using {bytes_text(size)}"))
+        text = f"{count} using {bytes_text(size)}"
+        fs = as_map(images.get("fs"))
+        if fs:
+            total = bytes_text(as_int(fs.get("totalBytes")))
+            text += f"; image filesystem {as_int(fs.get('percent'))}% of {total}"
+            text += f" ({as_str(fs.get('path'))})"
+        lines.append(_field("IMAGES", text))
     proxy = snapshot.get("proxy")
     if isinstance(proxy, Mapping):
         lines.append(proxy_line(proxy, now))

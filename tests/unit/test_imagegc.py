@@ -91,3 +91,27 @@ def test_gc_flags_parse_like_the_kubelets() -> None:
 def test_bad_gc_flags_are_named(argv: tuple[str, ...], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse(*argv)
+
+
+def test_the_node_view_shows_the_images_and_their_filesystem() -> None:
+    from datetime import UTC, datetime
+
+    from nodeagent.kubelet.nodestatus import NodeFacts, node_status
+    from nodeagent.server.nodeview import render_node
+
+    facts = NodeFacts(
+        name="n1",
+        max_pods=110,
+        runtime_name="containerd",
+        runtime_version="1.6",
+        runtime_healthy=True,
+        runtime_error="",
+        state_dir="/",
+        now=0.0,
+        images=(OLD, NEW),
+        image_fs=FsUsage(100 * GIB, 40 * GIB, "/var/lib/containerd"),
+    )
+    text = render_node({"node": node_status(facts)}, datetime.now(UTC))
+    (line,) = [line for line in text.splitlines() if line.startswith("IMAGES:")]
+    assert "2 using 4.0GiB" in line
+    assert "image filesystem 60% of 100.0GiB (/var/lib/containerd)" in line
