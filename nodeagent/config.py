@@ -443,6 +443,13 @@ def load_config(args: argparse.Namespace) -> Config:
     # The parsers produced exactly the types the fields declare; mypy cannot see through the
     # table, hence the cast.
     config = Config(**cast(dict[str, Any], values))
+    if config.serialize_image_pulls and config.max_parallel_image_pulls > 1:
+        raw = merged["max_parallel_image_pulls"]  # only a given value can exceed 1
+        raise ConfigError(
+            "more than 1 needs serialize_image_pulls false (as the kubelet)",
+            key="max_parallel_image_pulls",
+            source=raw.source,
+        )
     if config.image_gc_low_threshold >= config.image_gc_high_threshold:
         key = "image_gc_low_threshold"
         raw = merged.get(key) or merged.get("image_gc_high_threshold")

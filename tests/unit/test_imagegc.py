@@ -86,6 +86,7 @@ def test_gc_flags_parse_like_the_kubelets() -> None:
         (("--image-gc-high-threshold", "101"), "0 to 100"),
         (("--image-gc-low-threshold", "90"), "below image_gc_high_threshold"),
         (("--image-minimum-gc-age", "soon"), "not a duration"),
+        (("--max-parallel-image-pulls", "3"), "needs serialize_image_pulls false"),
     ],
 )
 def test_bad_gc_flags_are_named(argv: tuple[str, ...], needle: str) -> None:
