@@ -444,11 +444,11 @@ def load_config(args: argparse.Namespace) -> Config:
     # table, hence the cast.
     config = Config(**cast(dict[str, Any], values))
     if config.serialize_image_pulls and config.max_parallel_image_pulls > 1:
-        raw = merged["max_parallel_image_pulls"]  # only a given value can exceed 1
+        given = merged["max_parallel_image_pulls"]  # only a given value can exceed 1
         raise ConfigError(
             "more than 1 needs serialize_image_pulls false (as the kubelet)",
             key="max_parallel_image_pulls",
-            source=raw.source,
+            source=given.source,
         )
     if config.image_gc_low_threshold >= config.image_gc_high_threshold:
         key = "image_gc_low_threshold"
