@@ -46,8 +46,7 @@ from nodeagent.kubelet import eviction, nodestatus
 from nodeagent.kubelet.context import KubeletContext
 from nodeagent.kubelet.envvars import ServiceView
 from nodeagent.kubelet.evicted import EvictedPods
-from nodeagent.kubelet.imagegc import GcPolicy
-from nodeagent.kubelet.images import ImageManager, ImageSettings
+from nodeagent.kubelet.images import ImageManager
 from nodeagent.kubelet.manager import PodManager
 from nodeagent.kubelet.nodeconditions import Condition, NodeConditionTracker
 from nodeagent.kubelet.pleg import RuntimeCache
@@ -107,21 +106,7 @@ class Node:
             runtime=runtime,
             runtime_name=self.runtime_name,
             cache=self.cache,
-            images=ImageManager(
-                runtime,
-                ImageSettings(
-                    serialize=config.serialize_image_pulls,
-                    max_parallel=config.max_parallel_image_pulls,
-                    node_credentials=config.image_credentials,
-                    gc=GcPolicy(
-                        high_percent=config.image_gc_high_threshold,
-                        low_percent=config.image_gc_low_threshold,
-                        min_age_s=config.image_minimum_gc_age,
-                    ),
-                    gc_interval_s=config.image_gc_interval_s,
-                    sandbox_image=config.pause_image,
-                ),
-            ),
+            images=ImageManager(runtime, startup.image_settings(config)),
             prober=ProbeManager(runtime),
             dns=startup.dns_settings(config),
             privilege=PrivilegePolicy(

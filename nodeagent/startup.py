@@ -20,6 +20,8 @@ import structlog
 from nodeagent import metrics
 from nodeagent.config import Config
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
+from nodeagent.kubelet.imagegc import GcPolicy
+from nodeagent.kubelet.images import ImageSettings
 from nodeagent.network import nodeip
 from nodeagent.runtime.base import Runtime
 
@@ -63,6 +65,22 @@ async def supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:
             log.exception("task_crashed", task=name)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
+
+
+def image_settings(config: Config) -> ImageSettings:
+    """Pulls and image GC, from the kubelet's flags of the same names."""
+    return ImageSettings(
+        serialize=config.serialize_image_pulls,
+        max_parallel=config.max_parallel_image_pulls,
+        node_credentials=config.image_credentials,
+        gc=GcPolicy(
+            high_percent=config.image_gc_high_threshold,
+            low_percent=config.image_gc_low_threshold,
+            min_age_s=config.image_minimum_gc_age,
+        ),
+        gc_interval_s=config.image_gc_interval_s,
+        sandbox_image=config.pause_image,
+    )
 
 
 def dns_settings(config: Config, resolv_conf: str = "/etc/resolv.conf") -> DNSSettings:
