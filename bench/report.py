@@ -54,6 +54,7 @@ BENCHES = (
         ("--pods", "20", "--services", "100", "--seconds", "10", "--settle", "3"),
     ),
     Bench("probes", ("probes.py",), ("--pods", "20", "--seconds", "10")),
+    Bench("image_pulls", ("image_pulls.py",), ("--pods", "5")),
     Bench("proxy_sync", ("proxy_sync.py",), ("--sizes", "1000", "--rounds", "2", "--changes", "3")),
     Bench(
         "proxy_sync_nft",
@@ -249,6 +250,24 @@ def probes_rows(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def image_pulls_rows(r: dict[str, Any]) -> Iterator[Row]:
+    pods = r["pods"]
+    yield (
+        f"{pods} pods of one new image at once: registry pulls",
+        f"{r['manifest_requests_agent']} tag resolution(s); one raw pull makes "
+        f"{r['manifest_requests_one_raw_pull']}",
+        "exactly one pull",
+        _met(r.get("one_pull")),
+    )
+    yield (
+        f"{pods} pods of one new image at once: all running",
+        f"agent {_s(r['agent_all_running_s'])}; raw pull {_s(r['raw_pull_s'])} + raw starts "
+        f"{_s(r['raw_starts_max_s'])} = {_s(r['raw_total_s'])} (ratio {r['ratio']})",
+        "",
+        "-",
+    )
+
+
 def proxy_rows(r: dict[str, Any]) -> Iterator[Row]:
     """Rows of both proxy benches: iptables (``restore``) and nftables (``nft -f``)."""
     nft = r.get("backend") == "nftables"
@@ -281,6 +300,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "pod_startup_docker": pod_startup_rows,
     "steady_state": steady_rows,
     "probes": probes_rows,
+    "image_pulls": image_pulls_rows,
     "proxy_sync": proxy_rows,
     "proxy_sync_nft": proxy_rows,
 }

@@ -392,6 +392,39 @@ class Config:
         shown="false",
         bare="true",
     )
+    # The node's registry credentials (docker config.json); None: the kubelet's default paths.
+    image_credentials: Path | None = setting(
+        parse.optional_file,
+        "the node's registry credentials, a docker config.json",
+        None,
+        metavar="FILE",
+        shown="/var/lib/kubelet/config.json, else ~/.docker/config.json",
+    )
+    serialize_image_pulls: bool = setting(  # as the kubelet's flag
+        parse.boolean, "pull one image at a time", True, metavar="BOOL", shown="true", bare="true"
+    )
+    max_parallel_image_pulls: int = setting(  # as the kubelet's flag; 0: no limit
+        parse.non_negative_int,
+        "most image pulls at once when not serialized; 0: no limit",
+        0,
+        metavar="N",
+    )
+    # Image GC (the kubelet's flags): collect unused images, least recently used first, when
+    # the image filesystem is this full, down to the low threshold.
+    image_gc_high_threshold: int = setting(
+        parse.percent, "percent of the image filesystem used that starts image GC", 85, metavar="N"
+    )
+    image_gc_low_threshold: int = setting(
+        parse.percent, "percent of the image filesystem image GC frees down to", 80, metavar="N"
+    )
+    image_minimum_gc_age: float = setting(
+        parse.duration,
+        "least age of an unused image before GC removes it",
+        120.0,
+        metavar="DURATION",
+        shown="2m",
+    )
+    image_gc_interval_s: float = setting(parse.positive_float, default=300.0)  # ImageGCPeriod
 
     def __post_init__(self) -> None:
         if not self.runtime_endpoint:
@@ -529,4 +562,20 @@ def load_config(args: argparse.Namespace) -> Config:
         values["node_name"] = _parse("node_name", fallback)
     # The parsers produced exactly the types the fields declare; mypy cannot see through the
     # table, hence the cast.
-    return Config(**cast(dict[str, Any], values))
+    config = Config(**cast(dict[str, Any], values))
+    if config.serialize_image_pulls and config.max_parallel_image_pulls > 1:
+        given = merged["max_parallel_image_pulls"]  # only a given value can exceed 1
+        raise ConfigError(
+            "more than 1 needs serialize_image_pulls false (as the kubelet)",
+            key="max_parallel_image_pulls",
+            source=given.source,
+        )
+    if config.image_gc_low_threshold >= config.image_gc_high_threshold:
+        key = "image_gc_low_threshold"
+        raw = merged.get(key) or merged.get("image_gc_high_threshold")
+        raise ConfigError(
+            f"must be below image_gc_high_threshold ({config.image_gc_high_threshold})",
+            key=key,
+            source=raw.source if raw else "defaults",
+        )
+    return config

@@ -201,6 +201,42 @@ def positive_float(raw: Raw) -> float:
     return value
 
 
+def percent(raw: Raw) -> int:
+    value = 0 if raw.value in (0, "0") else positive_int(raw)
+    if value > 100:
+        raise ValueError(f"must be a percentage from 0 to 100, got {value}")
+    return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration(raw: Raw) -> float:
+    """Seconds, from a number of seconds or a Go duration ("2m", "1h30m", "0s")."""
+    if isinstance(raw.value, int | float) and not isinstance(raw.value, bool):
+        seconds = float(raw.value)
+    elif isinstance(raw.value, str) and re.fullmatch(rf"(?:{_DURATION_PART.pattern})+", raw.value):
+        parts = _DURATION_PART.findall(raw.value)
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    elif isinstance(raw.value, str) and not raw.typed:
+        try:
+            seconds = float(raw.value)
+        except ValueError:
+            raise ValueError(f"{raw.value!r} is not a duration (like 2m, 90s)") from None
+    else:
+        raise ValueError(f"must be a duration (like 2m, 90s), got {_type_name(raw.value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be a duration of 0 or more, got {raw.value!r}")
+    return seconds
+
+
+def non_negative_int(raw: Raw) -> int:
+    if raw.value in (0, "0"):
+        return 0
+    return positive_int(raw)
+
+
 def positive_int(raw: Raw) -> int:
     value: int
     if isinstance(raw.value, int) and not isinstance(raw.value, bool):

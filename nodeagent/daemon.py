@@ -126,7 +126,7 @@ class Node:
             runtime=runtime,
             runtime_name=self.runtime_name,
             cache=self.cache,
-            images=ImageManager(runtime),
+            images=ImageManager(runtime, startup.image_settings(config)),
             prober=ProbeManager(runtime),
             dns=startup.dns_settings(config),
             privilege=PrivilegePolicy(
@@ -158,11 +158,13 @@ class Node:
             pods=lambda: self.desired.pods.values(),
             candidates=self.evicted.candidates,
             evict=self.evicted.evict,
+            image_gc=self.ctx.images.reclaim,
         )
         self._desired_loaded = config.manifests is None and client is None
         self.cluster: ClusterLink | None = None if client is None else self._cluster_link(client)
         if self.cluster is None:  # env from the directory's ConfigMaps, at each creation
             self.manager.set_env_source(self.static_refs.container_env)
+            self.ctx.images.set_secret_source(self._file_secret)
         self.events = EventRing()  # what describe shows; in cluster mode the API gets them too
         self.event_feed = PodEventFeed(self.events, self.manager.snapshot)
         if self.cluster is not None:
@@ -299,6 +301,11 @@ class Node:
         second watch (a Service the proxy has not allocated an IP for yet has none here)."""
         return ServiceView(self.desired.services, self.proxy.cluster_ips())
 
+    async def _file_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod's pull secret, standalone: the manifest directory's, as the API would serve."""
+        found = self.desired.secrets.get(f"{namespace}/{name}")
+        return None if found is None else found.obj
+
     def _runtime_changed(self, uid: PodUID) -> None:
         self.manager.on_runtime_change(uid)
         self.proxy.wake()
@@ -390,6 +397,8 @@ class Node:
             runtime_status=self.runtime_status,
             node_ip=self.config.node_ip,
             kubelet_port=int(self.config.kubelet_api_bind.rpartition(":")[2] or 0),
+            images=self.ctx.images.images,
+            image_fs=self.ctx.images.image_fs,
         )
 
     def _sample_conditions(self) -> Sequence[Condition]:
@@ -485,6 +494,7 @@ class Node:
             "runtime-status": self.watch_runtime_status,
             **({"pod-events": self.event_feed.run} if self.cluster is None else {}),
             "eviction": self.eviction.run,
+            "images": self.ctx.images.run,
             **({"cgroups": self.cgroups.run} if self.cgroups is not None else {}),
             **self.resources.loops(),
             "node-conditions": self.conditions.run,

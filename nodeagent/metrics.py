@@ -47,6 +47,8 @@ from nodeagent.runtime.base import (
     ContainerID,
     ContainerInfo,
     ExecResult,
+    ImageInfo,
+    RegistryAuth,
     Runtime,
     RuntimeStatus,
     RuntimeVersion,
@@ -346,8 +348,17 @@ class InstrumentedRuntime:
     async def image_user(self, image: str) -> str:
         return await self._timed("image_user", self.inner.image_user(image))
 
-    async def pull_image(self, image: str) -> None:
-        await self._timed("pull_image", self.inner.pull_image(image))
+    async def list_images(self) -> Sequence[ImageInfo]:
+        return await self._timed("list_images", self.inner.list_images())
+
+    async def remove_image(self, image_id: str) -> None:
+        await self._timed("remove_image", self.inner.remove_image(image_id))
+
+    async def image_fs_path(self) -> str:
+        return await self.inner.image_fs_path()
+
+    async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
+        return await self._timed("pull_image", self.inner.pull_image(image, auth))
 
     async def close(self) -> None:
         await self.inner.close()

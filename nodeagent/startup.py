@@ -32,6 +32,8 @@ from nodeagent.kubelet import nodestatus
 from nodeagent.kubelet.cgroups import policy
 from nodeagent.kubelet.cgroups.manager import CgroupSettings, read_oom_score_floor
 from nodeagent.kubelet.dns import DNSSettings, parse_resolv_conf
+from nodeagent.kubelet.imagegc import GcPolicy
+from nodeagent.kubelet.images import ImageSettings
 from nodeagent.kubeletapi.auth import Review
 from nodeagent.kubeletapi.handlers import NodeView
 from nodeagent.kubeletapi.server import ApiSettings, KubeletApi
@@ -129,6 +131,22 @@ async def supervised(name: str, factory: Callable[[], Awaitable[None]]) -> None:
             log.exception("task_crashed", task=name)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 30.0)
+
+
+def image_settings(config: Config) -> ImageSettings:
+    """Pulls and image GC, from the kubelet's flags of the same names."""
+    return ImageSettings(
+        serialize=config.serialize_image_pulls,
+        max_parallel=config.max_parallel_image_pulls,
+        node_credentials=config.image_credentials,
+        gc=GcPolicy(
+            high_percent=config.image_gc_high_threshold,
+            low_percent=config.image_gc_low_threshold,
+            min_age_s=config.image_minimum_gc_age,
+        ),
+        gc_interval_s=config.image_gc_interval_s,
+        sandbox_image=config.pause_image,
+    )
 
 
 def dns_settings(config: Config, resolv_conf: str = "/etc/resolv.conf") -> DNSSettings:

@@ -8,13 +8,16 @@
 #   iproute2
 #   docker.io                        the Docker backend (dockerd is started by hand, not here)
 #   vagrant                          `vagrant validate` of the Vagrant lab (no provider: no VMs)
+#   docker-registry, skopeo,         a real private registry for the image tests (htpasswd auth)
+#   apache2-utils
 #
 # Environment: PYTHON (default python3) is the interpreter to install nodeagent into.
 set -eu
 
 PYTHON=${PYTHON:-python3}
 PACKAGES="containerd runc containernetworking-plugins busybox-static iptables nftables
-conntrack iproute2 docker.io gcc libc6-dev make util-linux vagrant"
+conntrack iproute2 docker.io gcc libc6-dev make util-linux vagrant
+docker-registry skopeo apache2-utils"
 MODULES="overlay br_netfilter nf_conntrack"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 STAMP="$REPO/build/.setup-host.pip"

@@ -169,6 +169,7 @@ class ClusterLink:
             csi=manager.ctx.csi,
         )
         manager.set_env_source(self.refs.container_env)
+        images.set_secret_source(self.refs.secret)
         self.mirrors = MirrorPods(
             client,
             node_name=node_name,

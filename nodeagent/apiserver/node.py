@@ -158,6 +158,7 @@ def node_status(
         "allocatable": allocatable,
         "conditions": conditions,
         "addresses": addresses,
+        "images": nodestatus.node_images(facts.images),
         "nodeInfo": {
             "machineID": host.machine_id,
             "systemUUID": host.system_uuid,

@@ -233,6 +233,10 @@ class PodReferences:
         fresh = parse_pod(doc, source="api", node_name=node)
         return next((c.env for c in fresh.all_containers() if c.name == container), None)
 
+    async def secret(self, namespace: str, name: str) -> Obj | None:
+        """A Secret as the API serves it (a pod's pull secret); None: not found."""
+        return await self._get(namespace, "secrets", name)
+
     async def _fetch(self, entry: _Entry) -> Lookup:
         obj = entry.obj
         namespace = _namespace(obj)

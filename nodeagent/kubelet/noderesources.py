@@ -4,8 +4,8 @@ disk eviction (``logrotation``, ``gc``, ``diskeviction``), with their loops.
 The daemon hands in what they read (the relister's cache, the pod manager's wanted set, the
 desired pods) and how a pod is evicted; they share the garbage collector, which is what
 disk pressure reclaims with before it evicts. Docker rotates its own logs, so the rotator
-runs for CRI runtimes only. ``image_gc`` is the seam for image garbage collection: set it
-and disk pressure frees unused images too.
+runs for CRI runtimes only. ``image_gc`` (the image manager's ``reclaim``) lets disk
+pressure free unused images too, before any pod is evicted.
 """
 
 from __future__ import annotations

@@ -23,9 +23,12 @@ import psutil
 from nodeagent.configparse import EvictionThreshold, Reserved
 from nodeagent.kubelet.cgroups.policy import NodeResources, cpu_quantity, node_allocatable
 from nodeagent.kubelet.eviction import MemoryReading, threshold_bytes
+from nodeagent.kubelet.imagegc import FsUsage
 from nodeagent.kubelet.podstatus import rfc3339
 from nodeagent.network.podnet import PodNetworkStatus
-from nodeagent.runtime.base import RuntimeStatus
+from nodeagent.runtime.base import ImageInfo, RuntimeStatus
+
+MAX_NODE_IMAGES = 50  # the kubelet's nodeStatusMaxImages
 
 MEMORY_PRESSURE_BYTES = 100 * 1024 * 1024
 DISK_PRESSURE_FRACTION = 0.10
@@ -59,6 +62,8 @@ class NodeFacts:
     runtime_status: RuntimeStatus | None = None  # CRI Status; None: not asked yet
     reservation: Reservation = field(default_factory=Reservation)
     kubelet_port: int = 0  # the kubelet API's port (daemonEndpoints); 0: not served
+    images: tuple[ImageInfo, ...] = ()  # the runtime's images, as last listed
+    image_fs: FsUsage | None = None  # the filesystem holding them; None: not known
 
 
 def memory_reading() -> MemoryReading:
@@ -211,6 +216,22 @@ def _pid_max() -> int:
         return 32768
 
 
+def node_images(images: tuple[ImageInfo, ...]) -> list[dict[str, Any]]:
+    """The Node's status.images: the largest MAX_NODE_IMAGES images first, each with its
+    repo digests and tags (an image with no name is left out, as the API wants names)."""
+    named = sorted((i for i in images if i.names), key=lambda i: i.size, reverse=True)
+    return [{"names": list(i.names), "sizeBytes": i.size} for i in named[:MAX_NODE_IMAGES]]
+
+
+def _images(facts: NodeFacts) -> dict[str, Any]:
+    """The image count and size, and the image filesystem's use, for the node view."""
+    out: dict[str, Any] = {"count": len(facts.images), "bytes": sum(i.size for i in facts.images)}
+    fs = facts.image_fs
+    if fs is not None:
+        out["fs"] = {"path": fs.path, "percent": fs.percent, "totalBytes": fs.capacity_bytes}
+    return out
+
+
 def node_status(facts: NodeFacts) -> dict[str, Any]:
     return {
         "name": facts.name,
@@ -226,4 +247,5 @@ def node_status(facts: NodeFacts) -> dict[str, Any]:
         "addresses": [{"type": "Hostname", "address": facts.name}]
         + ([{"type": "InternalIP", "address": ip}] if (ip := facts.node_ip) else []),
         **({"podNetwork": facts.pod_network.to_json()} if facts.pod_network else {}),
+        "images": _images(facts),
     }

@@ -32,9 +32,11 @@ class ContainerWaits:
         return self.hold.get(name, 0.0) > time.time()
 
     def still_held(self, container: Container) -> None:
-        """A failed pull, seen again while its backoff runs, is ImagePullBackOff."""
+        """A failed pull, seen again while its backoff runs, is ImagePullBackOff; the
+        message keeps the pull's error (the registry's reason) in sight."""
         if self.reason(container.name) == "ErrImagePull":
-            message = f'Back-off pulling image "{container.image}"'
+            failed = self.waiting[container.name].message
+            message = f'Back-off pulling image "{container.image}": ErrImagePull: {failed}'
             self.waiting[container.name] = Waiting("ImagePullBackOff", message)
 
     def fail_all(self, pod: Pod, reason: str, message: str) -> None:

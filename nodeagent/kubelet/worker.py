@@ -359,7 +359,9 @@ class PodWorker:
         container, pod = start.container, self.pod
         try:
             puller = Puller(pod.namespace, pod.name, pod.uid, container.name, init=start.init)
-            await self.ctx.images.ensure(container.image, container.image_pull_policy, puller)
+            await self.ctx.images.ensure(
+                container.image, container.image_pull_policy, puller, pod.spec.image_pull_secrets
+            )
         except ImageError as exc:
             self._waits.waiting[container.name] = Waiting(exc.reason, exc.message)
             retry_at = self.ctx.images.retry_at(container.image) or time.time()

@@ -200,6 +200,8 @@ def parse_config_object(doc: Mapping[str, Any], *, source: str, obj_name: str) -
     obj: Obj = {"metadata": {"name": name, "namespace": namespace}, "data": data}
     if binary:
         obj["binaryData"] = binary
+    if secret:  # pull secrets are read by type (kubernetes.io/dockerconfigjson, ...)
+        obj["type"] = root.string("type", default="Opaque")
     return ConfigObject(kind, namespace, name, obj, source)
 
 

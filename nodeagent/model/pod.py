@@ -269,6 +269,8 @@ class PodSpec:
     # Added later through the pods/ephemeralcontainers subresource; each runs once, never
     # restarted, and counts for nothing in the pod's phase or readiness.
     ephemeral_containers: tuple[Container, ...] = ()
+    # Secrets (of the pod's namespace) holding registry credentials, in the pod's order.
+    image_pull_secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

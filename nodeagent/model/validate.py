@@ -71,6 +71,7 @@ _METADATA_IGNORED = (
 )
 _SPEC_KNOWN = (
     "containers",
+    "imagePullSecrets",
     "initContainers",
     "restartPolicy",
     "terminationGracePeriodSeconds",
@@ -111,8 +112,6 @@ _SPEC_IGNORED = (
     "topologySpreadConstraints",
     "schedulingGates",  # a pod that has them is never bound to a node
     "overhead",  # RuntimeClass admission's figure; only the default handler runs here
-    # Pulls do not use registry credentials yet; images pull anonymously or are local.
-    "imagePullSecrets",
 )
 # The rest of v1.PodSpec (Kubernetes 1.32): defined upstream, not honoured here.
 _SPEC_UPSTREAM = (
@@ -294,6 +293,7 @@ def _pod_spec(spec: Node, *, lenient: bool) -> PodSpec:
         set_hostname_as_fqdn=spec.boolean("setHostnameAsFQDN"),
         runtime_class_name=spec.string("runtimeClassName"),
         ephemeral_containers=ephemeral,
+        image_pull_secrets=_image_pull_secrets(spec),
     )
 
 
@@ -329,6 +329,20 @@ def _readiness_gates(spec: Node) -> tuple[str, ...]:
             gates.append(kind)
     _check_unique(spec, "readinessGates", gates)
     return tuple(gates)
+
+
+def _image_pull_secrets(spec: Node) -> tuple[str, ...]:
+    """Names of the Secrets to pull with. The API drops entries without a name (the
+    ServiceAccount admission may copy such); a name is otherwise a DNS-1123 subdomain."""
+    names: list[str] = []
+    for ref in spec.items("imagePullSecrets"):
+        ref.reject_unknown(("name",))
+        name = ref.string("name")
+        if name and not _DNS1123_SUBDOMAIN.match(name):
+            ref.error(f"{name!r} is not a valid DNS-1123 subdomain", "name")
+        elif name and name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _share_process_namespace(spec: Node) -> bool:

@@ -55,6 +55,34 @@ class ImagePullFailed(RuntimeFailure):
     """Pulling an image failed: unknown image, unreachable registry, bad reference."""
 
 
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one pull, as CRI's AuthConfig (Docker takes the same fields)."""
+
+    username: str = ""
+    password: str = ""
+    server_address: str = ""  # the config key they were found under
+    identity_token: str = ""
+
+    def __repr__(self) -> str:  # never log a password
+        return f"RegistryAuth(username={self.username!r}, server={self.server_address!r})"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image the runtime holds (CRI ``Image``; Docker's image list)."""
+
+    id: str  # sha256:<config digest>
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    size: int = 0  # bytes
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What the Node's status.images lists: repo digests, then tags (as the kubelet)."""
+        return self.repo_digests + self.repo_tags
+
+
 class ContainerState(enum.Enum):
     CREATED = "created"  # created, never started
     RUNNING = "running"  # process alive
@@ -283,7 +311,19 @@ class Runtime(Protocol):
         """The user a present image runs as: its USER ("", "1000", "app", "1000:50")."""
         ...
 
-    async def pull_image(self, image: str) -> None: ...
+    async def list_images(self) -> Sequence[ImageInfo]: ...
+
+    async def remove_image(self, image_id: str) -> None:
+        """Remove the image (by id) and all its names; NotFound-tolerant callers expect it."""
+        ...
+
+    async def image_fs_path(self) -> str:
+        """A path on the filesystem holding the images ("" when unknown), for image GC."""
+        ...
+
+    async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
+        """Pull ``image`` (with ``auth``, else anonymously); its size in bytes (0: unknown)."""
+        ...
 
     async def cgroup_driver(self) -> str:
         """The runtime's cgroup driver, "cgroupfs" or "systemd"; "" when it does not say."""

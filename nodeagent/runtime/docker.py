@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -119,6 +120,7 @@ class DockerRuntime(base.Runtime):
         self._log_rotation = log_rotation
         self._pull_timeout_s = pull_timeout_s
         self._pause_image = pause_image
+        self._repo_digests: dict[str, tuple[str, ...]] = {}  # image id -> its RepoDigests
         self._network = network
         self._engine = Engine(endpoint, timeout_s=timeout_s)
         self._api = self._engine.api
@@ -350,7 +352,22 @@ class DockerRuntime(base.Runtime):
 
     async def container_status(self, container_id: base.ContainerID) -> base.ContainerInfo:
         data = await self._call("InspectContainer", self._api.inspect_container, container_id)
-        return read.container_from_inspect(data)
+        info = read.container_from_inspect(data)
+        return dataclasses.replace(info, image_ref=await self._repo_digest(info))
+
+    async def _repo_digest(self, info: base.ContainerInfo) -> str:
+        """The image as containerd's CRI reports it (``repo@sha256:...``, what the kubelet
+        shows as imageID); the image id when it came from no registry (``docker load``)."""
+        digests = self._repo_digests.get(info.image_ref)
+        if digests is None:
+            try:
+                found = await self._call("InspectImage", self._api.inspect_image, info.image_ref)
+            except base.NotFound:
+                return info.image_ref
+            digests = tuple(str(d) for d in found.get("RepoDigests") or ())
+            if digests:  # an image id's digests only grow (pulled by another name)
+                self._repo_digests[info.image_ref] = digests
+        return read.repo_digest(digests, info.image) or info.image_ref
 
     async def list_containers(self, uid: PodUID | None = None) -> Sequence[base.ContainerInfo]:
         filters = convert.list_filters(convert.TYPE_CONTAINER, uid)
@@ -404,14 +421,30 @@ class DockerRuntime(base.Runtime):
         user = (found.get("Config") or {}).get("User") or ""
         return str(user)
 
-    async def pull_image(self, image: str) -> None:
+    async def list_images(self) -> Sequence[base.ImageInfo]:
+        items = await self._call("ListImages", self._api.images)
+        return [read.image_from_summary(item) for item in items]
+
+    async def remove_image(self, image_id: str) -> None:
+        # force: an image with several names goes as a whole (the caller checked its use).
+        await self._call("RemoveImage", self._api.remove_image, image_id, force=True)
+        self._repo_digests.pop(image_id, None)
+
+    async def image_fs_path(self) -> str:
+        info = await self._call("Info", self._api.info)
+        return str(info.get("DockerRootDir") or "")
+
+    async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         await self._call(
             "PullImage",
             self._engine.pull,
             image,
+            auth,
             timeout_s=self._pull_timeout_s,
             failure=base.ImagePullFailed,
         )
+        found = await self._call("InspectImage", self._api.inspect_image, image)
+        return int(found.get("Size") or 0)
 
     # --- blocking helpers, run through the engine -------------------------------------------
 

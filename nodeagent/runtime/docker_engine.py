@@ -135,9 +135,14 @@ class Engine:
             # The container runs fine without it; only the file layout suffers.
             log.warning("log_link_failed", container=container_id[:12], path=path, error=str(exc))
 
-    def pull(self, image: str) -> None:
+    def pull(self, image: str, auth: base.RegistryAuth | None) -> None:
+        config = None
+        if auth is not None:
+            config = {"username": auth.username, "password": auth.password}
+            if auth.identity_token:
+                config["identitytoken"] = auth.identity_token
         # Errors after the pull began arrive in the stream, not as an HTTP status.
-        for event in self.long.pull(image, stream=True, decode=True):
+        for event in self.long.pull(image, stream=True, decode=True, auth_config=config):
             if isinstance(event, dict) and event.get("error"):
                 raise base.ImagePullFailed(f"PullImage: {event['error']}")
 

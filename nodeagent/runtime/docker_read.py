@@ -16,7 +16,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nodeagent.model.pod import PodUID
@@ -137,6 +137,29 @@ def reported_image(image: str) -> str:
         return normalize_image(image)
     except InvalidImageReference:
         return image
+
+
+def image_from_summary(item: Mapping[str, Any]) -> base.ImageInfo:
+    """An entry of Docker's image list, its names spelled as containerd spells them."""
+    tags = [t for t in item.get("RepoTags") or () if t and t != "<none>:<none>"]
+    digests = [d for d in item.get("RepoDigests") or () if d and not d.startswith("<none>@")]
+    return base.ImageInfo(
+        id=str(item.get("Id", "")),
+        repo_tags=tuple(reported_image(t) for t in tags),
+        repo_digests=tuple(reported_image(d) for d in digests),
+        size=int(item.get("Size") or 0),
+    )
+
+
+def repo_digest(digests: Sequence[str], image: str) -> str:
+    """Of an image's RepoDigests, the one of ``image``'s repository (fully qualified, as
+    containerd spells it), else the first; "" when it has none."""
+    qualified = [reported_image(d) for d in digests]
+    name = reported_image(image).split("@", 1)[0]
+    colon = name.rfind(":")
+    repo = name[:colon] if colon > name.rfind("/") else name
+    mine = [d for d in qualified if d.split("@", 1)[0] == repo]
+    return (mine or qualified or [""])[0]
 
 
 def _sandbox_of(data: Mapping[str, Any], labels: Mapping[str, str]) -> str:

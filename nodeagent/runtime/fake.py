@@ -50,9 +50,11 @@ from nodeagent.runtime.base import (
     ContainerInfo,
     ContainerState,
     ExecResult,
+    ImageInfo,
     ImagePullFailed,
     InvalidInput,
     NotFound,
+    RegistryAuth,
     Runtime,
     RuntimeFailure,
     RuntimeStatus,
@@ -70,12 +72,12 @@ from nodeagent.runtime.fakeobjects import (
     FakeContainer,
     FakeSandbox,
     container_name,
-    image_id,
     normalized,
     normalized_set,
     sandbox_name,
     selected,
 )
+from nodeagent.runtime.fakeobjects import image_id as fake_image_id
 
 METHODS = frozenset(
     {
@@ -95,6 +97,8 @@ METHODS = frozenset(
         "image_present",
         "image_user",
         "pull_image",
+        "list_images",
+        "remove_image",
         "close",
     }
 )
@@ -111,6 +115,10 @@ class FakeRuntime:
     exec_handler: ExecHandler | None = None  # None: every command exits 0 with no output
     start_errors: dict[str, str] = field(default_factory=dict)  # container name -> message
     image_users: dict[str, str] = field(default_factory=dict)  # image -> USER; absent: ""
+    # Set: the registry answers only these users (401 otherwise); pull_auths records each try.
+    registry_users: set[str] = field(default_factory=set)
+    pull_auths: list[RegistryAuth | None] = field(default_factory=list)
+    image_fs: str = ""  # what image_fs_path answers ("": unknown, no image GC)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     sandboxes: dict[SandboxID, FakeSandbox] = field(default_factory=dict)
     containers: dict[ContainerID, FakeContainer] = field(default_factory=dict)
@@ -268,7 +276,7 @@ class FakeRuntime:
             config=config,
             sandbox_config=sandbox,
             labels=labels,
-            image_ref=image_id(image),
+            image_ref=fake_image_id(image),
             created_at_ns=self._now_ns(),
         )
         return container_id
@@ -339,14 +347,36 @@ class FakeRuntime:
             raise NotFound(f"ImageStatus: image {image!r} is not present")
         return self.image_users.get(image, "")
 
-    async def pull_image(self, image: str) -> None:
+    async def list_images(self) -> Sequence[ImageInfo]:
+        self._enter("list_images")
+        return [
+            ImageInfo(id=fake_image_id(name), repo_tags=(name,), size=len(name))
+            for name in sorted(normalized_set(self.images))
+        ]
+
+    async def remove_image(self, image_id: str) -> None:
+        self._enter("remove_image", image_id)
+        wanted = image_id
+        gone = {i for i in self.images if (n := normalized(i)) and fake_image_id(n) == wanted}
+        if not gone:
+            raise NotFound(f"RemoveImage: no image {wanted!r}")
+        self.images -= gone
+
+    async def image_fs_path(self) -> str:
+        return self.image_fs
+
+    async def pull_image(self, image: str, auth: RegistryAuth | None = None) -> int:
         self._enter("pull_image", image)
+        self.pull_auths.append(auth)
         wanted = normalized(image)
         if wanted is None:
             raise ImagePullFailed(f"PullImage: invalid image reference {image!r}")
         if self.registry is not None and wanted not in normalized_set(self.registry):
             raise ImagePullFailed(f'PullImage: "{image}": not found')
+        if self.registry_users and (auth is None or auth.username not in self.registry_users):
+            raise ImagePullFailed(f'PullImage: "{image}": 401 Unauthorized')
         self.images.add(image)
+        return len(image)
 
     # -- internals --------------------------------------------------------------------------
 

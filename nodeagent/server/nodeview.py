@@ -61,6 +61,16 @@ def render_node(snapshot: Mapping[str, Any], now: datetime) -> str:
         _field("ALLOCATABLE", _resources(as_map(node.get("allocatable")))),
     ]
     lines += _usage(as_map(node.get("usage")))
+    images = node.get("images")
+    if isinstance(images, Mapping):
+        count, size = as_int(images.get("count")), as_int(images.get("bytes"))
+        text = f"{count} using {bytes_text(size)}"
+        fs = as_map(images.get("fs"))
+        if fs:
+            total = bytes_text(as_int(fs.get("totalBytes")))
+            text += f"; image filesystem {as_int(fs.get('percent'))}% of {total}"
+            text += f" ({as_str(fs.get('path'))})"
+        lines.append(_field("IMAGES", text))
     proxy = snapshot.get("proxy")
     if isinstance(proxy, Mapping):
         lines.append(proxy_line(proxy, now))

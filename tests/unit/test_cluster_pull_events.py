@@ -39,7 +39,7 @@ async def test_two_pods_sharing_one_pull_each_get_pulling_and_pulled() -> None:
         assert pulling == ("Normal", "Pulling", 'Pulling image "web:1"')
         assert pulled[:2] == ("Normal", "Pulled")
         assert pulled[2].startswith('Successfully pulled image "web:1" in ')
-        assert pulled[2].endswith("s including waiting)")
+        assert pulled[2].endswith("s including waiting). Image size: 5 bytes.")
 
 
 async def test_a_failed_pull_is_told_to_every_waiter_with_its_error() -> None:

@@ -73,6 +73,7 @@ FILE_ONLY = {
     "max_manifest_bytes",
     "container_log_monitor_interval_s",
     "gc_interval_s",
+    "image_gc_interval_s",
 }
 
 

@@ -160,8 +160,10 @@ class FakeEngine:
             raise not_found(f"No such image: {image}")
         return {"Id": "sha256:1"}
 
-    def pull(self, image: str, stream: bool, decode: bool) -> Iterator[dict[str, Any]]:
-        self.log.append(("pull", image))
+    def pull(
+        self, image: str, stream: bool, decode: bool, auth_config: dict[str, str] | None
+    ) -> Iterator[dict[str, Any]]:
+        self.log.append(("pull", image, *(auth_config or {}).values()))
         yield from self.pull_events
         self.images.add(image)
 
@@ -344,6 +346,14 @@ async def test_missing_pause_image_is_pulled_and_pull_errors_are_pull_failures(
     engine.pull_events = [{"status": "Pulling"}, {"error": "manifest unknown"}]
     with pytest.raises(base.ImagePullFailed, match="PullImage: manifest unknown"):
         await runtime.pull_image("example.invalid/nope:1")
+
+
+async def test_a_pull_hands_its_credentials_to_docker_as_auth_config(
+    runtime: dockerrt.DockerRuntime, log: list[tuple[str, ...]]
+) -> None:
+    auth = base.RegistryAuth(username="alice", password="pw", server_address="reg.io")
+    await runtime.pull_image("reg.io/app:1", auth)
+    assert ("pull", "reg.io/app:1", "alice", "pw") in log
 
 
 async def test_stop_sandbox_kills_members_then_detaches_then_stops_the_pause(

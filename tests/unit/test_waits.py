@@ -20,7 +20,9 @@ def test_a_failed_pull_seen_again_during_its_backoff_is_image_pull_backoff() -> 
 
     waits.still_held(cast(Container, Spec()))
 
-    assert waits.waiting["app"] == Waiting("ImagePullBackOff", 'Back-off pulling image "busybox"')
+    assert waits.waiting["app"] == Waiting(
+        "ImagePullBackOff", 'Back-off pulling image "busybox": ErrImagePull: not found'
+    )
 
 
 def test_other_reasons_stay_as_they_are_while_held() -> None:

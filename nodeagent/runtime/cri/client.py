@@ -406,15 +406,52 @@ class CRIRuntime(base.Runtime):
         found = response.image
         return str(found.uid.value) if found.HasField("uid") else found.username
 
-    async def pull_image(self, image: str) -> None:
+    async def list_images(self) -> Sequence[base.ImageInfo]:
+        response = await self._call(
+            self._images.ListImages, pb.ListImagesRequest(), pb.ListImagesResponse
+        )
+        return [
+            base.ImageInfo(
+                id=image.id,
+                repo_tags=tuple(image.repo_tags),
+                repo_digests=tuple(image.repo_digests),
+                size=int(image.size),
+            )
+            for image in response.images
+        ]
+
+    async def remove_image(self, image_id: str) -> None:
+        request = pb.RemoveImageRequest(image=pb.ImageSpec(image=image_id))
+        await self._call(self._images.RemoveImage, request, pb.RemoveImageResponse)
+
+    async def image_fs_path(self) -> str:
+        response = await self._call(
+            self._images.ImageFsInfo, pb.ImageFsInfoRequest(), pb.ImageFsInfoResponse
+        )
+        return next((fs.fs_id.mountpoint for fs in response.image_filesystems), "")
+
+    async def pull_image(self, image: str, auth: base.RegistryAuth | None = None) -> int:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=image))
-        await self._call(
+        if auth is not None:
+            # No server_address, as the kubelet: containerd would parse a config key like
+            # "127.0.0.1:5000" as a URL and fail; the image names the registry anyway.
+            request.auth.CopyFrom(
+                pb.AuthConfig(
+                    username=auth.username,
+                    password=auth.password,
+                    identity_token=auth.identity_token,
+                )
+            )
+        response = await self._call(
             self._images.PullImage,
             request,
             pb.PullImageResponse,
             timeout_s=self._pull_timeout_s,
             failure=base.ImagePullFailed,
         )
+        status = pb.ImageStatusRequest(image=pb.ImageSpec(image=response.image_ref or image))
+        found = await self._call(self._images.ImageStatus, status, pb.ImageStatusResponse)
+        return int(found.image.size) if found.HasField("image") else 0
 
 
 def _exec_timed_out(timeout_s: int, details: str) -> base.ExecResult:
