@@ -14,8 +14,9 @@ import structlog
 from nodeagent import metrics, startup
 from nodeagent.config import Config
 from nodeagent.daemon import Node
+from nodeagent.kubeletapi.handlers import NodeView
 from nodeagent.network import sysctl
-from nodeagent.runtime.base import Runtime
+from nodeagent.runtime.base import Runtime, StreamingRuntime
 from nodeagent.sdnotify import Notifier
 from nodeagent.server.status import StatusServer, StatusServerError
 
@@ -57,7 +58,7 @@ async def run(config: Config) -> int:
         )
         observed.watch_cluster(probe)
     exporter = await startup.start_metrics(config, observed, healthy=lambda: node.cache.healthy)
-    kubelet_api = await startup.start_kubelet_api(config, node.api_view(), client)
+    kubelet_api = await startup.start_kubelet_api(config, kubelet_view(node), client)
     log.info(
         "agent_started",
         node=config.node_name,
@@ -90,3 +91,15 @@ async def run(config: Config) -> int:
             await kubelet_api.close()
         await runtime.close()
     return 0
+
+
+def kubelet_view(node: Node) -> NodeView:
+    """What the kubelet API reads of the node."""
+    runtime = node.runtime
+    return NodeView(
+        node_name=node.config.node_name,
+        pods=node.manager.snapshot,
+        sandboxes=runtime.list_sandboxes,
+        pod_log_dir=node.config.pod_log_dir,
+        streaming=runtime.streaming_url if isinstance(runtime, StreamingRuntime) else None,
+    )

@@ -55,13 +55,12 @@ from nodeagent.kubelet.noderesources import NodeResources
 from nodeagent.kubelet.pleg import RuntimeCache
 from nodeagent.kubelet.prober import ProbeManager
 from nodeagent.kubelet.staticrefs import Resolution, StaticReferences, held_statuses
-from nodeagent.kubeletapi.handlers import NodeView
 from nodeagent.model.pod import PodUID
 from nodeagent.model.security import PrivilegePolicy
 from nodeagent.network import podnet
 from nodeagent.proxy.nodeinputs import NodeInputs
 from nodeagent.proxy.proxier import ProxySettings, ServiceProxy, connect_host
-from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus, StreamingRuntime
+from nodeagent.runtime.base import Runtime, RuntimeFailure, RuntimeStatus
 from nodeagent.sdnotify import Notifier, Watchdog
 from nodeagent.server import snapshot, usage
 from nodeagent.sources.file import DesiredState, FileSource
@@ -463,18 +462,6 @@ class Node:
             status = "running pods kept; waiting for the control plane's pod list"
         notifier.ready(status=status)
         await asyncio.Event().wait()
-
-    def api_view(self) -> NodeView:
-        """What the kubelet API reads."""
-        return NodeView(
-            node_name=self.config.node_name,
-            pods=self.manager.snapshot,
-            sandboxes=self.runtime.list_sandboxes,
-            pod_log_dir=self.config.pod_log_dir,
-            streaming=(
-                self.runtime.streaming_url if isinstance(self.runtime, StreamingRuntime) else None
-            ),
-        )
 
     def _pods(self) -> list[dict[str, Any]]:
         evicted = list(self.evicted.entries.values())
