@@ -27,7 +27,7 @@ integration:
 	$(PYTHON) -m pytest -q tests/integration
 
 test: setup lint
-	$(PYTHON) -m pytest -q -ra
+	$(PYTHON) -m pytest -q -ra --durations=40
 
 proto:
 	sh tools/gen-proto.sh

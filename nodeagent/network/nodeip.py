@@ -19,15 +19,21 @@ usable address of a device that is not a bridge is taken, and the agent logs tha
 set ``--node-ip`` there.
 
 ``choose`` is the pure decision; ``read_host`` the netlink reading (blocking: run it in a
-thread), ``find`` both, with the hostname lookup bounded in time.
+thread), ``find`` both, with the hostname lookup bounded in time. The lookup runs in a daemon
+thread of its own, not the loop's executor: a resolver that never answers keeps
+``getaddrinfo`` blocked for its whole retry budget (many seconds past ours), and
+``asyncio.run`` joins the executor's threads on exit, so an abandoned lookup would hold up the
+agent's shutdown until the resolver gave up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -152,6 +158,27 @@ def resolve(hostname: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+async def _resolve_within(hostname: str, seconds: float) -> tuple[str, ...]:
+    """``resolve`` in a daemon thread (see the module docstring); () after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[tuple[str, ...]] = loop.create_future()
+
+    def deliver(names: tuple[str, ...]) -> None:
+        if not answer.done():  # cancelled when we stopped waiting
+            answer.set_result(names)
+
+    def lookup() -> None:
+        names = resolve(hostname)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(deliver, names)
+
+    threading.Thread(target=lookup, name="resolve-hostname", daemon=True).start()
+    try:
+        return await asyncio.wait_for(answer, seconds)
+    except TimeoutError:
+        return ()
+
+
 async def find(*, excluded: Iterable[str] = (), hostname: str = "") -> str:
     """Read this namespace's network and choose; the hostname is looked up only when the
     default route does not decide, and for at most RESOLVE_TIMEOUT_S."""
@@ -159,10 +186,7 @@ async def find(*, excluded: Iterable[str] = (), hostname: str = "") -> str:
     host = await asyncio.to_thread(read_host)
     chosen, rule = choose(host, excluded=excluded)
     if rule is not Rule.DEFAULT_ROUTE and hostname:
-        try:
-            names = await asyncio.wait_for(asyncio.to_thread(resolve, hostname), RESOLVE_TIMEOUT_S)
-        except TimeoutError:
-            names = ()
+        names = await _resolve_within(hostname, RESOLVE_TIMEOUT_S)
         chosen, rule = choose(host, excluded=excluded, hostname_addresses=names)
     if rule is Rule.DEFAULT_ROUTE or rule is Rule.HOSTNAME:
         log.info("node_ip_chosen", node_ip=chosen, rule=rule.value)

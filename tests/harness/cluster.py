@@ -3,7 +3,8 @@ cluster agent, and API pods built, created and awaited.
 
 The API server runs as a process in the root network namespace, listening on one end of a
 veth pair whose other end is in the node's namespace: a private link-local /30 per module,
-so nothing touches the machine's own addresses or routes. The fixtures over these helpers
+so nothing touches the machine's own addresses or routes. The machine's resolvers are
+unreachable from the node (refused at once, not timed out). The fixtures over these helpers
 (``link``, ``api``, ``admin``) live in ``tests/integration/conftest.py``.
 """
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lightkube import ApiError, AsyncClient, KubeConfig
@@ -85,9 +87,31 @@ def veth_link(node: TestNode, *, network: str | None = None, tag: str = "na") ->
         _ip("-n", node.netns, "link", "set", node_dev, "up")
         # A service IP must be routable for a packet to reach the nat OUTPUT chain at all.
         _ip("-n", node.netns, "route", "add", "default", "via", host_ip)
+        # The machine's resolvers never answer a node (their replies have no way back), so
+        # they are refused at once: else every name lookup in the node (the agent's own
+        # hostname, when its default route gives no node IP) waits out the resolver's retries.
+        for server in _machine_nameservers():
+            _ip("-n", node.netns, "route", "add", "unreachable", f"{server}/32")
         yield Link(host_dev, host_ip, node_ip)
     finally:
         subprocess.run(["ip", "link", "del", host_dev], capture_output=True, check=False)
+
+
+def _machine_nameservers() -> list[str]:
+    """The IPv4 nameservers of /etc/resolv.conf, but loopback ones (refused in a node)."""
+    try:
+        lines = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                address = ipaddress.ip_address(words[1])
+                if address.version == 4 and not address.is_loopback:
+                    found.append(str(address))
+    return list(dict.fromkeys(found))
 
 
 def admin_client(api: ApiServerProcess) -> AsyncClient:

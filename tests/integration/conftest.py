@@ -11,7 +11,9 @@
   runtime an agent under test drives. A module whose tests take ``runtime_target`` runs them
   once per runtime: on the node's containerd, then on a dockerd started in the node (one per
   module, reset after each test). Docker runs are skipped, with the reason, where dockerd or
-  the docker CLI is missing.
+  the docker CLI is missing. A test marked ``runtime_independent`` (the runtime plays no part
+  in what it checks) runs on containerd only: its Docker run is deselected, so it costs
+  nothing.
 - ``link`` (module), ``api`` and ``admin`` (function): cluster mode: a veth link into the
   module's node, the test API server on its root end, and an admin client of it. Cluster
   modules override ``agent`` with ``tests.harness.cluster.cluster_agent``.
@@ -60,14 +62,25 @@ def unmet_requirement() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "runtime_independent: the runtime plays no part; run on containerd only, not Docker",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = unmet_requirement()
-    # The proxy mode does not depend on the runtime: the nftables mode runs on containerd only.
+    # The proxy mode does not depend on the runtime: the nftables mode runs on containerd only,
+    # and so does a test marked runtime_independent (deselected before its fixtures start).
     dropped = [
         item
         for item in items
-        if _params(item).get("proxy_mode", "iptables") != "iptables"
-        and _params(item).get("runtime", "cri") != "cri"
+        if _params(item).get("runtime", "cri") != "cri"
+        and (
+            _params(item).get("proxy_mode", "iptables") != "iptables"
+            or item.get_closest_marker("runtime_independent") is not None
+        )
     ]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

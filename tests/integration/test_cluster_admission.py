@@ -61,11 +61,6 @@ def agent(node: TestNode, api: ApiServerProcess, runtime_target: RuntimeTarget) 
         yield a
 
 
-def cri_only(runtime_target: RuntimeTarget) -> None:
-    if runtime_target.kind != "cri":
-        pytest.skip("the runtime plays no part: checked once, on containerd")
-
-
 async def our_node(admin: AsyncClient, agent: Agent) -> Node:
     async def found() -> Node | None:
         try:
@@ -131,10 +126,10 @@ async def test_a_daemonset_pod_runs_on_a_not_ready_node_without_allow_privileged
     assert pod["status"]["phase"] == "Running"
 
 
+@pytest.mark.runtime_independent
 async def test_a_label_added_to_our_node_admits_a_pod_that_selects_it(
-    admin: AsyncClient, agent: Agent, runtime_target: RuntimeTarget
+    admin: AsyncClient, agent: Agent
 ) -> None:
-    cri_only(runtime_target)
     await our_node(admin, agent)
     labels = {"metadata": {"labels": {"disktype": "ssd"}}}
     await admin.patch(Node, NODE_NAME, labels, patch_type=PatchType.MERGE)  # kubectl label
@@ -177,10 +172,8 @@ async def test_a_running_pod_is_not_judged_again_when_the_agent_restarts(
     assert container_id(pod) == before
 
 
-async def test_the_second_pod_on_a_host_port_fails(
-    admin: AsyncClient, agent: Agent, runtime_target: RuntimeTarget
-) -> None:
-    cri_only(runtime_target)
+@pytest.mark.runtime_independent
+async def test_the_second_pod_on_a_host_port_fails(admin: AsyncClient, agent: Agent) -> None:
     port = [{"containerPort": 8080, "hostPort": 18080, "protocol": "TCP"}]
     first = pod_manifest("first", SLEEP, grace=1)
     first["spec"]["containers"][0]["ports"] = port
@@ -234,10 +227,10 @@ def events(agent: Agent) -> list[dict[str, Any]]:
 STATIC = static_pod_yaml("mirrored")
 
 
+@pytest.mark.runtime_independent
 async def test_a_deleted_mirror_pod_comes_back_and_the_static_pod_runs_on(
-    admin: AsyncClient, agent: Agent, runtime_target: RuntimeTarget
+    admin: AsyncClient, agent: Agent
 ) -> None:
-    cri_only(runtime_target)
     agent.write_manifest("mirrored.yaml", STATIC)
     name = f"mirrored-{NODE_NAME}"
     mirror = await wait_ready(admin, agent, name)
@@ -255,11 +248,10 @@ async def test_a_deleted_mirror_pod_comes_back_and_the_static_pod_runs_on(
     assert again["status"]["containerStatuses"][0]["containerID"] == container  # never stopped
 
 
+@pytest.mark.runtime_independent
 async def test_the_node_reports_a_kubernetes_kubelet_version(
-    admin: AsyncClient, agent: Agent, runtime_target: RuntimeTarget
+    admin: AsyncClient, agent: Agent
 ) -> None:
-    cri_only(runtime_target)
-
     async def info() -> NodeSystemInfo | None:
         node = await our_node(admin, agent)
         return node.status.nodeInfo if node.status and node.status.nodeInfo else None

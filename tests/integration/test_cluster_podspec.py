@@ -174,6 +174,7 @@ async def test_a_pod_with_the_fields_the_api_fills_in_runs_and_its_gate_holds_re
     assert [c["status"] for c in gates] == ["True"]  # our status patches leave it alone
 
 
+@pytest.mark.runtime_independent
 async def test_a_windows_pod_fails_with_a_message_naming_the_field(
     admin: AsyncClient, cluster_agent: Agent
 ) -> None:

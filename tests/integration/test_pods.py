@@ -1,7 +1,8 @@
 """The standalone agent on each runtime: pods from a manifest directory, end to end.
 
 Every test runs twice, on containerd (CRI) and on Docker Engine (``runtime_target``): a
-behaviour difference between the two is a bug.
+behaviour difference between the two is a bug. A test marked ``runtime_independent`` (manifest
+validation, where no runtime plays a part) runs on containerd only.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def test_sigterm_leaves_pods_running_and_restart_removes_orphans(
     assert keep is not None and is_ready(keep)
 
 
+@pytest.mark.runtime_independent
 def test_bad_manifests_are_reported_and_good_pods_keep_running(
     node: TestNode, agent: Agent
 ) -> None:

@@ -239,6 +239,7 @@ def test_share_process_namespace(agent: Agent) -> None:
     assert state["message"].strip() == "seen", state
 
 
+@pytest.mark.runtime_independent
 def test_privileged_refused_without_allow_privileged(
     node: TestNode, runtime_target: RuntimeTarget
 ) -> None:

@@ -12,6 +12,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from nodeagent.runtime.base import ContainerID, ExecResult
 from nodeagent.server.render import render_status
 from tests.harness import TestNode, wait_for
@@ -275,6 +277,7 @@ readinessProbe:
     assert not ready(pod)
 
 
+@pytest.mark.runtime_independent
 def test_bad_probe_is_a_validation_error_not_a_crash(node: TestNode, agent: Agent) -> None:
     bad = {
         "nohandler.yaml": "livenessProbe: {periodSeconds: 1}",

@@ -362,6 +362,7 @@ def test_endpoint_failing_readiness_gets_no_traffic(node: TestNode, net: Net, ag
     spread(net.on_node, f"http://{ip}/", {"web-1", "web-2"})
 
 
+@pytest.mark.runtime_independent
 def test_no_endpoints_is_rejected_fast(node: TestNode, net: Net, agent: Agent) -> None:
     agent.write_manifest("svc.yaml", service("nobody", app="nothing", spec="  type: NodePort\n"))
     s = wait_endpoints(agent, "nobody", 0)
@@ -430,6 +431,7 @@ def test_session_affinity_sticks(node: TestNode, net: Net, agent: Agent) -> None
     assert len(set(http(net.client, f"http://{ip}/", 20))) == 1
 
 
+@pytest.mark.runtime_independent
 def test_allocations_survive_restart_and_collisions_are_errors(
     node: TestNode, net: Net, agent: Agent
 ) -> None:
@@ -691,6 +693,7 @@ def test_health_check_node_port_follows_local_readiness(
     wait_for(lambda: health(net.client, url) == (0, "URLError"), 20, 0.3, message="the port closed")
 
 
+@pytest.mark.runtime_independent
 def test_proxy_healthz(node: TestNode, net: Net, agent: Agent) -> None:
     agent.write_manifest("svc.yaml", service("web"))
     wait_for(lambda: agent.status()["proxy"]["lastSync"], 20, 0.3, message="a sync")

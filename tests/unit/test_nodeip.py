@@ -1,7 +1,14 @@
-"""The node's address without --node-ip (network/nodeip.py): the pure choice."""
+"""The node's address without --node-ip (network/nodeip.py): the pure choice, and the
+bounded hostname lookup of ``find``."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
+import pytest
+
+from nodeagent.network import nodeip
 from nodeagent.network.nodeip import HostNetwork, Interface, Rule, choose
 
 LO = Interface("lo", "", ("127.0.0.1",))
@@ -55,3 +62,32 @@ def test_without_a_default_route_the_hostnames_local_address() -> None:
 def test_loopback_and_link_local_are_never_chosen() -> None:
     link_local = Interface("eth0", "", ("169.254.3.4",))
     assert choose(host(LO, link_local, default=("eth0",))) == ("", Rule.NONE)
+
+
+def test_the_hostnames_address_found_in_time_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nodeip, "read_host", lambda: host(LO, NAT, ETH0))
+    monkeypatch.setattr(nodeip, "resolve", lambda name: ("192.168.56.11",))
+    monkeypatch.setattr(nodeip, "RESOLVE_TIMEOUT_S", 60.0)
+    assert asyncio.run(nodeip.find(hostname="node-a")) == "192.168.56.11"
+
+
+def test_a_lookup_that_never_answers_holds_up_neither_the_choice_nor_the_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolver that does not answer: ``find`` guesses once its budget is spent, and
+    ``asyncio.run`` returns while the lookup is still blocked (a SIGTERM is not delayed)."""
+    release, finished = threading.Event(), threading.Event()
+
+    def blocked(name: str) -> tuple[str, ...]:
+        release.wait(30)  # a hang guard only: the test releases it
+        finished.set()
+        return ("192.168.56.11",)
+
+    monkeypatch.setattr(nodeip, "read_host", lambda: host(LO, NAT, ETH0))
+    monkeypatch.setattr(nodeip, "resolve", blocked)
+    monkeypatch.setattr(nodeip, "RESOLVE_TIMEOUT_S", 0.01)
+    try:
+        assert asyncio.run(nodeip.find(hostname="node-a")) == "10.0.2.15"  # Rule.GUESS
+        assert not finished.is_set()  # asyncio.run did not wait for the lookup
+    finally:
+        release.set()
