@@ -249,6 +249,7 @@ class CSIPlugin:
         argv += ["--stage"] if self.stage else []
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "calls.jsonl").unlink(missing_ok=True)  # this start's calls only
         log = open(self.dir / "plugin.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
