@@ -13,6 +13,7 @@ Each setting is declared once, as a field of ``Config``: its type, its default, 
 ``setting``) its parser, and its flag's help when it has a flag. The environment variable,
 the file key, the flag and its "(default: ...)" text all derive from that one declaration;
 ``add_flags`` builds ``nodeagent run``'s options from it. Adding a setting is adding a field.
+The layers (file, environment, flags) and the error are ``nodeagent.configsources``.
 
 The defaults live on the dataclass itself, so ``Config(node_name="n1")`` is a complete
 configuration for code and tests that do not parse a command line (direct construction skips
@@ -32,21 +33,35 @@ ignored, because the environment is shared with things we do not own.
 from __future__ import annotations
 
 import argparse
-import difflib
 import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
-import yaml
-
 from nodeagent import configparse as parse
 from nodeagent.configparse import EVICTION_SIGNAL, EvictionThreshold, PodCIDR, Raw, Reserved
+from nodeagent.configsources import (
+    ConfigError,
+    add_setting_flags,
+    env_layer,
+    env_var,
+    file_layer,
+    flag_layer,
+    flag_name,
+)
 
-__all__ = ["EVICTION_SIGNAL", "Config", "ConfigError", "EvictionThreshold", "load_config"]
+__all__ = [
+    "EVICTION_SIGNAL",
+    "Config",
+    "ConfigError",
+    "EvictionThreshold",
+    "env_var",
+    "flag_name",
+    "load_config",
+]
 
 RuntimeName: TypeAlias = Literal["cri", "docker"]
 LogFormat: TypeAlias = Literal["console", "json"]
@@ -68,23 +83,9 @@ DEFAULT_METRICS_BIND = "127.0.0.1:10255"  # the kubelet's old read-only port
 DEFAULT_POD_CIDR = ipaddress.IPv4Network("10.88.0.0/16")
 DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
-ENV_PREFIX = "NODEAGENT_"
 
 # Upstream's CNI default first, then Debian's containernetworking-plugins location.
 CNI_BIN_CANDIDATES: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
-
-
-class ConfigError(ValueError):
-    """A setting is missing, malformed or contradictory; the message says where it came from.
-
-    ``key`` is None for problems with the file as a whole (unreadable, not a mapping).
-    """
-
-    def __init__(self, message: str, *, key: str | None, source: str) -> None:
-        self.key = key
-        self.source = source
-        text = f"{key}: {message} (from {source})" if key else f"{source}: {message}"
-        super().__init__(text)
 
 
 def default_node_name() -> str:
@@ -436,98 +437,12 @@ SETTINGS: Mapping[str, Setting] = {f.name: f.metadata["setting"] for f in fields
 KEYS: tuple[str, ...] = tuple(SETTINGS)
 
 
-def env_var(key: str) -> str:
-    """The environment variable that sets ``key``: node_name -> NODEAGENT_NODE_NAME."""
-    return ENV_PREFIX + key.upper()
-
-
-def flag_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """``nodeagent run``'s options: one per setting that has a flag, in declaration order.
-
-    Every default is None: "not given" must stay distinguishable from a value, so an absent
-    flag never overrides the file or the environment. The real defaults live in Config.
-    """
-    for f in fields(Config):
-        s: Setting = f.metadata["setting"]
-        if not s.help:
-            continue
-        text = s.help
-        if (shown := s.shown_default if s.shown_default is not None else _shown(f)) is not None:
-            text += f" (default: {shown})"
-        text = text.replace("%", "%%")  # argparse formats help with %
-        options: dict[str, Any] = {"help": text, "metavar": s.metavar, "choices": s.choices}
-        if s.bare is not None:
-            options.update(nargs="?", const=s.bare)
-        parser.add_argument(flag_name(f.name), **options)
+    """``nodeagent run``'s options: one per setting that has a flag, in declaration order."""
+    add_setting_flags(parser, fields(Config))
 
 
-def _shown(f: Field[Any]) -> str | None:
-    default = f.default
-    return None if default is MISSING or default is None or default == "" else str(default)
-
-
-# --- Sources -----------------------------------------------------------------------------
-
-
-def _file_layer(path: Path) -> dict[str, Raw]:
-    source = f"config file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", key=None, source=source) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError("not UTF-8 text", key=None, source=source) from e
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML: {e}", key=None, source=source) from e
-    if doc is None:  # an empty file (or only comments) configures nothing
-        return {}
-    if not isinstance(doc, dict):
-        got = type(doc).__name__
-        raise ConfigError(f"must be a mapping of settings, got {got}", key=None, source=source)
-    base_dir = path.absolute().parent
-    layer: dict[str, Raw] = {}
-    for key, value in doc.items():
-        if not isinstance(key, str) or key not in KEYS:
-            raise ConfigError(_unknown_key_message(key), key=str(key), source=source)
-        layer[key] = Raw(value, source, base_dir, typed=True)
-    return layer
-
-
-def _unknown_key_message(key: object) -> str:
-    message = "unknown setting"
-    if isinstance(key, str):
-        # The most likely typo is the flag spelling (node-name) in a file that wants node_name.
-        guesses = difflib.get_close_matches(key.replace("-", "_"), KEYS, n=1)
-        if guesses:
-            message += f"; did you mean {guesses[0]}?"
-    return message
-
-
-def _env_layer(environ: Mapping[str, str]) -> dict[str, Raw]:
-    cwd = Path.cwd()
-    layer: dict[str, Raw] = {}
-    for key in KEYS:
-        name = env_var(key)
-        if name in environ:
-            layer[key] = Raw(environ[name], f"environment variable {name}", cwd, typed=False)
-    return layer
-
-
-def _flag_layer(args: argparse.Namespace) -> dict[str, Raw]:
-    cwd = Path.cwd()
-    layer: dict[str, Raw] = {}
-    for key in KEYS:
-        # Flags default to None in the parser, so an absent flag never masks the file or env.
-        value = getattr(args, key, None)
-        if value is not None:
-            layer[key] = Raw(value, f"flag {flag_name(key)}", cwd, typed=False)
-    return layer
+# --- Entry point -------------------------------------------------------------------------
 
 
 def _parse(key: str, raw: Raw) -> object:
@@ -535,9 +450,6 @@ def _parse(key: str, raw: Raw) -> object:
         return SETTINGS[key].parse(raw)
     except ValueError as e:
         raise ConfigError(str(e), key=key, source=raw.source) from None
-
-
-# --- Entry point -------------------------------------------------------------------------
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -549,9 +461,9 @@ def load_config(args: argparse.Namespace) -> Config:
     merged: dict[str, Raw] = {}
     config_file = getattr(args, "config", None)
     if config_file is not None:
-        merged.update(_file_layer(Path(config_file).expanduser()))
-    merged.update(_env_layer(os.environ))
-    merged.update(_flag_layer(args))
+        merged.update(file_layer(Path(config_file).expanduser(), KEYS))
+    merged.update(env_layer(os.environ, KEYS))
+    merged.update(flag_layer(args, KEYS))
 
     values = {key: _parse(key, raw) for key, raw in merged.items()}
     if "node_name" not in values:
