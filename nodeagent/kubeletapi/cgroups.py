@@ -1,9 +1,10 @@
 """Resource counters of the node and its containers, read from the cgroup filesystem.
 
-The runtimes put each container (and the sandbox) into a cgroup named by its id: with
-cgroupfs ``k8s.io/<id>`` (containerd) or ``<parent>/<id>`` (dockerd), with systemd
-``...-<id>.scope``. ``CgroupIndex`` finds them by walking the hierarchy a few levels deep once
-per scrape, so the agent needs no knowledge of where each runtime files them.
+The runtimes put each container (and the sandbox) into a cgroup named by its id, below its
+pod's cgroup parent: with cgroupfs ``[<cgroup-root>/]kubepods/burstable/pod<uid>/<id>`` (or
+``k8s.io/<id>`` without pod cgroups), with systemd ``...-<id>.scope``. ``CgroupIndex`` finds
+them by walking the hierarchy a few levels deep once per scrape, so the agent needs no
+knowledge of where each runtime files them.
 
 Figures as cAdvisor (and so the kubelet) derives them: working set = usage - inactive file
 pages; cgroup v1 (``memory``, ``cpuacct``) and v2 (unified) are both read. A pod's network
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
-MAX_DEPTH = 4
+# kubepods/<qos>/pod<uid>/<id> is four levels, below a --cgroup-root of one or two.
+MAX_DEPTH = 6
 
 
 @dataclass(frozen=True)
